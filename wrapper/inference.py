@@ -1,0 +1,93 @@
+"""Greedy answers in the training format, from a HF model folder or a GGUF.
+
+Prompts are encoded by LLaMA-Factory's own template with the run's tokenizer, and the
+token ids are given to llama.cpp as they are, so a check asks exactly what training
+taught, not what some other rendering of the chat template would send.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class ChatFormat:
+    tokenizer: object
+    template: object  # llamafactory.data.template.Template
+    system: str | None
+
+    def prompt_ids(self, user: str) -> list[int]:
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": ""}]
+        prompt, _ = self.template.encode_oneturn(self.tokenizer, messages, self.system)
+        return list(prompt)
+
+    def stop_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        for word in self.template.stop_words:
+            token_id = self.tokenizer.convert_tokens_to_ids(word)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        return {i for i in ids if i is not None}
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def chat_format(tokenizer_dir: str | Path, template_name: str, system: str | None) -> ChatFormat:
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=True)
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
+    return ChatFormat(tokenizer, template, system)
+
+
+def default_system(template_name: str) -> str:
+    from llamafactory.data.template import TEMPLATES
+
+    return TEMPLATES[template_name].default_system
+
+
+class GgufModel:
+    def __init__(self, path: Path, n_ctx: int = 1024):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), seed=0, verbose=False)
+
+    def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:
+        out: list[int] = []
+        self.llm.reset()
+        for token in self.llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            if token in stop_ids or len(out) >= max_tokens:
+                break
+            out.append(token)
+        return out
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class HfModel:
+    def __init__(self, model_dir: Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        # float32 on the CPU: bf16 matmuls there round differently from llama.cpp's f16 path.
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.model.eval()
+
+    def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:
+        import torch
+
+        inputs = torch.tensor([prompt_ids])
+        with torch.no_grad():
+            output = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens,
+                                         do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=sorted(stop_ids)[0])
+        new = output[0, len(prompt_ids):].tolist()
+        for index, token in enumerate(new):
+            if token in stop_ids:
+                return new[:index]
+        return new

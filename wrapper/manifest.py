@@ -1,0 +1,113 @@
+"""runs/RUN/manifest.json: what a run was made from and where each artifact is.
+
+Artifacts are recorded under stable keys (adapter, merged, gguf_f16, gguf_q4_k_m,
+modelfile, train_log, ...) only after the stage that makes them succeeded, so a key in
+the manifest means a finished file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wrapper.errors import FtwError
+
+if TYPE_CHECKING:
+    from wrapper.render import RunPlan
+
+MANIFEST = "manifest.json"
+VERSIONED_PACKAGES = ("llamafactory", "transformers", "torch", "peft", "llama_cpp_python", "gguf")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write beside the target and rename, so a reader never sees half a file."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def versions() -> dict[str, str | None]:
+    from wrapper.vendor import installed_commit
+
+    found: dict[str, str | None] = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    found["llama.cpp"] = installed_commit()
+    return found
+
+
+def load(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise FtwError(f"no run at {run_dir} (no {MANIFEST}). Render it first: ftw render --recipe R --profile P --run {run_dir.name}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save(run_dir: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(run_dir / MANIFEST, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def start(plan: "RunPlan") -> None:
+    """A new render keeps the artifacts of earlier stages: training resumes, stages are re-run on request."""
+    path = plan.dir / MANIFEST
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    save(plan.dir, {
+        "run": plan.run,
+        "recipe": plan.recipe,
+        "profile": plan.profile,
+        "rendered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "plan": asdict(plan),
+        "datasets": plan.datasets,
+        "versions": versions(),
+        "artifacts": previous.get("artifacts", {}),
+    })
+
+
+def record_artifacts(run_dir: Path, **paths: Path) -> None:
+    data = load(run_dir)
+    for key, path in paths.items():
+        data["artifacts"][key] = str(path)
+    data["versions"] = versions()
+    save(run_dir, data)
+
+
+# Artifact keys in stage order; redoing a stage makes everything after it stale.
+STAGE_OUTPUTS = ("adapter", "merged", "gguf_", "modelfile")
+
+
+def forget_from(run_dir: Path, first: str) -> None:
+    """Drop `first` and every later stage's artifacts from the manifest (their inputs are changing)."""
+    stale = STAGE_OUTPUTS[STAGE_OUTPUTS.index(first):]
+    data = load(run_dir)
+    data["artifacts"] = {key: value for key, value in data["artifacts"].items()
+                         if not any(key == s or (s.endswith("_") and key.startswith(s)) for s in stale)}
+    save(run_dir, data)
+
+
+def artifact(run_dir: Path, key: str, made_by: str) -> Path:
+    """The path of a finished artifact, or a message naming the stage that makes it."""
+    data = load(run_dir)
+    value = data["artifacts"].get(key)
+    if not value or not Path(value).exists():
+        raise FtwError(f"run {run_dir.name} has no {key} yet. Run `{made_by} --run {run_dir.name}` first.")
+    return Path(value)
+
+
+def plan_of(run_dir: Path) -> "RunPlan":
+    from wrapper.render import RunPlan
+
+    return RunPlan.from_dict(load(run_dir)["plan"])

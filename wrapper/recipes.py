@@ -1,0 +1,268 @@
+"""Recipes and profiles: load, check their shape, and remember where every value came from.
+
+A recipe says what to train (base model, chat template, data, method, hyperparameters,
+serving settings, check prompts); a profile says what hardware it runs on. Both are YAML.
+Every value keeps its origin (file, line, key) so that a later error, even one raised by
+LLaMA-Factory, can point at the line to edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wrapper.errors import FtwError
+from wrapper.paths import PROFILES_DIR, RECIPES_DIR
+
+METHODS = ("lora", "qlora", "full")
+RECIPE_KEYS = {
+    "description": str, "model": dict, "method": str, "dataset": list, "system": str,
+    "train": dict, "export": dict, "ollama": dict, "checks": list,
+}
+MODEL_KEYS = {"base": str, "template": str, "full_precision_base": str}
+OLLAMA_KEYS = {"parameters": dict}
+PROFILE_KEYS = {"description": str, "device": str, "memory_gb": (int, float), "train": dict}
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value was set: a file and line, or a command-line flag."""
+
+    source: str
+    key: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where} (key '{self.key}')"
+
+
+@dataclass
+class YamlDoc:
+    path: Path
+    data: dict[str, Any]
+    lines: dict[str, int]  # dotted key path -> 1-based line number
+    overrides: dict[str, Origin] = field(default_factory=dict)  # keys set by --set
+
+    def origin(self, key: str) -> Origin:
+        if key in self.overrides:
+            return self.overrides[key]
+        return Origin(display_path(self.path), key, self.lines.get(key))
+
+
+@dataclass
+class Check:
+    prompt: str
+    expect: str
+
+
+@dataclass
+class Recipe:
+    name: str
+    doc: YamlDoc
+    base_model: str
+    template: str
+    method: str
+    datasets: list[str]
+    full_precision_base: str | None = None
+    system: str | None = None
+    description: str = ""
+    train: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    ollama_parameters: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.doc.path.parent
+
+
+@dataclass
+class Profile:
+    name: str
+    doc: YamlDoc
+    device: str
+    memory_gb: float
+    description: str = ""
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            _record_lines(value_node, key + ".", lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = f"{prefix.rstrip('.')}[{index}]"
+            lines[key] = item.start_mark.line + 1
+            _record_lines(item, key + ".", lines)
+
+
+def load_yaml(path: Path) -> YamlDoc:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FtwError(f"{display_path(path)}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{display_path(path)}:{mark.line + 1}:{mark.column + 1}" if mark else display_path(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise FtwError(f"{where}: YAML syntax error: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FtwError(f"{display_path(path)}: expected a mapping of keys at the top, found {type(data).__name__}")
+    lines: dict[str, int] = {}
+    if node is not None:
+        _record_lines(node, "", lines)
+    return YamlDoc(path, data, lines)
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _check_keys(doc: YamlDoc, mapping: dict, schema: dict, prefix: str = "") -> None:
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            raise FtwError(
+                f"{doc.origin(dotted)}: unknown key.{_did_you_mean(str(key), schema)} "
+                f"Known keys here: {', '.join(sorted(schema))}."
+            )
+        expected = schema[key]
+        if value is not None and not isinstance(value, expected):
+            names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
+            raise FtwError(f"{doc.origin(dotted)}: expected {names}, found {type(value).__name__} {value!r}")
+
+
+def _require(doc: YamlDoc, mapping: dict, key: str, dotted: str) -> Any:
+    value = mapping.get(key)
+    if value in (None, "", []):
+        raise FtwError(f"{doc.origin(dotted.rsplit('.', 1)[0] if '.' in dotted else dotted)}: "
+                       f"'{dotted}' is required in {display_path(doc.path)}")
+    return value
+
+
+def find_named(name_or_path: str, folder: Path, kind: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if candidate.is_file():
+            return candidate.resolve()
+        raise FtwError(f"{kind} file not found: {name_or_path}")
+    path = folder / f"{name_or_path}.yaml"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise FtwError(
+        f"unknown {kind} '{name_or_path}'.{_did_you_mean(name_or_path, known)} "
+        f"Known {kind}s: {', '.join(known)} (in {display_path(folder)}), or give a path to a .yaml file."
+    )
+
+
+def parse_recipe(doc: YamlDoc, name: str) -> Recipe:
+    data = doc.data
+    _check_keys(doc, data, RECIPE_KEYS)
+    model = _require(doc, data, "model", "model")
+    _check_keys(doc, model, MODEL_KEYS, "model.")
+    method = data.get("method", "lora")
+    if method not in METHODS:
+        raise FtwError(f"{doc.origin('method')}: method must be one of {', '.join(METHODS)}, found {method!r}")
+    datasets = _require(doc, data, "dataset", "dataset")
+    for index, entry in enumerate(datasets):
+        if not isinstance(entry, str):
+            raise FtwError(f"{doc.origin(f'dataset[{index}]')}: a dataset entry is a file path, found {entry!r}")
+    ollama = data.get("ollama") or {}
+    _check_keys(doc, ollama, OLLAMA_KEYS, "ollama.")
+    checks = []
+    for index, item in enumerate(data.get("checks") or []):
+        if not (isinstance(item, dict) and isinstance(item.get("prompt"), str) and isinstance(item.get("expect"), str)):
+            raise FtwError(f"{doc.origin(f'checks[{index}]')}: each check needs 'prompt' and 'expect' strings")
+        checks.append(Check(item["prompt"], item["expect"]))
+    return Recipe(
+        name=name,
+        doc=doc,
+        base_model=_require(doc, model, "base", "model.base"),
+        template=_require(doc, model, "template", "model.template"),
+        full_precision_base=model.get("full_precision_base"),
+        method=method,
+        datasets=list(datasets),
+        system=data.get("system"),
+        description=data.get("description") or "",
+        train=dict(data.get("train") or {}),
+        export=dict(data.get("export") or {}),
+        ollama_parameters=dict(ollama.get("parameters") or {}),
+        checks=checks,
+    )
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    path = find_named(name_or_path, RECIPES_DIR, "recipe")
+    doc = load_yaml(path)
+    doc.overrides = apply_overrides(doc.data, list(overrides))
+    return parse_recipe(doc, path.stem)
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = find_named(name_or_path, PROFILES_DIR, "profile")
+    doc = load_yaml(path)
+    _check_keys(doc, doc.data, PROFILE_KEYS)
+    device = doc.data.get("device", "cuda")
+    if device not in DEVICES:
+        raise FtwError(f"{doc.origin('device')}: device must be one of {', '.join(DEVICES)}, found {device!r}")
+    return Profile(
+        name=path.stem,
+        doc=doc,
+        device=device,
+        memory_gb=float(doc.data.get("memory_gb") or 0),
+        description=doc.data.get("description") or "",
+        train=dict(doc.data.get("train") or {}),
+    )
+
+
+def apply_overrides(recipe_data: dict, overrides: list[str]) -> dict[str, Origin]:
+    """Apply --set key=value to the recipe's data; return the origin of each changed key.
+
+    A key naming a recipe section (`system=...`, `model.template=...`) sets it; any other
+    bare key is a LLaMA-Factory training key (`learning_rate=5e-5` means `train.learning_rate`).
+    Values are parsed as YAML scalars so numbers and booleans keep their types.
+    """
+    origins: dict[str, Origin] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FtwError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=5e-5")
+        top = key.split(".", 1)[0]
+        dotted = key if top in RECIPE_KEYS else f"train.{key}"
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise FtwError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        target = recipe_data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise FtwError(f"--set {item!r}: '{part}' is not a section")
+        target[parts[-1]] = value
+        origins[dotted] = Origin("--set", dotted)
+    return origins

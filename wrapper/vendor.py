@@ -1,0 +1,80 @@
+"""Setup stage: unpack llama.cpp from the pinned llama-cpp-python sdist.
+
+A git submodule can't be cloned here (only package registries are reachable), but
+the llama-cpp-python sdist carries the complete llama.cpp tree of the exact commit its
+library is compiled from. Converting with that tree's convert_hf_to_gguf.py and its own
+gguf-py keeps converter, quantizer and runtime on one llama.cpp version.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from wrapper.paths import LLAMA_CPP_DIR, PROJECT_ROOT
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+COMMIT_FILE = "FTW_COMMIT"
+SDIST_CACHE = PROJECT_ROOT / ".cache" / "sdist"
+
+
+def installed_commit(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> str | None:
+    marker = llama_cpp_dir / COMMIT_FILE
+    if not marker.is_file():
+        return None
+    return marker.read_text().split()[0]
+
+
+def download_sdist(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    if not (dest / name).is_file():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--no-binary", ":all:", f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+             "-d", str(dest)],
+            check=True,
+        )
+    return dest / name
+
+
+def unpack_llama_cpp(sdist: Path, target: Path) -> str:
+    """Extract vendor/llama.cpp from the sdist into target; return the llama.cpp commit."""
+    top = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
+    tree_prefix = f"{top}/vendor/llama.cpp/"
+    head_member = f"{top}/.git/modules/vendor/llama.cpp/HEAD"
+    staging = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=target.parent))
+    try:
+        with tarfile.open(sdist) as archive:
+            commit = archive.extractfile(head_member).read().decode().strip()
+            members = []
+            for member in archive.getmembers():
+                if member.name.startswith(tree_prefix):
+                    member.name = member.name[len(tree_prefix):]
+                    members.append(member)
+            archive.extractall(staging, members=members, filter="data")
+        (staging / COMMIT_FILE).write_text(f"{commit}\nfrom llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist\n")
+        if target.exists():
+            shutil.rmtree(target)
+        # Rename last, so an interrupted setup never leaves a tree that looks complete.
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return commit
+
+
+def ensure_llama_cpp() -> str:
+    commit = installed_commit()
+    if commit and (LLAMA_CPP_DIR / "convert_hf_to_gguf.py").is_file():
+        return commit
+    LLAMA_CPP_DIR.parent.mkdir(parents=True, exist_ok=True)
+    return unpack_llama_cpp(download_sdist(SDIST_CACHE), LLAMA_CPP_DIR)
+
+
+if __name__ == "__main__":
+    print(f"vendor/llama.cpp at commit {ensure_llama_cpp()}")
