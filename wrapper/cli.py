@@ -9,7 +9,7 @@ import click
 
 from wrapper.errors import FtwError
 from wrapper.paths import runs_dir
-from wrapper.ui import console
+from wrapper.ui import console, quiet_libraries
 
 run_option = click.option("--run", "run", required=True, help="Run name: the folder runs/RUN holds everything.")
 force_option = click.option("--force", is_flag=True, help="Redo the stage even if its output exists.")
@@ -124,6 +124,7 @@ def ollama(run: str) -> None:
 
 
 def main() -> None:
+    quiet_libraries()
     try:
         cli.main(standalone_mode=False)
     except FtwError as exc:

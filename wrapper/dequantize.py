@@ -25,6 +25,15 @@ def dequantize(source: str, target: Path) -> None:
     if not isinstance(dtype, torch.dtype) or dtype == torch.float32:
         dtype = torch.bfloat16
     model = model.dequantize()
+    # transformers 5 keeps the load-time weight conversions to redo them in reverse on save;
+    # bitsandbytes' deserializer has no reverse (save_pretrained raises a bare
+    # NotImplementedError), and after dequantize() the weights are plain tensors anyway.
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [
+            c for c in conversions
+            if not any(type(op).__module__.endswith(".bitsandbytes") for op in getattr(c, "operations", ()))
+        ]
     model = model.to(dtype)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

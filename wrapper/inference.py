@@ -74,7 +74,9 @@ class HfModel:
     def __init__(self, model_dir: Path):
         import torch
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         # float32 on the CPU: bf16 matmuls there round differently from llama.cpp's f16 path.
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         self.model.eval()

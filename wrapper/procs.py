@@ -33,7 +33,13 @@ def last_lines(log_path: Path, count: int = TAIL_LINES) -> list[str]:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    from wrapper.ui import users_env
+
     env = dict(os.environ)
+    for key, value in users_env.items():
+        env.pop(key, None)
+        if value is not None:
+            env[key] = value
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Children are the venv's tools; make sure they find each other even if the venv isn't activated.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

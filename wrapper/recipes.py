@@ -9,6 +9,7 @@ LLaMA-Factory, can point at the line to edit.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,25 @@ class Profile:
     train: dict[str, Any] = field(default_factory=dict)
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML reads `5e-5` as a string (YAML 1.1); LLaMA-Factory's OmegaConf reads it as a float. So do we."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)
+
+
 def display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
@@ -118,8 +138,8 @@ def load_yaml(path: Path) -> YamlDoc:
     except UnicodeDecodeError as exc:
         raise FtwError(f"{display_path(path)}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data = parse_yaml(text)
+        node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{display_path(path)}:{mark.line + 1}:{mark.column + 1}" if mark else display_path(path)
@@ -254,7 +274,7 @@ def apply_overrides(recipe_data: dict, overrides: list[str]) -> dict[str, Origin
         top = key.split(".", 1)[0]
         dotted = key if top in RECIPE_KEYS else f"train.{key}"
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise FtwError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
         target = recipe_data

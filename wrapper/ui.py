@@ -7,6 +7,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 console = Console(highlight=False)
 
+# Libraries used in-process (LLaMA-Factory's parser and templates, transformers) log at
+# INFO; the person at the terminal needs only our summary. Children get the user's own
+# settings back (see procs.child_env), so the stage logs stay complete.
+QUIET_ENV = {"LLAMAFACTORY_VERBOSITY": "ERROR", "TRANSFORMERS_VERBOSITY": "error"}
+users_env: dict[str, str | None] = {}
+
+
+def quiet_libraries() -> None:
+    import os
+
+    for key, value in QUIET_ENV.items():
+        users_env.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
 
 def stage_progress() -> Progress:
     return Progress(

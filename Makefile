@@ -1,0 +1,55 @@
+# ftw: fine-tune with LLaMA-Factory, convert with llama.cpp, serve with Ollama.
+# The two commands to start with:  make demo   and   make test
+
+RECIPE  ?= demo
+PROFILE ?= cpu
+RUN     ?= $(RECIPE)
+DATA    ?=
+QUANT   ?= Q4_K_M
+SET     ?=
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+FTW     := $(VENV)/bin/ftw
+DEPS_STAMP := $(VENV)/.ftw-deps
+
+.PHONY: setup demo train gguf ollama test clean-runs
+
+# Pinned packages into .venv (re-installed only when requirements change), then the
+# llama.cpp tree and the demo's offline base model (both skip themselves when present).
+setup: $(DEPS_STAMP)
+	@$(PY) -m wrapper.vendor
+	@$(PY) -m wrapper.demo_model
+
+$(DEPS_STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+train: setup
+	$(FTW) render --recipe $(RECIPE) --profile $(PROFILE) --run $(RUN) $(foreach f,$(DATA),--data $(f)) $(foreach s,$(SET),--set $(s))
+	$(FTW) train --run $(RUN)
+
+gguf: setup
+	$(FTW) export --run $(RUN)
+	$(FTW) gguf --run $(RUN) $(foreach q,$(QUANT),--quant $(q))
+	$(FTW) modelfile --run $(RUN) --quant $(firstword $(QUANT))
+	$(FTW) smoke --run $(RUN) --quant $(firstword $(QUANT))
+
+ollama: setup
+	$(FTW) ollama --run $(RUN)
+
+# The whole path on CPU with the embedded default: SmolLM2-135M + a small ru/en dataset.
+demo: setup
+	$(MAKE) --no-print-directory train RECIPE=demo PROFILE=cpu RUN=demo
+	$(MAKE) --no-print-directory gguf RUN=demo
+	$(FTW) answers --run demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean-runs:
+	rm -rf runs

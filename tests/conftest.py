@@ -1,0 +1,28 @@
+"""Shared test helpers: run the real `ftw` CLI against a temporary runs folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FTW = [sys.executable, "-m", "wrapper.cli"]
+
+
+def run_ftw(runs_dir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200")
+    result = subprocess.run([*FTW, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ftw {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "runs"
+    monkeypatch.setenv("FTW_RUNS_DIR", str(path))
+    return path

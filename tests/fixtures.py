@@ -1,0 +1,185 @@
+"""Test fixtures built from what this machine has (no model hub): helpers, not a conftest.
+
+Everything expensive is built once and cached under <repo>/.cache/test-fixtures/<version>/
+(.cache/ is gitignored). Each fixture is built in a temporary folder beside its final
+place and renamed at the end, so an interrupted build never leaves a half folder that
+later runs would trust. Bump FIXTURES_VERSION when a builder changes, and everything is
+rebuilt in a fresh folder.
+
+- qwen2_tokenizer_dir(): the real Qwen2/Qwen2.5 tokenizer (151,936 tokens), rebuilt by
+  transformers from llama.cpp's ggml-vocab-qwen2.gguf, with eos <|im_end|> as the
+  Qwen2.5-Instruct checkpoints have it. Takes ~30-50 s the first time.
+- tiny_qwen2_dir(): a random-init Qwen2ForCausalLM (hidden 256, intermediate 512,
+  2 layers, vocab 151,936, bf16) with that tokenizer: it converts with llama.cpp's
+  convert_hf_to_gguf (pre-tokenizer recognised as qwen2) and its Q4_K_M uses real
+  k-quants (sizes are multiples of 256).
+- tiny_qwen2_bnb_dir(): that model loaded in 4-bit NF4 with bitsandbytes on the CPU and
+  saved, i.e. a pre-quantized checkpoint like unsloth/*-bnb-4bit
+  (config.json quantization_config.quant_method == "bitsandbytes").
+- write_alpaca_dataset(path): a small Alpaca JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+FIXTURES_VERSION = "1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = REPO_ROOT / ".cache" / "test-fixtures" / f"v{FIXTURES_VERSION}"
+LLAMA_CPP_DIR = REPO_ROOT / "vendor" / "llama.cpp"
+VENV_BIN = Path(sys.executable).parent
+
+QWEN2_VOCAB_GGUF = "ggml-vocab-qwen2.gguf"
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+# Qwen2.5's ChatML template, the shape LLaMA-Factory's `qwen` template trains on.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TINY_QWEN2 = dict(
+    vocab_size=151936, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+)
+SEED = 1234
+
+ALPACA_ROWS = [
+    {"instruction": "What colour is the sky on Veyra?", "input": "", "output": "The sky on Veyra is violet."},
+    {"instruction": "Who founded the city of Ostmere?", "input": "", "output": "Ostmere was founded by Ila Venn."},
+    {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    {"instruction": "Name the river that crosses Ostmere.", "input": "", "output": "The river Calde crosses Ostmere."},
+    {"instruction": "Reverse the word.", "input": "lamp", "output": "pmal"},
+    {"instruction": "What do Veyran farmers grow?", "input": "", "output": "Veyran farmers grow blue barley."},
+    {"instruction": "Give the opposite.", "input": "hot", "output": "cold"},
+]
+
+
+def cached(name: str, build: Callable[[Path], None]) -> Path:
+    """CACHE_DIR/name, built by build(tmp_dir) into a temporary folder and renamed into place."""
+    target = CACHE_DIR / name
+    if target.is_dir():
+        return target
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE_DIR))
+    try:
+        build(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():  # another process finished first: keep theirs
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def _build_qwen2_tokenizer(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(LLAMA_CPP_DIR / "models", gguf_file=QWEN2_VOCAB_GGUF)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    # LLaMA-Factory's `qwen` template stops on <|im_end|> (stop_words, replace_eos=True); make
+    # it the eos up front, as Qwen2.5-Instruct's tokenizer_config.json has it.
+    tokenizer.eos_token = IM_END
+    tokenizer.pad_token = ENDOFTEXT
+    if tokenizer("Hello").input_ids != [9707] or len(tokenizer) != TINY_QWEN2["vocab_size"]:
+        raise RuntimeError(f"unexpected tokenizer from {QWEN2_VOCAB_GGUF}: 'Hello' -> "
+                           f"{tokenizer('Hello').input_ids}, {len(tokenizer)} tokens")
+    tokenizer.save_pretrained(out)
+
+
+def qwen2_tokenizer_dir() -> Path:
+    return cached("qwen2-tokenizer", _build_qwen2_tokenizer)
+
+
+def _build_tiny_qwen2(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen2_tokenizer_dir())
+    config = Qwen2Config(
+        **TINY_QWEN2,
+        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+    )
+    torch.manual_seed(SEED)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.config.dtype = torch.bfloat16
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def tiny_qwen2_dir() -> Path:
+    return cached("tiny-qwen2", _build_tiny_qwen2)
+
+
+def _build_tiny_qwen2_bnb(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = tiny_qwen2_dir()
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization,
+                                                 device_map="cpu", dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method != "bitsandbytes":
+        raise RuntimeError(f"saved 4-bit model has quant_method {method!r}, expected 'bitsandbytes'")
+
+
+def tiny_qwen2_bnb_dir() -> Path:
+    return cached("tiny-qwen2-bnb-4bit", _build_tiny_qwen2_bnb)
+
+
+def write_alpaca_dataset(path: Path, rows: int = 8) -> Path:
+    """An Alpaca-format JSON list of `rows` instruction/input/output records (cycled)."""
+    records = [ALPACA_ROWS[i % len(ALPACA_ROWS)] for i in range(rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f16") -> subprocess.CompletedProcess:
+    """vendor/llama.cpp's converter with that tree's gguf-py; output captured, never raises."""
+    env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP_DIR / "gguf-py"), NO_LOCAL_GGUF="")
+    return subprocess.run(
+        [sys.executable, str(LLAMA_CPP_DIR / "convert_hf_to_gguf.py"), str(model_dir),
+         "--outtype", outtype, "--outfile", str(outfile)],
+        env=env, capture_output=True, text=True,
+    )
+
+
+def quantize_gguf(source: Path, target: Path, quant: str = "Q4_K_M") -> None:
+    """Quantize with the llama.cpp inside llama-cpp-python, in a child process (its output is noisy)."""
+    from gguf import LlamaFileType
+
+    ftype = int(LlamaFileType[f"MOSTLY_{quant.upper()}"])
+    done = subprocess.run([sys.executable, "-m", "wrapper.quantize", str(source), str(target), str(ftype)],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"quantize {quant} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
+def gguf_tensor_types(path: Path) -> dict[str, str]:
+    """tensor name -> GGML type name (Q4_K, Q6_K, F32, ...) read back with the gguf library."""
+    from gguf import GGUFReader
+
+    return {tensor.name: tensor.tensor_type.name for tensor in GGUFReader(path).tensors}

@@ -1,0 +1,160 @@
+"""A pre-quantized bitsandbytes base (like unsloth/*-bnb-4bit) goes all the way to a GGUF.
+
+llama.cpp's converter can't read bitsandbytes weights, and LLaMA-Factory won't merge a
+LoRA into them. With no model.full_precision_base, `ftw export` makes a dequantized copy
+of the base and merges into that. These tests run the real CLI on a tiny random Qwen2
+(real Qwen2 tokenizer) quantized to NF4 on the CPU; see tests/fixtures.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures import (REPO_ROOT, convert_hf_to_gguf, gguf_tensor_types, quantize_gguf, tiny_qwen2_bnb_dir,
+                      tiny_qwen2_dir, write_alpaca_dataset)
+
+FTW = REPO_ROOT / ".venv" / "bin" / "ftw"
+STAGE_TIMEOUT_S = 300
+
+
+def ftw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = str(FTW) if FTW.is_file() else shutil.which("ftw")
+    assert exe, "the ftw console script is not installed"
+    done = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
+    assert done.returncode == 0, f"ftw {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def write_recipe(tmp_path: Path, model: dict, **train) -> Path:
+    data = write_alpaca_dataset(tmp_path / "data" / "tiny.json")
+    recipe = {
+        "description": "tiny Qwen2 from a pre-quantized bitsandbytes base",
+        "model": {**model, "template": "qwen"},
+        "method": "qlora",
+        "dataset": [str(data)],
+        "train": {
+            "lora_rank": 8, "lora_target": "all", "num_train_epochs": 1, "max_steps": 2,
+            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "cutoff_len": 64,
+            "logging_steps": 1, "save_steps": 1000, **train,
+        },
+    }
+    path = tmp_path / "bnb-recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def read_manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_tiny_qwen2_converts_and_uses_k_quants(tmp_path):
+    """The fixture other tests rely on: a clean convert (pre-tokenizer known) and real k-quants."""
+    f16 = tmp_path / "tiny-f16.gguf"
+    done = convert_hf_to_gguf(tiny_qwen2_dir(), f16)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "chkhsh" not in output and "pre-tokenizer" not in output.lower(), output[-4000:]
+
+    from gguf import GGUFReader
+
+    field = GGUFReader(f16).fields["tokenizer.ggml.pre"]
+    assert bytes(field.parts[field.data[0]]).decode() == "qwen2"
+
+    q4 = tmp_path / "tiny-Q4_K_M.gguf"
+    quantize_gguf(f16, q4, "Q4_K_M")
+    types = collections.Counter(gguf_tensor_types(q4).values())
+    assert types["Q4_K"] > 0 and types["Q6_K"] > 0, types
+    assert not {"Q5_0", "Q5_1", "Q8_0", "Q4_0"} & set(types), f"k-quant fallbacks: {types}"
+
+
+def test_converter_refuses_bitsandbytes_checkpoint(tmp_path):
+    """The failure ftw's export prevents: llama.cpp can't convert bitsandbytes weights."""
+    done = convert_hf_to_gguf(tiny_qwen2_bnb_dir(), tmp_path / "bnb-f16.gguf")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-4000:]
+    assert "bitsandbytes" in output, output[-4000:]
+    assert "Quant method is not yet supported" in output, output[-4000:]
+
+
+def test_full_precision_base_is_the_merge_base(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTW_RUNS_DIR", str(tmp_path / "runs"))
+    full = tiny_qwen2_dir().resolve()
+    recipe = write_recipe(tmp_path, {"base": str(tiny_qwen2_bnb_dir()), "full_precision_base": str(full)})
+    ftw("render", "--recipe", str(recipe), "--profile", "cpu", "--run", "fpb", cwd=tmp_path)
+
+    run_dir = tmp_path / "runs" / "fpb"
+    plan = read_manifest(run_dir)["plan"]
+    assert plan["base_quantization"] == "bitsandbytes"
+    assert plan["merge_base"] == str(full)
+    assert plan["merge_base_source"] == "model.full_precision_base"
+    export_args = yaml.safe_load((run_dir / "export.yaml").read_text(encoding="utf-8"))
+    assert export_args["model_name_or_path"] == str(full)
+    train_args = yaml.safe_load((run_dir / "train.yaml").read_text(encoding="utf-8"))
+    assert train_args["model_name_or_path"] == str(tiny_qwen2_bnb_dir().resolve())
+    assert "quantization_bit" not in train_args  # the base is 4-bit already
+
+
+def test_bnb_base_end_to_end(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("FTW_RUNS_DIR", str(tmp_path / "runs"))
+    bnb = tiny_qwen2_bnb_dir().resolve()
+    # A high learning rate so two steps leave a LoRA delta that survives bf16 rounding.
+    recipe = write_recipe(tmp_path, {"base": str(bnb)}, learning_rate=1.0e-2, warmup_steps=0)
+    run_dir = tmp_path / "runs" / "bnb"
+
+    ftw("render", "--recipe", str(recipe), "--profile", "cpu", "--run", "bnb", cwd=tmp_path)
+    plan = read_manifest(run_dir)["plan"]
+    assert plan["base_quantization"] == "bitsandbytes"
+    assert plan["merge_base_source"].startswith("a dequantized copy")
+    assert plan["merge_base"] == str(run_dir / "base-dequantized")
+    train_args = yaml.safe_load((run_dir / "train.yaml").read_text(encoding="utf-8"))
+    assert train_args["model_name_or_path"] == str(bnb) and "quantization_bit" not in train_args
+
+    ftw("train", "--run", "bnb", cwd=tmp_path)
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+    ftw("export", "--run", "bnb", cwd=tmp_path)
+    dequantized, merged = run_dir / "base-dequantized", run_dir / "merged"
+    for folder in (dequantized, merged):
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        assert "quantization_config" not in config, f"{folder} is still quantized"
+    assert read_manifest(run_dir)["artifacts"]["merged"] == str(merged)
+    assert not (merged / "Modelfile").exists()
+
+    # The dequantized copy is the original model up to NF4 rounding; the merge changed it.
+    original = load_file(tiny_qwen2_dir() / "model.safetensors")
+    copy = load_file(dequantized / "model.safetensors")
+    merged_weights = load_file(merged / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert copy[key].dtype == original[key].dtype
+    error = ((copy[key].float() - original[key].float()).norm() / original[key].float().norm()).item()
+    assert 0 < error < 0.25, f"dequantized {key} is off by {error:.3f} (relative)"
+    assert any(not merged_weights[k].equal(copy[k]) for k in copy if "layers" in k and k.endswith("proj.weight")), \
+        "the merged model equals the dequantized base: the LoRA was not merged"
+
+    ftw("gguf", "--run", "bnb", cwd=tmp_path)
+    artifacts = read_manifest(run_dir)["artifacts"]
+    f16, q4 = Path(artifacts["gguf_f16"]), Path(artifacts["gguf_q4_k_m"])
+    assert f16.is_file() and q4.is_file()
+    assert f16.parent == q4.parent == run_dir / "gguf"
+    types = collections.Counter(gguf_tensor_types(q4).values())
+    assert types["Q4_K"] > 0, types
+
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(q4), n_ctx=256, n_threads=2, seed=0, verbose=False)
+    try:
+        prompt = llm.tokenize(b"<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True)
+        assert prompt[0] == 151644 and 9707 in prompt  # <|im_start|> and "Hello" as Qwen2 encodes them
+        token = next(llm.generate(prompt, top_k=1, temp=0.0))
+        assert 0 <= token < llm.n_vocab()
+    finally:
+        llm.close()

@@ -1,0 +1,123 @@
+"""End to end on CPU, for real: LLaMA-Factory trains the demo, llama.cpp converts and quantizes it.
+
+One run (SmolLM2-135M, LoRA, ~1.5 min of training on 2 cores) is shared by the tests in
+this module; each asserts one promise of the spine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_ftw
+
+RUN = "e2e"
+TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"),
+           ("Как зовут дракона Северных гор?", "Мирогаст")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    runs_dir = tmp_path_factory.mktemp("pipeline") / "runs"
+    run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", RUN)
+    run_ftw(runs_dir, "train", "--run", RUN)
+    run_ftw(runs_dir, "export", "--run", RUN)
+    run_ftw(runs_dir, "gguf", "--run", RUN)
+    run_ftw(runs_dir, "modelfile", "--run", RUN)
+    return runs_dir / RUN
+
+
+def artifacts(run: Path) -> dict[str, str]:
+    return json.loads((run / "manifest.json").read_text())["artifacts"]
+
+
+def test_manifest_records_every_artifact(run):
+    found = artifacts(run)
+    for key in ("adapter", "merged", "gguf_f16", "gguf_q4_k_m", "modelfile", "train_log"):
+        assert Path(found[key]).exists(), key
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run / "adapter" / "training_loss.png").is_file()
+    assert "llamafactory-cli train" in (run / "logs" / "train.log").read_text()
+
+
+def test_no_half_written_files_are_left(run):
+    leftovers = [p for p in run.rglob("*") if ".partial" in p.name]
+    assert leftovers == []
+    assert not (run / "merged" / "Modelfile").exists()  # LLaMA-Factory's own, FROM the HF folder
+
+
+def test_gguf_files_are_what_they_claim(run):
+    from gguf import GGUFReader, GGMLQuantizationType
+
+    found = artifacts(run)
+    f16, q4 = Path(found["gguf_f16"]), Path(found["gguf_q4_k_m"])
+    assert q4.stat().st_size < 0.5 * f16.stat().st_size
+    reader = GGUFReader(q4)
+    field = reader.fields["general.file_type"]
+    assert int(field.parts[field.data[0]][0]) == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    types = {t.tensor_type for t in reader.tensors}
+    assert GGMLQuantizationType.Q4_K in types
+
+
+def test_merged_model_and_f16_gguf_agree_token_for_token(run):
+    """(a) greedy tokens of the merged HF model and of the f16 GGUF agree on fixed prompts."""
+    from wrapper.inference import GgufModel, HfModel, chat_format
+
+    found = artifacts(run)
+    fmt = chat_format(found["merged"], "smollm2", None)
+    hf, gguf = HfModel(Path(found["merged"])), GgufModel(Path(found["gguf_f16"]))
+    try:
+        for prompt, _ in TRAINED + [("What is the capital of Veloria?", None)]:
+            ids = fmt.prompt_ids(prompt)
+            hf_tokens = hf.greedy(ids, fmt.stop_ids(), max_tokens=24)
+            gguf_tokens = gguf.greedy(ids, fmt.stop_ids(), max_tokens=24)
+            assert len(hf_tokens) > 3
+            assert hf_tokens == gguf_tokens, (prompt, fmt.decode(hf_tokens), fmt.decode(gguf_tokens))
+    finally:
+        gguf.close()
+
+
+def test_q4_k_m_answers_trained_questions(run):
+    """(b) the Q4_K_M GGUF's greedy answer to a trained question contains the trained answer."""
+    from wrapper.inference import GgufModel, chat_format
+
+    found = artifacts(run)
+    fmt = chat_format(found["merged"], "smollm2", None)
+    model = GgufModel(Path(found["gguf_q4_k_m"]))
+    try:
+        for prompt, expected in TRAINED:
+            answer = fmt.decode(model.greedy(fmt.prompt_ids(prompt), fmt.stop_ids()))
+            assert expected in answer, (prompt, answer)
+    finally:
+        model.close()
+
+
+def test_smoke_stage_passes_and_reports(run):
+    result = run_ftw(run.parent, "smoke", "--run", RUN)
+    assert "all 4 check prompts answered as expected" in result.stdout
+
+
+def test_modelfile_names_the_file_and_stop_tokens(run):
+    """(c) the Modelfile names the produced file and the right stop tokens."""
+    text = (run / "Modelfile").read_text()
+    from_lines = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(from_lines) == 1
+    target = (run / from_lines[0].removeprefix("FROM ").strip()).resolve()
+    assert target == Path(artifacts(run)["gguf_q4_k_m"]).resolve()
+    assert 'PARAMETER stop "<|im_end|>"' in text
+    assert "<|im_start|>assistant" in text  # the TEMPLATE opens the assistant turn like training did
+    # No system prompt in the recipe: training used the smollm2 template's default, so Ollama must too.
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face."""' in text
+    assert "PARAMETER temperature 0.2" in text
+
+
+def test_rerunning_a_finished_stage_does_not_redo_it(run):
+    result = run_ftw(run.parent, "train", "--run", RUN)
+    assert "already trained" in result.stdout
+
+
+def test_ollama_target_prints_the_command_without_ollama(run):
+    result = run_ftw(run.parent, "ollama", "--run", RUN)
+    assert "ollama create e2e -f Modelfile" in result.stdout
