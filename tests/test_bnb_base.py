@@ -14,7 +14,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from fixtures import (REPO_ROOT, convert_hf_to_gguf, gguf_tensor_types, quantize_gguf, tiny_qwen2_bnb_dir,

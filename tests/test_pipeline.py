@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_ftw
+from conftest import run_ftw
 
 RUN = "e2e"
 TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"),

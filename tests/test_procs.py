@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from wrapper.errors import StageError
-from wrapper.manifest import write_text_atomic
+from wrapper.fsutil import write_text_atomic
 from wrapper.procs import run_logged
 
 

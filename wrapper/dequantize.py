@@ -6,10 +6,10 @@ its memory is returned when it ends and its output goes to the export log.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from wrapper.fsutil import staged_dir
 
 
 def dequantize(source: str, target: Path) -> None:
@@ -39,17 +39,9 @@ def dequantize(source: str, target: Path) -> None:
         del model.config.quantization_config
     model.config.dtype = dtype
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         model.save_pretrained(staging)
         AutoTokenizer.from_pretrained(source).save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     print(f"dequantized {source} -> {target} ({dtype})")
 
 

@@ -8,8 +8,6 @@ the manifest means a finished file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
@@ -17,24 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wrapper.errors import FtwError
+from wrapper.fsutil import write_text_atomic
 
 if TYPE_CHECKING:
     from wrapper.render import RunPlan
 
 MANIFEST = "manifest.json"
 VERSIONED_PACKAGES = ("llamafactory", "transformers", "torch", "peft", "llama_cpp_python", "gguf")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside the target and rename, so a reader never sees half a file."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def versions() -> dict[str, str | None]:

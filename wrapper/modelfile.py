@@ -15,6 +15,7 @@ from pathlib import Path
 
 from wrapper import manifest
 from wrapper.errors import FtwError
+from wrapper.fsutil import write_text_atomic
 from wrapper.gguf_stage import artifact_key
 from wrapper.paths import TEMPLATES_DIR
 from wrapper.render import template_env
@@ -76,7 +77,7 @@ def write_modelfile(run_dir: Path, quant: str = "Q4_K_M") -> Path:
         stops=stop_tokens(plan.template, merged),
         parameters=plan.ollama_parameters,
     )
-    manifest.write_text_atomic(path, text)
+    write_text_atomic(path, text)
     manifest.record_artifacts(run_dir, modelfile=path)
     done(f"Modelfile (FROM {gguf.name}) -> {path}")
     return path

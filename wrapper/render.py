@@ -18,8 +18,9 @@ import yaml
 from wrapper import manifest
 from wrapper.datasets import DatasetFile, inspect_dataset
 from wrapper.errors import FtwError
+from wrapper.fsutil import write_text_atomic
 from wrapper.paths import TEMPLATES_DIR, runs_dir
-from wrapper.recipes import Origin, Profile, Recipe, display_path, load_profile, load_recipe
+from wrapper.recipes import Profile, Recipe, display_path, load_profile, load_recipe
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 RUN_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
@@ -332,7 +333,7 @@ def render(recipe_name: str, profile_name: str, run: str, data_files: list[str],
 
     plan.dir.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        manifest.write_text_atomic(plan.dir / name, text)
+        write_text_atomic(plan.dir / name, text)
     manifest.start(plan)
     return plan
 

@@ -8,13 +8,12 @@ gguf-py keeps converter, quantizer and runtime on one llama.cpp version.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
+from wrapper.fsutil import staged_dir
 from wrapper.paths import LLAMA_CPP_DIR, PROJECT_ROOT
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -47,24 +46,15 @@ def unpack_llama_cpp(sdist: Path, target: Path) -> str:
     top = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
     tree_prefix = f"{top}/vendor/llama.cpp/"
     head_member = f"{top}/.git/modules/vendor/llama.cpp/HEAD"
-    staging = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=target.parent))
-    try:
-        with tarfile.open(sdist) as archive:
-            commit = archive.extractfile(head_member).read().decode().strip()
-            members = []
-            for member in archive.getmembers():
-                if member.name.startswith(tree_prefix):
-                    member.name = member.name[len(tree_prefix):]
-                    members.append(member)
-            archive.extractall(staging, members=members, filter="data")
+    with staged_dir(target) as staging, tarfile.open(sdist) as archive:
+        commit = archive.extractfile(head_member).read().decode().strip()
+        members = []
+        for member in archive.getmembers():
+            if member.name.startswith(tree_prefix):
+                member.name = member.name[len(tree_prefix):]
+                members.append(member)
+        archive.extractall(staging, members=members, filter="data")
         (staging / COMMIT_FILE).write_text(f"{commit}\nfrom llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist\n")
-        if target.exists():
-            shutil.rmtree(target)
-        # Rename last, so an interrupted setup never leaves a tree that looks complete.
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return commit
 
 
