@@ -20,7 +20,7 @@ DEPS_STAMP := $(VENV)/.ftw-deps
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
 setup: $(DEPS_STAMP)
 	@$(PY) -m wrapper.vendor
-	@$(PY) -m wrapper.demo_model
+	@TQDM_DISABLE=1 $(PY) -m wrapper.demo_model
 
 $(DEPS_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -46,11 +46,18 @@ def repair_tokenizer(model_dir: Path) -> None:
     config_json.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
+def is_ready(target: Path = DEMO_MODEL_DIR) -> bool:
+    return (target / COMPLETE_MARKER).is_file()
+
+
 def materialize(target: Path = DEMO_MODEL_DIR) -> Path:
-    if (target / COMPLETE_MARKER).is_file():
+    if is_ready(target):
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     gguf = shipped_gguf()
     with staged_dir(target) as staging:
@@ -66,4 +73,5 @@ def materialize(target: Path = DEMO_MODEL_DIR) -> Path:
 
 
 if __name__ == "__main__":
-    print(f"demo base model at {materialize()}")
+    if not is_ready():
+        print(f"demo base model written to {materialize()}")

