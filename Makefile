@@ -14,7 +14,7 @@ PY      := $(VENV)/bin/python
 FTW     := $(VENV)/bin/ftw
 DEPS_STAMP := $(VENV)/.ftw-deps
 
-.PHONY: setup demo train gguf ollama test clean-runs
+.PHONY: setup demo train gguf ollama chat lmstudio test clean-runs
 
 # Pinned packages into .venv (re-installed only when requirements change), then the
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
@@ -30,7 +30,7 @@ $(DEPS_STAMP): requirements.txt pyproject.toml
 	touch $@
 
 train: setup
-	$(FTW) render --recipe $(RECIPE) --profile $(PROFILE) --run $(RUN) $(foreach f,$(DATA),--data $(f)) $(foreach s,$(SET),--set $(s))
+	$(FTW) render --recipe $(RECIPE) --profile $(PROFILE) --run $(RUN) $(foreach f,$(DATA),--data $(f)) $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--ignore-fit)
 	$(FTW) train --run $(RUN)
 
 gguf: setup
@@ -41,6 +41,13 @@ gguf: setup
 
 ollama: setup
 	$(FTW) ollama --run $(RUN)
+
+# Talk to the run's GGUF in the terminal (training format), or hand it to LM Studio.
+chat: setup
+	$(FTW) chat --run $(RUN) --quant $(firstword $(QUANT))
+
+lmstudio: setup
+	$(FTW) lmstudio --run $(RUN) --quant $(firstword $(QUANT))
 
 # The whole path on CPU with the embedded default: SmolLM2-135M + a small ru/en dataset.
 demo: setup

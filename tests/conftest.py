@@ -26,3 +26,14 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "runs"
     monkeypatch.setenv("FTW_RUNS_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """One real run of the demo recipe (train, merge, GGUF, Modelfile), shared by every test
+    that only reads it: about 3 minutes of CPU, paid once per test session."""
+    runs_dir = tmp_path_factory.mktemp("demo") / "runs"
+    run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", "e2e")
+    for stage in ("train", "export", "gguf", "modelfile"):
+        run_ftw(runs_dir, stage, "--run", "e2e")
+    return runs_dir / "e2e"

@@ -1,7 +1,7 @@
 """End to end on CPU, for real: LLaMA-Factory trains the demo, llama.cpp converts and quantizes it.
 
-One run (SmolLM2-135M, LoRA, ~1.5 min of training on 2 cores) is shared by the tests in
-this module; each asserts one promise of the spine.
+One run (SmolLM2-135M, LoRA, ~1.5 min of training on 2 cores; conftest's demo_run) is
+shared by the tests here; each asserts one promise of the spine.
 """
 
 from __future__ import annotations
@@ -19,14 +19,8 @@ TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"),
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    runs_dir = tmp_path_factory.mktemp("pipeline") / "runs"
-    run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", RUN)
-    run_ftw(runs_dir, "train", "--run", RUN)
-    run_ftw(runs_dir, "export", "--run", RUN)
-    run_ftw(runs_dir, "gguf", "--run", RUN)
-    run_ftw(runs_dir, "modelfile", "--run", RUN)
-    return runs_dir / RUN
+def run(demo_run) -> Path:
+    return demo_run
 
 
 def artifacts(run: Path) -> dict[str, str]:

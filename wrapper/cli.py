@@ -35,19 +35,58 @@ def cli() -> None:
 @click.option("--data", "data_files", multiple=True, help="Your Alpaca/ShareGPT JSON(L) file(s); replace the recipe's dataset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set learning_rate=5e-5 or --set system='...'.")
-def render(recipe: str, profile: str, run: str, data_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Render and check the LLaMA-Factory configs for a run."""
+@click.option("--ignore-fit", is_flag=True, help="Render even if the planner says it won't fit the profile's GPU.")
+def render(recipe: str, profile: str, run: str, data_files: tuple[str, ...], overrides: tuple[str, ...],
+           ignore_fit: bool) -> None:
+    """Render and check the LLaMA-Factory configs for a run (PROFILE 'auto' detects the GPU)."""
+    from wrapper.detect import resolve
     from wrapper.render import render as render_run
 
+    profile = resolve(profile)
     with console.status("rendering and checking with LLaMA-Factory's parser"):
-        plan = render_run(recipe, profile, run, list(data_files), list(overrides))
+        plan = render_run(recipe, profile, run, list(data_files), list(overrides), ignore_fit)
     rows = sum(d["rows"] for d in plan.datasets)
     console.print(f"[green]✓[/green] {plan.run}: {plan.recipe} ({plan.method}) on {plan.profile}, "
                   f"{rows} rows in {len(plan.datasets)} file(s), template {plan.template}")
     console.print(f"  {plan.dir}/train.yaml, export.yaml, dataset_info.json, manifest.json")
+    if plan.prepared_data:
+        from rich.markup import escape
+
+        data = plan.prepared_data
+        console.print(f"  data: prepared by `ftw data prepare` in {data['dir']} ({data['prepared_at']}): "
+                      f"train {data['train']}, val {data['val']} rows; pass --data to use other files")
+        for changed in data["changed_sources"]:
+            console.print(f"  [yellow]note[/yellow]: {escape(changed)} changed since it was prepared; "
+                          "run ftw data prepare again")
+    elif data_files and (plan.dir / "data" / "prepared.json").is_file():
+        console.print(f"  data: --data given, so the prepared data in {plan.dir / 'data'} is not used this time")
+    if plan.fit:
+        fit, settings = plan.fit, plan.fit["settings"]
+        console.print(f"  planner: ~{fit['peak_vram_gb']:.1f} of {fit['budget_gb']:.1f} GiB per GPU "
+                      f"({'fits' if fit['fits'] else 'DOES NOT FIT, rendered because of --ignore-fit'}); "
+                      f"{settings['method']}, micro-batch {settings['micro_batch']} x {settings['grad_accum']}, "
+                      f"checkpointing {'on' if settings['checkpointing'] else 'off'}")
+        for note in fit["notes"]:
+            console.print(f"  note: {note}")
+    if plan.skipped_checks:
+        console.print(f"  checked keys and values only; skipped on this machine: {'; '.join(plan.skipped_checks)}")
     if plan.base_quantization:
         console.print(f"  base is a pre-quantized {plan.base_quantization} checkpoint: "
                       f"the LoRA will be merged into {plan.merge_base_source}")
+
+
+@cli.command()
+@click.option("--recipe", required=True, help="Recipe name in recipes/ or a path to a recipe .yaml.")
+@click.option("--profile", required=True, help="Profile name, alias, NAMExN for N GPUs, or 'auto'.")
+@click.option("--data", "data_files", multiple=True, help="Plan for these data files instead of the recipe's.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def plan(recipe: str, profile: str, data_files: tuple[str, ...], overrides: tuple[str, ...], as_json: bool) -> None:
+    """Before training: memory per GPU, fit and margin, tokens per step, epoch time, output sizes."""
+    from wrapper.detect import resolve
+    from wrapper.plan_report import run_plan_command
+
+    run_plan_command(recipe, resolve(profile), list(data_files), list(overrides), as_json)
 
 
 @cli.command()
@@ -121,6 +160,72 @@ def ollama(run: str) -> None:
     from wrapper.modelfile import ollama_create
 
     ollama_create(run_path(run))
+
+
+@cli.command()
+@run_option
+@click.option("--quant", default="Q4_K_M", show_default=True, help="Which quantized GGUF to talk to.")
+@click.option("--temperature", type=float, default=None,
+              help="Override the recipe's temperature (0 = greedy). Other sampling settings come from the recipe.")
+def chat(run: str, quant: str, temperature: float | None) -> None:
+    """Chat with the run's GGUF in the terminal (llama.cpp, prompts in the training format, streamed)."""
+    from wrapper.chat import chat as chat_session
+
+    chat_session(run_path(run), quant.upper(), temperature)
+
+
+@cli.command()
+@run_option
+@click.option("--quant", default="Q4_K_M", show_default=True, help="Which quantized GGUF to place.")
+@click.option("--dir", "models_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="LM Studio's models folder (default: found under ~/.lmstudio or ~/.cache/lm-studio).")
+@click.option("--copy", is_flag=True, help="Copy the file instead of linking it.")
+def lmstudio(run: str, quant: str, models_dir: Path | None, copy: bool) -> None:
+    """Put the run's GGUF into LM Studio's models folder (publisher/model/file.gguf), or say where it goes."""
+    from wrapper.lmstudio import place
+
+    place(run_path(run), quant.upper(), models_dir, copy)
+
+
+@cli.group()
+def data() -> None:
+    """Your data files: check them, then prepare a clean, split training set for a run."""
+
+
+@data.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--recipe", default="demo", show_default=True,
+              help="Recipe whose tokenizer, template, cutoff_len and data: section apply.")
+@click.option("--max-problems", default=0, show_default=True, help="Show at most N invalid rows per file (0: all).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every problem and duplicate, and each file's summary, to this JSONL file.")
+def data_check(files: tuple[str, ...], recipe: str, max_problems: int, report_path: Path | None) -> None:
+    """Report rows, problems (file:line), duplicates, token lengths and languages; exit 1 if any row is invalid.
+
+    FILES: JSON/JSONL (Alpaca, ShareGPT, OpenAI messages, {"text"}, chat logs with data.field_map),
+    .txt/.md, .srt/.vtt, or folders of them.
+    """
+    from wrapper.data_check import check
+
+    check(list(files), recipe, max_problems, report_path)
+
+
+@data.command("prepare")
+@click.option("--recipe", required=True, help="Recipe name in recipes/ or a path to a recipe .yaml.")
+@click.option("--data", "data_files", multiple=True, help="File(s) or folder(s) to use instead of the recipe's dataset.")
+@run_option
+@click.option("--profile", default=None,
+              help="Render the run with this profile afterwards (default: the one it was rendered with, "
+                   "if any; 'auto' detects the GPU).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set data.val_ratio=0.05.")
+def data_prepare(recipe: str, data_files: tuple[str, ...], run: str, profile: str | None,
+                 overrides: tuple[str, ...]) -> None:
+    """Merge, normalise, dedupe and split into runs/RUN/data (train, val, rejects); train uses it."""
+    from wrapper.data_prepare import prepare
+    from wrapper.detect import resolve
+
+    prepare(recipe, list(data_files), run, resolve(profile) if profile else None, list(overrides))
 
 
 def main() -> None:

@@ -8,10 +8,11 @@ line before training starts, not an hour into it.
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from wrapper.data_formats import Progress, read_json_records
 from wrapper.errors import FtwError
 
 # dataset_info.json entries, per format, as LLaMA-Factory documents them (data/README.md).
@@ -24,6 +25,11 @@ FORMATS = {
     "sharegpt": {
         "formatting": "sharegpt",
         "columns": {"messages": "conversations", "system": "system", "tools": "tools"},
+    },
+    # raw text for continued pretraining (stage: pt): {"text": ...} rows
+    "text": {
+        "formatting": "alpaca",
+        "columns": {"prompt": "text"},
     },
     "openai": {
         "formatting": "sharegpt",
@@ -57,28 +63,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _records(path: Path) -> list[tuple[int, object]]:
-    """(line, record) pairs of a JSON array or a JSONL file."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise FtwError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FtwError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-        # A JSON array has no line per record; the record's index names it instead.
-        return [(index + 1, record) for index, record in enumerate(data)]
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise FtwError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
-    return records
+def _records(path: Path, seen: Progress | None = None) -> Iterator[tuple[int, object]]:
+    """(line, record) pairs of a JSON array or a JSONL file, streamed (wrapper/data_formats.py);
+    the first unreadable row stops with its file:line."""
+    for record in read_json_records(path, seen):
+        if record.problem is not None:
+            raise FtwError(f"{path}:{record.line}: {record.problem.reason}")
+        yield record.line, record.value
 
 
 def detect_format(record: object) -> str | None:
@@ -90,6 +81,8 @@ def detect_format(record: object) -> str | None:
         return "sharegpt"
     if isinstance(record.get("messages"), list):
         return "openai"
+    if isinstance(record.get("text"), str):
+        return "text"
     return None
 
 
@@ -97,21 +90,23 @@ def inspect_dataset(path: Path) -> DatasetFile:
     if not path.is_file():
         raise FtwError(f"dataset file not found: {path}")
     if path.suffix not in (".json", ".jsonl"):
-        raise FtwError(f"{path}: expected a .json or .jsonl file (Alpaca, ShareGPT or OpenAI messages)")
-    records = _records(path)
-    if not records:
+        raise FtwError(f"{path}: expected a .json or .jsonl file (Alpaca, ShareGPT or OpenAI messages); "
+                       "raw text (.txt, .md, .srt, .vtt) and folders go through `ftw data prepare` first")
+    seen = Progress()
+    fmt, rows, keys = None, 0, set()
+    for number, record in _records(path, seen):
+        if fmt is None:
+            fmt = detect_format(record)
+            if fmt is None:
+                found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise FtwError(
+                    f"{path} line {number}: unknown row format (keys: {found}). Expected Alpaca "
+                    "(instruction, input, output), ShareGPT (conversations) or OpenAI (messages)."
+                )
+        elif detect_format(record) != fmt:
+            raise FtwError(f"{path} line {number}: row is not in the file's {fmt} format")
+        rows += 1
+        keys.update(record)
+    if not rows:
         raise FtwError(f"{path}: the dataset has no rows")
-    where = "record" if path.read_bytes().lstrip(b"\xef\xbb\xbf \r\n\t").startswith(b"[") else "line"
-    first_line, first = records[0]
-    fmt = detect_format(first)
-    if fmt is None:
-        keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
-        raise FtwError(
-            f"{path} {where} {first_line}: unknown row format (keys: {keys}). Expected Alpaca "
-            "(instruction, input, output), ShareGPT (conversations) or OpenAI (messages)."
-        )
-    for number, record in records[1:]:
-        if detect_format(record) != fmt:
-            raise FtwError(f"{path} {where} {number}: row is not in the file's {fmt} format")
-    keys = frozenset(key for _, record in records for key in record)
-    return DatasetFile(path.resolve(), fmt, len(records), sha256_of(path), keys)
+    return DatasetFile(path.resolve(), fmt, rows, seen.sha256.hexdigest(), frozenset(keys))

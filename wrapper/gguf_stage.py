@@ -4,6 +4,11 @@ The converter is vendor/llama.cpp's, run with that tree's own gguf-py, and the
 quantizer is the llama.cpp compiled into llama-cpp-python from the same commit, so
 the file is written and read by one llama.cpp. Each file is written under a .partial
 name, checked with the gguf library, and only then renamed.
+
+Between conversion and quantization the GGUF's chat template (tokenizer.chat_template,
+what LM Studio and llama.cpp build prompts with) is checked against the training
+format; where it differs, the training format is written in its place (wrapper/
+fidelity.py), so every quantized file inherits a template that matches training.
 """
 
 from __future__ import annotations
@@ -51,7 +56,61 @@ def verify_gguf(path: Path, expected_ftype: int) -> int:
     return len(reader.tensors)
 
 
-def convert(merged: Path, target: Path, outtype: str, log_path: Path) -> None:
+def write_chat_template(source: Path, target: Path, template: str, log_path: Path) -> None:
+    """Copy `source` to `target` with `template` as tokenizer.chat_template (the gguf library's
+    gguf_new_metadata, from the same gguf-py the converter uses)."""
+    script = LLAMA_CPP_DIR / "gguf-py" / "gguf" / "scripts" / "gguf_new_metadata.py"
+    template_file = target.with_name(target.name + ".jinja")
+    template_file.write_text(template, encoding="utf-8")
+    try:
+        run_with_status(
+            [sys.executable, str(script), str(source), str(target), "--chat-template-file", str(template_file), "--force"],
+            log_path, "gguf_new_metadata", "write chat template",
+            env={"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""},
+        )
+    finally:
+        template_file.unlink(missing_ok=True)
+
+
+def ensure_training_template(partial: Path, merged: Path, template_name: str, system: str | None,
+                             expected_ftype: int, log_path: Path) -> None:
+    """Leave the GGUF's chat template if it renders the training format, else write the training format."""
+    from wrapper.fidelity import (
+        GgufChat,
+        check_gguf_template,
+        jinja_candidates,
+        training_format,
+    )
+
+    fmt = training_format(merged, template_name, system)
+    chat = GgufChat.read(partial)
+    if chat.chat_template is not None:
+        found = check_gguf_template(fmt, chat)
+        if found.identical:
+            done(f"the GGUF's own chat template renders the training format ({found.checked} conversations)")
+            return
+        reason = found.mismatches[0].describe()
+    else:
+        reason = "the GGUF has no chat template"
+    passing = [(label, text) for label, text in jinja_candidates(fmt) if check_gguf_template(fmt, chat, text).identical]
+    if not passing:
+        console.print(f"[yellow]warning:[/yellow] LM Studio and llama.cpp will prompt this model differently from "
+                      f"training ({reason}), and ftw has no chat template for '{template_name}' that renders the "
+                      f"training format to write instead.", soft_wrap=True)
+        return
+    source, template = passing[0]
+    rewritten = partial.with_name(partial.name.removesuffix(".partial") + ".chat.partial")
+    rewritten.unlink(missing_ok=True)
+    write_chat_template(partial, rewritten, template, log_path)
+    count = verify_gguf(rewritten, expected_ftype)
+    if GgufChat.read(rewritten).chat_template != template:
+        raise FtwError(f"{rewritten}: the chat template did not read back as written")
+    rewritten.replace(partial)
+    done(f"chat template replaced by the training format ({source}; {count} tensors kept); it differed: {reason}")
+
+
+def convert(merged: Path, target: Path, outtype: str, log_path: Path,
+            template_name: str | None = None, system: str | None = None) -> None:
     converter = LLAMA_CPP_DIR / "convert_hf_to_gguf.py"
     if not converter.is_file():
         raise FtwError(f"{converter} is missing. Run `make setup` (it unpacks llama.cpp into vendor/).")
@@ -63,6 +122,8 @@ def convert(merged: Path, target: Path, outtype: str, log_path: Path) -> None:
         env={"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""},
     )
     count = verify_gguf(partial, ftype_of(outtype))
+    if template_name is not None:
+        ensure_training_template(partial, merged, template_name, system, ftype_of(outtype), log_path)
     partial.rename(target)
     done(f"{outtype} GGUF ({count} tensors, {target.stat().st_size / 2**20:.0f} MiB) -> {target}")
 
@@ -102,7 +163,7 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
     made: dict[str, Path] = {}
     full = gguf_dir / f"{plan.run}-{outtype}.gguf"
     if force or artifact_key(outtype) not in recorded or not full.is_file():
-        convert(merged, full, outtype, log_path)
+        convert(merged, full, outtype, log_path, plan.template, plan.system)
         manifest.record_artifacts(run_dir, **{artifact_key(outtype): full, "gguf_log": log_path})
     made[artifact_key(outtype)] = full
     for quant in quants:

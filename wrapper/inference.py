@@ -23,6 +23,11 @@ class ChatFormat:
         prompt, _ = self.template.encode_oneturn(self.tokenizer, messages, self.system)
         return list(prompt)
 
+    def conversation_ids(self, turns: list[dict]) -> list[int]:
+        """The prompt for the reply to the last of `turns` (user/assistant messages, user last), as training built it."""
+        prompt, _ = self.template.encode_oneturn(self.tokenizer, turns + [{"role": "assistant", "content": ""}], self.system)
+        return list(prompt)
+
     def stop_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
         for word in self.template.stop_words:

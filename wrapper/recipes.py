@@ -22,11 +22,18 @@ from wrapper.paths import PROFILES_DIR, RECIPES_DIR
 METHODS = ("lora", "qlora", "full")
 RECIPE_KEYS = {
     "description": str, "model": dict, "method": str, "dataset": list, "system": str,
-    "train": dict, "export": dict, "ollama": dict, "checks": list,
+    "train": dict, "export": dict, "ollama": dict, "checks": list, "data": dict,
 }
 MODEL_KEYS = {"base": str, "template": str, "full_precision_base": str}
+# `ftw data prepare`: how the user's files become the training set (see DataSettings).
+DATA_KEYS = {"val_ratio": (int, float), "seed": int, "dedupe": str, "min_rating": (int, float),
+             "field_map": dict, "chunk_overlap": int}
+FIELD_MAP_KEYS = {"instruction": str, "input": str, "output": str, "system": str, "rating": str, "lang": str}
+DEDUPE_MODES = ("exact", "near", "none")
 OLLAMA_KEYS = {"parameters": dict}
-PROFILE_KEYS = {"description": str, "device": str, "memory_gb": (int, float), "train": dict}
+PROFILE_KEYS = {"description": str, "device": str, "memory_gb": (int, float), "train": dict, "aliases": list, "gpu": dict}
+GPU_KEYS = {"compute_capability": (int, float), "bf16": bool, "peak_bf16_tflops": (int, float)}
+MULTI_GPU = re.compile(r"(?P<base>.+)x(?P<count>[0-9]+)")
 DEVICES = ("cpu", "cuda")
 
 
@@ -63,6 +70,18 @@ class Check:
 
 
 @dataclass
+class DataSettings:
+    """The recipe's `data:` section: split, duplicates, chat-log mapping, text chunking."""
+
+    val_ratio: float = 0.1        # share of rows held out for validation, per language
+    seed: int = 42                # seed of the split
+    dedupe: str = "exact"         # exact | near (same after case/whitespace folding) | none
+    min_rating: float | None = None           # drop chat-log rows rated below this
+    field_map: dict[str, str] = field(default_factory=dict)  # chat-log column -> alpaca role
+    chunk_overlap: int = 0        # raw text: tokens shared by consecutive chunks
+
+
+@dataclass
 class Recipe:
     name: str
     doc: YamlDoc
@@ -77,6 +96,7 @@ class Recipe:
     export: dict[str, Any] = field(default_factory=dict)
     ollama_parameters: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    data: DataSettings = field(default_factory=DataSettings)
 
     @property
     def folder(self) -> Path:
@@ -88,9 +108,17 @@ class Profile:
     name: str
     doc: YamlDoc
     device: str
-    memory_gb: float
+    memory_gb: float  # per GPU
     description: str = ""
     train: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 1
+    compute_capability: float = 0.0
+    bf16: bool = True
+    peak_bf16_tflops: float = 0.0
+
+    @property
+    def base_name(self) -> str:
+        return self.name.rsplit("x", 1)[0] if self.gpus > 1 else self.name
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -212,11 +240,15 @@ def parse_recipe(doc: YamlDoc, name: str) -> Recipe:
             raise FtwError(f"{doc.origin(f'dataset[{index}]')}: a dataset entry is a file path, found {entry!r}")
     ollama = data.get("ollama") or {}
     _check_keys(doc, ollama, OLLAMA_KEYS, "ollama.")
+    from wrapper.modelfile import check_parameters  # Ollama's parameter names and types, checked before training
+
+    check_parameters(ollama.get("parameters") or {}, lambda key: doc.origin(f"ollama.parameters.{key}"))
     checks = []
     for index, item in enumerate(data.get("checks") or []):
         if not (isinstance(item, dict) and isinstance(item.get("prompt"), str) and isinstance(item.get("expect"), str)):
             raise FtwError(f"{doc.origin(f'checks[{index}]')}: each check needs 'prompt' and 'expect' strings")
         checks.append(Check(item["prompt"], item["expect"]))
+    data_settings = _parse_data(doc, data.get("data") or {})
     return Recipe(
         name=name,
         doc=doc,
@@ -231,7 +263,31 @@ def parse_recipe(doc: YamlDoc, name: str) -> Recipe:
         export=dict(data.get("export") or {}),
         ollama_parameters=dict(ollama.get("parameters") or {}),
         checks=checks,
+        data=data_settings,
     )
+
+
+def _parse_data(doc: YamlDoc, section: dict) -> DataSettings:
+    _check_keys(doc, section, DATA_KEYS, "data.")
+    field_map = section.get("field_map") or {}
+    _check_keys(doc, field_map, FIELD_MAP_KEYS, "data.field_map.")
+    settings = DataSettings(**{key: value for key, value in section.items() if value is not None})
+    settings.field_map = dict(field_map)
+    if not 0 <= settings.val_ratio < 1:
+        raise FtwError(f"{doc.origin('data.val_ratio')}: val_ratio is a share of the rows, 0 <= val_ratio < 1; "
+                       f"found {settings.val_ratio!r}")
+    if settings.dedupe not in DEDUPE_MODES:
+        raise FtwError(f"{doc.origin('data.dedupe')}: dedupe must be one of {', '.join(DEDUPE_MODES)}, "
+                       f"found {settings.dedupe!r}")
+    if settings.chunk_overlap < 0:
+        raise FtwError(f"{doc.origin('data.chunk_overlap')}: chunk_overlap is a number of tokens >= 0")
+    if field_map and not (field_map.get("instruction") and field_map.get("output")):
+        raise FtwError(f"{doc.origin('data.field_map')}: field_map needs at least 'instruction' and 'output' "
+                       "(the columns holding the user's message and the answer)")
+    if settings.min_rating is not None and not field_map.get("rating"):
+        raise FtwError(f"{doc.origin('data.min_rating')}: min_rating needs field_map.rating "
+                       "(the column holding each row's rating)")
+    return settings
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
@@ -241,20 +297,50 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     return parse_recipe(doc, path.stem)
 
 
+def profile_aliases() -> dict[str, str]:
+    """alias -> profile name, from each profile's `aliases:`."""
+    found = {}
+    for path in sorted(PROFILES_DIR.glob("*.yaml")):
+        for alias in (parse_yaml(path.read_text(encoding="utf-8")) or {}).get("aliases") or []:
+            found[str(alias)] = path.stem
+    return found
+
+
 def load_profile(name_or_path: str) -> Profile:
-    path = find_named(name_or_path, PROFILES_DIR, "profile")
+    """A profile by name, alias or path; NAMExN (e.g. a100-40x8) is N GPUs of profile NAME."""
+    aliases = profile_aliases()
+
+    def known(candidate: str) -> bool:
+        return candidate in aliases or (PROFILES_DIR / f"{candidate}.yaml").is_file()
+
+    gpus, name = 1, name_or_path
+    multi = MULTI_GPU.fullmatch(name_or_path)
+    if multi and not known(name_or_path) and known(multi["base"]):
+        name, gpus = multi["base"], int(multi["count"])
+        if gpus < 1:
+            raise FtwError(f"profile {name_or_path!r}: the GPU count after 'x' must be at least 1")
+    name = aliases.get(name, name)
+    path = find_named(name, PROFILES_DIR, "profile")
     doc = load_yaml(path)
     _check_keys(doc, doc.data, PROFILE_KEYS)
+    gpu = doc.data.get("gpu") or {}
+    _check_keys(doc, gpu, GPU_KEYS, "gpu.")
     device = doc.data.get("device", "cuda")
     if device not in DEVICES:
         raise FtwError(f"{doc.origin('device')}: device must be one of {', '.join(DEVICES)}, found {device!r}")
+    if gpus > 1 and device != "cuda":
+        raise FtwError(f"profile {name_or_path!r}: several GPUs need a cuda profile, {path.stem} is {device}")
     return Profile(
-        name=path.stem,
+        name=path.stem if gpus == 1 else f"{path.stem}x{gpus}",
         doc=doc,
         device=device,
         memory_gb=float(doc.data.get("memory_gb") or 0),
         description=doc.data.get("description") or "",
         train=dict(doc.data.get("train") or {}),
+        gpus=gpus,
+        compute_capability=float(gpu.get("compute_capability") or 0),
+        bf16=bool(gpu.get("bf16", True)),
+        peak_bf16_tflops=float(gpu.get("peak_bf16_tflops") or 0),
     )
 
 

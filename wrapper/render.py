@@ -90,6 +90,11 @@ class RunPlan:
     origins: dict[str, str]
     checks: list[dict] = field(default_factory=list)
     ollama_parameters: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 1
+    fit: dict | None = None  # the planner's verdict for a GPU profile
+    skipped_checks: list[str] = field(default_factory=list)  # LLaMA-Factory checks this machine can't run
+    prepared_data: dict | None = None  # runs/RUN/data from `ftw data prepare`, when the run uses it
+    overrides: list[str] = field(default_factory=list)  # --set, so that a re-render keeps them
 
     @property
     def dir(self) -> Path:
@@ -185,7 +190,43 @@ def _tuned_args(recipe: Recipe, profile: Profile) -> tuple[dict[str, Any], dict[
     return args, origins
 
 
-def build_plan(recipe: Recipe, profile: Profile, run: str, data_files: list[str]) -> tuple[RunPlan, list[DatasetFile]]:
+def _fit_to_profile(recipe: Recipe, profile: Profile, args: dict, origins: dict, base_model: str,
+                    quantization: str | None, run_dir: Path, ignore_fit: bool) -> dict:
+    """Let the planner choose batch, accumulation, checkpointing, QLoRA and ZeRO for the card; refuse what won't fit."""
+    from wrapper import planner
+
+    shape = planner.ModelShape.from_config(planner.model_config(base_model))
+    pinned = {key.removeprefix("train.") for key in recipe.doc.overrides if key.startswith("train.")}
+    method = "qlora" if quantization else recipe.method
+    choice = planner.plan_for_profile(shape, args, method, profile, pinned)
+    report = planner.summary(choice, profile)
+    if not choice.fits and not ignore_fit:
+        m = choice.memory
+        raise FtwError(
+            f"{recipe.name} does not fit profile {profile.name}: the leanest settings need ~{m.total:.1f} GiB "
+            f"(weights {m.weights:.1f}, activations {m.activations:.1f}, logits {m.logits:.1f}, other "
+            f"{m.trainable + m.gradients + m.optimizer + m.overhead:.1f}) of {report['budget_gb']:.1f} GiB "
+            f"({planner.FIT_FRACTION:.0%} of {profile.memory_gb:g} GiB). Try a shorter cutoff_len "
+            f"(--set cutoff_len=1024), a smaller model, a bigger profile, or --ignore-fit to render anyway. "
+            f"Details: ftw plan --recipe {recipe.name} --profile {profile.name}"
+        )
+    where = f"planner for profile {profile.name} (wrapper/planner.py)"
+    chosen = planner.args_for(choice, method)
+    if "flash_attn" not in args:
+        chosen["flash_attn"] = planner.attention_for(profile.compute_capability)
+    ds_name = planner.deepspeed_config_name(choice.settings)
+    if ds_name:
+        chosen.update(deepspeed=str(run_dir / "ds_config.json"), ddp_timeout=180000000)
+        report["deepspeed_template"] = ds_name
+    for key, value in chosen.items():
+        if key not in pinned:
+            args[key] = value
+            origins[key] = where
+    return report
+
+
+def build_plan(recipe: Recipe, profile: Profile, run: str, data_files: list[str],
+               ignore_fit: bool = False) -> tuple[RunPlan, list[DatasetFile]]:
     if not RUN_NAME.fullmatch(run):
         raise FtwError(f"--run {run!r}: use letters, digits, '.', '_' or '-' (it names a folder under runs/)")
     run_dir = runs_dir() / run
@@ -203,43 +244,64 @@ def build_plan(recipe: Recipe, profile: Profile, run: str, data_files: list[str]
         raise FtwError(f"{recipe.doc.origin('model.template')}: LLaMA-Factory has no chat template "
                        f"'{recipe.template}'." + (f" Close: {', '.join(close)}." if close else ""))
 
+    from wrapper.data_prepare import load_prepared
+
+    # Data made by `ftw data prepare` for this run is used while it exists, unless --data says otherwise.
+    prepared = None if data_files else load_prepared(run_dir)
     if data_files:
         paths = [Path(p).expanduser().resolve() for p in data_files]
     else:
         paths = [(recipe.folder / p).resolve() for p in recipe.datasets]
-    datasets = [inspect_dataset(p) for p in paths]
-    dataset_names = [f"ftw_{i}_{re.sub(r'[^A-Za-z0-9_]', '_', d.path.stem)}" for i, d in enumerate(datasets)]
+    if prepared:
+        dataset_names, datasets = [name for name, _ in prepared.files], [d for _, d in prepared.files]
+    else:
+        datasets = [inspect_dataset(p) for p in paths]
+        dataset_names = [f"ftw_{i}_{re.sub(r'[^A-Za-z0-9_]', '_', d.path.stem)}" for i, d in enumerate(datasets)]
 
     args, origins = _tuned_args(recipe, profile)
+    fit = None
+    if profile.device == "cuda" and profile.memory_gb > 0:  # the generic `cuda` profile promises no memory
+        fit = _fit_to_profile(recipe, profile, args, origins, base_model, quantization, run_dir, ignore_fit)
+    if prepared:
+        prepared.apply_to_args(args, origins, DEFAULT_ORIGIN)
     structured = {
         "model_name_or_path": base_model,
         "finetuning_type": "full" if recipe.method == "full" else "lora",
         "template": recipe.template,
-        "dataset": ",".join(dataset_names),
+        "dataset": ",".join(name for name in dataset_names if name != args.get("eval_dataset")),
         "dataset_dir": str(run_dir),
         "output_dir": str(run_dir / "adapter"),
     }
     if recipe.method == "qlora" and quantization is None:
         structured.update(quantization_bit=4, quantization_method="bnb")
+    method = recipe.method
+    if "quantization_bit" in args or (quantization and method == "lora"):
+        method = "qlora"
     if recipe.system is not None:
         structured["default_system"] = recipe.system
     for key, value in structured.items():
         args[key] = value
         recipe_key = _recipe_key_for(key)
         origins[key] = str(recipe.doc.origin(recipe_key)) if recipe_key else f"--run {run}"
+    if prepared:
+        origins["dataset"] = prepared.origin
 
     export_args = _export_args(recipe, run_dir, merge_base)
     plan = RunPlan(
         run=run, run_dir=str(run_dir),
         recipe=recipe.name, recipe_file=display_path(recipe.doc.path),
         profile=profile.name, profile_file=display_path(profile.doc.path),
-        method=recipe.method, template=recipe.template, system=recipe.system,
+        method=method, template=recipe.template, system=recipe.system,
         base_model=base_model, base_quantization=quantization,
         merge_base=merge_base, merge_base_source=merge_base_source,
-        datasets=[{"path": str(d.path), "format": d.format, "rows": d.rows, "sha256": d.sha256} for d in datasets],
+        datasets=[{"name": name, "path": str(d.path), "format": d.format, "rows": d.rows, "sha256": d.sha256}
+                  for name, d in zip(dataset_names, datasets)],
         train_args=args, export_args=export_args, origins=origins,
         checks=[asdict(c) for c in recipe.checks],
         ollama_parameters=recipe.ollama_parameters,
+        gpus=profile.gpus,
+        fit=fit,
+        prepared_data=prepared.summary() if prepared else None,
     )
     return plan, datasets
 
@@ -309,22 +371,29 @@ def render_files(plan: RunPlan, datasets: list[DatasetFile]) -> dict[str, str]:
             **header, args=plan.export_args, merge_base_source=plan.merge_base_source,
             sections=_sections(plan.export_args, _export_classes())),
         "dataset_info.json": env.get_template("dataset_info.json.j2").render(
-            datasets={name: d.dataset_info_entry()
-                      for name, d in zip(plan.train_args["dataset"].split(","), datasets)}),
+            datasets={entry["name"]: d.dataset_info_entry() for entry, d in zip(plan.datasets, datasets)}),
     }
 
 
-def render(recipe_name: str, profile_name: str, run: str, data_files: list[str], overrides: list[str]) -> RunPlan:
+def render(recipe_name: str, profile_name: str, run: str, data_files: list[str], overrides: list[str],
+           ignore_fit: bool = False) -> RunPlan:
     from wrapper import validate
 
     recipe = load_recipe(recipe_name, overrides)
     profile = load_profile(profile_name)
-    plan, datasets = build_plan(recipe, profile, run, data_files)
+    plan, datasets = build_plan(recipe, profile, run, data_files, ignore_fit)
+    plan.overrides = list(overrides)
     files = render_files(plan, datasets)
+    if plan.fit and plan.fit.get("deepspeed_template"):
+        files["ds_config.json"] = (TEMPLATES_DIR / "deepspeed" / plan.fit["deepspeed_template"]).read_text(encoding="utf-8")
 
     # Check what LLaMA-Factory will read: the rendered YAML, parsed back.
-    validate.check_train_args(yaml.safe_load(files["train.yaml"]), plan.origins,
-                              f"{plan.run}/train.yaml", full_check=profile_matches_machine(profile))
+    train_for_check = yaml.safe_load(files["train.yaml"])
+    if "ds_config.json" in files:
+        # Not written yet (nothing is until every check passed): check against its template.
+        train_for_check["deepspeed"] = str(TEMPLATES_DIR / "deepspeed" / plan.fit["deepspeed_template"])
+    plan.skipped_checks = validate.check_train_args(
+        train_for_check, plan.origins, f"{plan.run}/train.yaml", full_check=profile_matches_machine(profile))
     export_for_check = yaml.safe_load(files["export.yaml"])
     if plan.merge_base_source.startswith("a dequantized copy"):
         # The copy is made at export; check the arguments against the quantized base meanwhile.

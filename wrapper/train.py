@@ -62,6 +62,14 @@ class TrainerLogWatcher:
                                  completed=self.last["current_steps"], status=status)
 
 
+def launch_env(gpus: int) -> dict[str, str]:
+    """Several GPUs go through LLaMA-Factory's own torchrun launcher. Several machines: the
+    user exports NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT, which the child inherits."""
+    if gpus <= 1:
+        return {}
+    return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus)}
+
+
 def train(run_dir: Path, force: bool = False) -> Path:
     plan = manifest.plan_of(run_dir)
     adapter_dir = plan.adapter_dir
@@ -85,7 +93,7 @@ def train(run_dir: Path, force: bool = False) -> Path:
         task = progress.add_task("train", total=None, status="loading model and data")
         watcher = TrainerLogWatcher(adapter_dir / "trainer_log.jsonl", progress, task)
         run_logged(["llamafactory-cli", "train", str(run_dir / "train.yaml")], log_path,
-                   "llamafactory-cli train", poll=watcher)
+                   "llamafactory-cli train", env=launch_env(plan.gpus), poll=watcher)
     if not is_finished(adapter_dir):
         raise FtwError(f"llamafactory-cli train exited without writing {adapter_dir / FINISHED_MARKER}; see {log_path}")
     manifest.record_artifacts(run_dir, adapter=adapter_dir, train_log=log_path)

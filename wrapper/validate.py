@@ -117,16 +117,28 @@ def _rejection(yaml_name: str, exc: Exception, origins: dict[str, str]) -> FtwEr
     return FtwError(f"LLaMA-Factory rejects {yaml_name}: {message}{hint}")
 
 
-def check_train_args(args: dict[str, Any], origins: dict[str, str], yaml_name: str, full_check: bool) -> None:
+# What a machine without the profile's GPU can't check: transformers refuses bf16/fp16 there.
+MACHINE_DEPENDENT_KEYS = ("bf16", "fp16")
+
+
+def check_train_args(args: dict[str, Any], origins: dict[str, str], yaml_name: str, full_check: bool) -> list[str]:
+    """Check the arguments; return the checks that were skipped because this isn't the target machine."""
     from llamafactory.hparams import get_train_args
+    from llamafactory.hparams.parser import _parse_train_args
 
     check_keys_and_types(args, origins, _train_classes())
-    if not full_check:
-        return
     try:
-        get_train_args(_with_fresh_output_dir(args))
+        if full_check:
+            get_train_args(_with_fresh_output_dir(args))
+            return []
+        # Without the GPU: parse into LLaMA-Factory's argument dataclasses (their own
+        # validation runs), with the precision flags off, and skip its machine checks.
+        parse_only = {**_with_fresh_output_dir(args), **{key: False for key in MACHINE_DEPENDENT_KEYS}}
+        _parse_train_args(parse_only)
     except (ValueError, ImportError, RuntimeError) as exc:
         raise _rejection(yaml_name, exc, origins) from exc
+    return ["LLaMA-Factory's machine checks (get_train_args: devices, distributed launch, installed kernels)",
+            f"{'/'.join(MACHINE_DEPENDENT_KEYS)} support of this machine"]
 
 
 def check_export_args(args: dict[str, Any], origins: dict[str, str], yaml_name: str) -> None:

@@ -1,0 +1,34 @@
+"""PROFILE=auto: look at the GPU(s) here and pick the profile of the same memory class."""
+
+from __future__ import annotations
+
+from wrapper.paths import PROFILES_DIR
+from wrapper.recipes import load_profile
+from wrapper.ui import console
+
+GIB = 1024**3
+
+
+def detect_profile() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        console.print("auto: no CUDA GPU found -> profile [bold]cpu[/bold]")
+        return "cpu"
+    count = torch.cuda.device_count()
+    props = torch.cuda.get_device_properties(0)
+    memory = props.total_memory / GIB
+    # Cards report a little less than their label (an "8 GB" card: ~7.8 GiB usable to CUDA).
+    candidates = [load_profile(p.stem) for p in PROFILES_DIR.glob("*.yaml")]
+    fitting = [p for p in candidates if p.device == "cuda" and 0 < p.memory_gb <= memory * 1.05]
+    if not fitting:
+        console.print(f"auto: {props.name} ({memory:.1f} GiB) is smaller than every GPU profile -> generic [bold]cuda[/bold]")
+        return "cuda" if count == 1 else f"cudax{count}"
+    best = max(fitting, key=lambda p: p.memory_gb)
+    name = best.name if count == 1 else f"{best.name}x{count}"
+    console.print(f"auto: detected {count} x {props.name} ({memory:.1f} GiB) -> profile [bold]{name}[/bold]")
+    return name
+
+
+def resolve(profile: str) -> str:
+    return detect_profile() if profile == "auto" else profile
