@@ -14,7 +14,7 @@ PY      := $(VENV)/bin/python
 FTW     := $(VENV)/bin/ftw
 DEPS_STAMP := $(VENV)/.ftw-deps
 
-.PHONY: setup demo train gguf ollama chat lmstudio test clean-runs
+.PHONY: setup demo data train gguf ollama chat lmstudio test clean-runs
 
 # Pinned packages into .venv (re-installed only when requirements change), then the
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
@@ -28,6 +28,10 @@ $(DEPS_STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
+
+# Check, clean, split and count DATA for the run (optional; `make train` then uses it).
+data: setup
+	$(FTW) data prepare --recipe $(RECIPE) --run $(RUN) $(foreach f,$(DATA),--data $(f))
 
 train: setup
 	$(FTW) render --recipe $(RECIPE) --profile $(PROFILE) --run $(RUN) $(foreach f,$(DATA),--data $(f)) $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--ignore-fit)

@@ -13,8 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 FTW = [sys.executable, "-m", "wrapper.cli"]
 
 
-def run_ftw(runs_dir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200")
+# Set for the shared demo run: no artifact of it may contain this (tests/test_pipeline.py).
+FAKE_HF_TOKEN = "hf_ftwFakeTokenNeverWrittenAnywhere0123"
+
+
+def run_ftw(runs_dir: Path, *args: str, check: bool = True, timeout: int = 900,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", **(env or {}))
     result = subprocess.run([*FTW, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"ftw {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
@@ -33,7 +38,8 @@ def demo_run(tmp_path_factory) -> Path:
     """One real run of the demo recipe (train, merge, GGUF, Modelfile), shared by every test
     that only reads it: about 3 minutes of CPU, paid once per test session."""
     runs_dir = tmp_path_factory.mktemp("demo") / "runs"
-    run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", "e2e")
+    secret = {"HF_TOKEN": FAKE_HF_TOKEN, "HUGGING_FACE_HUB_TOKEN": FAKE_HF_TOKEN}
+    run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", "e2e", env=secret)
     for stage in ("train", "export", "gguf", "modelfile"):
-        run_ftw(runs_dir, stage, "--run", "e2e")
+        run_ftw(runs_dir, stage, "--run", "e2e", env=secret)
     return runs_dir / "e2e"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_ftw
+from conftest import FAKE_HF_TOKEN, run_ftw
 
 RUN = "e2e"
 TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"),
@@ -115,3 +115,9 @@ def test_rerunning_a_finished_stage_does_not_redo_it(run):
 def test_ollama_target_prints_the_command_without_ollama(run):
     result = run_ftw(run.parent, "ollama", "--run", RUN)
     assert "ollama create e2e -f Modelfile" in result.stdout
+
+
+def test_no_artifact_holds_the_hugging_face_token(run):
+    """The run was made with HF_TOKEN set: no rendered file, log, manifest or model file may contain it."""
+    leaks = [p for p in run.rglob("*") if p.is_file() and FAKE_HF_TOKEN.encode() in p.read_bytes()]
+    assert leaks == []

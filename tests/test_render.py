@@ -241,3 +241,9 @@ def test_hub_bases_render_offline_and_merge_into_full_precision(runs_dir, tmp_pa
     # On-the-fly 4-bit only for a full-precision base; a bnb checkpoint is already 4-bit.
     assert train.get("quantization_bit") == (None if "bnb" in base else 4)
     assert plan.base_quantization == ("bitsandbytes" if "bnb" in base else None)
+
+
+def test_tokens_are_refused_in_recipes(runs_dir):
+    with pytest.raises(FtwError, match="a token doesn't belong in a recipe.*HF_TOKEN"):
+        render("demo", "cpu", "r", [], ["hf_hub_token=hf_abc"])
+    assert not (runs_dir / "r").exists()

@@ -26,6 +26,10 @@ def staged_dir(target: Path) -> Iterator[Path]:
     """A fresh folder beside target; it replaces target if the block succeeds, else it is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    # mkdtemp makes the folder private (0700); the finished one gets the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         yield staging
         if target.exists():

@@ -63,6 +63,9 @@ OWNED_KEYS = {
     "dataset": "dataset", "dataset_dir": "dataset", "output_dir": "the run directory (--run)",
     "finetuning_type": "method", "quantization_bit": "method (qlora)", "default_system": "system",
 }
+# Tokens would end up in train.yaml, the manifest and logs; LLaMA-Factory and huggingface_hub
+# read them from the environment (HF_TOKEN) or the login cache instead.
+SECRET_KEYS = ("hf_hub_token", "ms_hub_token", "om_hub_token")
 # Pre-quantized bitsandbytes checkpoints whose full-precision weights sit beside them on the hub.
 BNB_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit")
 
@@ -185,6 +188,9 @@ def _tuned_args(recipe: Recipe, profile: Profile) -> tuple[dict[str, Any], dict[
         for key, value in values.items():
             if key in OWNED_KEYS:
                 raise FtwError(f"{doc.origin(f'train.{key}')}: '{key}' is set by ftw from {OWNED_KEYS[key]}; remove it here")
+            if key in SECRET_KEYS:
+                raise FtwError(f"{doc.origin(f'train.{key}')}: a token doesn't belong in a recipe (it would be written "
+                               "to train.yaml and the manifest). Remove it; export HF_TOKEN or run `huggingface-cli login`.")
             args[key] = value
             origins[key] = str(doc.origin(f"train.{key}"))
     return args, origins
