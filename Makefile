@@ -14,7 +14,7 @@ PY      := $(VENV)/bin/python
 FTW     := $(VENV)/bin/ftw
 DEPS_STAMP := $(VENV)/.ftw-deps
 
-.PHONY: setup demo data train gguf ollama chat lmstudio test clean-runs
+.PHONY: setup demo data train gguf ollama chat lmstudio eval test clean-runs
 
 # Pinned packages into .venv (re-installed only when requirements change), then the
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
@@ -58,6 +58,12 @@ demo: setup
 	$(MAKE) --no-print-directory train RECIPE=demo PROFILE=cpu RUN=demo
 	$(MAKE) --no-print-directory gguf RUN=demo
 	$(FTW) answers --run demo
+	$(FTW) eval --run demo
+
+# Base vs merged vs Q4_K_M on the recipe's control prompts, validation rows and general
+# knowledge; writes runs/RUN/eval.json, report.md and report.html. Re-running resumes.
+eval: setup
+	$(FTW) eval --run $(RUN)
 
 test: setup
 	$(PY) -m pytest -q tests

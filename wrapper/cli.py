@@ -187,6 +187,38 @@ def lmstudio(run: str, quant: str, models_dir: Path | None, copy: bool) -> None:
     place(run_path(run), quant.upper(), models_dir, copy)
 
 
+@cli.command("eval")
+@run_option
+@click.option("--val-sample", type=int, default=None,
+              help="Validation rows to answer (default: the recipe's eval.val_sample, else 30; 0: none).")
+@click.option("--limit", type=int, default=None, help="At most N prompts of each set (a quick look).")
+@click.option("--max-new-tokens", type=int, default=None, help="Longest greedy answer (default: eval.max_new_tokens, else 64).")
+def eval_command(run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None) -> None:
+    """Base vs merged vs Q4_K_M GGUF on control prompts, validation rows and general knowledge; writes eval.json + report.
+
+    Interrupted? Run it again: rows already scored (runs/RUN/eval/rows.jsonl) are kept.
+    """
+    from wrapper.evaluate import evaluate
+
+    evaluate(run_path(run), val_sample=val_sample, limit=limit, max_new_tokens=max_new_tokens)
+
+
+@cli.command()
+@click.option("--run", "runs", required=True, multiple=True,
+              help="Run name; give --run several times to compare runs in one table.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Comparison: also write the table as Markdown to this file.")
+def report(runs: tuple[str, ...], out: Path | None) -> None:
+    """One run: (re)write report.md and report.html from eval.json. Several runs: compare them in one table."""
+    from wrapper.report import compare_runs, write_report
+
+    if len(runs) == 1:
+        md, html = write_report(run_path(runs[0]))
+        console.print(f"[green]✓[/green] {md}\n  {html}")
+    else:
+        compare_runs([run_path(r) for r in runs], out)
+
+
 @cli.group()
 def data() -> None:
     """Your data files: check them, then prepare a clean, split training set for a run."""

@@ -27,6 +27,57 @@ def ensure_dequantized_base(source: str, target: Path, log_path: Path) -> None:
                  "dequantizing the base", "dequantize base")
 
 
+# export.yaml keys the streaming merge reproduces (the tokenizer is saved by LLaMA-Factory's
+# own code, so template keys are honoured); any other key sends the merge to LLaMA-Factory.
+STREAMING_EXPORT_KEYS = {
+    "trust_remote_code", "export_size", "export_device", "export_legacy_format", "model_name_or_path",
+    "adapter_name_or_path", "export_dir", "finetuning_type", "template", "default_system", "enable_thinking",
+    "tool_format", "cache_dir", "hf_hub_token", "use_fast_tokenizer", "split_special_tokens", "flash_attn",
+}
+
+
+def local_model_dir(model: str) -> Path | None:
+    """A local folder for `model` (a path, or a hub id already in the Hugging Face cache)."""
+    if Path(model).is_dir():
+        return Path(model)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or no hub id): LLaMA-Factory's export will fetch it
+        return None
+
+
+def streaming_merge_base(plan, adapter: Path) -> tuple[Path | None, str]:
+    """(the base folder to stream from, "") or (None, why LLaMA-Factory must merge instead)."""
+    import yaml
+
+    from wrapper.merge import plan_merge
+
+    args = yaml.safe_load((plan.dir / "export.yaml").read_text(encoding="utf-8")) or {}
+    if args.get("finetuning_type") != "lora":
+        return None, f"finetuning_type is {args.get('finetuning_type')!r}, not lora"
+    extra = sorted(key for key, value in args.items() if key not in STREAMING_EXPORT_KEYS and value is not None)
+    if extra:
+        return None, f"export.yaml sets {', '.join(extra)}"
+    if "," in str(args.get("adapter_name_or_path", "")):
+        return None, "several adapters are merged"
+    base_dir = local_model_dir(str(args.get("model_name_or_path", plan.merge_base)))
+    if base_dir is None:
+        return None, f"{plan.merge_base} is not on this disk yet"
+    found = plan_merge(base_dir, adapter)
+    if isinstance(found, str):
+        return None, found
+    return base_dir, ""
+
+
+def check_disk_for_export(run_dir: Path, base_dir: Path | None) -> None:
+    from wrapper.diskcheck import check_free_space, export_needs
+
+    if base_dir is not None and any(base_dir.glob("*.safetensors")):
+        check_free_space(run_dir, export_needs(base_dir), "ftw export (merged model, then the GGUF files)")
+
+
 def export(run_dir: Path, force: bool = False) -> Path:
     plan = manifest.plan_of(run_dir)
     adapter = manifest.artifact(run_dir, "adapter", "ftw train")
@@ -42,15 +93,29 @@ def export(run_dir: Path, force: bool = False) -> Path:
     manifest.forget_from(run_dir, "merged")
     if partial.exists():
         shutil.rmtree(partial)
-    console.print(f"Merging {adapter.name} into {plan.merge_base_source}; full log: {log_path}")
-    run_with_status(["llamafactory-cli", "export", str(run_dir / "export.yaml")], log_path,
-                 "llamafactory-cli export", "merge")
+    base_dir, reason = streaming_merge_base(plan, adapter)
+    check_disk_for_export(run_dir, base_dir or local_model_dir(plan.merge_base))
+    if base_dir is not None:
+        console.print(f"Merging {adapter.name} into {plan.merge_base_source}, one tensor at a time "
+                      f"(streaming merge, no GPU needed); full log: {log_path}")
+        run_with_status([sys.executable, "-m", "wrapper.merge", "weights", str(base_dir), str(adapter), str(partial)],
+                        log_path, "streaming merge", "merge")
+        run_with_status([sys.executable, "-m", "wrapper.merge", "tokenizer", str(run_dir / "export.yaml"), str(partial)],
+                        log_path, "saving the tokenizer", "tokenizer")
+        what = "the streaming merge"
+    else:
+        console.print(f"The streaming merge can't merge this exactly ({reason}): merging with "
+                      f"llamafactory-cli export instead, which loads the whole model into memory.", soft_wrap=True)
+        console.print(f"Merging {adapter.name} into {plan.merge_base_source}; full log: {log_path}")
+        run_with_status(["llamafactory-cli", "export", str(run_dir / "export.yaml")], log_path,
+                     "llamafactory-cli export", "merge")
+        what = "llamafactory-cli export"
 
     # LLaMA-Factory writes its own Modelfile (FROM the HF folder, its own SYSTEM); ours is
     # runs/RUN/Modelfile, from the GGUF. Leaving both invites running the wrong one.
     (partial / "Modelfile").unlink(missing_ok=True)
     if not (partial / "config.json").is_file() or not any(partial.glob("*.safetensors")):
-        raise FtwError(f"llamafactory-cli export finished but {partial} has no config.json or weights; see {log_path}")
+        raise FtwError(f"{what} finished but {partial} has no config.json or weights; see {log_path}")
     if merged.exists():
         shutil.rmtree(merged)
     partial.rename(merged)

@@ -148,6 +148,20 @@ def check_quant_names(quants: list[str]) -> list[str]:
     return normalised
 
 
+def check_gguf_disk(run_dir: Path, merged: Path, gguf_dir: Path, run: str, quants: list[str], outtype: str,
+                    recorded: dict, force: bool) -> None:
+    """Stop before converting when the files still to be written don't fit the free disk."""
+    from wrapper.diskcheck import check_free_space, gguf_needs, weights_of
+
+    _, params = weights_of(merged)
+    needs = gguf_needs(params, quants, outtype)
+    for kind in (outtype, *quants):
+        if not force and artifact_key(kind) in recorded and (gguf_dir / f"{run}-{kind}.gguf").is_file():
+            needs.pop(f"{kind} GGUF", None)
+    if needs and params:
+        check_free_space(gguf_dir, needs, "ftw gguf")
+
+
 def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bool = False) -> dict[str, Path]:
     quants = check_quant_names(quants)
     if outtype not in OUTTYPES:
@@ -159,6 +173,7 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
     gguf_dir.mkdir(exist_ok=True)
     log_path = run_dir / "logs" / "gguf.log"
     console.print(f"Converting {merged} with llama.cpp; full log: {log_path}")
+    check_gguf_disk(run_dir, merged, gguf_dir, plan.run, quants, outtype, recorded, force)
 
     made: dict[str, Path] = {}
     full = gguf_dir / f"{plan.run}-{outtype}.gguf"

@@ -57,10 +57,12 @@ def default_system(template_name: str) -> str:
 
 
 class GgufModel:
-    def __init__(self, path: Path, n_ctx: int = 1024):
+    def __init__(self, path: Path, n_ctx: int = 1024, n_threads: int | None = None):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), seed=0, verbose=False)
+        threads = n_threads or os.cpu_count()
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0,
+                         verbose=False)
 
     def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:
         out: list[int] = []

@@ -22,7 +22,7 @@ from wrapper.paths import PROFILES_DIR, RECIPES_DIR
 METHODS = ("lora", "qlora", "full")
 RECIPE_KEYS = {
     "description": str, "model": dict, "method": str, "dataset": list, "system": str,
-    "train": dict, "export": dict, "ollama": dict, "checks": list, "data": dict,
+    "train": dict, "export": dict, "ollama": dict, "checks": list, "data": dict, "eval": dict,
 }
 MODEL_KEYS = {"base": str, "template": str, "full_precision_base": str}
 # `ftw data prepare`: how the user's files become the training set (see DataSettings).
@@ -31,6 +31,8 @@ DATA_KEYS = {"val_ratio": (int, float), "seed": int, "dedupe": str, "min_rating"
 FIELD_MAP_KEYS = {"instruction": str, "input": str, "output": str, "system": str, "rating": str, "lang": str}
 DEDUPE_MODES = ("exact", "near", "none")
 OLLAMA_KEYS = {"parameters": dict}
+# `ftw eval`: control prompts and general-knowledge prompts (JSONL, relative to the recipe), val sample size
+EVAL_KEYS = {"control": str, "general": str, "val_sample": int, "seed": int, "max_new_tokens": int}
 PROFILE_KEYS = {"description": str, "device": str, "memory_gb": (int, float), "train": dict, "aliases": list, "gpu": dict}
 GPU_KEYS = {"compute_capability": (int, float), "bf16": bool, "peak_bf16_tflops": (int, float)}
 MULTI_GPU = re.compile(r"(?P<base>.+)x(?P<count>[0-9]+)")
@@ -97,6 +99,7 @@ class Recipe:
     ollama_parameters: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     data: DataSettings = field(default_factory=DataSettings)
+    eval: dict[str, Any] = field(default_factory=dict)  # the `eval:` section, checked against EVAL_KEYS
 
     @property
     def folder(self) -> Path:
@@ -249,6 +252,8 @@ def parse_recipe(doc: YamlDoc, name: str) -> Recipe:
             raise FtwError(f"{doc.origin(f'checks[{index}]')}: each check needs 'prompt' and 'expect' strings")
         checks.append(Check(item["prompt"], item["expect"]))
     data_settings = _parse_data(doc, data.get("data") or {})
+    eval_settings = data.get("eval") or {}
+    _check_keys(doc, eval_settings, EVAL_KEYS, "eval.")
     return Recipe(
         name=name,
         doc=doc,
@@ -264,6 +269,7 @@ def parse_recipe(doc: YamlDoc, name: str) -> Recipe:
         ollama_parameters=dict(ollama.get("parameters") or {}),
         checks=checks,
         data=data_settings,
+        eval=dict(eval_settings),
     )
 
 

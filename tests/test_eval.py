@@ -1,0 +1,126 @@
+"""`ftw eval` and `ftw report` on the real demo run (conftest's demo_run; nothing is trained here).
+
+The evaluation runs twice: first with --limit 2 (a short, partial evaluation), then in full;
+the second must keep the first one's rows (resume), not answer them again.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ftw
+
+RUN = "e2e"
+
+
+@pytest.fixture(scope="module")
+def evaluated(demo_run) -> dict:
+    rows_file = demo_run / "eval" / "rows.jsonl"
+    if rows_file.exists():
+        rows_file.unlink()
+    run_ftw(demo_run.parent, "eval", "--run", RUN, "--limit", "2")
+    first = rows_file.read_text(encoding="utf-8").splitlines()
+    result = run_ftw(demo_run.parent, "eval", "--run", RUN)
+    return {"run": demo_run, "first": first, "stdout": result.stdout,
+            "all": rows_file.read_text(encoding="utf-8").splitlines(),
+            "eval": json.loads((demo_run / "eval.json").read_text(encoding="utf-8"))}
+
+
+def test_eval_json_has_the_promised_numbers(evaluated):
+    result = evaluated["eval"]
+    assert result["sets"]["control"]["rows"] >= 10
+    assert result["sets"]["val"]["seen_in_training"] is True  # the demo has no `ftw data prepare` split
+    for set_name in ("control", "val", "general"):
+        for model in ("base", "merged", "gguf"):
+            block = result["aggregate"][set_name][model]
+            assert block["rows"] > 0
+            for metric in ("exact_match", "token_f1", "rouge_l", "length_ratio"):
+                assert 0 <= block[metric] <= (10 if metric == "length_ratio" else 1), (set_name, model, metric)
+    # the fine-tune learned the lore: the GGUF beats the base model on the control prompts
+    control = result["aggregate"]["control"]
+    assert control["gguf"]["contains"] > control["base"]["contains"] + 0.3
+    assert control["gguf"]["rouge_l"] > control["base"]["rouge_l"]
+    quant = result["quantization"]
+    assert quant["perplexity"]["f16"]["perplexity"] >= 1.0
+    assert quant["perplexity"]["Q4_K_M"]["perplexity"] >= 1.0
+    assert 0 <= quant["identical_greedy"]["control"]["share"] <= 1
+    models = {row["model"] for row in result["rows"]}
+    assert models == {"base", "merged", "gguf"}
+    russian = [r for r in result["rows"] if r["lang"] == "ru" and r["model"] == "gguf" and r["set"] == "control"]
+    assert russian and max(r["metrics"]["rouge_l"] for r in russian) > 0.5  # Cyrillic is scored, not dropped
+
+
+def test_forgetting_check_catches_what_the_demo_forgot(evaluated):
+    forgetting = evaluated["eval"]["forgetting"]
+    assert forgetting["known_by_base"] >= 3
+    assert forgetting["gguf"]["forgotten"] >= 1
+    lost = forgetting["gguf"]["forgotten_prompts"][0]
+    assert lost["expect"].casefold() in lost["base_answer"].casefold()
+    assert lost["expect"].casefold() not in lost["answer"].casefold()
+    assert "forgot" in evaluated["stdout"]
+    assert "Forgotten by the fine-tune" in (evaluated["run"] / "report.md").read_text(encoding="utf-8")
+
+
+def test_resume_keeps_rows_already_scored(evaluated):
+    first, everything = evaluated["first"], evaluated["all"]
+    assert len(first) > 0 and len(everything) > len(first)
+    assert everything[:len(first)] == first  # appended, the first rows untouched
+    keys = [json.loads(line)["key"] for line in everything]
+    assert len(keys) == len(set(keys))  # nothing answered twice
+    assert "kept from before" in evaluated["stdout"] or "already scored" in evaluated["stdout"]
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources: list[str] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+        elif tag not in ("meta", "br"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open[-1] == tag, (tag, self.open[-3:])
+        self.open.pop()
+
+
+def test_html_report_is_self_contained_with_plots(evaluated):
+    import matplotlib.image
+
+    run = evaluated["run"]
+    page = (run / "report.html").read_text(encoding="utf-8")
+    parser = _Images()
+    parser.feed(page)
+    assert parser.open == []  # every element closed
+    assert len(parser.sources) >= 4  # loss, learning rate, distributions, base vs tuned
+    for source in parser.sources:
+        assert source.startswith("data:image/png;base64,")
+        image = matplotlib.image.imread(io.BytesIO(base64.b64decode(source.split(",", 1)[1])), format="png")
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    markdown = (run / "report.md").read_text(encoding="utf-8")
+    assert "![loss](report/loss.png)" in markdown and (run / "report" / "loss.png").is_file()
+
+
+def test_report_compares_two_runs(evaluated, tmp_path):
+    run = evaluated["run"]
+    other = run.parent / "e2e-copy"
+    other.mkdir(exist_ok=True)
+    for name in ("manifest.json", "eval.json"):
+        shutil.copy(run / name, other / name)
+    out = tmp_path / "compare.md"
+    result = run_ftw(run.parent, "report", "--run", RUN, "--run", "e2e-copy", "--out", str(out))
+    assert "perplexity Q4_K_M" in result.stdout
+    table = out.read_text(encoding="utf-8")
+    assert "|  | e2e | e2e-copy |" in table
+    assert "forgotten by Q4_K_M GGUF" in table
+    shutil.rmtree(other)

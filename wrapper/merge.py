@@ -1,0 +1,332 @@
+"""Streaming LoRA merge: base safetensors -> merged safetensors, one tensor at a time.
+
+Each merged weight is W + scaling * (B @ A), as PEFT's merge_and_unload computes it
+(peft/tuners/lora/layer.py, Linear.get_delta_weight and merge): the factors in float32,
+scaling = lora_alpha / r (lora_alpha / sqrt(r) with use_rslora), added to the base
+weight in float32 and rounded once to the base tensor's dtype.
+
+Memory: tensors are read with positioned reads from the safetensors files (the format
+is an 8-byte header length, a JSON header, then raw bytes), never through a whole-file
+load. A tensor the adapter doesn't touch is copied in fixed-size chunks without being
+decoded; an adapted one is merged in blocks of rows. The output shards mirror the
+base's, and since a merged tensor has its base tensor's shape and dtype, each shard's
+header is known before any data is written: tensors go to disk as they are computed.
+
+Adapters this can't merge exactly (DoRA, LoRA biases, alpha patterns, tied embeddings
+touched by the adapter, anything unrecognised) are reported by `unsupported_reason`
+and the export falls back to `llamafactory-cli export`.
+
+Run as a child of the export stage:
+  python -m wrapper.merge weights BASE_DIR ADAPTER_DIR OUT_DIR
+  python -m wrapper.merge tokenizer EXPORT_YAML OUT_DIR   (LLaMA-Factory's tokenizer + template fix)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "base_model.model."
+COPY_CHUNK = 64 * 2**20
+BLOCK_BYTES = 64 * 2**20  # float32 bytes of one block of rows while merging
+ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+CONFIG_FILES = ("config.json", "generation_config.json")
+# adapter_config.json keys that change the math beyond W + scaling * B @ A when set.
+UNSUPPORTED_WHEN_SET = ("use_dora", "lora_bias", "alpha_pattern", "layer_replication", "use_qalora",
+                        "alora_invocation_tokens", "target_parameters", "trainable_token_indices", "arrow_config")
+
+
+@dataclass
+class TensorInfo:
+    file: Path
+    dtype: str
+    shape: list[int]
+    start: int  # absolute offset in file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Target:
+    """What happens to one base tensor: LoRA factors to add, or a full replacement."""
+    a: str | None = None
+    b: str | None = None
+    embedding: bool = False
+    replacement: str | None = None
+
+
+@dataclass
+class MergePlan:
+    base: dict[str, TensorInfo]
+    adapter: dict[str, TensorInfo]
+    targets: dict[str, Target] = field(default_factory=dict)
+    scaling_alpha: float = 0.0
+    use_rslora: bool = False
+    fan_in_fan_out: bool = False
+
+
+# --- reading safetensors headers -------------------------------------------------------
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    base = 8 + length
+    return {name: TensorInfo(path, meta["dtype"], meta["shape"], base + meta["data_offsets"][0], base + meta["data_offsets"][1])
+            for name, meta in header.items() if name != "__metadata__"}
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [model_dir / name for name in names]
+    single = model_dir / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def read_tensor(info: TensorInfo, rows: slice | None = None):
+    """The tensor (or a block of its rows) as a torch tensor, read with positioned reads."""
+    import torch
+
+    dtype = getattr(torch, ST_DTYPES[info.dtype])
+    shape = list(info.shape)
+    start, end = info.start, info.end
+    if rows is not None:
+        row_bytes = info.nbytes // max(shape[0], 1)
+        start, end = info.start + rows.start * row_bytes, info.start + rows.stop * row_bytes
+        shape[0] = rows.stop - rows.start
+    buffer = bytearray(end - start)
+    with info.file.open("rb") as handle:
+        handle.seek(start)
+        handle.readinto(buffer)
+    if not buffer:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+# --- deciding whether (and how) the adapter can be merged here ---------------------------
+
+def _load_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def plan_merge(base_dir: Path, adapter_dir: Path) -> MergePlan | str:
+    """A MergePlan, or the reason (a sentence) this adapter must be merged by LLaMA-Factory."""
+    config = _load_json(base_dir / "config.json")
+    if not config:
+        return f"{base_dir} has no config.json"
+    if config.get("quantization_config"):
+        return "the base is a quantized checkpoint"
+    files = weight_files(base_dir)
+    if not files:
+        return f"{base_dir} has no safetensors weights"
+    adapter_config = _load_json(adapter_dir / "adapter_config.json")
+    if adapter_config.get("peft_type") != "LORA":
+        return f"the adapter is not a PEFT LoRA (peft_type {adapter_config.get('peft_type')!r})"
+    for key in UNSUPPORTED_WHEN_SET:
+        if adapter_config.get(key):
+            return f"the adapter uses {key}={adapter_config[key]!r}, which the streaming merge doesn't implement"
+    adapter_file = adapter_dir / "adapter_model.safetensors"
+    if not adapter_file.is_file():
+        return "the adapter has no adapter_model.safetensors"
+    base: dict[str, TensorInfo] = {}
+    for path in files:
+        base.update(read_header(path))
+    adapter = read_header(adapter_file)
+    for name, info in {**base, **adapter}.items():
+        if info.dtype not in ST_DTYPES:
+            return f"tensor {name} has dtype {info.dtype}, which the streaming merge doesn't handle"
+    plan = MergePlan(base=base, adapter=adapter, scaling_alpha=float(adapter_config.get("lora_alpha") or 8),
+                     use_rslora=bool(adapter_config.get("use_rslora")),
+                     fan_in_fan_out=bool(adapter_config.get("fan_in_fan_out")))
+
+    tied = config.get("tie_word_embeddings", (config.get("text_config") or {}).get("tie_word_embeddings", False))
+    for key in adapter:
+        if not key.startswith(PREFIX):
+            return f"unrecognised adapter tensor {key}"
+        rest = key[len(PREFIX):]
+        if tied and ("embed_tokens" in rest or rest.startswith("lm_head")):
+            return f"the adapter changes {rest} and the model ties its input and output embeddings"
+        if rest in base:  # a modules_to_save copy (PEFT saves it under the module's own name)
+            plan.targets.setdefault(rest, Target()).replacement = key
+            continue
+        if ".modules_to_save." in rest:
+            module, _, param = rest.partition(".modules_to_save.")
+            param = param.split(".", 1)[1] if param.count(".") else param  # drop an adapter name if saved
+            target = f"{module}.{param}"
+            plan.targets.setdefault(target, Target()).replacement = key
+            continue
+        for kind, attr, embedding in ((".lora_A.weight", "a", False), (".lora_B.weight", "b", False),
+                                      (".lora_embedding_A", "a", True), (".lora_embedding_B", "b", True)):
+            if rest.endswith(kind):
+                target = plan.targets.setdefault(rest[: -len(kind)] + ".weight", Target())
+                setattr(target, attr, key)
+                target.embedding = embedding
+                break
+        else:
+            return f"unrecognised adapter tensor {key}"
+
+    for name, target in plan.targets.items():
+        if name not in base:
+            return f"the adapter changes {name}, which the base's safetensors don't hold under that name"
+        if tied and ("embed_tokens" in name or name.startswith("lm_head")):
+            return f"the adapter changes {name} and the model ties its input and output embeddings"
+        info = base[name]
+        if target.replacement:
+            if target.a or target.b:
+                return f"{name} has both LoRA factors and a full saved copy"
+            if adapter[target.replacement].shape != info.shape:
+                return f"the adapter's copy of {name} has shape {adapter[target.replacement].shape}, the base's {info.shape}"
+            continue
+        if not (target.a and target.b):
+            return f"the adapter has only one LoRA factor for {name}"
+        a, b = adapter[target.a].shape, adapter[target.b].shape
+        if len(info.shape) != 2 or len(a) != 2 or len(b) != 2:
+            return f"{name} is not a 2-D weight"
+        rows, cols = info.shape
+        if target.embedding:  # lora_embedding_A (r, num_embeddings), lora_embedding_B (dim, r); delta = (B @ A).T
+            ok = a[0] == b[1] and a[1] == rows and b[0] == cols
+        elif plan.fan_in_fan_out:
+            ok = a[0] == b[1] and b[0] == cols and a[1] == rows
+        else:
+            ok = a[0] == b[1] and b[0] == rows and a[1] == cols
+        if not ok:
+            return f"LoRA factor shapes {a}, {b} don't fit {name} {info.shape}"
+    if not plan.targets:
+        return "the adapter holds no LoRA weights"
+    return plan
+
+
+def scaling(plan: MergePlan, rank: int) -> float:
+    return plan.scaling_alpha / (math.sqrt(rank) if plan.use_rslora else rank)
+
+
+# --- writing ---------------------------------------------------------------------------
+
+def _header_bytes(names: list[str], base: dict[str, TensorInfo]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        info = base[name]
+        header[name] = {"dtype": info.dtype, "shape": info.shape, "data_offsets": [offset, offset + info.nbytes]}
+        offset += info.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _copy_bytes(info: TensorInfo, out) -> None:
+    with info.file.open("rb") as source:
+        source.seek(info.start)
+        left = info.nbytes
+        while left:
+            chunk = source.read(min(COPY_CHUNK, left))
+            out.write(chunk)
+            left -= len(chunk)
+
+
+def _write_tensor(tensor, out) -> None:
+    import torch
+
+    out.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def _merge_into(plan: MergePlan, name: str, target: Target, out) -> None:
+    import torch
+
+    info = plan.base[name]
+    dtype = getattr(torch, ST_DTYPES[info.dtype])
+    if target.replacement:
+        _write_tensor(read_tensor(plan.adapter[target.replacement]).to(dtype), out)
+        return
+    a = read_tensor(plan.adapter[target.a]).float()
+    b = read_tensor(plan.adapter[target.b]).float()
+    scale = scaling(plan, a.shape[0])
+    rows, cols = info.shape
+    step = max(1, BLOCK_BYTES // (4 * max(cols, 1)))
+    transposed = target.embedding or plan.fan_in_fan_out
+    for start in range(0, rows, step):
+        block = slice(start, min(rows, start + step))
+        weight = read_tensor(info, block).float()
+        # (B @ A)[rows] = B[rows] @ A; for the transposed cases (B @ A).T[rows] = (B @ A[:, rows]).T
+        delta = (b @ a[:, block]).T if transposed else b[block] @ a
+        merged = (weight + delta * scale).to(dtype)
+        if not torch.isfinite(merged).all():
+            raise ValueError(f"non-finite values in merged {name}: the adapter seems broken")
+        _write_tensor(merged, out)
+
+
+def merge_weights(base_dir: Path, adapter_dir: Path, out_dir: Path) -> int:
+    """Write the merged shards (and index) into out_dir; return the count of merged tensors."""
+    plan = plan_merge(base_dir, adapter_dir)
+    if isinstance(plan, str):
+        raise SystemExit(f"cannot merge here: {plan}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for path in weight_files(base_dir):
+        names = sorted(read_header(path), key=lambda n: plan.base[n].start)
+        with (out_dir / path.name).open("wb") as out:
+            out.write(_header_bytes(names, plan.base))
+            for name in names:
+                target = plan.targets.get(name)
+                if target:
+                    _merge_into(plan, name, target, out)
+                else:
+                    _copy_bytes(plan.base[name], out)
+                total += plan.base[name].nbytes
+        print(f"wrote {path.name}", flush=True)
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        data.setdefault("metadata", {})["total_size"] = total
+        (out_dir / index.name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    for name in CONFIG_FILES:
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, out_dir / name)
+    merged = sum(1 for t in plan.targets.values() if not t.replacement)
+    replaced = len(plan.targets) - merged
+    print(f"streamed merge: {merged} LoRA-merged tensors, {replaced} replaced by modules_to_save, "
+          f"{len(plan.base)} tensors, {total / 1e9:.2f} GB", flush=True)
+    return len(plan.targets)
+
+
+def save_tokenizer(export_yaml: Path, out_dir: Path) -> None:
+    """The tokenizer exactly as `llamafactory-cli export` saves it (template fixes applied)."""
+    import yaml
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_infer_args
+    from llamafactory.model import load_tokenizer
+
+    args = yaml.safe_load(export_yaml.read_text(encoding="utf-8"))
+    model_args, data_args, _, _ = get_infer_args(args)
+    module = load_tokenizer(model_args)
+    tokenizer = module["tokenizer"]
+    get_template_and_fix_tokenizer(tokenizer, data_args)
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs["padding_side"] = "left"
+    tokenizer.save_pretrained(out_dir)
+    if module.get("processor") is not None:
+        module["processor"].save_pretrained(out_dir)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["weights"] and len(argv) == 4:
+        merge_weights(Path(argv[1]), Path(argv[2]), Path(argv[3]))
+    elif argv[:1] == ["tokenizer"] and len(argv) == 3:
+        save_tokenizer(Path(argv[1]), Path(argv[2]))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
