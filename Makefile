@@ -7,6 +7,8 @@ RUN     ?= $(RECIPE)
 DATA    ?=
 QUANT   ?= Q4_K_M
 SET     ?=
+# KEEP_INTERMEDIATES=1: `make gguf` keeps the merged weights and the f16 GGUF (ftw eval needs them)
+KEEP_INTERMEDIATES ?=
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -39,7 +41,7 @@ train: setup
 
 gguf: setup
 	$(FTW) export --run $(RUN)
-	$(FTW) gguf --run $(RUN) $(foreach q,$(QUANT),--quant $(q))
+	$(FTW) gguf --run $(RUN) $(foreach q,$(QUANT),--quant $(q)) $(if $(KEEP_INTERMEDIATES),--keep-intermediates)
 	$(FTW) modelfile --run $(RUN) --quant $(firstword $(QUANT))
 	$(FTW) smoke --run $(RUN) --quant $(firstword $(QUANT))
 
@@ -56,7 +58,7 @@ lmstudio: setup
 # The whole path on CPU with the embedded default: SmolLM2-135M + a small ru/en dataset.
 demo: setup
 	$(MAKE) --no-print-directory train RECIPE=demo PROFILE=cpu RUN=demo
-	$(MAKE) --no-print-directory gguf RUN=demo
+	$(MAKE) --no-print-directory gguf RUN=demo KEEP_INTERMEDIATES=1
 	$(FTW) answers --run demo
 	$(FTW) eval --run demo
 

@@ -103,7 +103,7 @@ def train(run: str, force: bool) -> None:
 @run_option
 @force_option
 def export(run: str, force: bool) -> None:
-    """Merge the LoRA into the full-precision base with llamafactory-cli export."""
+    """Merge the LoRA into the full-precision base (streaming, no GPU; else llamafactory-cli export)."""
     from wrapper.export import export as export_run
 
     export_run(run_path(run), force=force)
@@ -115,12 +115,15 @@ def export(run: str, force: bool) -> None:
               help="llama.cpp quantization type(s); repeat for several.")
 @click.option("--outtype", default="f16", show_default=True, type=click.Choice(["f16", "bf16"]),
               help="Precision of the unquantized GGUF the quantizer starts from.")
+@click.option("--keep-intermediates", is_flag=True,
+              help="Keep the merged weights and the f16/bf16 GGUF (ftw eval needs them); "
+                   "by default they are removed once the quantized files are verified.")
 @force_option
-def gguf(run: str, quants: tuple[str, ...], outtype: str, force: bool) -> None:
+def gguf(run: str, quants: tuple[str, ...], outtype: str, keep_intermediates: bool, force: bool) -> None:
     """Convert the merged model to GGUF with llama.cpp and quantize it."""
     from wrapper.gguf_stage import make_ggufs
 
-    make_ggufs(run_path(run), list(quants), outtype=outtype, force=force)
+    make_ggufs(run_path(run), list(quants), outtype=outtype, force=force, keep_intermediates=keep_intermediates)
 
 
 @cli.command()

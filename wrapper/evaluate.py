@@ -437,9 +437,21 @@ def print_tables(result: dict[str, Any]) -> None:
         console.print("Quantization: " + "; ".join(parts) + ".")
 
 
+def check_intermediates_kept(run_dir: Path, run: str) -> None:
+    """The merged model and the f16 GGUF are two of the models compared; `ftw gguf` removes them by default."""
+    removed = manifest.removed_intermediates(run_dir)
+    if removed:
+        what = " and ".join("the merged weights" if key == "merged" else f"the {key.removeprefix('gguf_')} GGUF"
+                            for key in removed)
+        raise FtwError(f"ftw eval compares the merged model and the f16 GGUF with the Q4_K_M file, and `ftw gguf` "
+                       f"removed {what} after quantizing, to free disk. Make them again and keep them: "
+                       f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates")
+
+
 def evaluate(run_dir: Path, val_sample: int | None = None, limit: int | None = None,
              max_new_tokens: int | None = None, write_report: bool = True) -> dict[str, Any]:
     plan = manifest.plan_of(run_dir)
+    check_intermediates_kept(run_dir, plan.run)
     recipe_settings, folder = _recipe_eval(plan)
     settings = {**DEFAULTS, **{k: v for k, v in recipe_settings.items() if v is not None}}
     if val_sample is not None:

@@ -1,4 +1,6 @@
-"""Export stage: merge the LoRA into the full-precision base with `llamafactory-cli export`.
+"""Export stage: merge the LoRA into the full-precision base, streamed one tensor at a time
+(wrapper/merge.py), or with `llamafactory-cli export` for adapters the streaming merge can't
+reproduce exactly.
 
 A LoRA trained on a 4-bit base must not be merged into 4-bit weights: llama.cpp can't
 read bitsandbytes tensors, and LLaMA-Factory refuses ("Cannot merge adapters to a
@@ -85,7 +87,8 @@ def export(run_dir: Path, force: bool = False) -> Path:
     log_path = run_dir / "logs" / "export.log"
     recorded = manifest.load(run_dir)["artifacts"].get("merged")
     if recorded and merged.is_dir() and not force:
-        done(f"already merged: {merged} (use --force to merge again)")
+        removed = " (its weights were removed after quantization)" if "merged" in manifest.removed_intermediates(run_dir) else ""
+        done(f"already merged: {merged}{removed} (use --force to merge again)")
         return merged
 
     if Path(plan.merge_base) == plan.dequantized_base_dir:

@@ -25,6 +25,9 @@ from wrapper.ui import console, done
 OUTTYPES = ("f16", "bf16")
 # Quant types offered, by the names llama.cpp's quantize tool uses. Types that need an
 # importance matrix (IQ2/IQ3 and such) are left out: nothing here makes one.
+# The merged model's weight files (safetensors, or the .bin LLaMA-Factory's legacy export writes).
+WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
+WEIGHTS_REMOVED_NOTE = "WEIGHTS_REMOVED.txt"
 QUANT_TYPES = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q6_K", "Q8_0", "Q3_K_M", "Q3_K_L", "Q2_K", "Q4_0", "IQ4_XS")
 
 
@@ -162,7 +165,43 @@ def check_gguf_disk(run_dir: Path, merged: Path, gguf_dir: Path, run: str, quant
         check_free_space(gguf_dir, needs, "ftw gguf")
 
 
-def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bool = False) -> dict[str, Path]:
+def merged_weight_files(merged: Path) -> list[Path]:
+    return sorted(path for pattern in WEIGHT_FILES for path in merged.glob(pattern) if path.is_file())
+
+
+def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, quantized: dict[str, Path]) -> None:
+    """Free the disk the merged weights and the unquantized GGUF hold, once the quantized files are verified.
+
+    The manifest is updated first: a stop between the two leaves stray files, never a
+    manifest that names a file that is gone. The merged folder keeps its config and
+    tokenizer, which the Modelfile, smoke, chat and eval stages read.
+    """
+    for quant, path in quantized.items():
+        verify_gguf(path, ftype_of(quant))
+    weights = merged_weight_files(merged)
+    freed = {}
+    if weights:
+        freed["merged"] = sum(path.stat().st_size for path in weights)
+        manifest.record_removed(run_dir, "merged", {"weights": [path.name for path in weights], "bytes": freed["merged"]})
+        (merged / WEIGHTS_REMOVED_NOTE).write_text(
+            "The merged weights were removed by `ftw gguf` once the quantized GGUF was verified, to free disk.\n"
+            f"Make them again with: ftw export --run {run_dir.name} --force  (and keep them next time with\n"
+            "ftw gguf --keep-intermediates). Config and tokenizer files stay here for the later stages.\n",
+            encoding="utf-8")
+        for path in weights:
+            path.unlink()
+    if full.is_file():
+        key = artifact_key(outtype)
+        freed[key] = full.stat().st_size
+        manifest.record_removed(run_dir, key, {"file": str(full), "bytes": freed[key]})
+        full.unlink()
+    if freed:
+        done(f"removed the intermediates ({', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in freed.items())}); "
+             "--keep-intermediates keeps them (ftw eval needs them)")
+
+
+def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bool = False,
+               keep_intermediates: bool = False) -> dict[str, Path]:
     quants = check_quant_names(quants)
     if outtype not in OUTTYPES:
         raise FtwError(f"--outtype {outtype}: choose {' or '.join(OUTTYPES)}")
@@ -172,19 +211,33 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
     gguf_dir = run_dir / "gguf"
     gguf_dir.mkdir(exist_ok=True)
     log_path = run_dir / "logs" / "gguf.log"
-    console.print(f"Converting {merged} with llama.cpp; full log: {log_path}")
-    check_gguf_disk(run_dir, merged, gguf_dir, plan.run, quants, outtype, recorded, force)
-
-    made: dict[str, Path] = {}
     full = gguf_dir / f"{plan.run}-{outtype}.gguf"
-    if force or artifact_key(outtype) not in recorded or not full.is_file():
-        convert(merged, full, outtype, log_path, plan.template, plan.system)
-        manifest.record_artifacts(run_dir, **{artifact_key(outtype): full, "gguf_log": log_path})
-    made[artifact_key(outtype)] = full
+    targets = {quant: gguf_dir / f"{plan.run}-{quant}.gguf" for quant in quants}
+
+    def up_to_date(kind: str, path: Path) -> bool:
+        return not force and artifact_key(kind) in recorded and path.is_file()
+
+    to_quantize = [quant for quant, target in targets.items() if not up_to_date(quant, target)]
+    removed = manifest.removed_intermediates(run_dir)
+    made: dict[str, Path] = {}
+    if to_quantize or (artifact_key(outtype) not in removed and not up_to_date(outtype, full)):
+        if not up_to_date(outtype, full):
+            if "merged" in removed:
+                raise FtwError(f"the merged weights were removed after the last quantization, to free disk; "
+                               f"make them again first: ftw export --run {plan.run} --force")
+            console.print(f"Converting {merged} with llama.cpp; full log: {log_path}")
+            check_gguf_disk(run_dir, merged, gguf_dir, plan.run, quants, outtype, recorded, force)
+            convert(merged, full, outtype, log_path, plan.template, plan.system)
+            manifest.record_artifacts(run_dir, **{artifact_key(outtype): full, "gguf_log": log_path})
+        made[artifact_key(outtype)] = full
     for quant in quants:
-        target = gguf_dir / f"{plan.run}-{quant}.gguf"
-        if force or artifact_key(quant) not in recorded or not target.is_file():
-            quantize(full, target, quant, log_path)
-            manifest.record_artifacts(run_dir, **{artifact_key(quant): target})
-        made[artifact_key(quant)] = target
+        if quant in to_quantize:
+            quantize(full, targets[quant], quant, log_path)
+            manifest.record_artifacts(run_dir, **{artifact_key(quant): targets[quant]})
+        else:
+            done(f"{quant} GGUF up to date: {targets[quant]} (--force makes it again)")
+        made[artifact_key(quant)] = targets[quant]
+    if not keep_intermediates and quants:
+        remove_intermediates(run_dir, merged, full, outtype, targets)
+        made.pop(artifact_key(outtype), None)
     return made

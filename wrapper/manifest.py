@@ -68,7 +68,25 @@ def record_artifacts(run_dir: Path, **paths: Path) -> None:
     data = load(run_dir)
     for key, path in paths.items():
         data["artifacts"][key] = str(path)
+        data.get(REMOVED, {}).pop(key, None)  # made again: no longer a removed intermediate
     data["versions"] = versions()
+    save(run_dir, data)
+
+
+# Intermediates `ftw gguf` removed once the quantized files were verified: key -> what was freed.
+REMOVED = "removed_intermediates"
+
+
+def removed_intermediates(run_dir: Path) -> dict[str, Any]:
+    return load(run_dir).get(REMOVED, {})
+
+
+def record_removed(run_dir: Path, key: str, what: dict[str, Any]) -> None:
+    """Note that artifact `key` was removed as an intermediate; a removed file is no longer an artifact."""
+    data = load(run_dir)
+    data.setdefault(REMOVED, {})[key] = what
+    if key != "merged":  # the merged folder stays: its tokenizer and config serve the later stages
+        data["artifacts"].pop(key, None)
     save(run_dir, data)
 
 
@@ -82,6 +100,8 @@ def forget_from(run_dir: Path, first: str) -> None:
     data = load(run_dir)
     data["artifacts"] = {key: value for key, value in data["artifacts"].items()
                          if not any(key == s or (s.endswith("_") and key.startswith(s)) for s in stale)}
+    if "merged" in stale:  # a new merge brings the removed intermediates back
+        data.pop(REMOVED, None)
     save(run_dir, data)
 
 

@@ -1,0 +1,74 @@
+"""`ftw gguf` frees the disk of its intermediates once the quantized file is verified.
+
+Works on a copy of the shared demo run (conftest's demo_run, made with --keep-intermediates),
+so the other tests keep their merged model and f16 GGUF.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ftw
+
+RUN = "e2e"
+
+
+@pytest.fixture(scope="module")
+def copied_run(demo_run, tmp_path_factory) -> Path:
+    """The demo run under another runs folder, its manifest's paths pointed at the copy."""
+    runs_dir = tmp_path_factory.mktemp("intermediates") / "runs"
+    copy = runs_dir / RUN
+    shutil.copytree(demo_run, copy, symlinks=True)
+    manifest = copy / "manifest.json"
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(demo_run), str(copy)), encoding="utf-8")
+    return copy
+
+
+def manifest_of(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_gguf_removes_merged_weights_and_f16_after_verifying(copied_run):
+    run, runs_dir = copied_run, copied_run.parent
+    f16 = run / "gguf" / f"{RUN}-f16.gguf"
+    q4 = run / "gguf" / f"{RUN}-Q4_K_M.gguf"
+    merged_weights = sum(p.stat().st_size for p in (run / "merged").glob("*.safetensors"))
+    assert f16.is_file() and merged_weights > 0
+
+    result = run_ftw(runs_dir, "gguf", "--run", RUN)
+    assert "Q4_K_M GGUF up to date" in result.stdout  # nothing converted or quantized again
+    assert "removed the intermediates" in result.stdout
+    assert not f16.exists()
+    assert not list((run / "merged").glob("*.safetensors"))
+    assert (run / "merged" / "tokenizer.json").is_file() and (run / "merged" / "config.json").is_file()
+    assert "ftw export --run e2e --force" in (run / "merged" / "WEIGHTS_REMOVED.txt").read_text()
+    data = manifest_of(run)
+    assert "gguf_f16" not in data["artifacts"]  # a key in the manifest means a file that exists
+    assert data["removed_intermediates"]["merged"]["bytes"] == merged_weights
+    assert Path(data["artifacts"]["gguf_q4_k_m"]) == q4 and q4.is_file()
+
+    # The stages after it read only the quantized file and the merged folder's tokenizer.
+    run_ftw(runs_dir, "modelfile", "--run", RUN)
+    run_ftw(runs_dir, "smoke", "--run", RUN)
+    # Re-running is a no-op, not an attempt to convert weights that are gone.
+    again = run_ftw(runs_dir, "gguf", "--run", RUN)
+    assert "Converting" not in again.stdout and "up to date" in again.stdout
+    exported = run_ftw(runs_dir, "export", "--run", RUN)
+    assert "already merged" in exported.stdout and "weights were removed" in exported.stdout
+
+
+def test_a_new_quant_or_eval_without_intermediates_says_how_to_get_them(copied_run):
+    run, runs_dir = copied_run, copied_run.parent
+    if "removed_intermediates" not in manifest_of(run):
+        run_ftw(runs_dir, "gguf", "--run", RUN)
+    new_quant = run_ftw(runs_dir, "gguf", "--run", RUN, "--quant", "Q8_0", check=False)
+    assert new_quant.returncode == 2
+    assert "ftw export --run e2e --force" in new_quant.stdout + new_quant.stderr
+    assert not (run / "gguf" / f"{RUN}-Q8_0.gguf").exists()
+    evaluated = run_ftw(runs_dir, "eval", "--run", RUN, check=False)
+    assert evaluated.returncode == 2
+    assert "--keep-intermediates" in evaluated.stdout + evaluated.stderr
