@@ -5,7 +5,8 @@ Builds (once, cached in .cache/bench/) a random-init model with a real layer sha
 random rank-16 LoRA on every linear layer, then runs side by side:
 
   (a) llamafactory-cli export -> convert_hf_to_gguf f16 -> llama.cpp quantize Q4_K_M
-  (b) python -m wrapper.merge weights + tokenizer -> the same convert -> the same quantize
+  (b) python -m wrapper.merge weights + tokenizer -> the same convert -> the same quantizer, in
+      slabs of rows (wrapper/quantize.py's MAX_BUF_BYTES) as `ftw gguf` runs it
 
 Each stage is a child process; the whole process tree is sampled every 50 ms for VmRSS
 (which counts resident pages of memory-mapped files) and RssAnon (which does not).
@@ -188,10 +189,12 @@ def convert_argv(merged: Path, outfile: Path) -> list[str]:
             "--outfile", str(outfile)]
 
 
-def quantize_argv(src: Path, dst: Path) -> list[str]:
+def quantize_argv(src: Path, dst: Path, max_buf_bytes: int) -> list[str]:
+    """llama.cpp's quantizer; max_buf_bytes 0 is its default (a whole tensor at a time), as llama-quantize runs."""
     from gguf import LlamaFileType
 
-    return [sys.executable, "-m", "wrapper.quantize", str(src), str(dst), str(int(LlamaFileType.MOSTLY_Q4_K_M))]
+    return [sys.executable, "-m", "wrapper.quantize", str(src), str(dst), str(int(LlamaFileType.MOSTLY_Q4_K_M)),
+            str(max_buf_bytes)]
 
 
 def path_stages(kind: str, model_dir: Path, adapter_dir: Path, work: Path, log: Path) -> dict:
@@ -214,7 +217,10 @@ def path_stages(kind: str, model_dir: Path, adapter_dir: Path, work: Path, log: 
                                          str(merged)], log)
     f16, q4 = work / f"{kind}-f16.gguf", work / f"{kind}-Q4_K_M.gguf"
     stages["convert_f16"] = run_stage(convert_argv(merged, f16), log, gguf_env)
-    stages["quantize_q4_k_m"] = run_stage(quantize_argv(f16, q4), log)
+    from wrapper.quantize import MAX_BUF_BYTES
+
+    max_buf_bytes = 0 if kind == "llamafactory" else MAX_BUF_BYTES
+    stages["quantize_q4_k_m"] = run_stage(quantize_argv(f16, q4, max_buf_bytes), log)
     sizes = {"merged_bytes": sum(p.stat().st_size for p in merged.glob("*.safetensors")),
              "f16_gguf_bytes": f16.stat().st_size, "q4_k_m_gguf_bytes": q4.stat().st_size}
     return {"stages": stages, "sizes": sizes, "q4": q4, "cleanup": [merged, f16]}

@@ -140,10 +140,12 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
         "the merged model equals the dequantized base: the LoRA was not merged"
 
     ftw("gguf", "--run", "bnb", cwd=tmp_path)
-    artifacts = read_manifest(run_dir)["artifacts"]
-    f16, q4 = Path(artifacts["gguf_f16"]), Path(artifacts["gguf_q4_k_m"])
-    assert f16.is_file() and q4.is_file()
-    assert f16.parent == q4.parent == run_dir / "gguf"
+    data = read_manifest(run_dir)
+    q4 = Path(data["artifacts"]["gguf_q4_k_m"])
+    assert q4.is_file() and q4.parent == run_dir / "gguf"
+    # The f16 GGUF and the merged weights were intermediates: removed once Q4_K_M was verified.
+    assert set(data["removed_intermediates"]) == {"merged", "gguf_f16"}
+    assert not (run_dir / "gguf" / "bnb-f16.gguf").exists() and not list(merged.glob("*.safetensors"))
     types = collections.Counter(gguf_tensor_types(q4).values())
     assert types["Q4_K"] > 0, types
 

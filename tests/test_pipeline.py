@@ -121,3 +121,15 @@ def test_no_artifact_holds_the_hugging_face_token(run):
     """The run was made with HF_TOKEN set: no rendered file, log, manifest or model file may contain it."""
     leaks = [p for p in run.rglob("*") if p.is_file() and FAKE_HF_TOKEN.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def test_finished_files_and_folders_have_the_usual_permissions(run):
+    """Atomic writes start from private temporaries (0600/0700); what they become must not stay private."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (run / "manifest.json", run / "Modelfile", run / "train.yaml", run / "merged"):
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

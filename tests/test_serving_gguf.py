@@ -47,7 +47,7 @@ def test_ftw_gguf_writes_the_training_template_into_every_file(tmp_path):
     run_dir = runs / "lawyer"
     manifest.record_artifacts(run_dir, merged=tiny_qwen2_dir())  # stands in for `ftw export`
 
-    out = ftw(runs, "gguf", "--run", "lawyer")
+    out = ftw(runs, "gguf", "--run", "lawyer", "--keep-intermediates")  # the f16 is checked too
     assert "chat template replaced by the training format" in out, out
     assert "You are a helpful assistant" in out, out  # the reason: the shipped template's default system
 
@@ -73,3 +73,9 @@ def test_ftw_gguf_writes_the_training_template_into_every_file(tmp_path):
     before = f16.stat().st_mtime_ns
     ensure_training_template(f16, tiny_qwen2_dir(), "qwen", SYSTEM, ftype_of("f16"), tmp_path / "again.log")
     assert f16.stat().st_mtime_ns == before and not (tmp_path / "again.log").exists()
+
+    # Without --keep-intermediates the f16 goes, but a merged folder outside the run (here the
+    # shared fixture the manifest was pointed at) is never thinned out.
+    ftw(runs, "gguf", "--run", "lawyer")
+    assert not f16.exists() and Path(manifest.load(run_dir)["artifacts"]["gguf_q4_k_m"]).is_file()
+    assert (tiny_qwen2_dir() / "model.safetensors").is_file()

@@ -10,11 +10,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def default_mode(kind: int) -> int:
+    """The permissions a plain open()/mkdir() would give under the current umask (kind: 0o666 or 0o777)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return kind & ~umask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        os.chmod(tmp, default_mode(0o666))  # mkstemp's file is private (0600); the finished one is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -26,10 +34,7 @@ def staged_dir(target: Path) -> Iterator[Path]:
     """A fresh folder beside target; it replaces target if the block succeeds, else it is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    # mkdtemp makes the folder private (0700); the finished one gets the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging.chmod(default_mode(0o777))  # mkdtemp makes the folder private (0700); the finished one is not
     try:
         yield staging
         if target.exists():

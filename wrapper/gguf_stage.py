@@ -178,7 +178,8 @@ def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, 
     """
     for quant, path in quantized.items():
         verify_gguf(path, ftype_of(quant))
-    weights = merged_weight_files(merged)
+    # Only the run's own merge is ours to thin out, never a folder the manifest was pointed at.
+    weights = merged_weight_files(merged) if merged.resolve() == (run_dir / "merged").resolve() else []
     freed = {}
     if weights:
         freed["merged"] = sum(path.stat().st_size for path in weights)
