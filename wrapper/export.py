@@ -87,8 +87,9 @@ def export(run_dir: Path, force: bool = False) -> Path:
     log_path = run_dir / "logs" / "export.log"
     recorded = manifest.load(run_dir)["artifacts"].get("merged")
     if recorded and merged.is_dir() and not force:
-        removed = " (its weights were removed after quantization)" if "merged" in manifest.removed_intermediates(run_dir) else ""
-        done(f"already merged: {merged}{removed} (use --force to merge again)")
+        thinned = "merged" in manifest.removed_intermediates(run_dir)
+        note = " (its weights were removed after quantization)" if thinned else ""
+        done(f"already merged: {merged}{note} (use --force to merge again)")
         return merged
 
     if Path(plan.merge_base) == plan.dequantized_base_dir:

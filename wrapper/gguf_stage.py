@@ -23,11 +23,11 @@ from wrapper.procs import run_with_status
 from wrapper.ui import console, done
 
 OUTTYPES = ("f16", "bf16")
-# Quant types offered, by the names llama.cpp's quantize tool uses. Types that need an
-# importance matrix (IQ2/IQ3 and such) are left out: nothing here makes one.
 # The merged model's weight files (safetensors, or the .bin LLaMA-Factory's legacy export writes).
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
 WEIGHTS_REMOVED_NOTE = "WEIGHTS_REMOVED.txt"
+# Quant types offered, by the names llama.cpp's quantize tool uses. Types that need an
+# importance matrix (IQ2/IQ3 and such) are left out: nothing here makes one.
 QUANT_TYPES = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q6_K", "Q8_0", "Q3_K_M", "Q3_K_L", "Q2_K", "Q4_0", "IQ4_XS")
 
 
