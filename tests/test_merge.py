@@ -7,6 +7,7 @@ visible, and saved with save_pretrained: the files a LLaMA-Factory LoRA run leav
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -145,3 +146,20 @@ def test_unknown_adapter_tensor_falls_back(tmp_path):
     save_file(tensors, adapter / "adapter_model.safetensors")
     reason = plan_merge(tiny_qwen2_dir(), adapter)
     assert isinstance(reason, str) and "unrecognised" in reason
+
+
+@pytest.mark.parametrize("cut", ["adapter", "base"])
+def test_truncated_weights_are_a_clear_error_not_zeros(tmp_path, cut):
+    """A safetensors file cut short used to read as zeros past its end and merge 'successfully'."""
+    from wrapper.errors import FtwError
+
+    adapter = make_adapter(tmp_path / "adapter")
+    base = tiny_qwen2_dir()
+    if cut == "base":
+        base = tmp_path / "base"
+        shutil.copytree(tiny_qwen2_dir(), base)
+    victim = adapter / "adapter_model.safetensors" if cut == "adapter" else base / "model.safetensors"
+    os.truncate(victim, victim.stat().st_size - 1000)
+    with pytest.raises(FtwError, match="damaged or truncated") as raised:
+        plan_merge(base, adapter)
+    assert str(victim) in str(raised.value) and "ftw train --force" in str(raised.value)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wrapper.errors import FtwError
+
 PREFIX = "base_model.model."
 COPY_CHUNK = 64 * 2**20
 BLOCK_BYTES = 64 * 2**20  # float32 bytes of one block of rows while merging
@@ -77,12 +79,30 @@ class MergePlan:
 # --- reading safetensors headers -------------------------------------------------------
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of a safetensors file, checked against the file's size: a file cut short
+    (an interrupted copy or download, a full disk) would otherwise read as zeros."""
+    size = path.stat().st_size
+    damaged = (f"{path} is damaged or truncated ({size} bytes); make it again (an adapter: "
+               "ftw train --force; a base model: download or copy it again)")
     with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise FtwError(damaged)
+        (length,) = struct.unpack("<Q", prefix)
+        if 8 + length > size:
+            raise FtwError(damaged)
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as exc:
+            raise FtwError(f"{damaged}: its header is not JSON ({exc})") from None
     base = 8 + length
-    return {name: TensorInfo(path, meta["dtype"], meta["shape"], base + meta["data_offsets"][0], base + meta["data_offsets"][1])
-            for name, meta in header.items() if name != "__metadata__"}
+    tensors = {name: TensorInfo(path, meta["dtype"], meta["shape"], base + meta["data_offsets"][0],
+                                base + meta["data_offsets"][1])
+               for name, meta in header.items() if name != "__metadata__"}
+    needed = max((info.end for info in tensors.values()), default=base)
+    if needed > size:
+        raise FtwError(f"{damaged}: its header describes {needed} bytes")
+    return tensors
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -108,7 +128,8 @@ def read_tensor(info: TensorInfo, rows: slice | None = None):
     buffer = bytearray(end - start)
     with info.file.open("rb") as handle:
         handle.seek(start)
-        handle.readinto(buffer)
+        if handle.readinto(buffer) != len(buffer):
+            raise FtwError(f"{info.file} ended early while reading a tensor: it was changed or cut short during the merge")
     if not buffer:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
@@ -329,4 +350,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except FtwError as exc:  # the export stage shows the log's last lines: the message, not a traceback
+        raise SystemExit(f"error: {exc}") from None
