@@ -124,3 +124,15 @@ def test_report_compares_two_runs(evaluated, tmp_path):
     assert "|  | e2e | e2e-copy |" in table
     assert "forgotten by Q4_K_M GGUF" in table
     shutil.rmtree(other)
+
+
+@pytest.mark.parametrize("recipe_name", ["qwen3-8b", "qwen3-4b", "llama31-8b", "saiga-llama3-8b", "qvikhr3-4b"])
+def test_shipped_chat_recipes_come_with_a_ru_en_forgetting_check(recipe_name):
+    from wrapper.evaluate import read_prompt_file
+    from wrapper.recipes import load_recipe
+
+    recipe = load_recipe(recipe_name)
+    items = read_prompt_file(recipe.folder / recipe.eval["general"], "general")
+    languages = [item.lang for item in items]
+    assert len(items) >= 10 and languages.count("ru") >= 5 and languages.count("en") >= 5
+    assert all(item.expect for item in items)
