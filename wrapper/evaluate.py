@@ -328,8 +328,6 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
         todo = [e for e in encoded if e[0].key(model_key, 0) not in rows.done]
         if todo:
             n_ctx = max(len(p) + len(r) for _, p, r in encoded) + 8
-            import os
-
             with console.status(f"perplexity of {path.name} on {len(todo)} reference answers"):
                 llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
                             n_threads=gguf_threads(path), n_threads_batch=gguf_threads(path), seed=0, verbose=False)

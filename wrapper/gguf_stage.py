@@ -151,18 +151,13 @@ def check_quant_names(quants: list[str]) -> list[str]:
     return normalised
 
 
-def check_gguf_disk(run_dir: Path, merged: Path, gguf_dir: Path, run: str, quants: list[str], outtype: str,
-                    recorded: dict, force: bool) -> None:
-    """Stop before converting when the files still to be written don't fit the free disk."""
+def check_gguf_disk(merged: Path, gguf_dir: Path, outtype: str, quants: list[str]) -> None:
+    """Stop before converting when the unquantized GGUF and the `quants` still to be made don't fit the free disk."""
     from wrapper.diskcheck import check_free_space, gguf_needs, weights_of
 
     _, params = weights_of(merged)
-    needs = gguf_needs(params, quants, outtype)
-    for kind in (outtype, *quants):
-        if not force and artifact_key(kind) in recorded and (gguf_dir / f"{run}-{kind}.gguf").is_file():
-            needs.pop(f"{kind} GGUF", None)
-    if needs and params:
-        check_free_space(gguf_dir, needs, "ftw gguf")
+    if params:
+        check_free_space(gguf_dir, gguf_needs(params, quants, outtype), "ftw gguf")
 
 
 def merged_weight_files(merged: Path) -> list[Path]:
@@ -227,7 +222,7 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
                 raise FtwError(f"the merged weights were removed after the last quantization, to free disk; "
                                f"make them again first: ftw export --run {plan.run} --force")
             console.print(f"Converting {merged} with llama.cpp; full log: {log_path}")
-            check_gguf_disk(run_dir, merged, gguf_dir, plan.run, quants, outtype, recorded, force)
+            check_gguf_disk(merged, gguf_dir, outtype, to_quantize)
             convert(merged, full, outtype, log_path, plan.template, plan.system)
             manifest.record_artifacts(run_dir, **{artifact_key(outtype): full, "gguf_log": log_path})
         made[artifact_key(outtype)] = full
