@@ -135,3 +135,15 @@ def test_shipped_chat_recipes_come_with_a_ru_en_forgetting_check(recipe_name):
     languages = [item.lang for item in items]
     assert len(items) >= 10 and languages.count("ru") >= 5 and languages.count("en") >= 5
     assert all(item.expect for item in items)
+
+
+def test_rows_written_after_a_cut_off_line_survive_the_next_resume(tmp_path):
+    from wrapper.evaluate import Rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"key": "a", "answer": "1"}\n{"key": "b", "ans', encoding="utf-8")  # killed mid-write
+    rows = Rows(path)
+    assert set(rows.done) == {"a"}
+    rows.add({"key": "c", "answer": "3"})
+    rows.close()
+    assert set(Rows(path).done) == {"a", "c"}

@@ -189,15 +189,17 @@ class Rows:
     def __init__(self, path: Path):
         self.path = path
         self.done: dict[str, dict] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by an interruption
-                self.done[row["key"]] = row
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by an interruption
+            self.done[row["key"]] = row
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = path.open("a", encoding="utf-8")
+        if text and not text.endswith("\n"):
+            self.handle.write("\n")  # end the cut-off line, or the next row would join it and be lost
 
     def add(self, row: dict) -> None:
         self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
