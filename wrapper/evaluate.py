@@ -48,6 +48,8 @@ EVAL_JSON = "eval.json"
 MODELS = ("base", "merged", "gguf")
 MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": "Q4_K_M GGUF"}
 SETS = ("control", "val", "general")
+# The metrics the tables show (terminal, report.md, report.html), in this order.
+TABLE_METRICS = ("contains", "exact_match", "token_f1", "rouge_l", "key_info_recall", "length_ratio")
 DEFAULTS = {"val_sample": 30, "seed": 42, "max_new_tokens": 64}
 
 
@@ -395,7 +397,6 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def print_tables(result: dict[str, Any]) -> None:
-    shown = ("contains", "exact_match", "token_f1", "rouge_l", "key_info_recall", "length_ratio")
     table = Table(title=f"{result['run']}: evaluation (greedy, training format; means per row)", show_lines=False)
     table.add_column("set")
     table.add_column("metric")
@@ -406,7 +407,7 @@ def print_tables(result: dict[str, Any]) -> None:
         if not block["base"]["rows"]:
             continue
         label = f"{set_name} ({block['base']['rows']})"
-        for name in shown:
+        for name in TABLE_METRICS:
             if all(block[k][name] is None for k in MODELS):
                 continue
             table.add_row(label, name, *(_fmt(block[k][name]) for k in MODELS))

@@ -19,15 +19,13 @@ from rich.table import Table
 
 from wrapper import manifest
 from wrapper.errors import FtwError
+from wrapper.evaluate import MODEL_TITLES as TITLES
+from wrapper.evaluate import MODELS, SETS, TABLE_METRICS
 from wrapper.fsutil import write_text_atomic
 from wrapper.ui import console
 
-MODELS = ("base", "merged", "gguf")
-TITLES = {"base": "base", "merged": "merged HF", "gguf": "Q4_K_M GGUF"}
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452"}
-SETS = ("control", "val", "general")
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
-TABLE_METRICS = ("contains", "exact_match", "token_f1", "rouge_l", "key_info_recall", "length_ratio")
 
 
 def load_eval(run_dir: Path) -> dict[str, Any]:
