@@ -7,6 +7,8 @@ RUN     ?= $(RECIPE)
 DATA    ?=
 QUANT   ?= Q4_K_M
 SET     ?=
+# FORCE=1: train even where the planner (or the GPU's free memory) says it won't fit
+# RETRAIN=1: `make train` starts the run over instead of resuming it
 # KEEP_INTERMEDIATES=1: `make gguf` keeps the merged weights and the f16 GGUF (ftw eval needs them)
 KEEP_INTERMEDIATES ?=
 
@@ -37,7 +39,7 @@ data: setup
 
 train: setup
 	$(FTW) render --recipe $(RECIPE) --profile $(PROFILE) --run $(RUN) $(foreach f,$(DATA),--data $(f)) $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--ignore-fit)
-	$(FTW) train --run $(RUN)
+	$(FTW) train --run $(RUN) $(if $(RETRAIN),--force) $(if $(FORCE),--ignore-fit)
 
 gguf: setup
 	$(FTW) export --run $(RUN)

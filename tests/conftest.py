@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,11 +37,22 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """One real run of the demo recipe (train, merge, GGUF, Modelfile), shared by every test
-    that only reads it: about 3 minutes of CPU, paid once per test session."""
-    runs_dir = tmp_path_factory.mktemp("demo") / "runs"
+    that only reads it: about 3 minutes of CPU, paid once per test session. Its folder's
+    path has a space and Cyrillic letters."""
+    # Spaces and non-ASCII letters in the path, as in a user's home folder: every stage must cope.
+    runs_dir = tmp_path_factory.mktemp("demo") / "мои прогоны" / "runs"
     secret = {"HF_TOKEN": FAKE_HF_TOKEN, "HUGGING_FACE_HUB_TOKEN": FAKE_HF_TOKEN}
     run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", "e2e", env=secret)
     for stage in ("train", "export", "gguf", "modelfile"):
         extra = ("--keep-intermediates",) if stage == "gguf" else ()  # the tests compare merged, f16 and Q4_K_M
         run_ftw(runs_dir, stage, "--run", "e2e", *extra, env=secret)
     return runs_dir / "e2e"
+
+
+def copy_run(run: Path, runs_dir: Path) -> Path:
+    """A copy of `run` under another runs folder, its manifest's paths pointed at the copy."""
+    copy = runs_dir / run.name
+    shutil.copytree(run, copy, symlinks=True)
+    manifest = copy / "manifest.json"
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")
+    return copy

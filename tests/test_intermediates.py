@@ -7,25 +7,19 @@ so the other tests keep their merged model and f16 GGUF.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import run_ftw
+from conftest import copy_run, run_ftw
 
 RUN = "e2e"
 
 
 @pytest.fixture(scope="module")
 def copied_run(demo_run, tmp_path_factory) -> Path:
-    """The demo run under another runs folder, its manifest's paths pointed at the copy."""
-    runs_dir = tmp_path_factory.mktemp("intermediates") / "runs"
-    copy = runs_dir / RUN
-    shutil.copytree(demo_run, copy, symlinks=True)
-    manifest = copy / "manifest.json"
-    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(demo_run), str(copy)), encoding="utf-8")
-    return copy
+    """The demo run under another runs folder."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("intermediates") / "runs")
 
 
 def manifest_of(run: Path) -> dict:
@@ -58,7 +52,7 @@ def test_gguf_removes_merged_weights_and_f16_after_verifying(copied_run):
     again = run_ftw(runs_dir, "gguf", "--run", RUN)
     assert "Converting" not in again.stdout and "up to date" in again.stdout
     exported = run_ftw(runs_dir, "export", "--run", RUN)
-    assert "already merged" in exported.stdout and "weights were removed" in exported.stdout
+    assert "merged model up to date" in exported.stdout and "weights were removed" in exported.stdout
 
 
 def test_a_new_quant_or_eval_without_intermediates_says_how_to_get_them(copied_run):

@@ -126,6 +126,56 @@ def test_missing_model_folder(runs_dir, tmp_path):
         render(str(recipe), "cpu", "r", [], [])
 
 
+QWEN2_VOCAB_GGUF = REPO / "vendor" / "llama.cpp" / "models" / "ggml-vocab-qwen2.gguf"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"is a GGUF file, llama.cpp's format for running a model .* can't be fine-tuned"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n", r"named .gguf but is not a GGUF file but a Git LFS pointer"),
+    ("cut", r"named .gguf but is not a readable GGUF file, probably cut off"),
+    (b"<!DOCTYPE html><html>", r"is not a GGUF file but a web page"),
+])
+def test_gguf_as_base_model_says_what_it_is(runs_dir, tmp_path, content, message):
+    base = tmp_path / "мой model.gguf"
+    if content is None:
+        base.write_bytes(QWEN2_VOCAB_GGUF.read_bytes())
+    elif content == "cut":
+        base.write_bytes(QWEN2_VOCAB_GGUF.read_bytes()[:100_000])
+    else:
+        base.write_bytes(content)
+    recipe = minimal_recipe(tmp_path, base=base)
+    with pytest.raises(FtwError, match=r"mine.yaml:2 \(key 'model.base'\): .*" + message + r".*Hugging Face model folder"):
+        render(str(recipe), "cpu", "r", [], [])
+
+
+def test_a_file_that_is_not_a_gguf_is_refused_before_llama_cpp_loads_it(tmp_path):
+    from wrapper.inference import GgufModel
+
+    fake = tmp_path / "runs" / "r1" / "gguf" / "r1-Q4_K_M.gguf"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(QWEN2_VOCAB_GGUF.read_bytes()[:4096])
+    with pytest.raises(FtwError, match=r"r1-Q4_K_M.gguf is not a readable GGUF file, probably cut off.*ftw gguf --run r1 --force"):
+        GgufModel(fake)
+
+
+def test_paths_with_spaces_and_non_ascii_letters_render(tmp_path, monkeypatch):
+    folder = tmp_path / "мои данные" / "with spaces"
+    folder.mkdir(parents=True)
+    data = folder / "лор данные.json"
+    data.write_bytes(DEMO_DATA.read_bytes())
+    monkeypatch.setenv("FTW_RUNS_DIR", str(folder / "прогоны"))
+    recipe = minimal_recipe(folder)
+    plan = render(str(recipe), "cpu", "r1", [str(data)], [])
+    info = json.loads((plan.dir / "dataset_info.json").read_text(encoding="utf-8"))
+    assert [entry["file_name"] for entry in info.values()] == [str(data)]
+    assert yaml.safe_load((plan.dir / "train.yaml").read_text(encoding="utf-8"))["output_dir"] == str(plan.dir / "adapter")
+
+
+def test_run_names_are_ascii_because_they_name_the_ollama_model(runs_dir):
+    with pytest.raises(FtwError, match=r"--run 'прогон': use ASCII letters.*Ollama model.*FTW_RUNS_DIR"):
+        render("demo", "cpu", "прогон", [], [])
+
+
 def test_unknown_chat_template(runs_dir, tmp_path):
     recipe = minimal_recipe(tmp_path)
     recipe.write_text(recipe.read_text().replace("template: smollm2", "template: smolm2"))

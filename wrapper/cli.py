@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import signal
 import sys
 from pathlib import Path
 
@@ -91,12 +93,13 @@ def plan(recipe: str, profile: str, data_files: tuple[str, ...], overrides: tupl
 
 @cli.command()
 @run_option
-@force_option
-def train(run: str, force: bool) -> None:
-    """Train with llamafactory-cli; re-running resumes from the last checkpoint."""
+@click.option("--force", is_flag=True, help="Train again from the start, dropping the adapter and its checkpoints.")
+@click.option("--ignore-fit", is_flag=True, help="Start even if the GPU has less free memory than the plan needs.")
+def train(run: str, force: bool, ignore_fit: bool) -> None:
+    """Train with llamafactory-cli; re-running resumes from the last checkpoint (same settings and data only)."""
     from wrapper.train import train as train_run
 
-    train_run(run_path(run), force=force)
+    train_run(run_path(run), force=force, ignore_fit=ignore_fit)
 
 
 @cli.command()
@@ -263,22 +266,49 @@ def data_prepare(recipe: str, data_files: tuple[str, ...], run: str, profile: st
     prepare(recipe, list(data_files), run, resolve(profile) if profile else None, list(overrides))
 
 
+INTERRUPTED = ("[yellow]interrupted[/yellow]: the child processes were stopped and unfinished files removed. "
+               "Re-run the same command to continue (training resumes from its last complete checkpoint).")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a shutdown, `kill`, a closed terminal): unwinds like Ctrl-C, so that the
+    children are stopped and partial files removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_on_signals() -> None:
+    def handler(signum, _frame):
+        raise Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
 def main() -> None:
     quiet_libraries()
+    stop_on_signals()
     try:
         cli.main(standalone_mode=False)
     except FtwError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        console.print("[yellow]interrupted[/yellow]: re-run the same command to continue (training resumes from its last checkpoint).")
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        console.print(INTERRUPTED, soft_wrap=True)
+        stop = exc if isinstance(exc, Stopped) else exc.__cause__  # click turns KeyboardInterrupt into Abort
+        sys.exit(128 + (stop.signum if isinstance(stop, Stopped) else signal.SIGINT))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: re-run the same command to continue (training resumes from its last checkpoint).")
-        sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        console.print(f"[bold red]error:[/bold red] the disk is full{where} ({exc.strerror}). The unfinished file "
+                      f"was removed; free some space and re-run the same command.", soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -170,10 +170,9 @@ def data_kind(scanner: Scanner) -> str:
 
 def prepare(recipe_name: str, data_files: list[str], run: str, profile: str | None = None,
             overrides: list[str] = ()) -> dict:
-    from wrapper.render import RUN_NAME
+    from wrapper.render import check_run_name
 
-    if not RUN_NAME.fullmatch(run):
-        raise FtwError(f"--run {run!r}: use letters, digits, '.', '_' or '-' (it names a folder under runs/)")
+    check_run_name(run)
     run_dir = runs_dir() / run
     previous = _previous_plan(run_dir)
     overrides = list(previous.get("overrides") or []) + list(overrides) if previous else list(overrides)

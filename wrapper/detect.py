@@ -32,3 +32,25 @@ def detect_profile() -> str:
 
 def resolve(profile: str) -> str:
     return detect_profile() if profile == "auto" else profile
+
+
+def free_vram_gib() -> list[tuple[float, float]] | None:
+    """(free, total) GiB of each GPU this process may use, from nvidia-smi; None where there is none."""
+    import os
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        gpus = [(float(free) / 1024, float(total) / 1024)
+                for free, total in (line.split(",") for line in out.splitlines() if line.strip())]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if visible and all(part.strip().isdigit() for part in visible.split(",")):
+        gpus = [gpus[int(index)] for index in visible.split(",") if int(index) < len(gpus)]
+    return gpus

@@ -47,3 +47,24 @@ def check_free_space(where: Path, needs: dict[str, int], what: str) -> None:
         raise FtwError(f"not enough free disk for {what}: it will write about {total * MARGIN / 1e9:.1f} GB "
                        f"({parts}, +{(MARGIN - 1) * 100:.0f}%) under {where}, and {free / 1e9:.1f} GB is free. "
                        f"Free {(total * MARGIN - free) / 1e9:.1f} GB or move the runs folder (FTW_RUNS_DIR).")
+
+
+def train_needs(plan, existing_bytes: int = 0) -> dict[str, int]:
+    """Checkpoints (weights + optimizer states of the trainable parameters) and the final adapter; {} when the
+    base's shape is unknown here."""
+    from wrapper.planner import ModelShape, model_config
+
+    try:
+        shape = ModelShape.from_config(model_config(plan.base_model))
+    except (FtwError, OSError, KeyError, ValueError):
+        return {}
+    args = plan.train_args
+    trainable = shape.params if plan.method == "full" else shape.lora_params(int(args.get("lora_rank", 8)))
+    optimizer_bytes = 2 if "8bit" in str(args.get("optim", "")) else 8  # AdamW: two fp32 states per parameter
+    kept = int(args.get("save_total_limit") or 3) + 1  # the newest is written before the oldest is deleted
+    checkpoints = max(0, trainable * (4 + optimizer_bytes) * kept - existing_bytes)
+    return {f"{kept} checkpoints": checkpoints, "final adapter": trainable * 4}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0

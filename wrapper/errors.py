@@ -16,7 +16,8 @@ class StageError(FtwError):
 
     exit_code = 1
 
-    def __init__(self, what: str, log_path: Path, last_lines: list[str]):
+    def __init__(self, what: str, log_path: Path, last_lines: list[str], hint: str = ""):
         tail = "\n".join(f"  | {line}" for line in last_lines)
-        super().__init__(f"{what} failed. Last lines of the log:\n{tail}\nFull log: {log_path}")
+        super().__init__(f"{what} failed. Last lines of the log:\n{tail}\nFull log: {log_path}"
+                         + (f"\n{hint}" if hint else ""))
         self.log_path = log_path

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from wrapper import manifest
+from wrapper import manifest, stages
 from wrapper.errors import FtwError
 from wrapper.procs import run_with_status
 from wrapper.ui import console, done
@@ -26,7 +26,7 @@ def ensure_dequantized_base(source: str, target: Path, log_path: Path) -> None:
         return
     console.print(f"Base {source} is a bitsandbytes 4-bit checkpoint: making a dequantized copy to merge into.")
     run_with_status([sys.executable, "-m", "wrapper.dequantize", source, str(target)], log_path,
-                 "dequantizing the base", "dequantize base")
+                    "dequantizing the base", "dequantize base", writes_to=target.parent)
 
 
 # export.yaml keys the streaming merge reproduces (the tokenizer is saved by LLaMA-Factory's
@@ -80,17 +80,41 @@ def check_disk_for_export(run_dir: Path, base_dir: Path | None) -> None:
         check_free_space(run_dir, export_needs(base_dir), "ftw export (merged model, then the GGUF files)")
 
 
+# Where the run's own folder is; the adapter's content is an input of its own.
+RUN_LOCATION_KEYS = {"adapter_name_or_path", "export_dir"}
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def export_inputs(plan, adapter: Path) -> stages.StageInputs:
+    """The adapter, the export settings and the base it is merged into."""
+    import yaml
+
+    args = yaml.safe_load((plan.dir / "export.yaml").read_text(encoding="utf-8")) or {}
+    values = {f"export.yaml {key}": stages.short_value(value) for key, value in args.items()
+              if key not in RUN_LOCATION_KEYS}
+    values["adapter"] = stages.folder_digest(adapter, ADAPTER_FILES)
+    # A dequantized base is made from the quantized one: that one is the input.
+    base = plan.base_model if Path(plan.merge_base) == plan.dequantized_base_dir else plan.merge_base
+    base_dir = local_model_dir(base)
+    values["base model"] = stages.folder_digest(base_dir) if base_dir else base
+    return stages.StageInputs("merged", values)
+
+
 def export(run_dir: Path, force: bool = False) -> Path:
     plan = manifest.plan_of(run_dir)
     adapter = manifest.artifact(run_dir, "adapter", "ftw train")
     merged, partial = plan.merged_dir, run_dir / "merged.partial"
     log_path = run_dir / "logs" / "export.log"
     recorded = manifest.load(run_dir)["artifacts"].get("merged")
+    inputs = export_inputs(plan, adapter)
     if recorded and merged.is_dir() and not force:
-        thinned = "merged" in manifest.removed_intermediates(run_dir)
-        note = " (its weights were removed after quantization)" if thinned else ""
-        done(f"already merged: {merged}{note} (use --force to merge again)")
-        return merged
+        changes = inputs.changes_from(stages.recorded_inputs(run_dir, inputs.key))
+        if not changes:
+            thinned = "merged" in manifest.removed_intermediates(run_dir)
+            note = " (its weights were removed after quantization)" if thinned else ""
+            done(f"merged model up to date: {merged}{note} (--force merges again)")
+            return merged
+        console.print(f"Merging again: changed since the last merge: {stages.describe(changes)}", soft_wrap=True)
 
     if Path(plan.merge_base) == plan.dequantized_base_dir:
         ensure_dequantized_base(plan.base_model, plan.dequantized_base_dir, log_path)
@@ -99,21 +123,11 @@ def export(run_dir: Path, force: bool = False) -> Path:
         shutil.rmtree(partial)
     base_dir, reason = streaming_merge_base(plan, adapter)
     check_disk_for_export(run_dir, base_dir or local_model_dir(plan.merge_base))
-    if base_dir is not None:
-        console.print(f"Merging {adapter.name} into {plan.merge_base_source}, one tensor at a time "
-                      f"(streaming merge, no GPU needed); full log: {log_path}")
-        run_with_status([sys.executable, "-m", "wrapper.merge", "weights", str(base_dir), str(adapter), str(partial)],
-                        log_path, "streaming merge", "merge")
-        run_with_status([sys.executable, "-m", "wrapper.merge", "tokenizer", str(run_dir / "export.yaml"), str(partial)],
-                        log_path, "saving the tokenizer", "tokenizer")
-        what = "the streaming merge"
-    else:
-        console.print(f"The streaming merge can't merge this exactly ({reason}): merging with "
-                      f"llamafactory-cli export instead, which loads the whole model into memory.", soft_wrap=True)
-        console.print(f"Merging {adapter.name} into {plan.merge_base_source}; full log: {log_path}")
-        run_with_status(["llamafactory-cli", "export", str(run_dir / "export.yaml")], log_path,
-                     "llamafactory-cli export", "merge")
-        what = "llamafactory-cli export"
+    try:
+        what = merge_into(partial, plan, adapter, base_dir, reason, run_dir, log_path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # stopped or failed: nothing half-merged stays behind
+        raise
 
     # LLaMA-Factory writes its own Modelfile (FROM the HF folder, its own SYSTEM); ours is
     # runs/RUN/Modelfile, from the GGUF. Leaving both invites running the wrong one.
@@ -124,5 +138,27 @@ def export(run_dir: Path, force: bool = False) -> Path:
         shutil.rmtree(merged)
     partial.rename(merged)
     manifest.record_artifacts(run_dir, merged=merged, export_log=log_path)
+    stages.record_inputs(run_dir, inputs)
     done(f"merged model -> {merged}")
     return merged
+
+
+def merge_into(partial: Path, plan, adapter: Path, base_dir: Path | None, reason: str, run_dir: Path,
+               log_path: Path) -> str:
+    """Write the merged model into `partial`; return which way it was merged."""
+    if base_dir is not None:
+        console.print(f"Merging {adapter.name} into {plan.merge_base_source}, one tensor at a time "
+                      f"(streaming merge, no GPU needed); full log: {log_path}")
+        run_with_status([sys.executable, "-m", "wrapper.merge", "weights", str(base_dir), str(adapter), str(partial)],
+                        log_path, "streaming merge", "merge", writes_to=partial)
+        run_with_status([sys.executable, "-m", "wrapper.merge", "tokenizer", str(run_dir / "export.yaml"), str(partial)],
+                        log_path, "saving the tokenizer", "tokenizer", writes_to=partial)
+        what = "the streaming merge"
+    else:
+        console.print(f"The streaming merge can't merge this exactly ({reason}): merging with "
+                      f"llamafactory-cli export instead, which loads the whole model into memory.", soft_wrap=True)
+        console.print(f"Merging {adapter.name} into {plan.merge_base_source}; full log: {log_path}")
+        run_with_status(["llamafactory-cli", "export", str(run_dir / "export.yaml")], log_path,
+                        "llamafactory-cli export", "merge", writes_to=partial)
+        what = "llamafactory-cli export"
+    return what

@@ -14,9 +14,11 @@ fidelity.py), so every quantized file inherits a template that matches training.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from wrapper import manifest
+from wrapper import manifest, stages
 from wrapper.errors import FtwError
 from wrapper.paths import LLAMA_CPP_DIR
 from wrapper.procs import run_with_status
@@ -40,6 +42,31 @@ def ftype_of(kind: str) -> int:
 
 def artifact_key(kind: str) -> str:
     return f"gguf_{kind.lower()}"
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def gguf_problem(path: Path) -> str | None:
+    """None for a file that reads as a GGUF; else what it is instead, in words."""
+    from gguf import GGUFReader
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        return f"can't be read ({exc.strerror})"
+    if not head.startswith(GGUF_MAGIC):
+        if head.startswith(b"version https://git-lfs"):
+            return "is not a GGUF file but a Git LFS pointer (the download fetched the pointer, not the file)"
+        if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+            return "is not a GGUF file but a web page (a download link that returned HTML)"
+        return f"is not a GGUF file (it starts with {head[:8]!r}, a GGUF starts with {GGUF_MAGIC!r})"
+    try:
+        GGUFReader(path)
+    except Exception as exc:  # the reader raises bare ValueError/struct errors on a cut-off file
+        return f"is not a readable GGUF file, probably cut off ({path.stat().st_size} bytes; {exc})"
+    return None
 
 
 def verify_gguf(path: Path, expected_ftype: int) -> int:
@@ -69,7 +96,7 @@ def write_chat_template(source: Path, target: Path, template: str, log_path: Pat
         run_with_status(
             [sys.executable, str(script), str(source), str(target), "--chat-template-file", str(template_file), "--force"],
             log_path, "gguf_new_metadata", "write chat template",
-            env={"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""},
+            env={"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}, writes_to=target.parent,
         )
     finally:
         template_file.unlink(missing_ok=True)
@@ -112,34 +139,45 @@ def ensure_training_template(partial: Path, merged: Path, template_name: str, sy
     done(f"chat template replaced by the training format ({source}; {count} tensors kept); it differed: {reason}")
 
 
+@contextmanager
+def removed_unless_finished(partial: Path) -> Iterator[None]:
+    """The block writes `partial` and renames it when verified; on any failure or stop the partial file goes."""
+    partial.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        for leftover in (partial, partial.with_name(partial.name.removesuffix(".partial") + ".chat.partial")):
+            leftover.unlink(missing_ok=True)
+
+
 def convert(merged: Path, target: Path, outtype: str, log_path: Path,
             template_name: str | None = None, system: str | None = None) -> None:
     converter = LLAMA_CPP_DIR / "convert_hf_to_gguf.py"
     if not converter.is_file():
         raise FtwError(f"{converter} is missing. Run `make setup` (it unpacks llama.cpp into vendor/).")
     partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
-    run_with_status(
-        [sys.executable, str(converter), str(merged), "--outtype", outtype, "--outfile", str(partial)],
-        log_path, "convert_hf_to_gguf", f"convert {outtype}",
-        env={"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""},
-    )
-    count = verify_gguf(partial, ftype_of(outtype))
-    if template_name is not None:
-        ensure_training_template(partial, merged, template_name, system, ftype_of(outtype), log_path)
-    partial.rename(target)
+    with removed_unless_finished(partial):
+        run_with_status(
+            [sys.executable, str(converter), str(merged), "--outtype", outtype, "--outfile", str(partial)],
+            log_path, "convert_hf_to_gguf", f"convert {outtype}",
+            env={"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}, writes_to=partial.parent,
+        )
+        count = verify_gguf(partial, ftype_of(outtype))
+        if template_name is not None:
+            ensure_training_template(partial, merged, template_name, system, ftype_of(outtype), log_path)
+        partial.rename(target)
     done(f"{outtype} GGUF ({count} tensors, {target.stat().st_size / 2**20:.0f} MiB) -> {target}")
 
 
 def quantize(source: Path, target: Path, quant: str, log_path: Path) -> None:
     partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
-    run_with_status(
-        [sys.executable, "-m", "wrapper.quantize", str(source), str(partial), str(ftype_of(quant))],
-        log_path, f"llama.cpp quantize {quant}", f"quantize {quant}",
-    )
-    count = verify_gguf(partial, ftype_of(quant))
-    partial.rename(target)
+    with removed_unless_finished(partial):
+        run_with_status(
+            [sys.executable, "-m", "wrapper.quantize", str(source), str(partial), str(ftype_of(quant))],
+            log_path, f"llama.cpp quantize {quant}", f"quantize {quant}", writes_to=partial.parent,
+        )
+        count = verify_gguf(partial, ftype_of(quant))
+        partial.rename(target)
     done(f"{quant} GGUF ({count} tensors, {target.stat().st_size / 2**20:.0f} MiB) -> {target}")
 
 
@@ -196,6 +234,23 @@ def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, 
              "--keep-intermediates keeps them (ftw eval needs them)")
 
 
+def gguf_inputs(run_dir: Path, plan, merged: Path, outtype: str) -> stages.StageInputs:
+    """The merged model (as the export stage recorded it), precision, chat template and converter."""
+    from wrapper.vendor import installed_commit
+
+    merged_id = stages.recorded_digest(run_dir, "merged") or stages.folder_digest(merged)
+    return stages.StageInputs(artifact_key(outtype), {
+        "merged model": merged_id, "outtype": outtype,
+        "chat template": stages.value_digest([plan.template, plan.system]), "llama.cpp": str(installed_commit()),
+    })
+
+
+def quant_inputs(full_inputs: stages.StageInputs, quant: str) -> stages.StageInputs:
+    return stages.StageInputs(artifact_key(quant), {
+        "unquantized GGUF": full_inputs.digest, "type": quant, "llama.cpp": full_inputs.values["llama.cpp"],
+    })
+
+
 def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bool = False,
                keep_intermediates: bool = False) -> dict[str, Path]:
     quants = check_quant_names(quants)
@@ -210,8 +265,16 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
     full = gguf_dir / f"{plan.run}-{outtype}.gguf"
     targets = {quant: gguf_dir / f"{plan.run}-{quant}.gguf" for quant in quants}
 
+    full_inputs = gguf_inputs(run_dir, plan, merged, outtype)
+    inputs = {outtype: full_inputs, **{quant: quant_inputs(full_inputs, quant) for quant in quants}}
+
     def up_to_date(kind: str, path: Path) -> bool:
-        return not force and artifact_key(kind) in recorded and path.is_file()
+        if force or artifact_key(kind) not in recorded or not path.is_file():
+            return False
+        changes = inputs[kind].changes_from(stages.recorded_inputs(run_dir, artifact_key(kind)))
+        if changes:
+            console.print(f"{path.name}: changed since it was made: {stages.describe(changes)}", soft_wrap=True)
+        return not changes
 
     to_quantize = [quant for quant, target in targets.items() if not up_to_date(quant, target)]
     removed = manifest.removed_intermediates(run_dir)
@@ -225,11 +288,13 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
             check_gguf_disk(merged, gguf_dir, outtype, to_quantize)
             convert(merged, full, outtype, log_path, plan.template, plan.system)
             manifest.record_artifacts(run_dir, **{artifact_key(outtype): full, "gguf_log": log_path})
+            stages.record_inputs(run_dir, full_inputs)
         made[artifact_key(outtype)] = full
     for quant in quants:
         if quant in to_quantize:
             quantize(full, targets[quant], quant, log_path)
             manifest.record_artifacts(run_dir, **{artifact_key(quant): targets[quant]})
+            stages.record_inputs(run_dir, inputs[quant])
         else:
             done(f"{quant} GGUF up to date: {targets[quant]} (--force makes it again)")
         made[artifact_key(quant)] = targets[quant]

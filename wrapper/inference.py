@@ -60,6 +60,13 @@ class GgufModel:
     def __init__(self, path: Path, n_ctx: int = 1024, n_threads: int | None = None):
         from llama_cpp import Llama
 
+        from wrapper.errors import FtwError
+        from wrapper.gguf_stage import gguf_problem
+
+        problem = gguf_problem(path)
+        if problem is not None:  # llama.cpp would only say "failed to load model"
+            run = Path(path).resolve().parent.parent.name  # runs/RUN/gguf/FILE
+            raise FtwError(f"{path} {problem}. Make it again with: ftw gguf --run {run} --force")
         threads = n_threads or os.cpu_count()
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0,
                          verbose=False)

@@ -49,9 +49,11 @@ def save(run_dir: Path, data: dict[str, Any]) -> None:
 
 
 def start(plan: "RunPlan") -> None:
-    """A new render keeps the artifacts of earlier stages: training resumes, stages are re-run on request."""
+    """A new render keeps what earlier stages made and were made from: training resumes, and each
+    later stage redoes itself only if its inputs changed (wrapper/stages.py)."""
     path = plan.dir / MANIFEST
     previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    kept = {key: previous[key] for key in (REMOVED, "stages") if key in previous}
     save(plan.dir, {
         "run": plan.run,
         "recipe": plan.recipe,
@@ -61,6 +63,7 @@ def start(plan: "RunPlan") -> None:
         "datasets": plan.datasets,
         "versions": versions(),
         "artifacts": previous.get("artifacts", {}),
+        **kept,
     })
 
 

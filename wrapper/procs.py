@@ -8,6 +8,7 @@ log are shown with the log's path.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from wrapper.errors import StageError
 
 TAIL_LINES = 15
+LOW_DISK_BYTES = 256 * 2**20  # less than this free after a child failed: the disk filled up
 
 
 def last_lines(log_path: Path, count: int = TAIL_LINES) -> list[str]:
@@ -47,6 +49,30 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: if ftw itself is killed outright (kill -9), the child gets SIGTERM
+    instead of training on unattended in its own session (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def disk_full_hint(folder: Path | None) -> str:
+    """Children report a full disk in their own words ("884736 requested and 0 written"); say it plainly."""
+    if folder is None:
+        return ""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return ""
+    free = shutil.disk_usage(existing).free
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return (f"The disk under {folder} is full ({free / 2**20:.0f} MiB free): that is the likely cause. "
+            f"Free some space and re-run the same command.")
+
+
 def run_logged(
     argv: list[str],
     log_path: Path,
@@ -54,14 +80,16 @@ def run_logged(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     poll: Callable[[], None] | None = None,
+    writes_to: Path | None = None,
 ) -> None:
-    """Run argv to completion, output appended to log_path; call poll() about twice a second."""
+    """Run argv to completion, output appended to log_path; call poll() about twice a second.
+    `writes_to`: where the child writes, to name a full disk as the cause if it fails."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"\n$ {' '.join(argv)}\n".encode())
         log.flush()
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=child_env(env), cwd=cwd, start_new_session=True)
+                                 env=child_env(env), cwd=cwd, start_new_session=True, preexec_fn=die_with_parent)
         try:
             while child.poll() is None:
                 if poll:
@@ -73,7 +101,8 @@ def run_logged(
         if poll:
             poll()
     if child.returncode != 0:
-        raise StageError(f"{what} (exit code {child.returncode})", log_path, last_lines(log_path))
+        raise StageError(f"{what} (exit code {child.returncode})", log_path, last_lines(log_path),
+                         disk_full_hint(writes_to))
 
 
 def stop_group(child: subprocess.Popen) -> None:
@@ -88,7 +117,7 @@ def stop_group(child: subprocess.Popen) -> None:
 
 
 def run_with_status(argv: list[str], log_path: Path, what: str, description: str,
-                    env: dict[str, str] | None = None) -> None:
+                    env: dict[str, str] | None = None, writes_to: Path | None = None) -> None:
     """run_logged under a spinner whose status is the child's latest log line."""
     from wrapper.ui import stage_progress
 
@@ -99,4 +128,4 @@ def run_with_status(argv: list[str], log_path: Path, what: str, description: str
             tail = last_lines(log_path, 1)
             progress.update(task, status=(tail[0][:70] if tail else ""))
 
-        run_logged(argv, log_path, what, env=env, poll=show_last_line)
+        run_logged(argv, log_path, what, env=env, poll=show_last_line, writes_to=writes_to)

@@ -23,7 +23,14 @@ from wrapper.paths import TEMPLATES_DIR, runs_dir
 from wrapper.recipes import Profile, Recipe, display_path, load_profile, load_recipe
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-RUN_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
+# ASCII: the run's name also names its GGUF files and the Ollama model, which takes no other.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_run_name(run: str) -> None:
+    if not RUN_NAME.fullmatch(run):
+        raise FtwError(f"--run {run!r}: use ASCII letters, digits, '.', '_' or '-' (it names the folder under runs/, "
+                       f"the GGUF files and the Ollama model); the runs folder itself may be any path (FTW_RUNS_DIR)")
 DEFAULT_ORIGIN = "ftw default (wrapper/render.py)"
 
 # The project's choices where neither recipe nor profile speaks. Hyperparameters follow
@@ -127,12 +134,29 @@ def resolve_model(ref: str, recipe: Recipe, key: str) -> str:
     looks_local = ref.startswith(("/", "./", "../", "~")) or candidate.exists() or not HUB_ID.fullmatch(ref)
     if not looks_local:
         return ref
+    if candidate.is_file():
+        raise FtwError(f"{origin}: {not_a_model_folder(candidate)}")
     if not candidate.is_dir():
         hint = " Run `make setup` to create the demo model." if "models/" in ref else ""
         raise FtwError(f"{origin}: model folder not found: {candidate}.{hint}")
     if not (candidate / "config.json").is_file():
         raise FtwError(f"{origin}: {candidate} has no config.json; expected a Hugging Face model folder")
     return str(candidate)
+
+
+def not_a_model_folder(path: Path) -> str:
+    """Why a file can't be a base model; a GGUF (what Ollama and LM Studio run) is the usual mistake."""
+    from wrapper.gguf_stage import gguf_problem
+
+    training_needs = ("LLaMA-Factory trains from a Hugging Face model folder (config.json and safetensors): "
+                      "set it to a hub id such as Qwen/Qwen3-8B or to a downloaded folder")
+    problem = gguf_problem(path)
+    if problem is None:
+        return (f"{path} is a GGUF file, llama.cpp's format for running a model (what Ollama and LM Studio load); "
+                f"it can't be fine-tuned. {training_needs}.")
+    if path.suffix.lower() == ".gguf":
+        return f"{path} is named .gguf but {problem}. {training_needs}."
+    return f"{path} is a file, not a model folder. {training_needs}."
 
 
 def bnb_quantization(model: str) -> str | None:
@@ -233,8 +257,7 @@ def _fit_to_profile(recipe: Recipe, profile: Profile, args: dict, origins: dict,
 
 def build_plan(recipe: Recipe, profile: Profile, run: str, data_files: list[str],
                ignore_fit: bool = False) -> tuple[RunPlan, list[DatasetFile]]:
-    if not RUN_NAME.fullmatch(run):
-        raise FtwError(f"--run {run!r}: use letters, digits, '.', '_' or '-' (it names a folder under runs/)")
+    check_run_name(run)
     run_dir = runs_dir() / run
     base_model = resolve_model(recipe.base_model, recipe, "model.base")
     quantization = bnb_quantization(base_model)

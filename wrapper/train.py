@@ -1,8 +1,10 @@
 """Train stage: `llamafactory-cli train` on the rendered YAML, with progress and resume.
 
 LLaMA-Factory resumes by itself from the newest checkpoint-* in output_dir; what is
-left to us is to not start over a finished run, to clear a folder that holds nothing
-resumable, and to show steps, loss and ETA from the trainer_log.jsonl it writes.
+left to us is to not start over a finished run, to refuse a resume whose settings or
+data changed (they are recorded in the manifest when training starts), to drop a
+checkpoint cut off while saving, to check free disk and VRAM before starting, and to
+show steps, loss and ETA from the trainer_log.jsonl it writes.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ import json
 import shutil
 from pathlib import Path
 
-from wrapper import manifest
+from wrapper import manifest, stages
 from wrapper.errors import FtwError
 from wrapper.procs import run_logged
 from wrapper.ui import console, done, stage_progress
 
 FINISHED_MARKER = "train_results.json"  # written by LLaMA-Factory after the final save
+CHECKPOINT_STATE = "trainer_state.json"  # the last file transformers writes into a checkpoint
+# Keys that change how a run is logged and saved, not what it learns, or that only say where the
+# run's folder is (moving the runs folder is no change): a resume may change them.
+RESUME_SAFE_KEYS = {"output_dir", "dataset_dir", "logging_steps", "save_steps", "save_total_limit", "plot_loss",
+                    "report_to", "run_name", "overwrite_output_dir", "overwrite_cache", "dataloader_num_workers",
+                    "preprocessing_num_workers", "ddp_timeout"}
 
 
 def is_finished(adapter_dir: Path) -> bool:
@@ -26,6 +34,45 @@ def is_finished(adapter_dir: Path) -> bool:
 def checkpoints(adapter_dir: Path) -> list[Path]:
     found = [p for p in adapter_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def is_complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / CHECKPOINT_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def drop_incomplete_checkpoints(adapter_dir: Path) -> list[Path]:
+    """Remove the newest checkpoints if a stop cut their saving short, so the resume starts from a whole one."""
+    found = checkpoints(adapter_dir)
+    while found and not is_complete(found[-1]):
+        broken = found.pop()
+        shutil.rmtree(broken)
+        console.print(f"removed {broken.name}: its saving was interrupted ({CHECKPOINT_STATE} missing or cut off)")
+    return found
+
+
+def train_inputs(plan) -> stages.StageInputs:
+    """The settings and data a run trains on; a resume must use the same."""
+    values = {f"train.yaml {key}": stages.short_value(value)
+              for key, value in plan.train_args.items() if key not in RESUME_SAFE_KEYS}
+    for dataset in plan.datasets:
+        values[f"data {Path(dataset['path']).name}"] = "sha256 " + dataset["sha256"][:16]
+    return stages.StageInputs("adapter", values)
+
+
+def refuse_changed_inputs(run_dir: Path, inputs: stages.StageInputs, finished: bool) -> None:
+    changes = inputs.changes_from(stages.recorded_inputs(run_dir, inputs.key))
+    if not changes:
+        return
+    listed = "\n".join(f"  - {change}" for change in changes)
+    raise FtwError(
+        f"run {run_dir.name} was {'trained' if finished else 'started'} with other settings or data; "
+        f"changed since:\n{listed}\n"
+        f"To keep the earlier run, render the new settings into a new run (--run NEW_NAME). To train this run again "
+        f"from the start: ftw train --run {run_dir.name} --force (make train ... RETRAIN=1).")
 
 
 class TrainerLogWatcher:
@@ -70,30 +117,65 @@ def launch_env(gpus: int) -> dict[str, str]:
     return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus)}
 
 
-def train(run_dir: Path, force: bool = False) -> Path:
+def check_vram(plan, ignore_fit: bool) -> None:
+    """On a GPU: free memory now (other programs hold some) against the planner's peak."""
+    from wrapper.detect import free_vram_gib
+
+    if not plan.fit or ignore_fit:
+        return
+    gpus = free_vram_gib()
+    if not gpus:
+        return
+    need = float(plan.fit["peak_vram_gb"])
+    for index, (free, total) in enumerate(gpus[:plan.gpus]):
+        if free < need:
+            raise FtwError(
+                f"GPU {index} has {free:.1f} GiB free of {total:.1f} GiB ({total - free:.1f} GiB held by other "
+                f"programs), and the plan for {plan.profile} needs about {need:.1f} GiB (ftw plan shows the breakdown). "
+                f"Close what holds it (nvidia-smi lists them), choose a smaller profile, or start anyway with "
+                f"ftw train --run {plan.run} --ignore-fit.")
+
+
+def preflight(plan, resumable: list[Path], ignore_fit: bool) -> None:
+    from wrapper.diskcheck import check_free_space, folder_bytes, train_needs
+
+    existing = sum(folder_bytes(checkpoint) for checkpoint in resumable)
+    needs = train_needs(plan, existing)
+    if needs:
+        check_free_space(plan.adapter_dir.parent, needs, "ftw train (checkpoints and the adapter)")
+    check_vram(plan, ignore_fit)
+
+
+def train(run_dir: Path, force: bool = False, ignore_fit: bool = False) -> Path:
     plan = manifest.plan_of(run_dir)
     adapter_dir = plan.adapter_dir
     log_path = run_dir / "logs" / "train.log"
+    inputs = train_inputs(plan)
     if force and adapter_dir.exists():
         shutil.rmtree(adapter_dir)
-    if is_finished(adapter_dir):
+    finished = is_finished(adapter_dir)
+    if finished or checkpoints(adapter_dir):
+        refuse_changed_inputs(run_dir, inputs, finished)
+    if finished:
         manifest.record_artifacts(run_dir, adapter=adapter_dir, train_log=log_path)
         done(f"already trained: {adapter_dir} (use --force to train again)")
         return adapter_dir
-    resumable = checkpoints(adapter_dir)
+    resumable = drop_incomplete_checkpoints(adapter_dir)
     if adapter_dir.exists() and not resumable:
         # Killed before its first checkpoint: nothing to resume, and LLaMA-Factory refuses a non-empty folder.
         shutil.rmtree(adapter_dir)
     if resumable:
         console.print(f"Resuming from {resumable[-1].name} (LLaMA-Factory picks the newest checkpoint).")
     manifest.forget_from(run_dir, "adapter")
+    preflight(plan, resumable, ignore_fit)
+    stages.record_inputs(run_dir, inputs)  # before starting: an interrupted run remembers what it began with
 
     console.print(f"Training [bold]{plan.run}[/bold]: {plan.recipe} on {plan.profile}; full log: {log_path}")
     with stage_progress() as progress:
         task = progress.add_task("train", total=None, status="loading model and data")
         watcher = TrainerLogWatcher(adapter_dir / "trainer_log.jsonl", progress, task)
         run_logged(["llamafactory-cli", "train", str(run_dir / "train.yaml")], log_path,
-                   "llamafactory-cli train", env=launch_env(plan.gpus), poll=watcher)
+                   "llamafactory-cli train", env=launch_env(plan.gpus), poll=watcher, writes_to=adapter_dir)
     if not is_finished(adapter_dir):
         raise FtwError(f"llamafactory-cli train exited without writing {adapter_dir / FINISHED_MARKER}; see {log_path}")
     manifest.record_artifacts(run_dir, adapter=adapter_dir, train_log=log_path)

@@ -1,0 +1,274 @@
+"""Fault injection on the real stages: a stopped or crashed child, a full disk, a GPU that is
+already busy. Each fault must leave nothing that looks finished, and the re-run must finish.
+
+Training runs the demo recipe (SmolLM2-135M, 2 epochs); conversion and quantization run on a
+copy of the shared demo run. A full disk is a real one: a small tmpfs mounted in a private
+mount namespace (`unshare -rm`, no root needed), filled while the converter writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FTW, REPO, copy_run, run_ftw
+
+RUN = "e2e"
+
+
+def start_ftw(runs_dir: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200")
+    return subprocess.Popen([*FTW, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for(condition, what: str, child: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if child.poll() is not None:
+            raise AssertionError(f"ftw ended before {what}:\n{child.stdout.read()}")
+        if time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            state = (entry / "stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def manifest_of(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+
+
+def unfinished_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name)
+
+
+def assert_valid_gguf(path: Path, quant: str) -> None:
+    from wrapper.gguf_stage import ftype_of, verify_gguf
+
+    assert verify_gguf(path, ftype_of(quant)) > 0
+
+
+# --- training ----------------------------------------------------------------------------
+
+def test_stopped_training_resumes_to_the_same_final_step_and_refuses_changed_settings(tmp_path):
+    runs_dir = tmp_path / "runs"
+    run = runs_dir / "killed"
+    render = ("render", "--recipe", "demo", "--profile", "cpu", "--run", "killed", "--set", "num_train_epochs=2")
+    run_ftw(runs_dir, *render)
+    adapter = run / "adapter"
+    child = start_ftw(runs_dir, "train", "--run", "killed")
+    wait_for(lambda: (adapter / "checkpoint-10" / "trainer_state.json").is_file(), "the first checkpoint", child)
+    planned = [json.loads(line) for line in (adapter / "trainer_log.jsonl").read_text().splitlines()][-1]["total_steps"]
+    child.send_signal(signal.SIGTERM)
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode == 128 + signal.SIGTERM, output
+    assert "interrupted" in output and "Re-run the same command" in output
+    assert processes_mentioning(str(run / "train.yaml")) == [], "llamafactory-cli outlived ftw"
+    assert not (adapter / "train_results.json").exists()
+
+    # Changed settings: the resume is refused, with the difference.
+    run_ftw(runs_dir, *render, "--set", "learning_rate=5e-4")
+    refused = run_ftw(runs_dir, "train", "--run", "killed", check=False)
+    assert refused.returncode == 2
+    assert "learning_rate: 0.001 -> 0.0005" in refused.stdout and "--force" in refused.stdout
+    assert not (adapter / "train_results.json").exists()
+
+    # The same settings again: it resumes and ends where an uninterrupted run ends.
+    run_ftw(runs_dir, *render)
+    resumed = run_ftw(runs_dir, "train", "--run", "killed")
+    assert "Resuming from checkpoint-" in resumed.stdout
+    assert "Resuming training from checkpoint" in (run / "logs" / "train.log").read_text(encoding="utf-8")
+    state = json.loads((adapter / "trainer_state.json").read_text())
+    assert state["global_step"] == planned == 16
+    assert "adapter" in manifest_of(run)["artifacts"]
+
+
+def test_a_checkpoint_cut_off_while_saving_is_dropped_before_resuming(tmp_path):
+    from wrapper.train import drop_incomplete_checkpoints
+
+    adapter = tmp_path / "adapter"
+    for step, state in ((10, '{"global_step": 10}'), (20, '{"global_st')):
+        (adapter / f"checkpoint-{step}").mkdir(parents=True)
+        (adapter / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (adapter / "checkpoint-30").mkdir()  # killed before anything was written
+    kept = drop_incomplete_checkpoints(adapter)
+    assert [p.name for p in kept] == ["checkpoint-10"]
+    assert sorted(p.name for p in adapter.iterdir()) == ["checkpoint-10"]
+
+
+# --- conversion and quantization ---------------------------------------------------------
+
+@pytest.fixture
+def gguf_run(demo_run, tmp_path) -> Path:
+    """A copy of the demo run (merged model kept) without its GGUF files."""
+    run = copy_run(demo_run, tmp_path / "runs")
+    shutil.rmtree(run / "gguf")
+    data = manifest_of(run)
+    data["artifacts"] = {k: v for k, v in data["artifacts"].items() if not k.startswith("gguf_")}
+    (run / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    return run
+
+
+def test_stopped_converter_leaves_no_gguf_and_the_rerun_makes_a_valid_one(gguf_run):
+    runs_dir, gguf_dir = gguf_run.parent, gguf_run / "gguf"
+    partial = gguf_dir / f"{RUN}-f16.gguf.partial"
+    child = start_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
+    wait_for(lambda: partial.is_file() and partial.stat().st_size > 1 << 20, "the converter writing", child)
+    child.send_signal(signal.SIGTERM)
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode == 128 + signal.SIGTERM, output
+    assert processes_mentioning(str(gguf_dir)) == [], "the converter outlived ftw"
+    assert sorted(p.name for p in gguf_dir.iterdir()) == []
+    assert not any(k.startswith("gguf_") for k in manifest_of(gguf_run)["artifacts"])
+
+    run_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
+    assert_valid_gguf(gguf_dir / f"{RUN}-f16.gguf", "f16")
+    assert_valid_gguf(gguf_dir / f"{RUN}-Q4_K_M.gguf", "Q4_K_M")
+    assert unfinished_files(gguf_run) == []
+
+
+def test_crashed_quantizer_leaves_no_file_and_the_rerun_quantizes_only(gguf_run):
+    runs_dir, gguf_dir = gguf_run.parent, gguf_run / "gguf"
+    partial = gguf_dir / f"{RUN}-Q4_K_M.gguf.partial"
+    child = start_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
+    wait_for(lambda: partial.is_file() and partial.stat().st_size > 0, "the quantizer writing", child)
+    quantizers = processes_mentioning(str(partial))
+    assert quantizers, "no quantizer process found"
+    for pid in quantizers:
+        os.kill(pid, signal.SIGKILL)  # a crash: the child dies, ftw lives on and must clean up
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode == 1, output
+    assert "llama.cpp quantize Q4_K_M" in output and "gguf.log" in output
+    assert sorted(p.name for p in gguf_dir.iterdir()) == [f"{RUN}-f16.gguf"]
+    assert "gguf_q4_k_m" not in manifest_of(gguf_run)["artifacts"]
+
+    rerun = run_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
+    assert "Converting" not in rerun.stdout, "the f16 GGUF was up to date and must not be made again"
+    assert_valid_gguf(gguf_dir / f"{RUN}-Q4_K_M.gguf", "Q4_K_M")
+
+
+# --- a full disk -------------------------------------------------------------------------
+
+def private_mounts_work() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_private_mounts = pytest.mark.skipif(not private_mounts_work(),
+                                          reason="unshare -rm (a private mount namespace) is not allowed here")
+
+# Mounts a tmpfs of $SIZE on $DIR, runs the command; once $WATCH exists and has data, fills the
+# tmpfs (another program taking the space mid-write). Lists $DIR into $LISTING before leaving.
+FULL_DISK_SCRIPT = r'''
+mount -t tmpfs -o size="$SIZE" tmpfs "$DIR" || exit 99
+"$@" & pid=$!
+if [ -n "$WATCH" ]; then
+  while [ ! -s "$WATCH" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  dd if=/dev/zero of="$DIR/ballast" bs=1M 2>/dev/null
+fi
+wait "$pid"; rc=$?
+ls -A "$DIR" > "$LISTING"
+exit "$rc"
+'''
+
+
+def run_on_small_disk(folder: Path, size: str, watch: Path | None, runs_dir: Path, *args: str,
+                      listing: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", SIZE=size, DIR=str(folder),
+               WATCH=str(watch or ""), LISTING=str(listing))
+    return subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK_SCRIPT, "sh", *FTW, *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@needs_private_mounts
+def test_disk_filling_up_mid_conversion_is_a_clean_error_and_nothing_corrupt(gguf_run, tmp_path):
+    runs_dir, gguf_dir = gguf_run.parent, gguf_run / "gguf"
+    gguf_dir.mkdir()
+    listing = tmp_path / "listing.txt"
+    manifest_before = manifest_of(gguf_run)
+    # 400 MB passes the free-space check (f16 + Q4_K_M of 135 M parameters); then the disk fills up.
+    result = run_on_small_disk(gguf_dir, "400m", gguf_dir / f"{RUN}-f16.gguf.partial", runs_dir,
+                               "gguf", "--run", RUN, listing=listing)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"The disk under {gguf_dir} is full" in output and "gguf.log" in output
+    assert "Traceback" not in result.stdout.split("Last lines of the log")[0]
+    assert listing.read_text().split() == ["ballast"], "a partial GGUF was left on the full disk"
+    assert manifest_of(gguf_run)["artifacts"] == manifest_before["artifacts"]
+
+    run_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
+    assert_valid_gguf(gguf_dir / f"{RUN}-Q4_K_M.gguf", "Q4_K_M")
+
+
+@needs_private_mounts
+def test_full_disk_while_ftw_writes_its_own_files_is_a_clean_error(tmp_path):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    listing = tmp_path / "listing.txt"
+    result = run_on_small_disk(runs_dir, "8k", None, runs_dir,
+                               "render", "--recipe", "demo", "--profile", "cpu", "--run", "full", listing=listing)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the disk is full" in result.stdout and "No space left on device" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert ".partial" not in listing.read_text()
+
+
+@needs_private_mounts
+def test_training_stops_before_starting_when_checkpoints_wont_fit(tmp_path):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    listing = tmp_path / "listing.txt"
+    script_args = ("sh", "-c", f"{sys.executable} -m wrapper.cli render --recipe demo --profile cpu --run small "
+                   f"&& {sys.executable} -m wrapper.cli train --run small")
+    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", SIZE="40m", DIR=str(runs_dir), WATCH="",
+               LISTING=str(listing))
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK_SCRIPT, "sh", *script_args],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "not enough free disk for ftw train" in result.stdout and "checkpoints" in result.stdout
+    assert "GB is free" in result.stdout
+    assert listing.read_text().split() == ["small"]
+
+
+# --- a busy GPU --------------------------------------------------------------------------
+
+def test_training_stops_when_the_gpu_has_too_little_free_memory(runs_dir, tmp_path):
+    """nvidia-smi can't run here, so a stand-in answers as a 12 GB card with 1 GiB free would."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    smi = fake_bin / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '1024, 12282'\n")
+    smi.chmod(0o755)
+    run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "rtx4070", "--run", "busy")
+    path = f"{fake_bin}{os.pathsep}{os.environ['PATH']}"
+    result = run_ftw(runs_dir, "train", "--run", "busy", check=False, env={"PATH": path})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "GPU 0 has 1.0 GiB free of 12.0 GiB (11.0 GiB held by other programs)" in result.stdout
+    assert "--ignore-fit" in result.stdout
+    assert not (runs_dir / "busy" / "adapter").exists() and not (runs_dir / "busy" / "logs" / "train.log").exists()
