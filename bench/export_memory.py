@@ -13,6 +13,8 @@ Each stage is a child process; the whole process tree is sampled every 50 ms for
 Prints a table and writes bench/results/export_memory.json.
 
   .venv/bin/python bench/export_memory.py            # ~8 minutes on 2 cores
+  .venv/bin/python bench/export_memory.py --shape qwen3-8b --layers 4 --ours-only
+      # Qwen3-8B's tensors with 4 of its 36 layers: the peak is set by the largest tensor, not the layer count
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ SHAPES = {
                          num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                        num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+    # Qwen3-8B's tensor shapes (built as a Qwen2 model: the same shapes for what costs memory);
+    # with --layers, fewer decoder layers of those shapes, for machines without 50 GB of disk.
+    "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
 }
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHARDS = 4
@@ -80,7 +86,8 @@ def build_model(out: Path, shape: dict) -> None:
     config.architectures = ["Qwen2ForCausalLM"]
     with torch.device("meta"):
         names = {n: tuple(p.shape) for n, p in Qwen2ForCausalLM(config).state_dict().items()}
-    names.pop("lm_head.weight", None)  # tied
+    if shape["tie_word_embeddings"]:
+        names.pop("lm_head.weight", None)
     total = sum(math.prod(s) * 2 for s in names.values())
     per_shard, shard, size, weight_map = total / SHARDS, {}, 0, {}
     generator = torch.Generator().manual_seed(0)
@@ -129,17 +136,22 @@ def build_adapter(out: Path, model_dir: Path, shape: dict) -> None:
                base_model_name_or_path=str(model_dir)).save_pretrained(out)
 
 
-def prepare(name: str) -> tuple[Path, Path]:
-    model_dir, adapter_dir = CACHE / name, CACHE / f"{name}-lora{RANK}"
+def shape_of(name: str, layers: int | None) -> dict:
+    return {**SHAPES[name], **({"num_hidden_layers": layers} if layers else {})}
+
+
+def prepare(name: str, layers: int | None) -> tuple[Path, Path]:
+    label = f"{name}-L{layers}" if layers else name
+    model_dir, adapter_dir = CACHE / label, CACHE / f"{label}-lora{RANK}"
     if not (model_dir / "model.safetensors.index.json").is_file():
-        staging = CACHE / f".{name}.partial"
+        staging = CACHE / f".{label}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        build_model(staging, SHAPES[name])
+        build_model(staging, shape_of(name, layers))
         staging.rename(model_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         shutil.rmtree(adapter_dir, ignore_errors=True)
-        build_adapter(adapter_dir, model_dir, SHAPES[name])
+        build_adapter(adapter_dir, model_dir, shape_of(name, layers))
     return model_dir, adapter_dir
 
 
@@ -247,56 +259,75 @@ def summarise(result: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="Build only this many decoder layers of the shape (the tensors keep their real sizes).")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="Run ftw's path only (no LLaMA-Factory path, which loads the whole model into memory).")
     parser.add_argument("--work", type=Path, default=CACHE / "work")
     args = parser.parse_args()
 
-    model_dir, adapter_dir = prepare(args.shape)
+    model_dir, adapter_dir = prepare(args.shape, args.layers)
     model_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "bench.log"
     log.unlink(missing_ok=True)
+    kinds = ("ours",) if args.ours_only else ("llamafactory", "ours")
     results, q4s = {}, {}
-    for kind in ("llamafactory", "ours"):
+    for kind in kinds:
         print(f"running {kind} ...", flush=True)
         done = path_stages(kind, model_dir, adapter_dir, args.work, log)
         results[kind] = summarise(done)
         q4s[kind] = done["q4"]
         for path in done["cleanup"]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    same_tokens = greedy_tokens(q4s["llamafactory"]) == greedy_tokens(q4s["ours"])
+    same_tokens = greedy_tokens(q4s["llamafactory"]) == greedy_tokens(q4s["ours"]) if "llamafactory" in q4s else None
     for path in q4s.values():
         path.unlink()
 
+    shape = shape_of(args.shape, args.layers)
     report = {
         "command": " ".join([".venv/bin/python", "bench/export_memory.py", *sys.argv[1:]]),
-        "model": {"shape": args.shape, **SHAPES[args.shape], "dtype": "bfloat16", "shards": SHARDS,
+        "model": {"shape": args.shape, **shape, "dtype": "bfloat16", "shards": SHARDS,
                   "lora": {"r": RANK, "lora_alpha": ALPHA, "target_modules": list(LINEAR)}},
         "model_bf16_bytes": model_bytes,
         "machine": {"cpus": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
                     "platform": platform.platform()},
         "sampling": "whole process tree every 50 ms; peak_rss = VmRSS (includes resident mmapped file pages), "
                     "peak_rss_anon = RssAnon",
-        "q4_k_m_greedy_tokens_identical": same_tokens,
+        **({"q4_k_m_greedy_tokens_identical": same_tokens} if same_tokens is not None else {}),
         **results,
     }
     report["ratios"] = {
         "ours_peak_rss_to_model": round(results["ours"]["peak_rss_bytes"] / model_bytes, 3),
         "ours_peak_rss_anon_to_model": round(results["ours"]["peak_rss_anon_bytes"] / model_bytes, 3),
-        "llamafactory_peak_rss_to_model": round(results["llamafactory"]["peak_rss_bytes"] / model_bytes, 3),
-        "ours_time_to_llamafactory": round(results["ours"]["seconds"] / results["llamafactory"]["seconds"], 3),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    if "llamafactory" in results:
+        report["ratios"].update({
+            "llamafactory_peak_rss_to_model": round(results["llamafactory"]["peak_rss_bytes"] / model_bytes, 3),
+            "ours_time_to_llamafactory": round(results["ours"]["seconds"] / results["llamafactory"]["seconds"], 3),
+        })
+    results_file = results_path(args.shape, args.layers, args.ours_only)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(report, indent=2) + "\n")
 
     gb = 1e9
-    print(f"\nmodel: {args.shape}, {model_bytes / gb:.2f} GB bf16; Q4_K_M greedy tokens identical: {same_tokens}")
+    print(f"\nmodel: {args.shape}{f' ({args.layers} layers)' if args.layers else ''}, {model_bytes / gb:.2f} GB bf16"
+          + (f"; Q4_K_M greedy tokens identical: {same_tokens}" if same_tokens is not None else ""))
     print(f"{'path':<13} {'stage':<16} {'peak VmRSS':>11} {'x model':>8} {'peak RssAnon':>13} {'x model':>8} {'wall s':>7}")
-    for kind in ("llamafactory", "ours"):
+    for kind in kinds:
         rows = list(results[kind]["stages"].items()) + [("whole path", results[kind])]
         for stage, s in rows:
             print(f"{kind:<13} {stage:<16} {s['peak_rss_bytes'] / gb:>9.2f}GB {s['peak_rss_bytes'] / model_bytes:>8.2f} "
                   f"{s['peak_rss_anon_bytes'] / gb:>11.2f}GB {s['peak_rss_anon_bytes'] / model_bytes:>8.2f} {s['seconds']:>7.1f}")
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {results_file}")
+
+
+def results_path(shape: str, layers: int | None, ours_only: bool) -> Path:
+    """The default comparison keeps its historic name; other runs get their own file beside it."""
+    if shape == "qwen2.5-1.5b" and not layers and not ours_only:
+        return RESULTS
+    suffix = f"-L{layers}" if layers else ""
+    return RESULTS.with_name(f"export_memory-{shape}{suffix}{'-ours' if ours_only else ''}.json")
 
 
 if __name__ == "__main__":
