@@ -150,6 +150,26 @@ def test_stopped_converter_leaves_no_gguf_and_the_rerun_makes_a_valid_one(gguf_r
     assert unfinished_files(gguf_run) == []
 
 
+def test_ftw_killed_outright_takes_its_converter_down_and_the_rerun_starts_clean(gguf_run):
+    """kill -9 leaves ftw no chance to clean up: the child still stops (it gets SIGTERM when its
+    parent dies), and what is left is only a .partial file, which the re-run replaces."""
+    runs_dir, gguf_dir = gguf_run.parent, gguf_run / "gguf"
+    partial = gguf_dir / f"{RUN}-f16.gguf.partial"
+    child = start_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
+    wait_for(lambda: partial.is_file() and partial.stat().st_size > 1 << 20, "the converter writing", child)
+    child.kill()
+    child.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while processes_mentioning(str(gguf_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_mentioning(str(gguf_dir)) == [], "the converter outlived ftw"
+    assert not (gguf_dir / f"{RUN}-f16.gguf").exists()
+
+    run_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
+    assert_valid_gguf(gguf_dir / f"{RUN}-Q4_K_M.gguf", "Q4_K_M")
+    assert unfinished_files(gguf_run) == []
+
+
 def test_crashed_quantizer_leaves_no_file_and_the_rerun_quantizes_only(gguf_run):
     runs_dir, gguf_dir = gguf_run.parent, gguf_run / "gguf"
     partial = gguf_dir / f"{RUN}-Q4_K_M.gguf.partial"

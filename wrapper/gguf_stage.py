@@ -142,11 +142,14 @@ def ensure_training_template(partial: Path, merged: Path, template_name: str, sy
 @contextmanager
 def removed_unless_finished(partial: Path) -> Iterator[None]:
     """The block writes `partial` and renames it when verified; on any failure or stop the partial file goes."""
-    partial.unlink(missing_ok=True)
+    chat = partial.with_name(partial.name.removesuffix(".partial") + ".chat.partial")  # ensure_training_template's
+    leftovers = (partial, chat, chat.with_name(chat.name + ".jinja"))
+    for leftover in leftovers:  # from a run killed outright (kill -9, power cut)
+        leftover.unlink(missing_ok=True)
     try:
         yield
     finally:
-        for leftover in (partial, partial.with_name(partial.name.removesuffix(".partial") + ".chat.partial")):
+        for leftover in leftovers:
             leftover.unlink(missing_ok=True)
 
 
