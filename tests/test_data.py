@@ -8,6 +8,8 @@ LLaMA-Factory's template load once); one runs the installed command in a child p
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -46,8 +48,11 @@ BAD_ROWS = [
 
 
 def ftw(capsys, *args: str) -> tuple[int, str]:
-    """The real CLI entry point, in this process: (exit code, what it printed)."""
-    argv = sys.argv
+    """The real CLI entry point, in this process: (exit code, what it printed). What main() sets
+    for a whole ftw process (quiet library logging, signal handlers) is undone afterwards, so
+    that later tests' child processes get the environment they would get from a terminal."""
+    argv, env = sys.argv, dict(os.environ)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     sys.argv = ["ftw", *args]
     try:
         cli.main()
@@ -56,6 +61,10 @@ def ftw(capsys, *args: str) -> tuple[int, str]:
         code = exc.code or 0
     finally:
         sys.argv = argv
+        os.environ.clear()
+        os.environ.update(env)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     out = capsys.readouterr()
     return code, " ".join((out.out + out.err).split())  # undo the console's line wrapping
 

@@ -98,7 +98,7 @@ def test_stopped_training_resumes_to_the_same_final_step_and_refuses_changed_set
 
     # The same settings again: it resumes and ends where an uninterrupted run ends.
     run_ftw(runs_dir, *render)
-    resumed = run_ftw(runs_dir, "train", "--run", "killed")
+    resumed = run_ftw(runs_dir, "train", "--run", "killed", env={"LLAMAFACTORY_VERBOSITY": "INFO"})
     assert "Resuming from checkpoint-" in resumed.stdout
     assert "Resuming training from checkpoint" in (run / "logs" / "train.log").read_text(encoding="utf-8")
     state = json.loads((adapter / "trainer_state.json").read_text())
