@@ -218,11 +218,11 @@ exit "$rc"
 '''
 
 
-def run_on_small_disk(folder: Path, size: str, watch: Path | None, runs_dir: Path, *args: str,
+def run_on_small_disk(folder: Path, size: str, watch: Path | None, runs_dir: Path, argv: list[str],
                       listing: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", SIZE=size, DIR=str(folder),
                WATCH=str(watch or ""), LISTING=str(listing))
-    return subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK_SCRIPT, "sh", *FTW, *args],
+    return subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK_SCRIPT, "sh", *argv],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -234,7 +234,7 @@ def test_disk_filling_up_mid_conversion_is_a_clean_error_and_nothing_corrupt(ggu
     manifest_before = manifest_of(gguf_run)
     # 400 MB passes the free-space check (f16 + Q4_K_M of 135 M parameters); then the disk fills up.
     result = run_on_small_disk(gguf_dir, "400m", gguf_dir / f"{RUN}-f16.gguf.partial", runs_dir,
-                               "gguf", "--run", RUN, listing=listing)
+                               [*FTW, "gguf", "--run", RUN], listing=listing)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"The disk under {gguf_dir} is full" in output and "gguf.log" in output
@@ -252,7 +252,7 @@ def test_full_disk_while_ftw_writes_its_own_files_is_a_clean_error(tmp_path):
     runs_dir.mkdir()
     listing = tmp_path / "listing.txt"
     result = run_on_small_disk(runs_dir, "8k", None, runs_dir,
-                               "render", "--recipe", "demo", "--profile", "cpu", "--run", "full", listing=listing)
+                               [*FTW, "render", "--recipe", "demo", "--profile", "cpu", "--run", "full"], listing=listing)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the disk is full" in result.stdout and "No space left on device" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
@@ -264,12 +264,9 @@ def test_training_stops_before_starting_when_checkpoints_wont_fit(tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     listing = tmp_path / "listing.txt"
-    script_args = ("sh", "-c", f"{sys.executable} -m wrapper.cli render --recipe demo --profile cpu --run small "
-                   f"&& {sys.executable} -m wrapper.cli train --run small")
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", SIZE="40m", DIR=str(runs_dir), WATCH="",
-               LISTING=str(listing))
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK_SCRIPT, "sh", *script_args],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    render_then_train = ["sh", "-c", f"{sys.executable} -m wrapper.cli render --recipe demo --profile cpu "
+                         f"--run small && {sys.executable} -m wrapper.cli train --run small"]
+    result = run_on_small_disk(runs_dir, "40m", None, runs_dir, render_then_train, listing=listing)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "not enough free disk for ftw train" in result.stdout and "checkpoints" in result.stdout
     assert "GB is free" in result.stdout

@@ -124,7 +124,7 @@ def export(run_dir: Path, force: bool = False) -> Path:
     base_dir, reason = streaming_merge_base(plan, adapter)
     check_disk_for_export(run_dir, base_dir or local_model_dir(plan.merge_base))
     try:
-        what = merge_into(partial, plan, adapter, base_dir, reason, run_dir, log_path)
+        what = merge_into(partial, plan, adapter, base_dir, reason, log_path)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # stopped or failed: nothing half-merged stays behind
         raise
@@ -143,22 +143,21 @@ def export(run_dir: Path, force: bool = False) -> Path:
     return merged
 
 
-def merge_into(partial: Path, plan, adapter: Path, base_dir: Path | None, reason: str, run_dir: Path,
-               log_path: Path) -> str:
+def merge_into(partial: Path, plan, adapter: Path, base_dir: Path | None, reason: str, log_path: Path) -> str:
     """Write the merged model into `partial`; return which way it was merged."""
     if base_dir is not None:
         console.print(f"Merging {adapter.name} into {plan.merge_base_source}, one tensor at a time "
                       f"(streaming merge, no GPU needed); full log: {log_path}")
         run_with_status([sys.executable, "-m", "wrapper.merge", "weights", str(base_dir), str(adapter), str(partial)],
                         log_path, "streaming merge", "merge", writes_to=partial)
-        run_with_status([sys.executable, "-m", "wrapper.merge", "tokenizer", str(run_dir / "export.yaml"), str(partial)],
+        run_with_status([sys.executable, "-m", "wrapper.merge", "tokenizer", str(plan.dir / "export.yaml"), str(partial)],
                         log_path, "saving the tokenizer", "tokenizer", writes_to=partial)
         what = "the streaming merge"
     else:
         console.print(f"The streaming merge can't merge this exactly ({reason}): merging with "
                       f"llamafactory-cli export instead, which loads the whole model into memory.", soft_wrap=True)
         console.print(f"Merging {adapter.name} into {plan.merge_base_source}; full log: {log_path}")
-        run_with_status(["llamafactory-cli", "export", str(run_dir / "export.yaml")], log_path,
+        run_with_status(["llamafactory-cli", "export", str(plan.dir / "export.yaml")], log_path,
                         "llamafactory-cli export", "merge", writes_to=partial)
         what = "llamafactory-cli export"
     return what

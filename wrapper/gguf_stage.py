@@ -47,36 +47,37 @@ def artifact_key(kind: str) -> str:
 GGUF_MAGIC = b"GGUF"
 
 
-def gguf_problem(path: Path) -> str | None:
-    """None for a file that reads as a GGUF; else what it is instead, in words."""
+def read_gguf(path: Path):
+    """(the gguf library's reader, None) for a readable GGUF; else (None, what the file is instead, in words)."""
     from gguf import GGUFReader
 
     try:
         with path.open("rb") as handle:
             head = handle.read(64)
     except OSError as exc:
-        return f"can't be read ({exc.strerror})"
+        return None, f"can't be read ({exc.strerror})"
     if not head.startswith(GGUF_MAGIC):
         if head.startswith(b"version https://git-lfs"):
-            return "is not a GGUF file but a Git LFS pointer (the download fetched the pointer, not the file)"
+            return None, "is not a GGUF file but a Git LFS pointer (the download fetched the pointer, not the file)"
         if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
-            return "is not a GGUF file but a web page (a download link that returned HTML)"
-        return f"is not a GGUF file (it starts with {head[:8]!r}, a GGUF starts with {GGUF_MAGIC!r})"
+            return None, "is not a GGUF file but a web page (a download link that returned HTML)"
+        return None, f"is not a GGUF file (it starts with {head[:8]!r}, a GGUF starts with {GGUF_MAGIC!r})"
     try:
-        GGUFReader(path)
+        return GGUFReader(path), None
     except Exception as exc:  # the reader raises bare ValueError/struct errors on a cut-off file
-        return f"is not a readable GGUF file, probably cut off ({path.stat().st_size} bytes; {exc})"
-    return None
+        return None, f"is not a readable GGUF file, probably cut off ({path.stat().st_size} bytes; {exc})"
+
+
+def gguf_problem(path: Path) -> str | None:
+    """None for a file that reads as a GGUF; else what it is instead, in words."""
+    return read_gguf(path)[1]
 
 
 def verify_gguf(path: Path, expected_ftype: int) -> int:
     """Read the header back; return the tensor count. Raises if the file isn't what we asked for."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # the reader raises bare ValueError/struct errors on a bad file
-        raise FtwError(f"{path} is not a readable GGUF file: {exc}") from exc
+    reader, problem = read_gguf(path)
+    if problem is not None:
+        raise FtwError(f"{path} {problem}")
     if not reader.tensors:
         raise FtwError(f"{path} holds no tensors")
     field = reader.fields.get("general.file_type")
@@ -282,8 +283,9 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
     to_quantize = [quant for quant, target in targets.items() if not up_to_date(quant, target)]
     removed = manifest.removed_intermediates(run_dir)
     made: dict[str, Path] = {}
-    if to_quantize or (artifact_key(outtype) not in removed and not up_to_date(outtype, full)):
-        if not up_to_date(outtype, full):
+    full_up_to_date = up_to_date(outtype, full)
+    if to_quantize or (artifact_key(outtype) not in removed and not full_up_to_date):
+        if not full_up_to_date:
             if "merged" in removed:
                 raise FtwError(f"the merged weights were removed after the last quantization, to free disk; "
                                f"make them again first: ftw export --run {plan.run} --force")

@@ -25,14 +25,12 @@ STAGES = "stages"
 
 
 def file_digest(path: Path) -> str:
+    from wrapper.datasets import sha256_of
+
     stat = path.stat()
     if stat.st_size > FULL_HASH_BYTES:
         return f"size {stat.st_size}, mtime {stat.st_mtime_ns}"
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256 " + digest.hexdigest()[:16]
+    return "sha256 " + sha256_of(path)[:16]
 
 
 def folder_digest(folder: Path, names: tuple[str, ...] | None = None) -> str:
