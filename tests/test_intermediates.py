@@ -66,3 +66,28 @@ def test_a_new_quant_or_eval_without_intermediates_says_how_to_get_them(copied_r
     evaluated = run_ftw(runs_dir, "eval", "--run", RUN, check=False)
     assert evaluated.returncode == 2
     assert "--keep-intermediates" in evaluated.stdout + evaluated.stderr
+
+
+def test_a_bf16_gguf_asks_for_weights_in_the_base_dtype_first(demo_run, tmp_path):
+    """ftw export stores the weights as float16 for the f16 GGUF; a bf16 GGUF made from them
+    would lose what bf16 holds and f16 doesn't, so it is refused with the command to run."""
+    from wrapper.merge import read_header
+
+    run = copy_run(demo_run, tmp_path / "runs")
+    runs_dir = run.parent
+
+    def weight_dtypes() -> set[str]:
+        return {info.dtype for path in (run / "merged").glob("*.safetensors")
+                for info in read_header(path).values() if len(info.shape) == 2}
+
+    assert weight_dtypes() == {"F16"}
+    refused = run_ftw(runs_dir, "gguf", "--run", RUN, "--outtype", "bf16", "--keep-intermediates", check=False)
+    assert refused.returncode == 2
+    assert f"ftw export --run {RUN} --weights-dtype base" in refused.stdout + refused.stderr
+    assert not (run / "gguf" / f"{RUN}-bf16.gguf").exists()
+
+    exported = run_ftw(runs_dir, "export", "--run", RUN, "--weights-dtype", "base")
+    assert "changed since the last merge: weights dtype" in exported.stdout
+    assert weight_dtypes() == {"BF16"}
+    run_ftw(runs_dir, "gguf", "--run", RUN, "--outtype", "bf16", "--keep-intermediates")
+    assert (run / "gguf" / f"{RUN}-bf16.gguf").is_file()

@@ -43,10 +43,10 @@ def peft_merged(adapter: Path):
     return PeftModel.from_pretrained(model, adapter).merge_and_unload().to(torch.bfloat16)
 
 
-def streamed(adapter: Path, out: Path) -> dict[str, torch.Tensor]:
+def streamed(adapter: Path, out: Path, weights_dtype: str = "base") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    merge_weights(tiny_qwen2_dir(), adapter, out)
+    merge_weights(tiny_qwen2_dir(), adapter, out, weights_dtype)
     for name in TOKENIZER_FILES:
         if (tiny_qwen2_dir() / name).is_file():
             shutil.copyfile(tiny_qwen2_dir() / name, out / name)
@@ -123,6 +123,48 @@ def test_rslora_and_modules_to_save_match_peft_and_ggufs_agree(rslora_case, tmp_
                 model.close()
     assert tokens["ours"] == tokens["peft"]
     assert all(len(t) == 24 for t in tokens["ours"])
+
+
+def gguf_tensor_bytes(path: Path) -> dict[str, tuple[str, bytes]]:
+    from gguf import GGUFReader
+
+    return {t.name: (t.tensor_type.name, bytes(t.data.tobytes())) for t in GGUFReader(path).tensors}
+
+
+def test_f16_stored_merge_is_peft_rounded_and_converts_to_the_same_gguf(rslora_case, tmp_path):
+    """The default storage (f16) holds PEFT's bf16 values cast as the converter casts them:
+    the f16 GGUFs made from it and from the bf16 merge are identical, tensor for tensor."""
+    import json
+
+    _root, adapter = rslora_case
+    in_base = streamed(adapter, tmp_path / "bf16")
+    in_f16 = streamed(adapter, tmp_path / "f16", weights_dtype="f16")
+    assert set(in_f16) == set(in_base)
+    for name, tensor in in_base.items():
+        expected = torch.float16 if tensor.dim() >= 2 else torch.bfloat16
+        assert in_f16[name].dtype == expected, name
+        assert torch.equal(in_f16[name], tensor.to(expected)), name
+    assert_same_as_peft({n: t.to(torch.bfloat16) for n, t in in_f16.items()}, peft_merged(adapter).state_dict())
+    # config.json keeps the base's dtype: transformers loads the same bf16 values back
+    assert json.loads((tmp_path / "f16" / "config.json").read_text())["dtype"] == "bfloat16"
+
+    ggufs = {}
+    for label in ("bf16", "f16"):
+        done = convert_hf_to_gguf(tmp_path / label, tmp_path / f"{label}.gguf")
+        assert done.returncode == 0, done.stderr[-2000:]
+        ggufs[label] = gguf_tensor_bytes(tmp_path / f"{label}.gguf")
+    assert ggufs["f16"].keys() == ggufs["bf16"].keys() and len(ggufs["f16"]) > 20
+    for name, (kind, data) in ggufs["bf16"].items():
+        assert ggufs["f16"][name] == (kind, data), name
+
+
+def test_a_weight_beyond_float16_range_stops_the_f16_merge(tmp_path):
+    from wrapper.errors import FtwError
+    from wrapper.merge import _store
+
+    assert _store(torch.tensor([[1.5, -60000.0]], dtype=torch.bfloat16), "w", "F16").dtype == torch.float16
+    with pytest.raises(FtwError, match="beyond float16's range.*--weights-dtype base.*--outtype bf16"):
+        _store(torch.tensor([[1.5, 70000.0]], dtype=torch.bfloat16), "model.layers.3.mlp.down_proj.weight", "F16")
 
 
 def test_dora_falls_back_with_a_reason(tmp_path):

@@ -85,8 +85,8 @@ RUN_LOCATION_KEYS = {"adapter_name_or_path", "export_dir"}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
-def export_inputs(plan, adapter: Path) -> stages.StageInputs:
-    """The adapter, the export settings and the base it is merged into."""
+def export_inputs(plan, adapter: Path, weights_dtype: str) -> stages.StageInputs:
+    """The adapter, the export settings, the base it is merged into and how the weights are stored."""
     import yaml
 
     args = yaml.safe_load((plan.dir / "export.yaml").read_text(encoding="utf-8")) or {}
@@ -97,16 +97,17 @@ def export_inputs(plan, adapter: Path) -> stages.StageInputs:
     base = plan.base_model if Path(plan.merge_base) == plan.dequantized_base_dir else plan.merge_base
     base_dir = local_model_dir(base)
     values["base model"] = stages.folder_digest(base_dir) if base_dir else base
+    values["weights dtype"] = weights_dtype
     return stages.StageInputs("merged", values)
 
 
-def export(run_dir: Path, force: bool = False) -> Path:
+def export(run_dir: Path, force: bool = False, weights_dtype: str = "f16") -> Path:
     plan = manifest.plan_of(run_dir)
     adapter = manifest.artifact(run_dir, "adapter", "ftw train")
     merged, partial = plan.merged_dir, run_dir / "merged.partial"
     log_path = run_dir / "logs" / "export.log"
     recorded = manifest.load(run_dir)["artifacts"].get("merged")
-    inputs = export_inputs(plan, adapter)
+    inputs = export_inputs(plan, adapter, weights_dtype)
     if recorded and merged.is_dir() and not force:
         changes = inputs.changes_from(stages.recorded_inputs(run_dir, inputs.key))
         if not changes:
@@ -124,7 +125,7 @@ def export(run_dir: Path, force: bool = False) -> Path:
     base_dir, reason = streaming_merge_base(plan, adapter)
     check_disk_for_export(run_dir, base_dir or local_model_dir(plan.merge_base))
     try:
-        what = merge_into(partial, plan, adapter, base_dir, reason, log_path)
+        what = merge_into(partial, plan, adapter, base_dir, reason, log_path, weights_dtype)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # stopped or failed: nothing half-merged stays behind
         raise
@@ -143,13 +144,14 @@ def export(run_dir: Path, force: bool = False) -> Path:
     return merged
 
 
-def merge_into(partial: Path, plan, adapter: Path, base_dir: Path | None, reason: str, log_path: Path) -> str:
+def merge_into(partial: Path, plan, adapter: Path, base_dir: Path | None, reason: str, log_path: Path,
+               weights_dtype: str) -> str:
     """Write the merged model into `partial`; return which way it was merged."""
     if base_dir is not None:
         console.print(f"Merging {adapter.name} into {plan.merge_base_source}, one tensor at a time "
                       f"(streaming merge, no GPU needed); full log: {log_path}")
-        run_with_status([sys.executable, "-m", "wrapper.merge", "weights", str(base_dir), str(adapter), str(partial)],
-                        log_path, "streaming merge", "merge", writes_to=partial)
+        run_with_status([sys.executable, "-m", "wrapper.merge", "weights", str(base_dir), str(adapter), str(partial),
+                         weights_dtype], log_path, "streaming merge", "merge", writes_to=partial)
         run_with_status([sys.executable, "-m", "wrapper.merge", "tokenizer", str(plan.dir / "export.yaml"), str(partial)],
                         log_path, "saving the tokenizer", "tokenizer", writes_to=partial)
         what = "the streaming merge"

@@ -202,6 +202,22 @@ def check_gguf_disk(merged: Path, gguf_dir: Path, outtype: str, quants: list[str
         check_free_space(gguf_dir, gguf_needs(params, quants, outtype), "ftw gguf")
 
 
+def check_weights_suit(merged: Path, outtype: str, run: str) -> None:
+    """A bf16 GGUF made from weights ftw export stored as float16 would lose what bf16 holds and f16 doesn't."""
+    import json
+
+    from wrapper.merge import read_header
+
+    if outtype != "bf16":
+        return
+    config = json.loads((merged / "config.json").read_text(encoding="utf-8"))
+    if (config.get("dtype") or config.get("torch_dtype")) != "bfloat16":
+        return
+    if any(info.dtype == "F16" for path in merged.glob("*.safetensors") for info in read_header(path).values()):
+        raise FtwError(f"{merged} holds the weights as float16 (made for an f16 GGUF); for a bf16 GGUF, merge "
+                       f"them in the base's dtype first: ftw export --run {run} --weights-dtype base")
+
+
 def merged_weight_files(merged: Path) -> list[Path]:
     return sorted(path for pattern in WEIGHT_FILES for path in merged.glob(pattern) if path.is_file())
 
@@ -290,6 +306,7 @@ def make_ggufs(run_dir: Path, quants: list[str], outtype: str = "f16", force: bo
                 raise FtwError(f"the merged weights were removed after the last quantization, to free disk; "
                                f"make them again first: ftw export --run {plan.run} --force")
             console.print(f"Converting {merged} with llama.cpp; full log: {log_path}")
+            check_weights_suit(merged, outtype, plan.run)
             check_gguf_disk(merged, gguf_dir, outtype, to_quantize)
             convert(merged, full, outtype, log_path, plan.template, plan.system)
             manifest.record_artifacts(run_dir, **{artifact_key(outtype): full, "gguf_log": log_path})

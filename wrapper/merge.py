@@ -9,15 +9,27 @@ Memory: tensors are read with positioned reads from the safetensors files (the f
 is an 8-byte header length, a JSON header, then raw bytes), never through a whole-file
 load. A tensor the adapter doesn't touch is copied in fixed-size chunks without being
 decoded; an adapted one is merged in blocks of rows. The output shards mirror the
-base's, and since a merged tensor has its base tensor's shape and dtype, each shard's
-header is known before any data is written: tensors go to disk as they are computed.
+base's, and since a merged tensor keeps its base tensor's shape and its stored dtype
+follows from the base's (below), each shard's header is known before any data is
+written: tensors go to disk as they are computed.
+
+Stored dtype: with weights_dtype "f16" (the default, for the f16 GGUF) every 2-D
+weight is rounded to the base's dtype as above, then stored as float16 - the cast
+llama.cpp's converter makes anyway when it writes an f16 GGUF (bf16 -> f32 -> f16, in
+conversion/base.py), so the GGUF is bit-identical. Done here, one block at a time, it
+spares the converter its float32 copy of each whole tensor: 6 bytes per parameter of the
+largest one (3.7 GB for Qwen3-8B's embedding) become 2, read from the file. 1-D tensors
+keep the base's dtype (the converter writes them as float32). config.json keeps the
+base's dtype, so transformers loads the weights back to the same bf16 values. A weight
+beyond float16's range stops the merge with what to do instead. weights_dtype "base"
+stores everything in the base's dtype, as PEFT does.
 
 Adapters this can't merge exactly (DoRA, LoRA biases, alpha patterns, tied embeddings
 touched by the adapter, anything unrecognised) are reported by `unsupported_reason`
 and the export falls back to `llamafactory-cli export`.
 
 Run as a child of the export stage:
-  python -m wrapper.merge weights BASE_DIR ADAPTER_DIR OUT_DIR
+  python -m wrapper.merge weights BASE_DIR ADAPTER_DIR OUT_DIR [f16|base]
   python -m wrapper.merge tokenizer EXPORT_YAML OUT_DIR   (LLaMA-Factory's tokenizer + template fix)
 """
 
@@ -36,8 +48,10 @@ from wrapper.errors import FtwError
 
 PREFIX = "base_model.model."
 COPY_CHUNK = 64 * 2**20
-BLOCK_BYTES = 64 * 2**20  # float32 bytes of one block of rows while merging
+BLOCK_BYTES = 32 * 2**20  # float32 bytes of one block of rows while merging
 ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+ST_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+WEIGHTS_DTYPES = ("f16", "base")
 CONFIG_FILES = ("config.json", "generation_config.json")
 # adapter_config.json keys that change the math beyond W + scaling * B @ A when set.
 UNSUPPORTED_WHEN_SET = ("use_dora", "lora_bias", "alpha_pattern", "layer_replication", "use_qalora",
@@ -234,13 +248,26 @@ def scaling(plan: MergePlan, rank: int) -> float:
 
 # --- writing ---------------------------------------------------------------------------
 
-def _header_bytes(names: list[str], base: dict[str, TensorInfo]) -> bytes:
+def stored_dtype(info: TensorInfo, weights_dtype: str) -> str:
+    """The safetensors dtype a merged tensor is written in (see the module docstring)."""
+    if weights_dtype == "f16" and len(info.shape) >= 2 and info.dtype in ("BF16", "F32"):
+        return "F16"
+    return info.dtype
+
+
+def stored_nbytes(info: TensorInfo, dtype: str) -> int:
+    return info.nbytes // ST_ITEMSIZE[info.dtype] * ST_ITEMSIZE[dtype]
+
+
+def _header_bytes(names: list[str], base: dict[str, TensorInfo], weights_dtype: str) -> bytes:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in names:
         info = base[name]
-        header[name] = {"dtype": info.dtype, "shape": info.shape, "data_offsets": [offset, offset + info.nbytes]}
-        offset += info.nbytes
+        dtype = stored_dtype(info, weights_dtype)
+        size = stored_nbytes(info, dtype)
+        header[name] = {"dtype": dtype, "shape": info.shape, "data_offsets": [offset, offset + size]}
+        offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw
@@ -259,16 +286,37 @@ def _copy_bytes(info: TensorInfo, out) -> None:
 def _write_tensor(tensor, out) -> None:
     import torch
 
-    out.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    out.write(memoryview(tensor.contiguous().view(torch.uint8).numpy()))  # no extra bytes copy
 
 
-def _merge_into(plan: MergePlan, name: str, target: Target, out) -> None:
+def _store(tensor, name: str, dtype: str):
+    """`tensor` (already in the base's dtype) cast to the stored dtype; float16 must hold it."""
+    import torch
+
+    stored = tensor.to(getattr(torch, ST_DTYPES[dtype]))
+    if dtype == "F16" and tensor.dtype != torch.float16 and not torch.isfinite(stored).all():
+        largest = tensor.float().abs().max().item()
+        raise FtwError(f"{name} has values beyond float16's range (|w| up to {largest:.4g}, float16 stops at 65504): "
+                       "an f16 GGUF can't hold this model. Run ftw export --weights-dtype base, "
+                       "then ftw gguf --outtype bf16")
+    return stored
+
+
+def _convert_rows(info: TensorInfo, name: str, dtype: str, out) -> None:
+    """An untouched tensor written in another dtype, a block of rows at a time."""
+    rows = info.shape[0]
+    step = max(1, BLOCK_BYTES // max(info.nbytes // max(rows, 1), 1))
+    for start in range(0, rows, step):
+        _write_tensor(_store(read_tensor(info, slice(start, min(rows, start + step))), name, dtype), out)
+
+
+def _merge_into(plan: MergePlan, name: str, target: Target, out, stored: str) -> None:
     import torch
 
     info = plan.base[name]
     dtype = getattr(torch, ST_DTYPES[info.dtype])
     if target.replacement:
-        _write_tensor(read_tensor(plan.adapter[target.replacement]).to(dtype), out)
+        _write_tensor(_store(read_tensor(plan.adapter[target.replacement]).to(dtype), name, stored), out)
         return
     a = read_tensor(plan.adapter[target.a]).float()
     b = read_tensor(plan.adapter[target.b]).float()
@@ -284,11 +332,13 @@ def _merge_into(plan: MergePlan, name: str, target: Target, out) -> None:
         merged = (weight + delta * scale).to(dtype)
         if not torch.isfinite(merged).all():
             raise ValueError(f"non-finite values in merged {name}: the adapter seems broken")
-        _write_tensor(merged, out)
+        _write_tensor(_store(merged, name, stored), out)
 
 
-def merge_weights(base_dir: Path, adapter_dir: Path, out_dir: Path) -> int:
+def merge_weights(base_dir: Path, adapter_dir: Path, out_dir: Path, weights_dtype: str = "f16") -> int:
     """Write the merged shards (and index) into out_dir; return the count of merged tensors."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise FtwError(f"weights dtype {weights_dtype!r}: choose {' or '.join(WEIGHTS_DTYPES)}")
     plan = plan_merge(base_dir, adapter_dir)
     if isinstance(plan, str):
         raise SystemExit(f"cannot merge here: {plan}")
@@ -297,14 +347,17 @@ def merge_weights(base_dir: Path, adapter_dir: Path, out_dir: Path) -> int:
     for path in weight_files(base_dir):
         names = sorted(read_header(path), key=lambda n: plan.base[n].start)
         with (out_dir / path.name).open("wb") as out:
-            out.write(_header_bytes(names, plan.base))
+            out.write(_header_bytes(names, plan.base, weights_dtype))
             for name in names:
-                target = plan.targets.get(name)
+                info, target = plan.base[name], plan.targets.get(name)
+                stored = stored_dtype(info, weights_dtype)
                 if target:
-                    _merge_into(plan, name, target, out)
+                    _merge_into(plan, name, target, out, stored)
+                elif stored != info.dtype:
+                    _convert_rows(info, name, stored, out)
                 else:
-                    _copy_bytes(plan.base[name], out)
-                total += plan.base[name].nbytes
+                    _copy_bytes(info, out)
+                total += stored_nbytes(info, stored)
         print(f"wrote {path.name}", flush=True)
     index = base_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -317,7 +370,8 @@ def merge_weights(base_dir: Path, adapter_dir: Path, out_dir: Path) -> int:
     merged = sum(1 for t in plan.targets.values() if not t.replacement)
     replaced = len(plan.targets) - merged
     print(f"streamed merge: {merged} LoRA-merged tensors, {replaced} replaced by modules_to_save, "
-          f"{len(plan.base)} tensors, {total / 1e9:.2f} GB", flush=True)
+          f"{len(plan.base)} tensors, {total / 1e9:.2f} GB, 2-D weights stored as "
+          f"{'float16' if weights_dtype == 'f16' else 'in the base dtype'}", flush=True)
     return len(plan.targets)
 
 
@@ -341,8 +395,8 @@ def save_tokenizer(export_yaml: Path, out_dir: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["weights"] and len(argv) == 4:
-        merge_weights(Path(argv[1]), Path(argv[2]), Path(argv[3]))
+    if argv[:1] == ["weights"] and len(argv) in (4, 5):
+        merge_weights(Path(argv[1]), Path(argv[2]), Path(argv[3]), *argv[4:])
     elif argv[:1] == ["tokenizer"] and len(argv) == 3:
         save_tokenizer(Path(argv[1]), Path(argv[2]))
     else:
