@@ -106,7 +106,7 @@ def train(run: str, force: bool, ignore_fit: bool) -> None:
 @run_option
 @click.option("--weights-dtype", type=click.Choice(["f16", "base"]), default="f16", show_default=True,
               help="f16: the merged bf16 values stored as the f16 GGUF holds them, so llama.cpp's converter "
-                   "needs no float32 copy (an 8B export in under 2 GB of RAM); base: stored in the base's dtype, "
+                   "needs no float32 copy (an 8B export in about 2 GB of RAM); base: stored in the base's dtype, "
                    "for using merged/ elsewhere or for ftw gguf --outtype bf16.")
 @force_option
 def export(run: str, weights_dtype: str, force: bool) -> None:
