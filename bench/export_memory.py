@@ -13,7 +13,7 @@ Each stage is a child process; the whole process tree is sampled every 50 ms for
 (which counts resident pages of memory-mapped files) and RssAnon (which does not).
 Prints a table and writes bench/results/export_memory.json.
 
-  .venv/bin/python bench/export_memory.py            # ~15 minutes on 2 cores (+5 to build the model once)
+  .venv/bin/python bench/export_memory.py            # ~15 minutes on 2 cores the first time (it builds the model), ~7 after
   .venv/bin/python bench/export_memory.py --shape qwen3-8b --layers 4 --ours-only
       # Qwen3-8B's tensors with 4 of its 36 layers: the peak is set by the largest tensor, not the layer count
 """

@@ -213,7 +213,8 @@ def check_weights_suit(merged: Path, outtype: str, run: str) -> None:
     config = json.loads((merged / "config.json").read_text(encoding="utf-8"))
     if (config.get("dtype") or config.get("torch_dtype")) != "bfloat16":
         return
-    if any(info.dtype == "F16" for path in merged.glob("*.safetensors") for info in read_header(path).values()):
+    if any(info.dtype == "F16" for path in merged_weight_files(merged) if path.suffix == ".safetensors"
+           for info in read_header(path).values()):
         raise FtwError(f"{merged} holds the weights as float16 (made for an f16 GGUF); for a bf16 GGUF, merge "
                        f"them in the base's dtype first: ftw export --run {run} --weights-dtype base")
 

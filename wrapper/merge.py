@@ -25,7 +25,7 @@ beyond float16's range stops the merge with what to do instead. weights_dtype "b
 stores everything in the base's dtype, as PEFT does.
 
 Adapters this can't merge exactly (DoRA, LoRA biases, alpha patterns, tied embeddings
-touched by the adapter, anything unrecognised) are reported by `unsupported_reason`
+touched by the adapter, anything unrecognised) are reported by `plan_merge` (a reason)
 and the export falls back to `llamafactory-cli export`.
 
 Run as a child of the export stage:
@@ -259,12 +259,12 @@ def stored_nbytes(info: TensorInfo, dtype: str) -> int:
     return info.nbytes // ST_ITEMSIZE[info.dtype] * ST_ITEMSIZE[dtype]
 
 
-def _header_bytes(names: list[str], base: dict[str, TensorInfo], weights_dtype: str) -> bytes:
+def _header_bytes(stored: dict[str, str], base: dict[str, TensorInfo]) -> bytes:
+    """The header of a shard holding the tensors of `stored` (name -> stored dtype), in that order."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name in names:
+    for name, dtype in stored.items():
         info = base[name]
-        dtype = stored_dtype(info, weights_dtype)
         size = stored_nbytes(info, dtype)
         header[name] = {"dtype": dtype, "shape": info.shape, "data_offsets": [offset, offset + size]}
         offset += size
@@ -346,18 +346,18 @@ def merge_weights(base_dir: Path, adapter_dir: Path, out_dir: Path, weights_dtyp
     total = 0
     for path in weight_files(base_dir):
         names = sorted(read_header(path), key=lambda n: plan.base[n].start)
+        stored = {name: stored_dtype(plan.base[name], weights_dtype) for name in names}
         with (out_dir / path.name).open("wb") as out:
-            out.write(_header_bytes(names, plan.base, weights_dtype))
-            for name in names:
+            out.write(_header_bytes(stored, plan.base))
+            for name, dtype in stored.items():
                 info, target = plan.base[name], plan.targets.get(name)
-                stored = stored_dtype(info, weights_dtype)
                 if target:
-                    _merge_into(plan, name, target, out, stored)
-                elif stored != info.dtype:
-                    _convert_rows(info, name, stored, out)
+                    _merge_into(plan, name, target, out, dtype)
+                elif dtype != info.dtype:
+                    _convert_rows(info, name, dtype, out)
                 else:
                     _copy_bytes(info, out)
-                total += stored_nbytes(info, stored)
+                total += stored_nbytes(info, dtype)
         print(f"wrote {path.name}", flush=True)
     index = base_dir / "model.safetensors.index.json"
     if index.is_file():
