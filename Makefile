@@ -18,13 +18,13 @@ PY      := $(VENV)/bin/python
 FTW     := $(VENV)/bin/ftw
 DEPS_STAMP := $(VENV)/.ftw-deps
 
-.PHONY: setup demo data train gguf ollama chat lmstudio eval test clean-runs
+.PHONY: setup demo data train gguf ollama chat lmstudio eval lint test test-fast clean-runs
 
 # Pinned packages into .venv (re-installed only when requirements change), then the
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
 setup: $(DEPS_STAMP)
-	@$(PY) -m wrapper.vendor
-	@TQDM_DISABLE=1 $(PY) -m wrapper.demo_model
+	@$(PY) -m wrapper.setup.llama_cpp
+	@TQDM_DISABLE=1 $(PY) -m wrapper.setup.demo_model
 
 $(DEPS_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,8 +69,19 @@ demo: setup
 eval: setup
 	$(FTW) eval --run $(RUN)
 
-test: setup
+# Style (ruff), formatting (ruff format) and the import layers of ARCHITECTURE.md (import-linter).
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+
+# Everything, with real LLaMA-Factory runs and real llama.cpp files: what CI runs.
+test: lint
 	$(PY) -m pytest -q tests
+
+# The inner loop: unit and in-process CLI tests, no training or conversion (under 2 minutes).
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean-runs:
 	rm -rf runs

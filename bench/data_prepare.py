@@ -31,16 +31,155 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "data_prepare.json"
 SEED = 20261123
 
-EN_WORDS = ("the gate guard knight river city harbour storm lamp oil salt trader ship cliff tower key ledger "
-            "court tenant landlord deposit notice appeal contract clause rent damage winter summer dawn dusk "
-            "dragon glacier steel moon sword forge smith ferry ticket horse deck timetable refund north sea "
-            "grey black amber silver old new long short quiet loud early late opens closes keeps returns "
-            "must may shall will never always only every within after before under above across").split()
-RU_WORDS = ("врата страж рыцарь река город гавань шторм лампа масло соль торговец корабль скала башня ключ "
-            "книга суд арендатор арендодатель залог уведомление жалоба договор пункт плата ущерб зима лето "
-            "рассвет закат дракон ледник сталь луна меч кузница кузнец паром билет лошадь палуба расписание "
-            "возврат север море серый чёрный янтарный серебряный старый новый долгий короткий тихий громкий "
-            "открывает закрывает хранит возвращает должен может всегда никогда только каждый после до под над").split()
+EN_WORDS = [
+    "the",
+    "gate",
+    "guard",
+    "knight",
+    "river",
+    "city",
+    "harbour",
+    "storm",
+    "lamp",
+    "oil",
+    "salt",
+    "trader",
+    "ship",
+    "cliff",
+    "tower",
+    "key",
+    "ledger",
+    "court",
+    "tenant",
+    "landlord",
+    "deposit",
+    "notice",
+    "appeal",
+    "contract",
+    "clause",
+    "rent",
+    "damage",
+    "winter",
+    "summer",
+    "dawn",
+    "dusk",
+    "dragon",
+    "glacier",
+    "steel",
+    "moon",
+    "sword",
+    "forge",
+    "smith",
+    "ferry",
+    "ticket",
+    "horse",
+    "deck",
+    "timetable",
+    "refund",
+    "north",
+    "sea",
+    "grey",
+    "black",
+    "amber",
+    "silver",
+    "old",
+    "new",
+    "long",
+    "short",
+    "quiet",
+    "loud",
+    "early",
+    "late",
+    "opens",
+    "closes",
+    "keeps",
+    "returns",
+    "must",
+    "may",
+    "shall",
+    "will",
+    "never",
+    "always",
+    "only",
+    "every",
+    "within",
+    "after",
+    "before",
+    "under",
+    "above",
+    "across",
+]  # noqa: E501
+RU_WORDS = [
+    "врата",
+    "страж",
+    "рыцарь",
+    "река",
+    "город",
+    "гавань",
+    "шторм",
+    "лампа",
+    "масло",
+    "соль",
+    "торговец",
+    "корабль",
+    "скала",
+    "башня",
+    "ключ",
+    "книга",
+    "суд",
+    "арендатор",
+    "арендодатель",
+    "залог",
+    "уведомление",
+    "жалоба",
+    "договор",
+    "пункт",
+    "плата",
+    "ущерб",
+    "зима",
+    "лето",
+    "рассвет",
+    "закат",
+    "дракон",
+    "ледник",
+    "сталь",
+    "луна",
+    "меч",
+    "кузница",
+    "кузнец",
+    "паром",
+    "билет",
+    "лошадь",
+    "палуба",
+    "расписание",
+    "возврат",
+    "север",
+    "море",
+    "серый",
+    "чёрный",
+    "янтарный",
+    "серебряный",
+    "старый",
+    "новый",
+    "долгий",
+    "короткий",
+    "тихий",
+    "громкий",
+    "открывает",
+    "закрывает",
+    "хранит",
+    "возвращает",
+    "должен",
+    "может",
+    "всегда",
+    "никогда",
+    "только",
+    "каждый",
+    "после",
+    "до",
+    "под",
+    "над",
+]  # noqa: E501
 
 
 def sentence_pool(rng: random.Random, words: list[str], count: int) -> list[str]:
@@ -61,13 +200,13 @@ def generate(path: Path, target_bytes: int) -> dict:
     with path.open("wb") as out:
         while written < target_bytes:
             roll = rng.random()
-            if roll < 0.01 and recent:       # exact copy of a recent row
+            if roll < 0.01 and recent:  # exact copy of a recent row
                 row, kind = dict(rng.choice(recent)), "exact_copies"
-            elif roll < 0.015 and recent:    # near copy: case and spaces changed
+            elif roll < 0.015 and recent:  # near copy: case and spaces changed
                 row = dict(rng.choice(recent))
                 row["output"] = "  " + row["output"].upper().replace(" ", "  ")
                 kind = "near_copies"
-            elif roll < 0.017:               # invalid rows of every kind
+            elif roll < 0.017:  # invalid rows of every kind
                 line = invalid_line(rng)
                 out.write(line)
                 written += len(line)
@@ -77,9 +216,11 @@ def generate(path: Path, target_bytes: int) -> dict:
             else:
                 lang = "ru" if rng.random() < 0.45 else "en"
                 pool = pools[lang]
-                row = {"instruction": rng.choice(pool)[:-1] + "?",
-                       "input": rng.choice(pool) if rng.random() < 0.3 else "",
-                       "output": " ".join(rng.choice(pool) for _ in range(rng.randint(2, 9)))}
+                row = {
+                    "instruction": rng.choice(pool)[:-1] + "?",
+                    "input": rng.choice(pool) if rng.random() < 0.3 else "",
+                    "output": " ".join(rng.choice(pool) for _ in range(rng.randint(2, 9))),
+                }
                 if rng.random() < 0.5:
                     row["lang"] = lang
                 kind = "valid"
@@ -154,8 +295,12 @@ def measure(command: list[str], env: dict, log: Path) -> dict:
         stop.set()
         sampler.join()
     wall = time.monotonic() - start
-    return {"exit_code": code, "wall_s": round(wall, 1), "peak_vmrss_mb": round(peak["rss"] / 2**20),
-            "peak_rssanon_mb": round(peak["anon"] / 2**20)}
+    return {
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "peak_vmrss_mb": round(peak["rss"] / 2**20),
+        "peak_rssanon_mb": round(peak["anon"] / 2**20),
+    }
 
 
 def main() -> None:
@@ -171,8 +316,10 @@ def main() -> None:
         started = time.monotonic()
         generated = generate(data, options.mb * 2**20)
         generate_s = time.monotonic() - started
-        print(f"generated {data} ({generated['bytes'] / 2**20:.0f} MiB, {generated['rows']} rows) "
-              f"in {generate_s:.0f} s", flush=True)
+        print(
+            f"generated {data} ({generated['bytes'] / 2**20:.0f} MiB, {generated['rows']} rows) in {generate_s:.0f} s",
+            flush=True,
+        )
         env = dict(os.environ, FTW_RUNS_DIR=str(work / "runs"), COLUMNS="120")
         ftw = [sys.executable, "-m", "wrapper.cli"]
         commands = {
@@ -181,10 +328,14 @@ def main() -> None:
         }
         # The same command on an 8-row file: the memory of Python with the tokenizer and
         # LLaMA-Factory's template loaded, before any data.
-        baseline = measure([*ftw, "data", "check", "--recipe", "demo", "data/samples/alpaca.jsonl"], env,
-                           work / "baseline.log")
-        print(f"baseline (8 rows): peak VmRSS {baseline['peak_vmrss_mb']} MiB, RssAnon {baseline['peak_rssanon_mb']} "
-              f"MiB, {baseline['wall_s']} s", flush=True)
+        baseline = measure(
+            [*ftw, "data", "check", "--recipe", "demo", "data/samples/alpaca.jsonl"], env, work / "baseline.log"
+        )
+        print(
+            f"baseline (8 rows): peak VmRSS {baseline['peak_vmrss_mb']} MiB, RssAnon {baseline['peak_rssanon_mb']} "
+            f"MiB, {baseline['wall_s']} s",
+            flush=True,
+        )
         results = {}
         for name, command in commands.items():
             result = measure(command, env, work / f"{name}.log")
@@ -194,23 +345,28 @@ def main() -> None:
             result["command"] = " ".join(["ftw", *command[3:]]).replace(str(data), "$TMP/bench.jsonl")
             result["output_tail"] = output.strip().splitlines()[-14:]
             results[name] = result
-            print(f"{name}: exit {result['exit_code']}, {result['wall_s']} s, {result['rows_per_s']} rows/s, "
-                  f"{result['mb_per_s']} MiB/s, peak VmRSS {result['peak_vmrss_mb']} MiB, "
-                  f"RssAnon {result['peak_rssanon_mb']} MiB", flush=True)
+            print(
+                f"{name}: exit {result['exit_code']}, {result['wall_s']} s, {result['rows_per_s']} rows/s, "
+                f"{result['mb_per_s']} MiB/s, peak VmRSS {result['peak_vmrss_mb']} MiB, "
+                f"RssAnon {result['peak_rssanon_mb']} MiB",
+                flush=True,
+            )
         prepared = json.loads((work / "runs" / "bench" / "data" / "prepared.json").read_text())
         report = {
             "benchmark": "ftw data check + ftw data prepare on a synthetic ~1 GB Alpaca JSONL (ru/en)",
-            "run_with": "cd <repo> && .venv/bin/python bench/data_prepare.py" + (f" --mb {options.mb}"
-                                                                                 if options.mb != 1024 else ""),
+            "run_with": "cd <repo> && .venv/bin/python bench/data_prepare.py"
+            + (f" --mb {options.mb}" if options.mb != 1024 else ""),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "input": {**generated, "mib": round(generated["bytes"] / 2**20), "generate_s": round(generate_s)},
             "baseline_8_rows": {**baseline, "command": "ftw data check --recipe demo data/samples/alpaca.jsonl"},
             "check": results["check"],
             "prepare": results["prepare"],
             "prepared_counts": prepared["counts"],
-            "notes": ("check exits 1 because the input holds invalid rows on purpose. Peak memory is sampled every "
-                      "50 ms over the child's process tree; VmRSS includes mapped files, RssAnon does not. "
-                      "Token lengths are counted (SmolLM2 tokenizer, smollm2 template) in both commands."),
+            "notes": (
+                "check exits 1 because the input holds invalid rows on purpose. Peak memory is sampled every "
+                "50 ms over the child's process tree; VmRSS includes mapped files, RssAnon does not. "
+                "Token lengths are counted (SmolLM2 tokenizer, smollm2 template) in both commands."
+            ),
         }
         options.out.parent.mkdir(parents=True, exist_ok=True)
         options.out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

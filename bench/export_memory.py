@@ -5,7 +5,7 @@ Builds (once, cached in .cache/bench/) a random-init model with a real layer sha
 random rank-16 LoRA on every linear layer, then runs side by side:
 
   (a) llamafactory-cli export -> convert_hf_to_gguf f16 -> llama.cpp quantize Q4_K_M
-  (b) python -m wrapper.merge weights (2-D weights stored as float16, `ftw export`'s default)
+  (b) python -m wrapper.export.merge weights (2-D weights stored as float16, `ftw export`'s default)
       + tokenizer -> the same convert -> the same quantizer, in slabs of rows
       (wrapper/quantize.py's MAX_BUF_BYTES) as `ftw gguf` runs it
 
@@ -13,7 +13,7 @@ Each stage is a child process; the whole process tree is sampled every 50 ms for
 (which counts resident pages of memory-mapped files) and RssAnon (which does not).
 Prints a table and writes bench/results/export_memory.json.
 
-  .venv/bin/python bench/export_memory.py            # ~15 minutes on 2 cores the first time (it builds the model), ~7 after
+  .venv/bin/python bench/export_memory.py   # ~15 min on 2 cores the first time (it builds the model), ~7 after
   .venv/bin/python bench/export_memory.py --shape qwen3-8b --layers 4 --ours-only
       # Qwen3-8B's tensors with 4 of its 36 layers: the peak is set by the largest tensor, not the layer count
 """
@@ -42,14 +42,35 @@ RESULTS = REPO / "bench" / "results" / "export_memory.json"
 LLAMA_CPP = REPO / "vendor" / "llama.cpp"
 
 SHAPES = {
-    "qwen2.5-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
-    "qwen2.5-3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                       num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-3b": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
     # Qwen3-8B's tensor shapes (built as a Qwen2 model: the same shapes for what costs memory);
     # with --layers, fewer decoder layers of those shapes, for machines without 50 GB of disk.
-    "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                     num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
+    "qwen3-8b": dict(
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
 }
 # The largest shape of the issue's 1.5-3B range: fixed costs (Python, torch, the tokenizer)
 # weigh less against it, as they do against an 8B model.
@@ -65,8 +86,11 @@ def write_safetensors(path: Path, tensors: dict) -> None:
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, t in tensors.items():
         n = t.numel() * t.element_size()
-        header[name] = {"dtype": {torch.bfloat16: "BF16", torch.float32: "F32"}[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + n]}
+        header[name] = {
+            "dtype": {torch.bfloat16: "BF16", torch.float32: "F32"}[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
@@ -79,13 +103,19 @@ def write_safetensors(path: Path, tensors: dict) -> None:
 def build_model(out: Path, shape: dict) -> None:
     """Random bf16 weights written shard by shard (never the whole model in memory)."""
     import torch
-    from fixtures import ENDOFTEXT, IM_END, qwen2_tokenizer_dir
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+    from fixtures import ENDOFTEXT, IM_END, qwen2_tokenizer_dir
+
     tokenizer = AutoTokenizer.from_pretrained(qwen2_tokenizer_dir())
-    config = Qwen2Config(**shape, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                         bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
-                         eos_token_id=tokenizer.convert_tokens_to_ids(IM_END))
+    config = Qwen2Config(
+        **shape,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+    )
     config.dtype = torch.bfloat16
     config.architectures = ["Qwen2ForCausalLM"]
     with torch.device("meta"):
@@ -111,8 +141,9 @@ def build_model(out: Path, shape: dict) -> None:
             write_safetensors(out / files[index], shard)
             shard, index = {}, index + 1
     write_safetensors(out / files[index], shard)
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                  "weight_map": weight_map}, indent=2))
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -125,19 +156,31 @@ def build_adapter(out: Path, model_dir: Path, shape: dict) -> None:
     tensors = {}
     hidden, inter = shape["hidden_size"], shape["intermediate_size"]
     kv = hidden // shape["num_attention_heads"] * shape["num_key_value_heads"]
-    dims = {"q_proj": (hidden, hidden), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (hidden, hidden),
-            "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    dims = {
+        "q_proj": (hidden, hidden),
+        "k_proj": (hidden, kv),
+        "v_proj": (hidden, kv),
+        "o_proj": (hidden, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
     for layer in range(shape["num_hidden_layers"]):
         for module in LINEAR:
             kind = "self_attn" if module in LINEAR[:4] else "mlp"
             fan_in, fan_out = dims[module]
             key = f"base_model.model.model.layers.{layer}.{kind}.{module}"
-            tensors[f"{key}.lora_A.weight"] = (torch.randn(RANK, fan_in, generator=generator) * 0.01)
-            tensors[f"{key}.lora_B.weight"] = (torch.randn(fan_out, RANK, generator=generator) * 0.01)
+            tensors[f"{key}.lora_A.weight"] = torch.randn(RANK, fan_in, generator=generator) * 0.01
+            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, RANK, generator=generator) * 0.01
     out.mkdir(parents=True, exist_ok=True)
     write_safetensors(out / "adapter_model.safetensors", tensors)
-    LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(LINEAR), task_type="CAUSAL_LM",
-               base_model_name_or_path=str(model_dir)).save_pretrained(out)
+    LoraConfig(
+        r=RANK,
+        lora_alpha=ALPHA,
+        target_modules=list(LINEAR),
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=str(model_dir),
+    ).save_pretrained(out)
 
 
 def shape_of(name: str, layers: int | None) -> dict:
@@ -177,8 +220,13 @@ def run_stage(argv: list[str], log: Path, env: dict | None = None) -> dict:
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
         start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        child = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
         root = psutil.Process(child.pid)
         while child.poll() is None:
             try:
@@ -201,16 +249,30 @@ def run_stage(argv: list[str], log: Path, env: dict | None = None) -> dict:
 
 
 def convert_argv(merged: Path, outfile: Path) -> list[str]:
-    return [sys.executable, str(LLAMA_CPP / "convert_hf_to_gguf.py"), str(merged), "--outtype", "f16",
-            "--outfile", str(outfile)]
+    return [
+        sys.executable,
+        str(LLAMA_CPP / "convert_hf_to_gguf.py"),
+        str(merged),
+        "--outtype",
+        "f16",
+        "--outfile",
+        str(outfile),
+    ]
 
 
 def quantize_argv(src: Path, dst: Path, max_buf_bytes: int) -> list[str]:
     """llama.cpp's quantizer; max_buf_bytes 0 is its default (a whole tensor at a time), as llama-quantize runs."""
     from gguf import LlamaFileType
 
-    return [sys.executable, "-m", "wrapper.quantize", str(src), str(dst), str(int(LlamaFileType.MOSTLY_Q4_K_M)),
-            str(max_buf_bytes)]
+    return [
+        sys.executable,
+        "-m",
+        "wrapper.gguf.quantize",
+        str(src),
+        str(dst),
+        str(int(LlamaFileType.MOSTLY_Q4_K_M)),
+        str(max_buf_bytes),
+    ]
 
 
 def path_stages(kind: str, model_dir: Path, adapter_dir: Path, work: Path, log: Path) -> dict:
@@ -218,32 +280,61 @@ def path_stages(kind: str, model_dir: Path, adapter_dir: Path, work: Path, log: 
     merged = work / f"{kind}-merged"
     shutil.rmtree(merged, ignore_errors=True)
     export_yaml = work / f"{kind}-export.yaml"
-    export_yaml.write_text(json.dumps({
-        "model_name_or_path": str(model_dir), "adapter_name_or_path": str(adapter_dir), "template": "qwen",
-        "finetuning_type": "lora", "export_dir": str(merged), "export_size": 5, "export_device": "cpu",
-        "export_legacy_format": False, "trust_remote_code": True}))
+    export_yaml.write_text(
+        json.dumps(
+            {
+                "model_name_or_path": str(model_dir),
+                "adapter_name_or_path": str(adapter_dir),
+                "template": "qwen",
+                "finetuning_type": "lora",
+                "export_dir": str(merged),
+                "export_size": 5,
+                "export_device": "cpu",
+                "export_legacy_format": False,
+                "trust_remote_code": True,
+            }
+        )
+    )
     stages = {}
     if kind == "llamafactory":
-        stages["merge"] = run_stage(["llamafactory-cli", "export", str(export_yaml)], log,
-                                    {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+        stages["merge"] = run_stage(
+            ["llamafactory-cli", "export", str(export_yaml)],
+            log,
+            {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        )
     else:
-        stages["merge"] = run_stage([sys.executable, "-m", "wrapper.merge", "weights", str(model_dir),
-                                     str(adapter_dir), str(merged), "f16"], log)
-        stages["tokenizer"] = run_stage([sys.executable, "-m", "wrapper.merge", "tokenizer", str(export_yaml),
-                                         str(merged)], log)
+        stages["merge"] = run_stage(
+            [
+                sys.executable,
+                "-m",
+                "wrapper.export.merge",
+                "weights",
+                str(model_dir),
+                str(adapter_dir),
+                str(merged),
+                "f16",
+            ],
+            log,
+        )
+        stages["tokenizer"] = run_stage(
+            [sys.executable, "-m", "wrapper.export.merge", "tokenizer", str(export_yaml), str(merged)], log
+        )
     f16, q4 = work / f"{kind}-f16.gguf", work / f"{kind}-Q4_K_M.gguf"
     stages["convert_f16"] = run_stage(convert_argv(merged, f16), log, gguf_env)
-    from wrapper.quantize import MAX_BUF_BYTES
+    from wrapper.gguf.quantize import MAX_BUF_BYTES
 
     max_buf_bytes = 0 if kind == "llamafactory" else MAX_BUF_BYTES
     stages["quantize_q4_k_m"] = run_stage(quantize_argv(f16, q4, max_buf_bytes), log)
-    sizes = {"merged_bytes": sum(p.stat().st_size for p in merged.glob("*.safetensors")),
-             "f16_gguf_bytes": f16.stat().st_size, "q4_k_m_gguf_bytes": q4.stat().st_size}
+    sizes = {
+        "merged_bytes": sum(p.stat().st_size for p in merged.glob("*.safetensors")),
+        "f16_gguf_bytes": f16.stat().st_size,
+        "q4_k_m_gguf_bytes": q4.stat().st_size,
+    }
     return {"stages": stages, "sizes": sizes, "q4": q4, "cleanup": [merged, f16]}
 
 
 def greedy_tokens(path: Path) -> list[int]:
-    from wrapper.inference import GgufModel
+    from wrapper.serve.models import GgufModel
 
     model = GgufModel(path)
     try:
@@ -254,19 +345,29 @@ def greedy_tokens(path: Path) -> list[int]:
 
 def summarise(result: dict) -> dict:
     stages = result["stages"]
-    return {"peak_rss_bytes": max(s["peak_rss_bytes"] for s in stages.values()),
-            "peak_rss_anon_bytes": max(s["peak_rss_anon_bytes"] for s in stages.values()),
-            "seconds": round(sum(s["seconds"] for s in stages.values()), 1),
-            "stages": stages, "sizes": result["sizes"]}
+    return {
+        "peak_rss_bytes": max(s["peak_rss_bytes"] for s in stages.values()),
+        "peak_rss_anon_bytes": max(s["peak_rss_anon_bytes"] for s in stages.values()),
+        "seconds": round(sum(s["seconds"] for s in stages.values()), 1),
+        "stages": stages,
+        "sizes": result["sizes"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default=DEFAULT_SHAPE)
-    parser.add_argument("--layers", type=int, default=None,
-                        help="Build only this many decoder layers of the shape (the tensors keep their real sizes).")
-    parser.add_argument("--ours-only", action="store_true",
-                        help="Run ftw's path only (no LLaMA-Factory path, which loads the whole model into memory).")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="Build only this many decoder layers of the shape (the tensors keep their real sizes).",
+    )
+    parser.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="Run ftw's path only (no LLaMA-Factory path, which loads the whole model into memory).",
+    )
     parser.add_argument("--work", type=Path, default=CACHE / "work")
     args = parser.parse_args()
 
@@ -291,13 +392,21 @@ def main() -> None:
     shape = shape_of(args.shape, args.layers)
     report = {
         "command": " ".join([".venv/bin/python", "bench/export_memory.py", *sys.argv[1:]]),
-        "model": {"shape": args.shape, **shape, "dtype": "bfloat16", "shards": SHARDS,
-                  "lora": {"r": RANK, "lora_alpha": ALPHA, "target_modules": list(LINEAR)}},
+        "model": {
+            "shape": args.shape,
+            **shape,
+            "dtype": "bfloat16",
+            "shards": SHARDS,
+            "lora": {"r": RANK, "lora_alpha": ALPHA, "target_modules": list(LINEAR)},
+        },
         "model_bf16_bytes": model_bytes,
-        "machine": {"cpus": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_bytes": psutil.virtual_memory().total,
+            "platform": platform.platform(),
+        },
         "sampling": "whole process tree every 50 ms; peak_rss = VmRSS (includes resident mmapped file pages), "
-                    "peak_rss_anon = RssAnon",
+        "peak_rss_anon = RssAnon",
         **({"q4_k_m_greedy_tokens_identical": same_tokens} if same_tokens is not None else {}),
         **results,
     }
@@ -306,23 +415,31 @@ def main() -> None:
         "ours_peak_rss_anon_to_model": round(results["ours"]["peak_rss_anon_bytes"] / model_bytes, 3),
     }
     if "llamafactory" in results:
-        report["ratios"].update({
-            "llamafactory_peak_rss_to_model": round(results["llamafactory"]["peak_rss_bytes"] / model_bytes, 3),
-            "ours_time_to_llamafactory": round(results["ours"]["seconds"] / results["llamafactory"]["seconds"], 3),
-        })
+        report["ratios"].update(
+            {
+                "llamafactory_peak_rss_to_model": round(results["llamafactory"]["peak_rss_bytes"] / model_bytes, 3),
+                "ours_time_to_llamafactory": round(results["ours"]["seconds"] / results["llamafactory"]["seconds"], 3),
+            }
+        )
     results_file = results_path(args.shape, args.layers, args.ours_only)
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(report, indent=2) + "\n")
 
     gb = 1e9
-    print(f"\nmodel: {args.shape}{f' ({args.layers} layers)' if args.layers else ''}, {model_bytes / gb:.2f} GB bf16"
-          + (f"; Q4_K_M greedy tokens identical: {same_tokens}" if same_tokens is not None else ""))
-    print(f"{'path':<13} {'stage':<16} {'peak VmRSS':>11} {'x model':>8} {'peak RssAnon':>13} {'x model':>8} {'wall s':>7}")
+    print(
+        f"\nmodel: {args.shape}{f' ({args.layers} layers)' if args.layers else ''}, {model_bytes / gb:.2f} GB bf16"
+        + (f"; Q4_K_M greedy tokens identical: {same_tokens}" if same_tokens is not None else "")
+    )
+    print(
+        f"{'path':<13} {'stage':<16} {'peak VmRSS':>11} {'x model':>8} {'peak RssAnon':>13} {'x model':>8} {'wall s':>7}"  # noqa: E501
+    )
     for kind in kinds:
         rows = list(results[kind]["stages"].items()) + [("whole path", results[kind])]
         for stage, s in rows:
-            print(f"{kind:<13} {stage:<16} {s['peak_rss_bytes'] / gb:>9.2f}GB {s['peak_rss_bytes'] / model_bytes:>8.2f} "
-                  f"{s['peak_rss_anon_bytes'] / gb:>11.2f}GB {s['peak_rss_anon_bytes'] / model_bytes:>8.2f} {s['seconds']:>7.1f}")
+            print(
+                f"{kind:<13} {stage:<16} {s['peak_rss_bytes'] / gb:>9.2f}GB {s['peak_rss_bytes'] / model_bytes:>8.2f} "
+                f"{s['peak_rss_anon_bytes'] / gb:>11.2f}GB {s['peak_rss_anon_bytes'] / model_bytes:>8.2f} {s['seconds']:>7.1f}"  # noqa: E501
+            )
     print(f"\nwrote {results_file}")
 
 

@@ -52,9 +52,9 @@ DEFAULT_PROFILES = ["rtx3070", "rtx4070", "rtx5080-laptop"]
 DEFAULT_CACHE = REPO / ".cache" / "bench-profiles"
 DEFAULT_OUT = REPO / "bench" / "results"
 VOCAB_DIR = REPO / "vendor" / "llama.cpp" / "models"
-FIT_TARGET = 0.92        # of the profile's memory, peak reserved
-SPEEDUP_TARGET = 1.5     # ftw tokens/s over the LLaMA-Factory example's, same model and budget
-PLANNER_TOLERANCE = 0.15 # |measured peak reserved / planner estimate - 1|
+FIT_TARGET = 0.92  # of the profile's memory, peak reserved
+SPEEDUP_TARGET = 1.5  # ftw tokens/s over the LLaMA-Factory example's, same model and budget
+PLANNER_TOLERANCE = 0.15  # |measured peak reserved / planner estimate - 1|
 WARMUP_STEPS = 1
 
 # Dense bf16 tensor peaks (TFLOP/s, fp32 accumulate, no sparsity) from the vendors' data
@@ -63,7 +63,7 @@ PEAK_BF16_TFLOPS = [
     (("H100", "PCIE"), 756.0),
     (("H100", "NVL"), 835.0),
     (("H200", "NVL"), 835.0),
-    (("H100",), 989.0),        # SXM / HBM3
+    (("H100",), 989.0),  # SXM / HBM3
     (("H200",), 989.0),
     (("A100",), 312.0),
     (("L40S",), 362.0),
@@ -73,8 +73,10 @@ PEAK_BF16_TFLOPS = [
 # LLaMA-Factory's examples/train_lora/qwen3_lora_sft_otfq.yaml (0.9.5), read from the shared
 # copy when there is one; this embedded copy must stay identical to it (a test checks).
 EXAMPLE_NAME = "qwen3_lora_sft_otfq.yaml"
-EXAMPLE_CANDIDATES = [REPO / "shared" / "external" / "llamafactory-examples" / EXAMPLE_NAME,
-                      REPO.parent / "shared" / "external" / "llamafactory-examples" / EXAMPLE_NAME]
+EXAMPLE_CANDIDATES = [
+    REPO / "shared" / "external" / "llamafactory-examples" / EXAMPLE_NAME,
+    REPO.parent / "shared" / "external" / "llamafactory-examples" / EXAMPLE_NAME,
+]
 EMBEDDED_EXAMPLE = {
     "model_name_or_path": "Qwen/Qwen3-4B-Instruct-2507",
     "quantization_bit": 4,
@@ -110,38 +112,159 @@ EMBEDDED_EXAMPLE = {
 
 # Tokenizers of the model families, rebuilt offline from llama.cpp's vocabulary files.
 TOKENIZERS = {
-    "qwen2": {"gguf": "ggml-vocab-qwen2.gguf", "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
-              "check": ("Hello", [9707])},
-    "llama3": {"gguf": "ggml-vocab-llama-bpe.gguf", "bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "pad": None,
-               "check": ("Hello world", [9906, 1917])},
+    "qwen2": {
+        "gguf": "ggml-vocab-qwen2.gguf",
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "check": ("Hello", [9707]),
+    },
+    "llama3": {
+        "gguf": "ggml-vocab-llama-bpe.gguf",
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "pad": None,
+        "check": ("Hello world", [9906, 1917]),
+    },
 }
 FAMILY_OF_MODEL_TYPE = {"qwen2": "qwen2", "qwen3": "qwen2", "llama": "llama3"}
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-LLAMA3_CHAT = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-               "'<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}"
-               "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3_CHAT = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
 
 # --cpu-smoke: the real Qwen3-8B config scaled down, a short cutoff, 1 warm-up + 1 timed step.
 SMOKE_MODEL = "Qwen/Qwen3-8B"
-SMOKE_SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "num_key_value_heads": 2, "head_dim": 64}
+SMOKE_SHAPE = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+}
 SMOKE_PROFILE = "rtx4070"
 SMOKE_CUTOFF = 128
 SMOKE_STEPS = 2
 SMOKE_ACCUM = 2  # effective batch 2 instead of the recipes' 8: a CPU step stays a few seconds
 
-WORDS = ("the model answer question river city winter summer number letter table window garden music "
-         "market reason system memory training data token layer weight value result method paper report "
-         "station bridge mountain forest ocean island village teacher student doctor engineer farmer "
-         "yellow green violet silver quickly slowly carefully never always often because although while "
-         "before after during between under over through against among within without around "
-         "ответ вопрос город река зима лето число письмо окно сад музыка рынок причина система память "
-         "данные слой вес значение результат метод отчёт станция мост гора лес океан остров деревня "
-         "учитель студент врач инженер быстро медленно всегда никогда потому хотя перед после").split()
+WORDS = [
+    "the",
+    "model",
+    "answer",
+    "question",
+    "river",
+    "city",
+    "winter",
+    "summer",
+    "number",
+    "letter",
+    "table",
+    "window",
+    "garden",
+    "music",
+    "market",
+    "reason",
+    "system",
+    "memory",
+    "training",
+    "data",
+    "token",
+    "layer",
+    "weight",
+    "value",
+    "result",
+    "method",
+    "paper",
+    "report",
+    "station",
+    "bridge",
+    "mountain",
+    "forest",
+    "ocean",
+    "island",
+    "village",
+    "teacher",
+    "student",
+    "doctor",
+    "engineer",
+    "farmer",
+    "yellow",
+    "green",
+    "violet",
+    "silver",
+    "quickly",
+    "slowly",
+    "carefully",
+    "never",
+    "always",
+    "often",
+    "because",
+    "although",
+    "while",
+    "before",
+    "after",
+    "during",
+    "between",
+    "under",
+    "over",
+    "through",
+    "against",
+    "among",
+    "within",
+    "without",
+    "around",
+    "ответ",
+    "вопрос",
+    "город",
+    "река",
+    "зима",
+    "лето",
+    "число",
+    "письмо",
+    "окно",
+    "сад",
+    "музыка",
+    "рынок",
+    "причина",
+    "система",
+    "память",
+    "данные",
+    "слой",
+    "вес",
+    "значение",
+    "результат",
+    "метод",
+    "отчёт",
+    "станция",
+    "мост",
+    "гора",
+    "лес",
+    "океан",
+    "остров",
+    "деревня",
+    "учитель",
+    "студент",
+    "врач",
+    "инженер",
+    "быстро",
+    "медленно",
+    "всегда",
+    "никогда",
+    "потому",
+    "хотя",
+    "перед",
+    "после",
+]  # noqa: E501
 
 
 # --- small helpers -------------------------------------------------------------------
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -197,6 +320,7 @@ def versions() -> dict:
 
 # --- inputs: dataset, recipes ---------------------------------------------------------
 
+
 def write_dataset(folder: Path, cutoff: int, rows: int, seed: int = 0) -> tuple[Path, str]:
     """Seeded Alpaca rows whose instruction and output are each at least `cutoff` tokens
     (every word is one token or more), so LLaMA-Factory truncates every row to exactly cutoff."""
@@ -221,8 +345,8 @@ def write_dataset(folder: Path, cutoff: int, rows: int, seed: int = 0) -> tuple[
 
 
 def shipped_recipe_for(hub_id: str) -> Path:
-    from wrapper.paths import RECIPES_DIR
-    from wrapper.recipes import parse_yaml
+    from wrapper.config.yamldoc import parse_yaml
+    from wrapper.core.paths import RECIPES_DIR
 
     found = []
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
@@ -240,14 +364,16 @@ def write_recipe_copy(shipped: Path, model_dir: Path, folder: Path) -> Path:
     """The shipped recipe with model.base swapped for the random-weight folder; nothing else changes."""
     import yaml
 
-    from wrapper.recipes import parse_yaml
+    from wrapper.config.yamldoc import parse_yaml
 
     data = parse_yaml(shipped.read_text(encoding="utf-8"))
     data["model"]["base"] = str(model_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / shipped.name  # same file name: same recipe name in the run
-    header = (f"# Copy of {shipped.relative_to(REPO)} made by bench/profiles.py: model.base is a local\n"
-              f"# random-weight model with the real architecture; every other value is the shipped one.\n")
+    header = (
+        f"# Copy of {shipped.relative_to(REPO)} made by bench/profiles.py: model.base is a local\n"
+        f"# random-weight model with the real architecture; every other value is the shipped one.\n"
+    )
     staging = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}")  # renders run side by side
     staging.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     staging.replace(path)
@@ -255,7 +381,7 @@ def write_recipe_copy(shipped: Path, model_dir: Path, folder: Path) -> Path:
 
 
 def model_config_for(hub_id: str, smoke: bool) -> dict:
-    from wrapper.planner import known_configs
+    from wrapper.config.models import known_configs
 
     configs = known_configs()
     if hub_id not in configs:
@@ -268,6 +394,7 @@ def model_config_for(hub_id: str, smoke: bool) -> dict:
 
 # --- child processes ----------------------------------------------------------------------
 
+
 def run_child(mode: str, spec: dict, log: Path, timeout: float) -> tuple[dict | None, str | None, float]:
     """Run this file in `mode` in a fresh process; (its result JSON or None, an error or None, seconds)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -276,13 +403,24 @@ def run_child(mode: str, spec: dict, log: Path, timeout: float) -> tuple[dict | 
     result_path.unlink(missing_ok=True)
     spec = dict(spec, result=str(result_path))
     spec_path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
     started = time.perf_counter()
     with log.open("w", encoding="utf-8") as handle:
-        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), mode, str(spec_path)],
-                                   cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), mode, str(spec_path)],
+            cwd=REPO,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -304,8 +442,12 @@ def child_prepare(spec: dict) -> dict:
     info: dict = {"cuda": torch.cuda.is_available(), "models": {}}
     if info["cuda"]:
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, total_memory_bytes=props.total_memory,
-                    compute_capability=float(f"{props.major}.{props.minor}"), gpu_count=torch.cuda.device_count())
+        info.update(
+            gpu=props.name,
+            total_memory_bytes=props.total_memory,
+            compute_capability=float(f"{props.major}.{props.minor}"),
+            gpu_count=torch.cuda.device_count(),
+        )
     elif not spec["smoke"]:
         info["error"] = "no CUDA GPU visible to PyTorch: run this on an NVIDIA machine, or use --cpu-smoke"
         return info
@@ -323,7 +465,7 @@ def child_prepare(spec: dict) -> dict:
         target = cache / "models" / (slug(hub_id) + ("-smoke" if spec["smoke"] else "") + "-random")
         device = "cpu"
         if info["cuda"]:
-            from wrapper.planner import ModelShape
+            from wrapper.config.planner import ModelShape
 
             free, _ = torch.cuda.mem_get_info()
             device = "cuda" if ModelShape.from_config(config).params * 2 * 1.2 < free else "cpu"
@@ -346,8 +488,12 @@ def staged(target: Path, build) -> Path:
     return target
 
 
-LLAMA31_SPECIALS = {128004: "<|finetune_right_pad_id|>", 128005: "<|reserved_special_token_2|>",
-                    128008: "<|eom_id|>", 128010: "<|python_tag|>"}
+LLAMA31_SPECIALS = {
+    128004: "<|finetune_right_pad_id|>",
+    128005: "<|reserved_special_token_2|>",
+    128008: "<|eom_id|>",
+    128010: "<|python_tag|>",
+}
 
 
 def _llama31_names(folder: Path) -> None:
@@ -399,8 +545,10 @@ def ensure_tokenizer(family: str, target: Path, vocab_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(target)
     text, ids = facts["check"]
     if tokenizer(text, add_special_tokens=False).input_ids != ids or tokenizer.eos_token != facts["eos"]:
-        raise SystemExit(f"unexpected tokenizer in {target}: {text!r} -> {tokenizer(text).input_ids}, "
-                         f"eos {tokenizer.eos_token!r}; delete the folder to rebuild it")
+        raise SystemExit(
+            f"unexpected tokenizer in {target}: {text!r} -> {tokenizer(text).input_ids}, "
+            f"eos {tokenizer.eos_token!r}; delete the folder to rebuild it"
+        )
     return target
 
 
@@ -417,8 +565,11 @@ def ensure_random_model(config: dict, tokenizer_dir: Path, target: Path, device:
         settings = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
         hf_config = AutoConfig.for_model(config["model_type"], **settings)
         hf_config.architectures = list(config["architectures"])
-        hf_config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None \
+        hf_config.bos_token_id = (
+            tokenizer.bos_token_id
+            if tokenizer.bos_token_id is not None
             else tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        )
         hf_config.eos_token_id = tokenizer.eos_token_id
         hf_config.pad_token_id = tokenizer.pad_token_id
         torch.manual_seed(0)
@@ -432,8 +583,13 @@ def ensure_random_model(config: dict, tokenizer_dir: Path, target: Path, device:
     return staged(target, build)
 
 
-CPU_SMOKE_OVERRIDES = {"bf16": False, "fp16": False, "enable_liger_kernel": False,
-                       "dataloader_num_workers": 0, "preprocessing_num_workers": 1}
+CPU_SMOKE_OVERRIDES = {
+    "bf16": False,
+    "fp16": False,
+    "enable_liger_kernel": False,
+    "dataloader_num_workers": 0,
+    "preprocessing_num_workers": 1,
+}
 
 
 def cpu_overrides(args: dict) -> dict:
@@ -461,8 +617,9 @@ def child_train(spec: dict) -> dict:
         budget = int(spec["budget_gb"] * GIB)
         fraction = min(1.0, budget / total)
         torch.cuda.set_per_process_memory_fraction(fraction, 0)
-        result.update(total_memory_bytes=total, budget_bytes=budget, memory_fraction=fraction,
-                      budget_exceeds_card=budget > total)
+        result.update(
+            total_memory_bytes=total, budget_bytes=budget, memory_fraction=fraction, budget_exceeds_card=budget > total
+        )
     else:
         result["overrides"] = cpu_overrides(args)
         args.update(result["overrides"])
@@ -484,14 +641,19 @@ def child_train(spec: dict) -> dict:
             result["grad_accum"] = targs.gradient_accumulation_steps
             # LLaMA-Factory turns checkpointing on in the model, not through TrainingArguments
             model = kwargs.get("model")
-            result["gradient_checkpointing"] = bool(getattr(model, "is_gradient_checkpointing", False)
-                                                    or targs.gradient_checkpointing)
+            result["gradient_checkpointing"] = bool(
+                getattr(model, "is_gradient_checkpointing", False) or targs.gradient_checkpointing
+            )
             loader = kwargs.get("train_dataloader")
             dataset = getattr(loader, "dataset", None)
             try:
                 lengths = [len(ids) for ids in dataset["input_ids"]]
-                result["sample_tokens"] = {"count": len(lengths), "min": min(lengths), "max": max(lengths),
-                                           "mean": sum(lengths) / len(lengths)}
+                result["sample_tokens"] = {
+                    "count": len(lengths),
+                    "min": min(lengths),
+                    "max": max(lengths),
+                    "mean": sum(lengths) / len(lengths),
+                }
             except Exception as exc:  # the dataset's shape is LLaMA-Factory's business; say we couldn't look
                 result["sample_tokens"] = {"error": repr(exc)}
             if cuda:
@@ -559,6 +721,7 @@ def child_main(mode: str, spec_path: str) -> int:
 
 # --- cells ------------------------------------------------------------------------------
 
+
 class Bench:
     def __init__(self, options, gpu: dict, dataset: Path, dataset_name: str, peak: float | None, command: str):
         self.o = options
@@ -571,13 +734,21 @@ class Bench:
         self.con = console()
 
     def base_cell(self, kind: str, hub_id: str, profile_name: str) -> dict:
-        from wrapper.recipes import load_profile
+        from wrapper.config.profiles import load_profile
 
         profile = load_profile(profile_name)
         # smoke cells never carry a hub id, so planner.measured_mfu can't mistake them for measurements
-        return {"kind": kind, "model": f"smoke:{hub_id}" if self.o.cpu_smoke else hub_id, "profile": profile.name,
-                "memory_gb": profile.memory_gb, "gpu": self.gpu.get("gpu", "cpu"), "steps": self.o.steps,
-                "cutoff": self.o.cutoff, "command": self.command, "measured_at": now()}
+        return {
+            "kind": kind,
+            "model": f"smoke:{hub_id}" if self.o.cpu_smoke else hub_id,
+            "profile": profile.name,
+            "memory_gb": profile.memory_gb,
+            "gpu": self.gpu.get("gpu", "cpu"),
+            "steps": self.o.steps,
+            "cutoff": self.o.cutoff,
+            "command": self.command,
+            "measured_at": now(),
+        }
 
     def train(self, cell: dict, yaml_path: Path, log: Path) -> dict:
         spec = {"yaml": str(yaml_path), "device": self.device, "budget_gb": cell["memory_gb"]}
@@ -595,11 +766,17 @@ class Bench:
         return result
 
     def finish(self, cell: dict, result: dict, shape, settings) -> dict:
-        from wrapper import planner
+        from wrapper.config import planner
 
         gb = lambda key: round(result[key] / GIB, 3) if result.get(key) else None  # noqa: E731
-        for key in ("peak_allocated", "peak_reserved", "train_peak_allocated", "train_peak_reserved",
-                    "load_peak_allocated", "load_peak_reserved"):
+        for key in (
+            "peak_allocated",
+            "peak_reserved",
+            "train_peak_allocated",
+            "train_peak_reserved",
+            "load_peak_allocated",
+            "load_peak_reserved",
+        ):
             cell[f"{key}_gb"] = gb(f"{key}_bytes")
         cell["device_used_gb"] = gb("device_used_bytes")
         cell["alloc_retries"] = result.get("alloc_retries")
@@ -626,8 +803,11 @@ class Bench:
         cell["mfu"] = round(tps * flops / (self.peak * 1e12), 4) if tps and self.peak else None
         reserved = cell["peak_reserved_gb"]
         cell["budget_fraction"] = round(reserved / cell["memory_gb"], 4) if reserved and cell["memory_gb"] else None
-        cell["within_92pct"] = (cell["fits"] and cell["budget_fraction"] is not None
-                                and cell["budget_fraction"] <= FIT_TARGET) if self.device == "cuda" else None
+        cell["within_92pct"] = (
+            (cell["fits"] and cell["budget_fraction"] is not None and cell["budget_fraction"] <= FIT_TARGET)
+            if self.device == "cuda"
+            else None
+        )
         estimate = cell.get("planner_peak_gb")
         if cell["fits"] and reserved and estimate:
             cell["planner_error"] = round(reserved / estimate - 1, 4)
@@ -640,26 +820,43 @@ class Bench:
         """`ftw render` of the shipped recipe (base swapped) for the profile; the cell so far and the run folder."""
         cell = self.base_cell("ftw", hub_id, profile_name)
         shipped = shipped_recipe_for(hub_id)
-        recipe = write_recipe_copy(shipped, model_dir, Path(self.o.cache) / "recipes" / ("smoke" if self.o.cpu_smoke else "gpu"))
+        recipe = write_recipe_copy(
+            shipped, model_dir, Path(self.o.cache) / "recipes" / ("smoke" if self.o.cpu_smoke else "gpu")
+        )
         run = f"bench-{slug(hub_id)}-{slug(profile_name)}" + ("-smoke" if self.o.cpu_smoke else "")
         runs = Path(self.o.cache) / "runs"
         sets = [f"max_steps={self.o.steps}", "logging_steps=1", "save_steps=100000"]
         if self.o.cpu_smoke:
             sets += [f"cutoff_len={self.o.cutoff}", f"gradient_accumulation_steps={SMOKE_ACCUM}"]
-        argv = ["render", "--recipe", str(recipe), "--profile", profile_name, "--run", run,
-                "--data", str(self.dataset), "--ignore-fit"] + [x for s in sets for x in ("--set", s)]
+        argv = [
+            "render",
+            "--recipe",
+            str(recipe),
+            "--profile",
+            profile_name,
+            "--run",
+            run,
+            "--data",
+            str(self.dataset),
+            "--ignore-fit",
+        ] + [x for s in sets for x in ("--set", s)]
         cell.update(recipe=str(shipped.relative_to(REPO)), render_command="ftw " + shlex.join(argv))
         env = dict(os.environ, FTW_RUNS_DIR=str(runs), COLUMNS="200", HF_HUB_OFFLINE="1")
-        rendered = subprocess.run([sys.executable, "-m", "wrapper.cli", *argv], cwd=REPO, env=env,
-                                  capture_output=True, text=True)
+        rendered = subprocess.run(
+            [sys.executable, "-m", "wrapper.cli", *argv], cwd=REPO, env=env, capture_output=True, text=True
+        )
         if rendered.returncode != 0:
-            cell.update(fits=None, oom=False, error=f"ftw render failed ({rendered.returncode}):\n"
-                        f"{rendered.stdout[-2000:]}{rendered.stderr[-2000:]}")
+            cell.update(
+                fits=None,
+                oom=False,
+                error=f"ftw render failed ({rendered.returncode}):\n{rendered.stdout[-2000:]}{rendered.stderr[-2000:]}",
+            )
             return cell, None
         return cell, runs / run
 
     def ftw_cell(self, cell: dict, run_dir: Path | None, model_dir: Path) -> dict:
-        from wrapper import planner
+        from wrapper.config import planner
+        from wrapper.config.models import model_config
 
         if run_dir is None:  # render failed
             return cell
@@ -667,25 +864,38 @@ class Bench:
         plan = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["plan"]
         fit = plan["fit"] or {}
         settings = planner.Settings(**fit["settings"])
-        cell.update(method=plan["method"], planner_peak_gb=fit.get("peak_vram_gb"), planner_fits=fit.get("fits"),
-                    planner_memory_gb=fit.get("memory_gb"), planner_settings=fit.get("settings"),
-                    train_yaml=str(run_dir / "train.yaml"), settings=_key_settings(plan["train_args"]))
+        cell.update(
+            method=plan["method"],
+            planner_peak_gb=fit.get("peak_vram_gb"),
+            planner_fits=fit.get("fits"),
+            planner_memory_gb=fit.get("memory_gb"),
+            planner_settings=fit.get("settings"),
+            train_yaml=str(run_dir / "train.yaml"),
+            settings=_key_settings(plan["train_args"]),
+        )
         shutil.rmtree(plan["train_args"]["output_dir"], ignore_errors=True)
         result = self.train(cell, run_dir / "train.yaml", Path(self.o.cache) / "logs" / f"{run_dir.name}.log")
-        shape = planner.ModelShape.from_config(planner.model_config(str(model_dir)))
+        shape = planner.ModelShape.from_config(model_config(str(model_dir)))
         return self.finish(cell, result, shape, settings)
 
     def example_cell(self, hub_id: str, model_dir: Path, profile_name: str, template: str) -> dict:
-        from wrapper import planner
+        from wrapper.config import planner
+        from wrapper.config.models import model_config
 
         cell = self.base_cell("llamafactory-example", hub_id, profile_name)
         args, source = example_config()
         name = f"example-{slug(hub_id)}-{slug(profile_name)}" + ("-smoke" if self.o.cpu_smoke else "")
         out_dir = Path(self.o.cache) / "example-runs" / name
-        swapped = {"model_name_or_path": str(model_dir), "template": template,
-                   "dataset": self.dataset_name, "dataset_dir": str(self.dataset.parent),
-                   "cutoff_len": self.o.cutoff, "output_dir": str(out_dir),
-                   "max_steps": self.o.steps, "logging_steps": 1}
+        swapped = {
+            "model_name_or_path": str(model_dir),
+            "template": template,
+            "dataset": self.dataset_name,
+            "dataset_dir": str(self.dataset.parent),
+            "cutoff_len": self.o.cutoff,
+            "output_dir": str(out_dir),
+            "max_steps": self.o.steps,
+            "logging_steps": 1,
+        }
         if self.o.cpu_smoke:
             swapped["gradient_accumulation_steps"] = SMOKE_ACCUM
         changed = {k: v for k, v in swapped.items() if args.get(k) != v}
@@ -694,28 +904,46 @@ class Bench:
         yaml_path.parent.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        yaml_path.write_text(f"# LLaMA-Factory's {EXAMPLE_NAME} ({source}) with these keys swapped by "
-                             f"bench/profiles.py: {', '.join(changed)}\n" + yaml.safe_dump(args, sort_keys=False),
-                             encoding="utf-8")
+        yaml_path.write_text(
+            f"# LLaMA-Factory's {EXAMPLE_NAME} ({source}) with these keys swapped by "
+            f"bench/profiles.py: {', '.join(changed)}\n" + yaml.safe_dump(args, sort_keys=False),
+            encoding="utf-8",
+        )
         settings = planner.settings_from_args(args, "qlora" if args.get("quantization_bit") else "lora", 1)
-        shape = planner.ModelShape.from_config(planner.model_config(str(model_dir)))
+        shape = planner.ModelShape.from_config(model_config(str(model_dir)))
         estimate = planner.estimate_memory(shape, settings)
-        cell.update(example=source, method=settings.method, swapped_keys=sorted(changed), train_yaml=str(yaml_path),
-                    planner_peak_gb=round(estimate.total, 2),
-                    planner_fits=estimate.total <= cell["memory_gb"] * planner.FIT_FRACTION,
-                    settings=_key_settings(args))
+        cell.update(
+            example=source,
+            method=settings.method,
+            swapped_keys=sorted(changed),
+            train_yaml=str(yaml_path),
+            planner_peak_gb=round(estimate.total, 2),
+            planner_fits=estimate.total <= cell["memory_gb"] * planner.FIT_FRACTION,
+            settings=_key_settings(args),
+        )
         shutil.rmtree(out_dir, ignore_errors=True)
         result = self.train(cell, yaml_path, Path(self.o.cache) / "logs" / f"{name}.log")
         return self.finish(cell, result, shape, settings)
 
 
 def _key_settings(args: dict) -> dict:
-    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "disable_gradient_checkpointing",
-            "quantization_bit", "optim", "enable_liger_kernel", "flash_attn", "lora_rank", "lora_target", "bf16")
+    keys = (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "disable_gradient_checkpointing",
+        "quantization_bit",
+        "optim",
+        "enable_liger_kernel",
+        "flash_attn",
+        "lora_rank",
+        "lora_target",
+        "bf16",
+    )
     return {key: args[key] for key in keys if key in args}
 
 
 # --- results ----------------------------------------------------------------------------
+
 
 def cell_key(cell: dict) -> tuple:
     return cell["kind"], cell["model"], cell["profile"]
@@ -728,14 +956,28 @@ def targets(cells: list[dict]) -> dict:
     def verdict(items: list[bool | None]) -> bool | None:
         return None if not items or any(i is None for i in items) else all(items)
 
-    fit_rows = [{"model": c["model"], "profile": c["profile"], "fits": c.get("fits"),
-                 "budget_fraction": c.get("budget_fraction"), "met": c.get("within_92pct")} for c in ftw]
+    fit_rows = [
+        {
+            "model": c["model"],
+            "profile": c["profile"],
+            "fits": c.get("fits"),
+            "budget_fraction": c.get("budget_fraction"),
+            "met": c.get("within_92pct"),
+        }
+        for c in ftw
+    ]
     speed_rows = []
     for c in ftw:
         base = example.get((c["model"], c["profile"]))
-        row = {"model": c["model"], "profile": c["profile"], "ftw_tokens_per_s": c.get("tokens_per_s"),
-               "example_tokens_per_s": base.get("tokens_per_s") if base else None,
-               "example_oom": base.get("oom") if base else None, "speedup": None, "met": None}
+        row = {
+            "model": c["model"],
+            "profile": c["profile"],
+            "ftw_tokens_per_s": c.get("tokens_per_s"),
+            "example_tokens_per_s": base.get("tokens_per_s") if base else None,
+            "example_oom": base.get("oom") if base else None,
+            "speedup": None,
+            "met": None,
+        }
         if base and c.get("fits") and c.get("tokens_per_s"):
             if base.get("oom"):
                 row["met"] = True  # the example does not fit this budget at all
@@ -745,19 +987,37 @@ def targets(cells: list[dict]) -> dict:
         elif c.get("fits") is False:
             row["met"] = False
         speed_rows.append(row)
-    planner_rows = [{"kind": c["kind"], "model": c["model"], "profile": c["profile"],
-                     "planner_peak_gb": c.get("planner_peak_gb"), "measured_peak_reserved_gb": c.get("peak_reserved_gb"),
-                     "planner_error": c.get("planner_error"), "met": c.get("planner_within_15pct")}
-                    for c in cells if c.get("fits")]
+    planner_rows = [
+        {
+            "kind": c["kind"],
+            "model": c["model"],
+            "profile": c["profile"],
+            "planner_peak_gb": c.get("planner_peak_gb"),
+            "measured_peak_reserved_gb": c.get("peak_reserved_gb"),
+            "planner_error": c.get("planner_error"),
+            "met": c.get("planner_within_15pct"),
+        }
+        for c in cells
+        if c.get("fits")
+    ]
     return {
-        "fit_within_92pct": {"target": f"every ftw cell fits, peak reserved <= {FIT_TARGET:.0%} of the profile's memory",
-                             "met": verdict([r["met"] for r in fit_rows]), "cells": fit_rows},
-        "speedup_vs_example": {"target": f"ftw tokens/s >= {SPEEDUP_TARGET}x LLaMA-Factory's QLoRA example, same model "
-                                         "and budget (met also when the example does not fit the budget)",
-                               "met": verdict([r["met"] for r in speed_rows]), "pairs": speed_rows},
-        "planner_within_15pct": {"target": f"planner peak estimate within ±{PLANNER_TOLERANCE:.0%} of the measured peak "
-                                           "reserved, in every cell that ran", "met": verdict([r["met"] for r in planner_rows]),
-                                 "cells": planner_rows},
+        "fit_within_92pct": {
+            "target": f"every ftw cell fits, peak reserved <= {FIT_TARGET:.0%} of the profile's memory",
+            "met": verdict([r["met"] for r in fit_rows]),
+            "cells": fit_rows,
+        },
+        "speedup_vs_example": {
+            "target": f"ftw tokens/s >= {SPEEDUP_TARGET}x LLaMA-Factory's QLoRA example, same model "
+            "and budget (met also when the example does not fit the budget)",
+            "met": verdict([r["met"] for r in speed_rows]),
+            "pairs": speed_rows,
+        },
+        "planner_within_15pct": {
+            "target": f"planner peak estimate within ±{PLANNER_TOLERANCE:.0%} of the measured peak "
+            "reserved, in every cell that ran",
+            "met": verdict([r["met"] for r in planner_rows]),
+            "cells": planner_rows,
+        },
     }
 
 
@@ -769,7 +1029,9 @@ def write_results(path: Path, header: dict, new_cells: list[dict]) -> dict:
     commands = list(data.get("commands", []))
     if header["command"] not in commands:
         commands.append(header["command"])
-    data.update(header, commands=commands, cells=sorted(cells.values(), key=lambda c: (c["model"], c["memory_gb"], c["kind"])))
+    data.update(
+        header, commands=commands, cells=sorted(cells.values(), key=lambda c: (c["model"], c["memory_gb"], c["kind"]))
+    )
     data["targets"] = targets(data["cells"])
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".partial")
@@ -785,32 +1047,64 @@ def print_table(con, data: dict) -> None:
         return none if value is None else format(value, spec)
 
     table = Table(title=f"bench/profiles.py on {data['gpu']} (peak {fmt(data['peak_bf16_tflops'])} TFLOP/s bf16)")
-    for column in ("kind", "model", "profile", "method", "micro×acc", "ckpt", "fits", "alloc GiB", "reserved GiB",
-                   "% of budget", "planner GiB", "planner err", "tokens/s", "MFU", "× example"):
+    for column in (
+        "kind",
+        "model",
+        "profile",
+        "method",
+        "micro×acc",
+        "ckpt",
+        "fits",
+        "alloc GiB",
+        "reserved GiB",
+        "% of budget",
+        "planner GiB",
+        "planner err",
+        "tokens/s",
+        "MFU",
+        "× example",
+    ):
         table.add_column(column, justify="right" if column not in ("kind", "model", "profile", "method") else "left")
     speed = {(p["model"], p["profile"]): p for p in data["targets"]["speedup_vs_example"]["pairs"]}
     for c in data["cells"]:
         fits = "error" if c.get("fits") is None else ("yes" if c["fits"] else "OOM" if c.get("oom") else "no")
         pair = speed.get((c["model"], c["profile"])) if c["kind"] == "ftw" else None
-        ratio = (f"{pair['speedup']:.2f}" if pair and pair["speedup"] else
-                 "example OOM" if pair and pair.get("example_oom") else "—")
+        ratio = (
+            f"{pair['speedup']:.2f}"
+            if pair and pair["speedup"]
+            else "example OOM"
+            if pair and pair.get("example_oom")
+            else "—"
+        )
         table.add_row(
-            "ftw" if c["kind"] == "ftw" else "LF example", c["model"].split("/")[-1], c["profile"], c.get("method", "?"),
+            "ftw" if c["kind"] == "ftw" else "LF example",
+            c["model"].split("/")[-1],
+            c["profile"],
+            c.get("method", "?"),
             f"{c.get('micro_batch') or '?'}×{c.get('grad_accum') or '?'}",
             {True: "on", False: "off"}.get(c.get("gradient_checkpointing"), "—"),
-            fits, fmt(c.get("peak_allocated_gb"), ".2f"), fmt(c.get("peak_reserved_gb"), ".2f"),
+            fits,
+            fmt(c.get("peak_allocated_gb"), ".2f"),
+            fmt(c.get("peak_reserved_gb"), ".2f"),
             fmt(c["budget_fraction"] * 100 if c.get("budget_fraction") else None, ".0f"),
             fmt(c.get("planner_peak_gb"), ".2f"),
-            fmt(c["planner_error"] * 100 if c.get("planner_error") is not None else None, "+.0f") +
-            ("%" if c.get("planner_error") is not None else ""),
-            fmt(c.get("tokens_per_s"), ",.0f"), fmt(c["mfu"] * 100 if c.get("mfu") else None, ".1f"), ratio)
+            fmt(c["planner_error"] * 100 if c.get("planner_error") is not None else None, "+.0f")
+            + ("%" if c.get("planner_error") is not None else ""),
+            fmt(c.get("tokens_per_s"), ",.0f"),
+            fmt(c["mfu"] * 100 if c.get("mfu") else None, ".1f"),
+            ratio,
+        )
     con.print(table)
     if data.get("smoke"):
-        con.print("[yellow]--cpu-smoke: a tiny model on the CPU without a memory cap; these numbers check the "
-                  "plumbing, they measure nothing about the targets[/yellow]")
+        con.print(
+            "[yellow]--cpu-smoke: a tiny model on the CPU without a memory cap; these numbers check the "
+            "plumbing, they measure nothing about the targets[/yellow]"
+        )
     for name, target in data["targets"].items():
         met = target["met"]
-        mark = "[green]met[/green]" if met else "[red]not met[/red]" if met is False else "[yellow]not measured[/yellow]"
+        mark = (
+            "[green]met[/green]" if met else "[red]not met[/red]" if met is False else "[yellow]not measured[/yellow]"
+        )
         con.print(f"  {name}: {mark} — {target['target']}")
     for c in data["cells"]:
         if c.get("error") and not c.get("oom"):
@@ -819,25 +1113,59 @@ def print_table(con, data: dict) -> None:
 
 # --- main ---------------------------------------------------------------------------------
 
+
 def parse(argv: list[str]):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=None, help=f"hub ids in recipes/models.yaml (default: {' '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--profiles", nargs="+", default=None, help=f"GPU profiles (default: {' '.join(DEFAULT_PROFILES)})")
-    parser.add_argument("--kinds", nargs="+", default=["ftw", "example"], choices=["ftw", "example"],
-                        help="ftw's rendered recipe, LLaMA-Factory's QLoRA example, or both (default)")
-    parser.add_argument("--steps", type=int, default=None, help=f"training steps per cell; the first is warm-up (default 6, smoke {SMOKE_STEPS})")
-    parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="where tokenizers, random models, data and runs are built (default: .cache/bench-profiles)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help=f"hub ids in recipes/models.yaml (default: {' '.join(DEFAULT_MODELS)})",
+    )
+    parser.add_argument(
+        "--profiles", nargs="+", default=None, help=f"GPU profiles (default: {' '.join(DEFAULT_PROFILES)})"
+    )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["ftw", "example"],
+        choices=["ftw", "example"],
+        help="ftw's rendered recipe, LLaMA-Factory's QLoRA example, or both (default)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per cell; the first is warm-up (default 6, smoke {SMOKE_STEPS})",
+    )
+    parser.add_argument(
+        "--cache",
+        default=str(DEFAULT_CACHE),
+        help="where tokenizers, random models, data and runs are built (default: .cache/bench-profiles)",
+    )
     parser.add_argument("--out", default=None, help="results folder (default: bench/results; smoke: a new temp folder)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="this GPU's dense bf16 peak, if not in the table")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="this GPU's dense bf16 peak, if not in the table"
+    )
     parser.add_argument("--vocab-dir", default=str(VOCAB_DIR), help="llama.cpp's models/ folder with ggml-vocab-*.gguf")
-    parser.add_argument("--time-budget", type=float, default=0,
-                        help="seconds: start no further cell once this much time would be exceeded (e.g. 540 in a "
-                             "10-minute device slot); results so far are written, exit code 3")
-    parser.add_argument("--cell-timeout", type=float, default=300, help="seconds before a cell's training process is killed")
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help=f"no GPU: the whole plumbing with a tiny Qwen3-shaped model, cutoff {SMOKE_CUTOFF}, "
-                             f"profile {SMOKE_PROFILE}, no memory cap; results in a temp folder")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        help="seconds: start no further cell once this much time would be exceeded (e.g. 540 in a "
+        "10-minute device slot); results so far are written, exit code 3",
+    )
+    parser.add_argument(
+        "--cell-timeout", type=float, default=300, help="seconds before a cell's training process is killed"
+    )
+    parser.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help=f"no GPU: the whole plumbing with a tiny Qwen3-shaped model, cutoff {SMOKE_CUTOFF}, "
+        f"profile {SMOKE_PROFILE}, no memory cap; results in a temp folder",
+    )
     options = parser.parse_args(argv)
     if options.cpu_smoke:
         options.models = options.models or [SMOKE_MODEL]
@@ -873,24 +1201,34 @@ def main(argv: list[str]) -> int:
     configs = {hub: model_config_for(hub, options.cpu_smoke) for hub in options.models}
     templates = {}
     for hub in options.models:
-        from wrapper.recipes import load_recipe
+        from wrapper.config.recipes import load_recipe
 
-        templates[hub] = load_recipe(str(shipped_recipe_for(hub))).template
+        templates[hub] = load_recipe(str(shipped_recipe_for(hub))).model.template
     con.print(f"preparing tokenizers and random-weight models in {cache} (cached after the first time)")
-    gpu, error, elapsed = run_child("--_prepare", {"cache": str(cache), "smoke": options.cpu_smoke, "models": configs,
-                                                    "vocab_dir": options.vocab_dir},
-                                    cache / "logs" / "prepare.log", timeout=1800)
+    gpu, error, elapsed = run_child(
+        "--_prepare",
+        {"cache": str(cache), "smoke": options.cpu_smoke, "models": configs, "vocab_dir": options.vocab_dir},
+        cache / "logs" / "prepare.log",
+        timeout=1800,
+    )
     if gpu is None or gpu.get("error"):
         con.print(f"[red]error:[/red] {error or gpu['error']}")
         return 2
     con.print(f"  ready in {elapsed:.0f} s: {gpu.get('gpu', 'CPU (smoke)')}")
     peak = options.peak_tflops or (peak_tflops_for(gpu["gpu"]) if gpu.get("cuda") else None)
     if gpu.get("cuda") and peak is None:
-        con.print(f"[yellow]warning:[/yellow] no dense bf16 peak known for {gpu['gpu']}; MFU is left out (pass --peak-tflops)")
+        con.print(
+            f"[yellow]warning:[/yellow] no dense bf16 peak known for {gpu['gpu']}; MFU is left out (pass --peak-tflops)"
+        )
 
     bench = Bench(options, gpu, dataset, dataset_name, peak, command)
-    grid = [(hub, profile, kind) for hub in options.models for profile in options.profiles
-            for kind in ("ftw", "example") if kind in options.kinds]
+    grid = [
+        (hub, profile, kind)
+        for hub in options.models
+        for profile in options.profiles
+        for kind in ("ftw", "example")
+        if kind in options.kinds
+    ]
     rendered = {}
     if "ftw" in options.kinds:  # renders need no GPU: all of them side by side, before any training
         from concurrent.futures import ThreadPoolExecutor
@@ -901,23 +1239,31 @@ def main(argv: list[str]) -> int:
             done = pool.map(lambda pair: bench.render_ftw(pair[0], Path(gpu["models"][pair[0]]), pair[1]), pairs)
             rendered = dict(zip(pairs, done))
     name = "profiles-cpu-smoke.json" if options.cpu_smoke else f"profiles-{gpu_slug(gpu['gpu'])}.json"
-    header = {"command": command, "argv": [sys.executable, *sys.argv], "gpu": gpu.get("gpu", "cpu"),
-              "gpu_memory_gb": round(gpu["total_memory_bytes"] / GIB, 2) if gpu.get("cuda") else None,
-              "compute_capability": gpu.get("compute_capability"), "peak_bf16_tflops": peak,
-              "smoke": options.cpu_smoke, "written_at": now(),
-              "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), **versions(),
-              "method_notes": {
-                  "budget": "PyTorch's allocator is capped at the profile's memory_gb GiB with "
-                            "torch.cuda.set_per_process_memory_fraction in the training process; the CUDA context "
-                            "and bitsandbytes' paged (managed) memory are outside that cap (device_used_gb shows the "
-                            "device's used memory at step ends, all of it)",
-                  "peaks": "peak_*_gb: whole process (model loading and training); train_peak_*_gb: from the first "
-                           "step on; planner_error compares peak_reserved_gb with the planner's estimate",
-                  "tokens_per_s": f"steps after {WARMUP_STEPS} warm-up step(s), every sample exactly cutoff tokens, "
-                                  "measured on THIS GPU with the profile's memory cap: the memory verdicts carry over "
-                                  "to the profile's card, the speed does not (compare MFU instead)",
-                  "mfu": "tokens/s x planner.train_flops_per_token (recompute included under gradient "
-                         "checkpointing) / this GPU's dense bf16 peak"}}
+    header = {
+        "command": command,
+        "argv": [sys.executable, *sys.argv],
+        "gpu": gpu.get("gpu", "cpu"),
+        "gpu_memory_gb": round(gpu["total_memory_bytes"] / GIB, 2) if gpu.get("cuda") else None,
+        "compute_capability": gpu.get("compute_capability"),
+        "peak_bf16_tflops": peak,
+        "smoke": options.cpu_smoke,
+        "written_at": now(),
+        "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        **versions(),
+        "method_notes": {
+            "budget": "PyTorch's allocator is capped at the profile's memory_gb GiB with "
+            "torch.cuda.set_per_process_memory_fraction in the training process; the CUDA context "
+            "and bitsandbytes' paged (managed) memory are outside that cap (device_used_gb shows the "
+            "device's used memory at step ends, all of it)",
+            "peaks": "peak_*_gb: whole process (model loading and training); train_peak_*_gb: from the first "
+            "step on; planner_error compares peak_reserved_gb with the planner's estimate",
+            "tokens_per_s": f"steps after {WARMUP_STEPS} warm-up step(s), every sample exactly cutoff tokens, "
+            "measured on THIS GPU with the profile's memory cap: the memory verdicts carry over "
+            "to the profile's card, the speed does not (compare MFU instead)",
+            "mfu": "tokens/s x planner.train_flops_per_token (recompute included under gradient "
+            "checkpointing) / this GPU's dense bf16 peak",
+        },
+    }
     path = Path(options.out) / name
     cells, left, longest = [], [], 0.0
     for hub, profile, kind in grid:
@@ -941,18 +1287,25 @@ def main(argv: list[str]) -> int:
     print_table(con, data)
     con.print(f"results: {path}  ({time.perf_counter() - started:.0f} s)")
     if left:
-        con.print(f"[yellow]--time-budget {options.time_budget:g} s reached; not run:[/yellow] "
-                  + ", ".join(f"{kind} {hub} {profile}" for hub, profile, kind in left))
+        con.print(
+            f"[yellow]--time-budget {options.time_budget:g} s reached; not run:[/yellow] "
+            + ", ".join(f"{kind} {hub} {profile}" for hub, profile, kind in left)
+        )
         return 3
     return 0 if all(c.get("fits") is not None for c in cells) else 1
 
 
 def _say(con, cell: dict) -> None:
     if cell.get("fits"):
-        memory = (f"peak reserved {cell['peak_reserved_gb']} GiB of {cell['memory_gb']:g}, "
-                  if cell.get("peak_reserved_gb") is not None else "")
-        con.print(f"  fits: {memory}planner {cell.get('planner_peak_gb')} GiB, {cell.get('tokens_per_s')} tokens/s, "
-                  f"{cell['wall_s']} s")
+        memory = (
+            f"peak reserved {cell['peak_reserved_gb']} GiB of {cell['memory_gb']:g}, "
+            if cell.get("peak_reserved_gb") is not None
+            else ""
+        )
+        con.print(
+            f"  fits: {memory}planner {cell.get('planner_peak_gb')} GiB, {cell.get('tokens_per_s')} tokens/s, "
+            f"{cell['wall_s']} s"
+        )
     elif cell.get("oom"):
         con.print(f"  [yellow]OOM[/yellow] within {cell['memory_gb']:g} GiB ({cell['wall_s']} s)")
     else:

@@ -18,13 +18,21 @@ FTW = [sys.executable, "-m", "wrapper.cli"]
 FAKE_HF_TOKEN = "hf_ftwFakeTokenNeverWrittenAnywhere0123"
 
 
-def run_ftw(runs_dir: Path, *args: str, check: bool = True, timeout: int = 900,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_ftw(
+    runs_dir: Path, *args: str, check: bool = True, timeout: int = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", **(env or {}))
     result = subprocess.run([*FTW, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"ftw {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Everything that reads the shared demo run is slow (it trains, merges and converts once per session)."""
+    for item in items:
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

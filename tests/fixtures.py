@@ -48,9 +48,16 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 TINY_QWEN2 = dict(
-    vocab_size=151936, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    vocab_size=151936,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
 )
 SEED = 1234
 
@@ -97,8 +104,10 @@ def _build_qwen2_tokenizer(out: Path) -> None:
     tokenizer.eos_token = IM_END
     tokenizer.pad_token = ENDOFTEXT
     if tokenizer("Hello").input_ids != [9707] or len(tokenizer) != TINY_QWEN2["vocab_size"]:
-        raise RuntimeError(f"unexpected tokenizer from {QWEN2_VOCAB_GGUF}: 'Hello' -> "
-                           f"{tokenizer('Hello').input_ids}, {len(tokenizer)} tokens")
+        raise RuntimeError(
+            f"unexpected tokenizer from {QWEN2_VOCAB_GGUF}: 'Hello' -> "
+            f"{tokenizer('Hello').input_ids}, {len(tokenizer)} tokens"
+        )
     tokenizer.save_pretrained(out)
 
 
@@ -133,10 +142,12 @@ def _build_tiny_qwen2_bnb(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     source = tiny_qwen2_dir()
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                      bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization,
-                                                 device_map="cpu", dtype=torch.bfloat16)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=quantization, device_map="cpu", dtype=torch.bfloat16
+    )
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
@@ -161,9 +172,18 @@ def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f16") -> 
     """vendor/llama.cpp's converter with that tree's gguf-py; output captured, never raises."""
     env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP_DIR / "gguf-py"), NO_LOCAL_GGUF="")
     return subprocess.run(
-        [sys.executable, str(LLAMA_CPP_DIR / "convert_hf_to_gguf.py"), str(model_dir),
-         "--outtype", outtype, "--outfile", str(outfile)],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(LLAMA_CPP_DIR / "convert_hf_to_gguf.py"),
+            str(model_dir),
+            "--outtype",
+            outtype,
+            "--outfile",
+            str(outfile),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -172,8 +192,12 @@ def quantize_gguf(source: Path, target: Path, quant: str = "Q4_K_M") -> None:
     from gguf import LlamaFileType
 
     ftype = int(LlamaFileType[f"MOSTLY_{quant.upper()}"])
-    done = subprocess.run([sys.executable, "-m", "wrapper.quantize", str(source), str(target), str(ftype)],
-                          cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "wrapper.gguf.quantize", str(source), str(target), str(ftype)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"quantize {quant} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 

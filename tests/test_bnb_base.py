@@ -14,10 +14,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from fixtures import (REPO_ROOT, convert_hf_to_gguf, gguf_tensor_types, quantize_gguf, tiny_qwen2_bnb_dir,
-                      tiny_qwen2_dir, write_alpaca_dataset)
+from fixtures import (
+    REPO_ROOT,
+    convert_hf_to_gguf,
+    gguf_tensor_types,
+    quantize_gguf,
+    tiny_qwen2_bnb_dir,
+    tiny_qwen2_dir,
+    write_alpaca_dataset,
+)
+
+# Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
 
 FTW = REPO_ROOT / ".venv" / "bin" / "ftw"
 STAGE_TIMEOUT_S = 300
@@ -39,9 +50,16 @@ def write_recipe(tmp_path: Path, model: dict, **train) -> Path:
         "method": "qlora",
         "dataset": [str(data)],
         "train": {
-            "lora_rank": 8, "lora_target": "all", "num_train_epochs": 1, "max_steps": 2,
-            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "cutoff_len": 64,
-            "logging_steps": 1, "save_steps": 1000, **train,
+            "lora_rank": 8,
+            "lora_target": "all",
+            "num_train_epochs": 1,
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "cutoff_len": 64,
+            "logging_steps": 1,
+            "save_steps": 1000,
+            **train,
         },
     }
     path = tmp_path / "bnb-recipe.yaml"
@@ -136,8 +154,9 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
     assert copy[key].dtype == original[key].dtype
     error = ((copy[key].float() - original[key].float()).norm() / original[key].float().norm()).item()
     assert 0 < error < 0.25, f"dequantized {key} is off by {error:.3f} (relative)"
-    assert any(not merged_weights[k].equal(copy[k]) for k in copy if "layers" in k and k.endswith("proj.weight")), \
+    assert any(not merged_weights[k].equal(copy[k]) for k in copy if "layers" in k and k.endswith("proj.weight")), (
         "the merged model equals the dequantized base: the LoRA was not merged"
+    )
 
     ftw("gguf", "--run", "bnb", cwd=tmp_path)
     data = read_manifest(run_dir)
@@ -153,7 +172,9 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
 
     llm = llama_cpp.Llama(str(q4), n_ctx=256, n_threads=2, seed=0, verbose=False)
     try:
-        prompt = llm.tokenize(b"<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True)
+        prompt = llm.tokenize(
+            b"<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True
+        )
         assert prompt[0] == 151644 and 9707 in prompt  # <|im_start|> and "Hello" as Qwen2 encodes them
         token = next(llm.generate(prompt, top_k=1, temp=0.0))
         assert 0 <= token < llm.n_vocab()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -17,14 +18,19 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_ftw
 from wrapper import cli
-from wrapper.data_formats import Progress, read_json_records, read_subtitle_segments
-from wrapper.data_prepare import LanguageSplit, load_prepared
-from wrapper.data_scan import EXACT, NEAR, NEW, DuplicateIndex, Item, OK, Source
-from wrapper.datasets import inspect_dataset, sha256_of
-from wrapper.errors import FtwError
-from wrapper.recipes import load_recipe
+from wrapper.config.recipes import load_recipe
+from wrapper.config.schema import DataSettings
+from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import sha256_of
+from wrapper.data.datasets import inspect_dataset
+from wrapper.data.prepare import LanguageSplit, prepare
+from wrapper.data.prepared import load_prepared
+from wrapper.data.readers import Progress, read_json_records, read_subtitle_segments
+from wrapper.data.scan import EXACT, NEAR, NEW, OK, DuplicateIndex, Item, Scanner, Source, recipe_counter
+from wrapper.train.render import render
+
+from conftest import REPO, run_ftw
 
 SAMPLES = REPO / "data" / "samples"
 BAD = REPO / "tests" / "data" / "bad"
@@ -75,13 +81,17 @@ def jsonl(path: Path) -> list[dict]:
 
 def write_recipe(folder: Path, data_section: str = "", train: str = "", name: str = "mine.yaml") -> Path:
     path = folder / name
-    path.write_text(f"model:\n  base: {DEMO_MODEL}\n  template: smollm2\nmethod: lora\n"
-                    f"dataset:\n  - {SAMPLES / 'alpaca.jsonl'}\n{data_section}"
-                    f"train:\n  cutoff_len: 256\n  save_steps: 5\n{train}", encoding="utf-8")
+    path.write_text(
+        f"model:\n  base: {DEMO_MODEL}\n  template: smollm2\nmethod: lora\n"
+        f"dataset:\n  - {SAMPLES / 'alpaca.jsonl'}\n{data_section}"
+        f"train:\n  cutoff_len: 256\n  save_steps: 5\n{train}",
+        encoding="utf-8",
+    )
     return path
 
 
 # --- bad input: check names file:line and exits non-zero; prepare rejects the row --------------
+
 
 @pytest.mark.parametrize("name, line, reason", BAD_ROWS, ids=[f"{name}:{line}" for name, line, _ in BAD_ROWS])
 def test_check_names_file_line_and_reason_and_exits_nonzero(capsys, name, line, reason):
@@ -109,8 +119,9 @@ def test_prepare_rejects_each_bad_row_with_its_line_and_loses_nothing(capsys, ru
 
 
 def test_prepare_refuses_a_json_array_it_cannot_read_to_the_end(capsys, runs_dir):
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", "--data", str(BAD / "broken_array.json"),
-                    "--run", "broken")
+    code, out = ftw(
+        capsys, "data", "prepare", "--recipe", "demo", "--data", str(BAD / "broken_array.json"), "--run", "broken"
+    )
     assert code == 2
     assert "tests/data/bad/broken_array.json:4: invalid JSON" in out and "nothing was prepared" in out
     assert not (runs_dir / "broken" / "data").exists()
@@ -149,17 +160,26 @@ def test_bom_and_crlf_are_accepted(capsys):
 
 # --- every format in --------------------------------------------------------------------------
 
+
 def test_check_reads_every_sample_format(capsys):
-    code, out = ftw(capsys, "data", "check", str(SAMPLES / "alpaca.json"), str(SAMPLES / "alpaca.jsonl"),
-                    str(SAMPLES / "sharegpt.jsonl"), str(SAMPLES / "openai.jsonl"), str(SAMPLES / "text"),
-                    str(SAMPLES / "transcripts"))
+    code, out = ftw(
+        capsys,
+        "data",
+        "check",
+        str(SAMPLES / "alpaca.json"),
+        str(SAMPLES / "alpaca.jsonl"),
+        str(SAMPLES / "sharegpt.jsonl"),
+        str(SAMPLES / "openai.jsonl"),
+        str(SAMPLES / "text"),
+        str(SAMPLES / "transcripts"),
+    )
     assert code == 0, out
     for fmt, rows in (("alpaca", 5), ("alpaca", 8), ("sharegpt", 4), ("openai", 3)):
         assert f"{fmt}: {rows} rows read, {rows} valid, 0 invalid" in out
     assert "plain, 1 document(s) cut into chunks" in out and "subtitles, 1 document(s) cut into chunks" in out
     assert "data/samples/alpaca.jsonl:6: near duplicate of data/samples/alpaca.jsonl:2" in out
     assert "languages: en 3 (lang field), ru 2 (lang field)" in out  # alpaca.json has lang fields
-    assert "languages: en 5 (guessed), ru 3 (guessed)" in out       # alpaca.jsonl has none
+    assert "languages: en 5 (guessed), ru 3 (guessed)" in out  # alpaca.jsonl has none
     assert "tokens: min" in out and "p95" in out and "p99" in out
     assert "cutoff_len that keeps rows whole: 95% ->" in out and "the recipe's cutoff_len 256 truncates" in out
 
@@ -171,24 +191,29 @@ def test_chat_log_is_mapped_by_the_recipe_and_filtered_by_rating(capsys, runs_di
     assert code == 0, out
     data = runs_dir / "npc" / "data"
     rejects = jsonl(data / "rejects.jsonl")
-    assert [(r["source"], r["kind"]) for r in rejects] == [("data/samples/chatlog.jsonl:3", "below_min_rating"),
-                                                           ("data/samples/chatlog.jsonl:6", "below_min_rating")]
+    assert [(r["source"], r["kind"]) for r in rejects] == [
+        ("data/samples/chatlog.jsonl:3", "below_min_rating"),
+        ("data/samples/chatlog.jsonl:6", "below_min_rating"),
+    ]
     assert rejects[0]["row"]["quality_rating"] == 1
     rows = jsonl(data / "train.jsonl") + jsonl(data / "val.jsonl")
     first = next(r for r in rows if r["source"] == "data/samples/chatlog.jsonl:1")
     assert first["system"].startswith("NPC: Brann the ferryman")
-    assert first["conversations"] == [{"from": "human", "value": "Can you take me across to Calde Point?"},
-                                      {"from": "gpt", "value": "Across? At this hour? ...Fine. Two silver, "
-                                                               "and you row on the way back."}]
+    assert first["conversations"] == [
+        {"from": "human", "value": "Can you take me across to Calde Point?"},
+        {"from": "gpt", "value": "Across? At this hour? ...Fine. Two silver, and you row on the way back."},
+    ]
     assert {r["lang"] for r in rows} == {"en", "ru"}
 
 
 def test_subtitles_become_plain_text():
     vtt = [r.value for r in read_subtitle_segments(SAMPLES / "transcripts" / "lecture.vtt", Progress())]
-    assert vtt == ["Профессор Ланина: Сегодня поговорим о лунной стали. Её добывают только в полнолуние, "
-                   "и это не суеверие, а химия.",
-                   "Студент: А почему закаливают в талой воде?",
-                   "Профессор Ланина: Потому что в ней почти нет солей & металлов."]
+    assert vtt == [
+        "Профессор Ланина: Сегодня поговорим о лунной стали. Её добывают только в полнолуние, "
+        "и это не суеверие, а химия.",
+        "Студент: А почему закаливают в талой воде?",
+        "Профессор Ланина: Потому что в ней почти нет солей & металлов.",
+    ]
     srt = [(r.line, r.value) for r in read_subtitle_segments(SAMPLES / "transcripts" / "interview.srt", Progress())]
     assert srt[0][0] == 3 and srt[0][1].startswith("Today I'm talking to the last keeper of the Calde Point")
     assert "<i>" not in srt[0][1] and "-->" not in srt[0][1]
@@ -198,12 +223,25 @@ def test_subtitles_become_plain_text():
 def test_raw_text_is_chunked_to_cutoff_len_and_trains_as_pt(capsys, runs_dir, tmp_path):
     recipe = write_recipe(tmp_path, "data:\n  chunk_overlap: 8\n  val_ratio: 0.2\n", train="")
     recipe.write_text(recipe.read_text().replace("cutoff_len: 256", "cutoff_len: 64"))
-    code, out = ftw(capsys, "data", "prepare", "--recipe", str(recipe), "--data", str(SAMPLES / "text"),
-                    "--data", str(SAMPLES / "transcripts"), "--run", "text", "--profile", "cpu")
+    code, out = ftw(
+        capsys,
+        "data",
+        "prepare",
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(SAMPLES / "text"),
+        "--data",
+        str(SAMPLES / "transcripts"),
+        "--run",
+        "text",
+        "--profile",
+        "cpu",
+    )
     assert code == 0, out
     data = runs_dir / "text" / "data"
     rows = jsonl(data / "train.jsonl") + jsonl(data / "val.jsonl")
-    from wrapper.data_tokens import load_counter
+    from wrapper.data.tokens import load_counter
 
     counter = load_counter(str(DEMO_MODEL), "smollm2", None)
     assert len(rows) > 10
@@ -219,10 +257,20 @@ def test_raw_text_is_chunked_to_cutoff_len_and_trains_as_pt(capsys, runs_dir, tm
 
 # --- prepare: merge, dedupe, split, invariant, render -------------------------------------------
 
+
 def test_prepare_merges_every_format_and_keeps_the_invariant(capsys, runs_dir):
     files = [SAMPLES / n for n in ("alpaca.json", "alpaca.jsonl", "sharegpt.jsonl", "openai.jsonl")]
-    files += [BAD / n for n in ("invalid_json.jsonl", "missing_field.jsonl", "wrong_type.jsonl", "not_utf8.jsonl",
-                                "unknown_format.jsonl", "empty_field.jsonl")]
+    files += [
+        BAD / n
+        for n in (
+            "invalid_json.jsonl",
+            "missing_field.jsonl",
+            "wrong_type.jsonl",
+            "not_utf8.jsonl",
+            "unknown_format.jsonl",
+            "empty_field.jsonl",
+        )
+    ]
     args = [a for f in files for a in ("--data", str(f))]
     code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", *args, "--run", "merged")
     assert code == 0, out
@@ -245,8 +293,6 @@ def test_prepare_merges_every_format_and_keeps_the_invariant(capsys, runs_dir):
 
 @pytest.mark.parametrize("mode, dropped", [("none", 0), ("exact", 0), ("near", 1)])
 def test_dedupe_modes(runs_dir, tmp_path, mode, dropped):
-    from wrapper.data_prepare import prepare
-
     recipe = write_recipe(tmp_path, f"data:\n  dedupe: {mode}\n")
     info = prepare(str(recipe), [str(SAMPLES / "alpaca.jsonl")], "dedupe")
     assert info["counts"]["rejected"] == dropped
@@ -292,16 +338,15 @@ def test_render_uses_prepared_data_until_told_otherwise(capsys, runs_dir):
     assert code == 0 and "data: prepared by `ftw data prepare`" in out
     assert yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())["dataset"] == "ftw_train"
     # --data wins for that render
-    code, out = ftw(capsys, "render", "--recipe", "demo", "--profile", "cpu", "--run", "r",
-                    "--data", str(SAMPLES / "openai.jsonl"))
+    code, out = ftw(
+        capsys, "render", "--recipe", "demo", "--profile", "cpu", "--run", "r", "--data", str(SAMPLES / "openai.jsonl")
+    )
     assert code == 0 and "the prepared data in" in out and "is not used this time" in out
     train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())
     assert train["dataset"] == "ftw_0_openai" and "eval_dataset" not in train
 
 
 def test_prepared_files_that_changed_are_refused(runs_dir):
-    from wrapper.data_prepare import prepare
-
     prepare("demo", [str(SAMPLES / "alpaca.jsonl")], "changed")
     train = runs_dir / "changed" / "data" / "train.jsonl"
     train.write_text(train.read_text() + "\n")
@@ -312,7 +357,9 @@ def test_prepared_files_that_changed_are_refused(runs_dir):
 def test_render_notes_sources_changed_since_prepare(capsys, runs_dir, tmp_path):
     mine = tmp_path / "mine.jsonl"
     mine.write_bytes((SAMPLES / "openai.jsonl").read_bytes())
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", "--data", str(mine), "--run", "c", "--profile", "cpu")
+    code, out = ftw(
+        capsys, "data", "prepare", "--recipe", "demo", "--data", str(mine), "--run", "c", "--profile", "cpu"
+    )
     assert code == 0, out
     with mine.open("a", encoding="utf-8") as handle:
         handle.write('{"messages": [{"role": "user", "content": "New?"}, {"role": "assistant", "content": "Yes."}]}\n')
@@ -321,8 +368,6 @@ def test_render_notes_sources_changed_since_prepare(capsys, runs_dir, tmp_path):
 
 
 def test_conversations_with_a_pt_stage_are_refused(runs_dir, tmp_path):
-    from wrapper.data_prepare import prepare
-
     recipe = write_recipe(tmp_path, train="  stage: pt\n")
     with pytest.raises(FtwError, match=r"mine.yaml:\d+ \(key 'train.stage'\): stage pt trains on raw text"):
         prepare(str(recipe), [], "pt")
@@ -330,14 +375,18 @@ def test_conversations_with_a_pt_stage_are_refused(runs_dir, tmp_path):
 
 # --- recipe data: section -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("section, message", [
-    ("data:\n  val_ratoi: 0.1\n", r"mine.yaml:8 \(key 'data.val_ratoi'\): unknown key. Did you mean 'val_ratio'\?"),
-    ("data:\n  field_map:\n    prompt: q\n", r"mine.yaml:9 \(key 'data.field_map.prompt'\): unknown key"),
-    ("data:\n  dedupe: fuzzy\n", r"mine.yaml:8 \(key 'data.dedupe'\): dedupe must be one of exact, near, none"),
-    ("data:\n  val_ratio: 1.5\n", r"mine.yaml:8 \(key 'data.val_ratio'\): val_ratio is a share"),
-    ("data:\n  min_rating: 3\n", r"mine.yaml:8 \(key 'data.min_rating'\): min_rating needs field_map.rating"),
-    ("data:\n  seed: many\n", r"mine.yaml:8 \(key 'data.seed'\): expected int"),
-])
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ("data:\n  val_ratoi: 0.1\n", r"mine.yaml:8 \(key 'data.val_ratoi'\): unknown key. Did you mean 'val_ratio'\?"),
+        ("data:\n  field_map:\n    prompt: q\n", r"mine.yaml:9 \(key 'data.field_map.prompt'\): unknown key"),
+        ("data:\n  dedupe: fuzzy\n", r"mine.yaml:8 \(key 'data.dedupe'\): dedupe must be one of exact, near, none"),
+        ("data:\n  val_ratio: 1.5\n", r"mine.yaml:8 \(key 'data.val_ratio'\): val_ratio is a share"),
+        ("data:\n  min_rating: 3\n", r"mine.yaml:8 \(key 'data.min_rating'\): min_rating needs field_map.rating"),
+        ("data:\n  seed: many\n", r"mine.yaml:8 \(key 'data.seed'\): expected int"),
+    ],
+)
 def test_recipe_data_section_errors_name_file_and_line(tmp_path, section, message):
     with pytest.raises(FtwError, match=message):
         load_recipe(str(write_recipe(tmp_path, section)))
@@ -345,13 +394,14 @@ def test_recipe_data_section_errors_name_file_and_line(tmp_path, section, messag
 
 # --- pieces -----------------------------------------------------------------------------------
 
+
 def test_json_array_is_streamed_with_line_numbers_across_chunks(monkeypatch, tmp_path):
-    import wrapper.data_formats as formats
+    import wrapper.data.readers as readers
 
     rows = [{"instruction": f"q{i} " + "ж" * (i % 7), "input": "", "output": f"a{i}\n"} for i in range(200)]
     path = tmp_path / "big.json"
     path.write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
-    monkeypatch.setattr(formats, "CHUNK_BYTES", 37)  # element boundaries fall inside chunks
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 37)  # element boundaries fall inside chunks
     seen = Progress()
     records = list(read_json_records(path, seen))
     assert [r.value for r in records] == rows
@@ -380,8 +430,9 @@ def test_a_big_json_array_is_read_in_bounded_memory(tmp_path):
 
 def test_a_hub_tokenizer_that_is_not_cached_skips_lengths_quickly(capsys, tmp_path):
     recipe = tmp_path / "hub.yaml"
-    recipe.write_text(f"model: {{base: nobody/not-a-model-{tmp_path.name}, template: qwen}}\n"
-                      f"dataset: [{SAMPLES / 'openai.jsonl'}]\n")
+    recipe.write_text(
+        f"model: {{base: nobody/not-a-model-{tmp_path.name}, template: qwen}}\ndataset: [{SAMPLES / 'openai.jsonl'}]\n"
+    )
     code, out = ftw(capsys, "data", "check", "--recipe", str(recipe), str(SAMPLES / "openai.jsonl"))
     assert code == 0 and "token lengths skipped" in out and "not in the local Hugging Face cache" in out
     assert "openai: 3 rows read, 3 valid, 0 invalid" in out
@@ -392,6 +443,55 @@ def test_render_time_inspection_streams_with_the_same_reader(tmp_path):
     assert (found.format, found.rows, found.sha256) == ("alpaca", 3, sha256_of(GOOD / "bom_crlf.json"))
     with pytest.raises(FtwError, match=r"broken_array.json:4: invalid JSON"):
         inspect_dataset(BAD / "broken_array.json")
+
+
+# One row each, and how every entry point must classify it: its format, or why it can't be used.
+CLASSIFIED = [
+    ({"instruction": "Q?", "output": "A."}, "alpaca", None),
+    ({"instruction": "Q?"}, "alpaca", "missing field 'output'"),
+    ({"output": "A."}, "alpaca", "missing field 'instruction'"),
+    ({"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}, "sharegpt", None),
+    ({"conversations": "Q? A."}, "sharegpt", "field 'conversations' must be an array of messages"),
+    ({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}, "openai", None),
+    (
+        {
+            "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+            "instruction": "x",
+            "output": "y",
+        },
+        "openai",
+        None,
+    ),
+    ({"text": "A paragraph of raw text."}, "text", None),
+    ({"text": 5}, "text", "field 'text' must be a string, found number"),
+    ({"question": "Q?", "answer": "A."}, None, "unknown format (keys: question, answer)"),
+]
+
+
+@pytest.mark.parametrize("row, fmt, problem", CLASSIFIED, ids=[str(i) for i in range(len(CLASSIFIED))])
+def test_render_check_and_prepare_classify_a_row_the_same(runs_dir, tmp_path, row, fmt, problem):
+    """One detector (wrapper/data/formats.py) for all three: the same format, or the same reason."""
+    # prepare needs a row it can keep: a valid one of the same format (a file holds one)
+    companion = next(r for r, f, p in CLASSIFIED if f == (fmt or "alpaca") and p is None)
+    data = tmp_path / "one.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in (row, *([companion] if problem else []))), encoding="utf-8")
+
+    scanner = Scanner([data], DataSettings(), recipe_counter(load_recipe("demo"))[0], 256)
+    first = next(scanner.batches(scanner.sources[0]))[0]
+    prepare("demo", [str(data)], "p")
+    prepared = json.loads((runs_dir / "p" / "data" / "prepared.json").read_text())
+    if fmt:  # an unknown row leaves the file's format to the companion
+        assert scanner.reports[0].format == fmt
+        assert prepared["sources"][0]["format"] == fmt
+    if problem is None:
+        assert first.problem is None
+        assert render("demo", "cpu", "r", [str(data)], []).datasets[0]["format"] == fmt
+        return
+    assert first.problem.reason.startswith(problem)
+    with pytest.raises(FtwError, match=re.escape(f"one.jsonl:1: {problem}")):
+        render("demo", "cpu", "r", [str(data)], [])
+    (reject,) = [json.loads(line) for line in (runs_dir / "p" / "data" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["reason"].startswith(problem) and reject["source"].endswith("one.jsonl:1")
 
 
 def test_duplicate_index_across_and_within_batches():
@@ -405,18 +505,26 @@ def test_duplicate_index_across_and_within_batches():
         return [(i.duplicate, i.duplicate_of) for i in items]
 
     seen: list = []
-    assert batch((1, 10), (2, 20), (1, 10), (3, 10)) == [(NEW, None), (NEW, None), (EXACT, "x.jsonl:1"),
-                                                          (NEAR, "x.jsonl:1")]
-    assert batch((2, 20), (4, 40), (5, 20), (4, 40)) == [(EXACT, "x.jsonl:2"), (NEW, None), (NEAR, "x.jsonl:2"),
-                                                          (EXACT, "x.jsonl:6")]
+    assert batch((1, 10), (2, 20), (1, 10), (3, 10)) == [
+        (NEW, None),
+        (NEW, None),
+        (EXACT, "x.jsonl:1"),
+        (NEAR, "x.jsonl:1"),
+    ]
+    assert batch((2, 20), (4, 40), (5, 20), (4, 40)) == [
+        (EXACT, "x.jsonl:2"),
+        (NEW, None),
+        (NEAR, "x.jsonl:2"),
+        (EXACT, "x.jsonl:6"),
+    ]
     assert index.nbytes == 16 * (5 + 3)  # 5 exact and 3 near hashes, with their locations
 
 
 def test_token_counts_match_llamafactorys_template():
     """The fast count (batch tokenization + the template's measured overhead) against
     LLaMA-Factory's own encode_multiturn on every sample conversation."""
-    from wrapper.data_formats import detect_format, parse_row
-    from wrapper.data_tokens import load_counter
+    from wrapper.data.formats import detect_format, parse_row
+    from wrapper.data.tokens import load_counter
 
     counter = load_counter(str(DEMO_MODEL), "smollm2", None)
     rows = []

@@ -27,9 +27,13 @@ def evaluated(demo_run) -> dict:
     run_ftw(demo_run.parent, "eval", "--run", RUN, "--limit", "2")
     first = rows_file.read_text(encoding="utf-8").splitlines()
     result = run_ftw(demo_run.parent, "eval", "--run", RUN)
-    return {"run": demo_run, "first": first, "stdout": result.stdout,
-            "all": rows_file.read_text(encoding="utf-8").splitlines(),
-            "eval": json.loads((demo_run / "eval.json").read_text(encoding="utf-8"))}
+    return {
+        "run": demo_run,
+        "first": first,
+        "stdout": result.stdout,
+        "all": rows_file.read_text(encoding="utf-8").splitlines(),
+        "eval": json.loads((demo_run / "eval.json").read_text(encoding="utf-8")),
+    }
 
 
 def test_eval_json_has_the_promised_numbers(evaluated):
@@ -70,7 +74,7 @@ def test_forgetting_check_catches_what_the_demo_forgot(evaluated):
 def test_resume_keeps_rows_already_scored(evaluated):
     first, everything = evaluated["first"], evaluated["all"]
     assert len(first) > 0 and len(everything) > len(first)
-    assert everything[:len(first)] == first  # appended, the first rows untouched
+    assert everything[: len(first)] == first  # appended, the first rows untouched
     keys = [json.loads(line)["key"] for line in everything]
     assert len(keys) == len(set(keys))  # nothing answered twice
     assert "kept from before" in evaluated["stdout"] or "already scored" in evaluated["stdout"]
@@ -127,18 +131,18 @@ def test_report_compares_two_runs(evaluated, tmp_path):
 
 @pytest.mark.parametrize("recipe_name", ["qwen3-8b", "qwen3-4b", "llama31-8b", "saiga-llama3-8b", "qvikhr3-4b"])
 def test_shipped_chat_recipes_come_with_a_ru_en_forgetting_check(recipe_name):
-    from wrapper.evaluate import read_prompt_file
-    from wrapper.recipes import load_recipe
+    from wrapper.config.recipes import load_recipe
+    from wrapper.eval.sets import read_prompt_file
 
     recipe = load_recipe(recipe_name)
-    items = read_prompt_file(recipe.folder / recipe.eval["general"], "general")
+    items = read_prompt_file(recipe.folder / recipe.eval.general, "general")
     languages = [item.lang for item in items]
     assert len(items) >= 10 and languages.count("ru") >= 5 and languages.count("en") >= 5
     assert all(item.expect for item in items)
 
 
 def test_rows_written_after_a_cut_off_line_survive_the_next_resume(tmp_path):
-    from wrapper.evaluate import Rows
+    from wrapper.eval.evaluate import Rows
 
     path = tmp_path / "rows.jsonl"
     path.write_text('{"key": "a", "answer": "1"}\n{"key": "b", "ans', encoding="utf-8")  # killed mid-write

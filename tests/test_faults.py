@@ -21,13 +21,17 @@ import pytest
 
 from conftest import FTW, REPO, copy_run, run_ftw
 
+# Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
 RUN = "e2e"
 
 
 def start_ftw(runs_dir: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200")
-    return subprocess.Popen([*FTW, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [*FTW, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait_for(condition, what: str, child: subprocess.Popen, timeout: float = 600) -> None:
@@ -66,12 +70,13 @@ def unfinished_files(folder: Path) -> list[str]:
 
 
 def assert_valid_gguf(path: Path, quant: str) -> None:
-    from wrapper.gguf_stage import ftype_of, verify_gguf
+    from wrapper.core.gguf_io import ftype_of, verify_gguf
 
     assert verify_gguf(path, ftype_of(quant)) > 0
 
 
 # --- training ----------------------------------------------------------------------------
+
 
 def test_stopped_training_resumes_to_the_same_final_step_and_refuses_changed_settings(tmp_path):
     runs_dir = tmp_path / "runs"
@@ -107,7 +112,7 @@ def test_stopped_training_resumes_to_the_same_final_step_and_refuses_changed_set
 
 
 def test_a_checkpoint_cut_off_while_saving_is_dropped_before_resuming(tmp_path):
-    from wrapper.train import drop_incomplete_checkpoints
+    from wrapper.train.stage import drop_incomplete_checkpoints
 
     adapter = tmp_path / "adapter"
     for step, state in ((10, '{"global_step": 10}'), (20, '{"global_st')):
@@ -120,6 +125,7 @@ def test_a_checkpoint_cut_off_while_saving_is_dropped_before_resuming(tmp_path):
 
 
 # --- conversion and quantization ---------------------------------------------------------
+
 
 @pytest.fixture
 def gguf_run(demo_run, tmp_path) -> Path:
@@ -192,20 +198,21 @@ def test_crashed_quantizer_leaves_no_file_and_the_rerun_quantizes_only(gguf_run)
 
 # --- a full disk -------------------------------------------------------------------------
 
+
 def private_mounts_work() -> bool:
     if not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True)
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True)
     return probe.returncode == 0
 
 
-needs_private_mounts = pytest.mark.skipif(not private_mounts_work(),
-                                          reason="unshare -rm (a private mount namespace) is not allowed here")
+needs_private_mounts = pytest.mark.skipif(
+    not private_mounts_work(), reason="unshare -rm (a private mount namespace) is not allowed here"
+)
 
 # Mounts a tmpfs of $SIZE on $DIR, runs the command; once $WATCH exists and has data, fills the
 # tmpfs (another program taking the space mid-write). Lists $DIR into $LISTING before leaving.
-FULL_DISK_SCRIPT = r'''
+FULL_DISK_SCRIPT = r"""
 mount -t tmpfs -o size="$SIZE" tmpfs "$DIR" || exit 99
 "$@" & pid=$!
 if [ -n "$WATCH" ]; then
@@ -215,15 +222,29 @@ fi
 wait "$pid"; rc=$?
 ls -A "$DIR" > "$LISTING"
 exit "$rc"
-'''
+"""
 
 
-def run_on_small_disk(folder: Path, size: str, watch: Path | None, runs_dir: Path, argv: list[str],
-                      listing: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", SIZE=size, DIR=str(folder),
-               WATCH=str(watch or ""), LISTING=str(listing))
-    return subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK_SCRIPT, "sh", *argv],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def run_on_small_disk(
+    folder: Path, size: str, watch: Path | None, runs_dir: Path, argv: list[str], listing: Path
+) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        FTW_RUNS_DIR=str(runs_dir),
+        COLUMNS="200",
+        SIZE=size,
+        DIR=str(folder),
+        WATCH=str(watch or ""),
+        LISTING=str(listing),
+    )
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", FULL_DISK_SCRIPT, "sh", *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @needs_private_mounts
@@ -233,8 +254,9 @@ def test_disk_filling_up_mid_conversion_is_a_clean_error_and_nothing_corrupt(ggu
     listing = tmp_path / "listing.txt"
     manifest_before = manifest_of(gguf_run)
     # 400 MB passes the free-space check (f16 + Q4_K_M of 135 M parameters); then the disk fills up.
-    result = run_on_small_disk(gguf_dir, "400m", gguf_dir / f"{RUN}-f16.gguf.partial", runs_dir,
-                               [*FTW, "gguf", "--run", RUN], listing=listing)
+    result = run_on_small_disk(
+        gguf_dir, "400m", gguf_dir / f"{RUN}-f16.gguf.partial", runs_dir, [*FTW, "gguf", "--run", RUN], listing=listing
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"The disk under {gguf_dir} is full" in output and "gguf.log" in output
@@ -251,8 +273,14 @@ def test_full_disk_while_ftw_writes_its_own_files_is_a_clean_error(tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     listing = tmp_path / "listing.txt"
-    result = run_on_small_disk(runs_dir, "8k", None, runs_dir,
-                               [*FTW, "render", "--recipe", "demo", "--profile", "cpu", "--run", "full"], listing=listing)
+    result = run_on_small_disk(
+        runs_dir,
+        "8k",
+        None,
+        runs_dir,
+        [*FTW, "render", "--recipe", "demo", "--profile", "cpu", "--run", "full"],
+        listing=listing,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the disk is full" in result.stdout and "No space left on device" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
@@ -264,8 +292,12 @@ def test_training_stops_before_starting_when_checkpoints_wont_fit(tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     listing = tmp_path / "listing.txt"
-    render_then_train = ["sh", "-c", f"{sys.executable} -m wrapper.cli render --recipe demo --profile cpu "
-                         f"--run small && {sys.executable} -m wrapper.cli train --run small"]
+    render_then_train = [
+        "sh",
+        "-c",
+        f"{sys.executable} -m wrapper.cli render --recipe demo --profile cpu "
+        f"--run small && {sys.executable} -m wrapper.cli train --run small",
+    ]
     result = run_on_small_disk(runs_dir, "40m", None, runs_dir, render_then_train, listing=listing)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "not enough free disk for ftw train" in result.stdout and "checkpoints" in result.stdout
@@ -274,6 +306,7 @@ def test_training_stops_before_starting_when_checkpoints_wont_fit(tmp_path):
 
 
 # --- a busy GPU --------------------------------------------------------------------------
+
 
 def test_training_stops_when_the_gpu_has_too_little_free_memory(runs_dir, tmp_path):
     """nvidia-smi can't run here, so a stand-in answers as a 12 GB card with 1 GiB free would."""

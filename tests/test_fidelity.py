@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from fixtures import LLAMA_CPP_DIR, REPO_ROOT, cached, qwen2_tokenizer_dir
+
+# Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
 
 VOCABS = LLAMA_CPP_DIR / "models"
 SHIPPED_TEMPLATES = VOCABS / "templates"
@@ -64,7 +68,7 @@ def smollm2_tokenizer_dir() -> Path:
 
 
 def smollm2_gguf() -> Path:
-    from wrapper.demo_model import shipped_gguf
+    from wrapper.setup.demo_model import shipped_gguf
 
     return shipped_gguf()
 
@@ -76,11 +80,17 @@ def layout(family: str, system: str, user: str, thinking_off: bool = False) -> s
         "llama3": f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>" if system else "",
     }
     if family in ("chatml", "qwen3"):
-        return (sys_part["chatml"] + f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-                + ("<think>\n\n</think>\n\n" if thinking_off and family == "qwen3" else ""))
+        return (
+            sys_part["chatml"]
+            + f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+            + ("<think>\n\n</think>\n\n" if thinking_off and family == "qwen3" else "")
+        )
     if family == "llama3":
-        return ("<|begin_of_text|>" + sys_part["llama3"]
-                + f"<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+        return (
+            "<|begin_of_text|>"
+            + sys_part["llama3"]
+            + f"<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"  # noqa: E501
+        )
     if family == "mistral":
         return "<s>[INST] " + (f"{system}\n\n" if system else "") + f"{user}[/INST]"
     raise AssertionError(family)
@@ -89,13 +99,13 @@ def layout(family: str, system: str, user: str, thinking_off: bool = False) -> s
 @dataclass(frozen=True)
 class Case:
     id: str
-    template: str        # the recipe's model.template
+    template: str  # the recipe's model.template
     family: str
-    tokenizer: object    # () -> folder
-    vocab: object        # () -> GGUF with the family's vocabulary
-    system: str | None   # the recipe's `system`
+    tokenizer: object  # () -> folder
+    vocab: object  # () -> GGUF with the family's vocabulary
+    system: str | None  # the recipe's `system`
     default_system: str  # what training uses without a system message
-    end_of_turn: str     # the token an assistant turn ends with
+    end_of_turn: str  # the token an assistant turn ends with
 
 
 def qwen_vocab() -> Path:
@@ -103,25 +113,60 @@ def qwen_vocab() -> Path:
 
 
 CASES = [
-    Case("smollm2 (demo)", "smollm2", "chatml", smollm2_tokenizer_dir, smollm2_gguf, None, SMOLLM_DEFAULT, "<|im_end|>"),
+    Case(
+        "smollm2 (demo)", "smollm2", "chatml", smollm2_tokenizer_dir, smollm2_gguf, None, SMOLLM_DEFAULT, "<|im_end|>"
+    ),
     Case("chatml", "chatml", "chatml", qwen2_tokenizer_dir, qwen_vocab, None, "", "<|im_end|>"),
     Case("qwen (Qwen2.5)", "qwen", "chatml", qwen2_tokenizer_dir, qwen_vocab, None, QWEN_DEFAULT, "<|im_end|>"),
-    Case("qwen3_nothink (Qwen3, QVikhr-3)", "qwen3_nothink", "chatml", qwen2_tokenizer_dir, qwen_vocab,
-         "Ты — полезный ассистент. Отвечай кратко.", "Ты — полезный ассистент. Отвечай кратко.", "<|im_end|>"),
+    Case(
+        "qwen3_nothink (Qwen3, QVikhr-3)",
+        "qwen3_nothink",
+        "chatml",
+        qwen2_tokenizer_dir,
+        qwen_vocab,
+        "Ты — полезный ассистент. Отвечай кратко.",
+        "Ты — полезный ассистент. Отвечай кратко.",
+        "<|im_end|>",
+    ),
     Case("qwen3 (thinking)", "qwen3", "qwen3", qwen2_tokenizer_dir, qwen_vocab, None, "", "<|im_end|>"),
-    Case("llama3 (Llama 3.x)", "llama3", "llama3", llama3_tokenizer_dir, lambda: VOCABS / "ggml-vocab-llama-bpe.gguf",
-         None, "", "<|eot_id|>"),
-    Case("llama3 with Saiga's system prompt", "llama3", "llama3", llama3_tokenizer_dir,
-         lambda: VOCABS / "ggml-vocab-llama-bpe.gguf", SAIGA_SYSTEM, SAIGA_SYSTEM, "<|eot_id|>"),
-    Case("mistral", "mistral", "mistral", mistral_tokenizer_dir, lambda: VOCABS / "ggml-vocab-llama-spm.gguf",
-         "You are a careful assistant.", "You are a careful assistant.", "</s>"),
+    Case(
+        "llama3 (Llama 3.x)",
+        "llama3",
+        "llama3",
+        llama3_tokenizer_dir,
+        lambda: VOCABS / "ggml-vocab-llama-bpe.gguf",
+        None,
+        "",
+        "<|eot_id|>",
+    ),
+    Case(
+        "llama3 with Saiga's system prompt",
+        "llama3",
+        "llama3",
+        llama3_tokenizer_dir,
+        lambda: VOCABS / "ggml-vocab-llama-bpe.gguf",
+        SAIGA_SYSTEM,
+        SAIGA_SYSTEM,
+        "<|eot_id|>",
+    ),
+    Case(
+        "mistral",
+        "mistral",
+        "mistral",
+        mistral_tokenizer_dir,
+        lambda: VOCABS / "ggml-vocab-llama-spm.gguf",
+        "You are a careful assistant.",
+        "You are a careful assistant.",
+        "</s>",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_three_renderings_are_byte_identical(case: Case, tmp_path):
-    from wrapper import gorender
-    from wrapper.fidelity import (
+    from wrapper.gguf.convert import write_chat_template
+    from wrapper.prompts import gorender
+    from wrapper.prompts.fidelity import (
         CONVERSATIONS,
         MODES,
         GgufChat,
@@ -131,8 +176,7 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
         ollama_template,
         training_format,
     )
-    from wrapper.gguf_stage import write_chat_template
-    from wrapper.modelfile import modelfile_text, stop_tokens
+    from wrapper.serve.modelfile import modelfile_text, stop_tokens
 
     fmt = training_format(case.tokenizer(), case.template, case.system)
     assert fmt.default_system == case.default_system
@@ -152,9 +196,16 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
 
     # Ollama: the Modelfile ftw writes, read back with Ollama's grammar.
     stops = stop_tokens(fmt)
-    text = modelfile_text(run="t", gguf_from="./model.gguf", template_name=case.template,
-                          go_template=ollama_template(case.template), system=fmt.default_system, stops=stops,
-                          parameters=[("temperature", "0.3")], create_hint="ollama create t")
+    text = modelfile_text(
+        run="t",
+        gguf_from="./model.gguf",
+        template_name=case.template,
+        go_template=ollama_template(case.template),
+        system=fmt.default_system,
+        stops=stops,
+        parameters=[("temperature", "0.3")],
+        create_hint="ollama create t",
+    )
     commands = gorender.parse_modelfile(text)
     read = dict(commands)
     assert read.get("system", "") == fmt.default_system
@@ -170,7 +221,10 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
     for name, messages in conversations_for(fmt).items():
         for mode in MODES:
             training = fmt.prompt(messages, mode.enable_thinking)
-            case_in = {"messages": [for_ollama(m, probe["thinking_capable"]) for m in messages], "think": mode.ollama_think}
+            case_in = {
+                "messages": [for_ollama(m, probe["thinking_capable"]) for m in messages],
+                "think": mode.ollama_think,
+            }
             result = gorender.render(read["template"], [case_in], read.get("system", ""))["results"][0]
             assert "error" not in result, (name, mode.name, result)
             ollama = bos + result["prompt"]
@@ -188,16 +242,36 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
 # the shipped template renders where it first differs.
 SHIPPED = [
     ("Qwen2.5-Instruct's, template qwen", "qwen", None, "Qwen-Qwen2.5-7B-Instruct.jinja", None),
-    ("Qwen2.5-Instruct's, template qwen + a recipe system prompt", "qwen", "Ты — юрист.",
-     "Qwen-Qwen2.5-7B-Instruct.jinja", QWEN_DEFAULT),
-    ("the Qwen2 vocabulary's own (FACTS.md), template qwen", "qwen", None, "qwen2-vocab",
-     "<|im_start|>system\nYou are a helpful assistant<|im_end|>"),
+    (
+        "Qwen2.5-Instruct's, template qwen + a recipe system prompt",
+        "qwen",
+        "Ты — юрист.",
+        "Qwen-Qwen2.5-7B-Instruct.jinja",
+        QWEN_DEFAULT,
+    ),
+    (
+        "the Qwen2 vocabulary's own (FACTS.md), template qwen",
+        "qwen",
+        None,
+        "qwen2-vocab",
+        "<|im_start|>system\nYou are a helpful assistant<|im_end|>",
+    ),
     ("Qwen3's, template qwen3", "qwen3", None, "Qwen-Qwen3-0.6B.jinja", None),
     ("Qwen3's, template qwen3_nothink", "qwen3_nothink", None, "Qwen-Qwen3-0.6B.jinja", "<think>\n\n</think>\n\n"),
-    ("Llama-3.1-Instruct's, template llama3", "llama3", None, "meta-llama-Llama-3.1-8B-Instruct.jinja",
-     "Cutting Knowledge Date"),
-    ("Meta-Llama-3-Instruct's, template llama3", "llama3", None, "LLAMA3_INSTRUCT",
-     "<|start_header_id|>user<|end_header_id|>\n\ntwo leading spaces"),
+    (
+        "Llama-3.1-Instruct's, template llama3",
+        "llama3",
+        None,
+        "meta-llama-Llama-3.1-8B-Instruct.jinja",
+        "Cutting Knowledge Date",
+    ),
+    (
+        "Meta-Llama-3-Instruct's, template llama3",
+        "llama3",
+        None,
+        "LLAMA3_INSTRUCT",
+        "<|start_header_id|>user<|end_header_id|>\n\ntwo leading spaces",
+    ),
     ("Mistral-Instruct's, template mistral", "mistral", None, "MISTRAL_INSTRUCT", "[INST] Who guards"),
     ("SmolLM2-Instruct's, template smollm2", "smollm2", None, "smollm2", "trained by Hugging Face<|im_end|>"),
 ]
@@ -218,7 +292,7 @@ def shipped_template(name: str) -> str:
 
 @pytest.mark.parametrize("label,template_name,system,shipped,got", SHIPPED, ids=[s[0] for s in SHIPPED])
 def test_shipped_chat_templates_kept_or_replaced(label, template_name, system, shipped, got):
-    from wrapper.fidelity import GgufChat, check_gguf_template, training_format
+    from wrapper.prompts.fidelity import GgufChat, check_gguf_template, training_format
 
     case = next(c for c in CASES if c.template == template_name)
     fmt = training_format(case.tokenizer(), template_name, system)
@@ -239,7 +313,7 @@ def test_qwen_prompt_tokens_are_identical_too():
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
-    from wrapper.fidelity import conversations_for, for_training, training_format
+    from wrapper.prompts.fidelity import conversations_for, for_training, training_format
 
     with suppress_stdout_stderr(disable=False):
         llm = llama_cpp.Llama(str(qwen_vocab()), vocab_only=True, verbose=False)
@@ -272,26 +346,35 @@ TRICKY_SYSTEMS = [
 
 @pytest.mark.parametrize("system", TRICKY_SYSTEMS, ids=range(len(TRICKY_SYSTEMS)))
 def test_modelfile_carries_any_system_prompt(system):
-    from wrapper import gorender
-    from wrapper.fidelity import ollama_template
-    from wrapper.modelfile import modelfile_text
+    from wrapper.prompts import gorender
+    from wrapper.prompts.fidelity import ollama_template
+    from wrapper.serve.modelfile import modelfile_text
 
-    text = modelfile_text(run="t", gguf_from="./m.gguf", template_name="qwen", go_template=ollama_template("qwen"),
-                          system=system, stops=["<|im_end|>"],
-                          parameters=[("temperature", "0.3"), ("num_ctx", "4096"), ("stop", "###")],
-                          create_hint="ollama create t")
+    text = modelfile_text(
+        run="t",
+        gguf_from="./m.gguf",
+        template_name="qwen",
+        go_template=ollama_template("qwen"),
+        system=system,
+        stops=["<|im_end|>"],
+        parameters=[("temperature", "0.3"), ("num_ctx", "4096"), ("stop", "###")],
+        create_hint="ollama create t",
+    )
     commands = gorender.parse_modelfile(text)
     read = dict(commands)
     assert [v for n, v in commands if n == "stop"] == ["<|im_end|>"]
     assert read["temperature"] == "0.3" and read["num_ctx"] == "4096"
-    result = gorender.render(read["template"], [{"messages": [{"role": "user", "content": "hi"}], "think": None}],
-                             read.get("system", ""))["results"][0]
+    result = gorender.render(
+        read["template"], [{"messages": [{"role": "user", "content": "hi"}], "think": None}], read.get("system", "")
+    )["results"][0]
     expected_system = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
     assert result["prompt"] == expected_system + "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     # A user's own system message still replaces the default.
-    mine = gorender.render(read["template"], [{"messages": [{"role": "system", "content": "mine"},
-                                                            {"role": "user", "content": "hi"}], "think": None}],
-                           read.get("system", ""))["results"][0]["prompt"]
+    mine = gorender.render(
+        read["template"],
+        [{"messages": [{"role": "system", "content": "mine"}, {"role": "user", "content": "hi"}], "think": None}],
+        read.get("system", ""),
+    )["results"][0]["prompt"]
     assert mine.startswith("<|im_start|>system\nmine<|im_end|>\n")
 
 
@@ -300,7 +383,8 @@ def test_bad_ollama_parameters_stop_render_with_file_and_key(tmp_path):
     import sys
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""model:
+    recipe.write_text(
+        f"""model:
   base: {smollm2_tokenizer_dir()}
   template: smollm2
 dataset:
@@ -309,10 +393,17 @@ ollama:
   parameters:
     temperature: 0.2
     temprature: 0.1
-""", encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "wrapper.cli", "render", "--recipe", str(recipe), "--profile", "cpu",
-                           "--run", "bad"], cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-                          env=dict(os.environ, FTW_RUNS_DIR=str(tmp_path / "runs"), COLUMNS="300"))
+""",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", "render", "--recipe", str(recipe), "--profile", "cpu", "--run", "bad"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, FTW_RUNS_DIR=str(tmp_path / "runs"), COLUMNS="300"),
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "r.yaml:9 (key 'ollama.parameters.temprature')" in done.stdout
     assert "Did you mean 'temperature'?" in done.stdout

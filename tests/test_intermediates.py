@@ -71,14 +71,18 @@ def test_a_new_quant_or_eval_without_intermediates_says_how_to_get_them(copied_r
 def test_a_bf16_gguf_asks_for_weights_in_the_base_dtype_first(demo_run, tmp_path):
     """ftw export stores the weights as float16 for the f16 GGUF; a bf16 GGUF made from them
     would lose what bf16 holds and f16 doesn't, so it is refused with the command to run."""
-    from wrapper.merge import read_header
+    from wrapper.core.safetensors_io import read_header
 
     run = copy_run(demo_run, tmp_path / "runs")
     runs_dir = run.parent
 
     def weight_dtypes() -> set[str]:
-        return {info.dtype for path in (run / "merged").glob("*.safetensors")
-                for info in read_header(path).values() if len(info.shape) == 2}
+        return {
+            info.dtype
+            for path in (run / "merged").glob("*.safetensors")
+            for info in read_header(path).values()
+            if len(info.shape) == 2
+        }
 
     assert weight_dtypes() == {"F16"}
     refused = run_ftw(runs_dir, "gguf", "--run", RUN, "--outtype", "bf16", "--keep-intermediates", check=False)

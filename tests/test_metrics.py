@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from wrapper.metrics import (KeyItem, contains, exact_match, key_info_recall, key_items, length_ratio, mean,
-                             rouge_l, score, token_f1)
+from wrapper.eval.metrics import (
+    KeyItem,
+    contains,
+    exact_match,
+    key_info_recall,
+    key_items,
+    length_ratio,
+    mean,
+    rouge_l,
+    score,
+    token_f1,
+)
 
 
 def test_exact_match_ignores_case_punctuation_and_spaces():
@@ -73,5 +83,11 @@ def test_length_ratio_contains_and_mean():
 
 def test_score_has_every_metric():
     result = score("The capital of France is Paris.", "The capital of France is Paris.", "Paris")
-    assert result == {"exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "key_info_recall": 1.0,
-                      "length_ratio": 1.0, "contains": 1.0}
+    assert result == {
+        "exact_match": 1.0,
+        "token_f1": 1.0,
+        "rouge_l": 1.0,
+        "key_info_recall": 1.0,
+        "length_ratio": 1.0,
+        "contains": 1.0,
+    }

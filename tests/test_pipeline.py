@@ -14,8 +14,7 @@ import pytest
 from conftest import FAKE_HF_TOKEN, run_ftw
 
 RUN = "e2e"
-TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"),
-           ("Как зовут дракона Северных гор?", "Мирогаст")]
+TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"), ("Как зовут дракона Северных гор?", "Мирогаст")]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def test_no_half_written_files_are_left(run):
 
 
 def test_gguf_files_are_what_they_claim(run):
-    from gguf import GGUFReader, GGMLQuantizationType
+    from gguf import GGMLQuantizationType, GGUFReader
 
     found = artifacts(run)
     f16, q4 = Path(found["gguf_f16"]), Path(found["gguf_q4_k_m"])
@@ -57,7 +56,8 @@ def test_gguf_files_are_what_they_claim(run):
 
 def test_merged_model_and_f16_gguf_agree_token_for_token(run):
     """(a) greedy tokens of the merged HF model and of the f16 GGUF agree on fixed prompts."""
-    from wrapper.inference import GgufModel, HfModel, chat_format
+    from wrapper.prompts.chat_format import chat_format
+    from wrapper.serve.models import GgufModel, HfModel
 
     found = artifacts(run)
     fmt = chat_format(found["merged"], "smollm2", None)
@@ -75,7 +75,8 @@ def test_merged_model_and_f16_gguf_agree_token_for_token(run):
 
 def test_q4_k_m_answers_trained_questions(run):
     """(b) the Q4_K_M GGUF's greedy answer to a trained question contains the trained answer."""
-    from wrapper.inference import GgufModel, chat_format
+    from wrapper.prompts.chat_format import chat_format
+    from wrapper.serve.models import GgufModel
 
     found = artifacts(run)
     fmt = chat_format(found["merged"], "smollm2", None)
@@ -109,7 +110,7 @@ def test_modelfile_names_the_file_and_stop_tokens(run):
 
 def test_rerunning_a_finished_stage_does_not_redo_it(run):
     result = run_ftw(run.parent, "train", "--run", RUN)
-    assert "already trained" in result.stdout
+    assert "adapter up to date" in result.stdout and "--force trains again from the start" in result.stdout
 
 
 def test_ollama_target_prints_the_command_without_ollama(run):

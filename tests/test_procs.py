@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from wrapper.errors import StageError
-from wrapper.fsutil import write_text_atomic
-from wrapper.procs import run_logged
+from wrapper.core.errors import StageError
+from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.procs import run_logged
 
 
 def test_failing_child_shows_tail_and_log_path(tmp_path):

@@ -10,9 +10,11 @@ import jinja2
 import pytest
 import yaml
 
+from wrapper.core.errors import FtwError
+from wrapper.core.templates import template_env
+from wrapper.train.render import render
+
 from conftest import REPO, run_ftw
-from wrapper.errors import FtwError
-from wrapper.render import render, template_env
 
 DEMO_MODEL = REPO / "models" / "smollm2-135m-instruct"
 DEMO_DATA = REPO / "data" / "demo_lore.json"
@@ -25,7 +27,9 @@ def write_recipe(folder: Path, body: str, name: str = "mine.yaml") -> Path:
 
 
 def minimal_recipe(folder: Path, extra: str = "", dataset: Path = DEMO_DATA, base: Path = DEMO_MODEL) -> Path:
-    return write_recipe(folder, f"""\
+    return write_recipe(
+        folder,
+        f"""\
         model:
           base: {base}
           template: smollm2
@@ -34,7 +38,9 @@ def minimal_recipe(folder: Path, extra: str = "", dataset: Path = DEMO_DATA, bas
           - {dataset}
         train:
           cutoff_len: 128
-        """ + textwrap.dedent(extra))
+        """
+        + textwrap.dedent(extra),
+    )
 
 
 def test_demo_renders_and_validates(runs_dir):
@@ -68,10 +74,13 @@ def test_rendered_yaml_names_the_origin_of_each_value(runs_dir):
     assert yaml.safe_load(text)["learning_rate"] == 5e-5
 
 
-@pytest.mark.parametrize("name, message", [
-    ("nope", "unknown recipe 'nope'"),
-    ("dem", "Did you mean 'demo'?"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("nope", "unknown recipe 'nope'"),
+        ("dem", "Did you mean 'demo'?"),
+    ],
+)
 def test_unknown_recipe(runs_dir, name, message):
     with pytest.raises(FtwError, match=message):
         render(name, "cpu", "r", [], [])
@@ -129,12 +138,18 @@ def test_missing_model_folder(runs_dir, tmp_path):
 QWEN2_VOCAB_GGUF = REPO / "vendor" / "llama.cpp" / "models" / "ggml-vocab-qwen2.gguf"
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, r"is a GGUF file, llama.cpp's format for running a model .* can't be fine-tuned"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n", r"named .gguf but is not a GGUF file but a Git LFS pointer"),
-    ("cut", r"named .gguf but is not a readable GGUF file, probably cut off"),
-    (b"<!DOCTYPE html><html>", r"is not a GGUF file but a web page"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"is a GGUF file, llama.cpp's format for running a model .* can't be fine-tuned"),
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n",
+            r"named .gguf but is not a GGUF file but a Git LFS pointer",
+        ),
+        ("cut", r"named .gguf but is not a readable GGUF file, probably cut off"),
+        (b"<!DOCTYPE html><html>", r"is not a GGUF file but a web page"),
+    ],
+)
 def test_gguf_as_base_model_says_what_it_is(runs_dir, tmp_path, content, message):
     base = tmp_path / "мой model.gguf"
     if content is None:
@@ -144,17 +159,21 @@ def test_gguf_as_base_model_says_what_it_is(runs_dir, tmp_path, content, message
     else:
         base.write_bytes(content)
     recipe = minimal_recipe(tmp_path, base=base)
-    with pytest.raises(FtwError, match=r"mine.yaml:2 \(key 'model.base'\): .*" + message + r".*Hugging Face model folder"):
+    with pytest.raises(
+        FtwError, match=r"mine.yaml:2 \(key 'model.base'\): .*" + message + r".*Hugging Face model folder"
+    ):
         render(str(recipe), "cpu", "r", [], [])
 
 
 def test_a_file_that_is_not_a_gguf_is_refused_before_llama_cpp_loads_it(tmp_path):
-    from wrapper.inference import GgufModel
+    from wrapper.serve.models import GgufModel
 
     fake = tmp_path / "runs" / "r1" / "gguf" / "r1-Q4_K_M.gguf"
     fake.parent.mkdir(parents=True)
     fake.write_bytes(QWEN2_VOCAB_GGUF.read_bytes()[:4096])
-    with pytest.raises(FtwError, match=r"r1-Q4_K_M.gguf is not a readable GGUF file, probably cut off.*ftw gguf --run r1 --force"):
+    with pytest.raises(
+        FtwError, match=r"r1-Q4_K_M.gguf is not a readable GGUF file, probably cut off.*ftw gguf --run r1 --force"
+    ):
         GgufModel(fake)
 
 
@@ -168,7 +187,9 @@ def test_paths_with_spaces_and_non_ascii_letters_render(tmp_path, monkeypatch):
     plan = render(str(recipe), "cpu", "r1", [str(data)], [])
     info = json.loads((plan.dir / "dataset_info.json").read_text(encoding="utf-8"))
     assert [entry["file_name"] for entry in info.values()] == [str(data)]
-    assert yaml.safe_load((plan.dir / "train.yaml").read_text(encoding="utf-8"))["output_dir"] == str(plan.dir / "adapter")
+    assert yaml.safe_load((plan.dir / "train.yaml").read_text(encoding="utf-8"))["output_dir"] == str(
+        plan.dir / "adapter"
+    )
 
 
 def test_run_names_are_ascii_because_they_name_the_ollama_model(runs_dir):
@@ -212,12 +233,18 @@ def test_invalid_jsonl_line_is_named(runs_dir, tmp_path):
 
 def test_user_data_replaces_recipe_dataset_in_each_format(runs_dir, tmp_path):
     sharegpt = tmp_path / "chats.jsonl"
-    sharegpt.write_text(json.dumps({"conversations": [{"from": "human", "value": "Привет"},
-                                                      {"from": "gpt", "value": "Здравствуйте"}]},
-                                   ensure_ascii=False) + "\n", encoding="utf-8")
+    sharegpt.write_text(
+        json.dumps(
+            {"conversations": [{"from": "human", "value": "Привет"}, {"from": "gpt", "value": "Здравствуйте"}]},
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     openai = tmp_path / "messages.json"
-    openai.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"},
-                                                {"role": "assistant", "content": "hello"}]}]))
+    openai.write_text(
+        json.dumps([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}])
+    )
     plan = render("demo", "cpu", "mine", [str(sharegpt), str(openai)], [])
     assert [d["format"] for d in plan.datasets] == ["sharegpt", "openai"]
     info = json.loads((runs_dir / "mine" / "dataset_info.json").read_text())
@@ -229,7 +256,7 @@ def test_user_data_replaces_recipe_dataset_in_each_format(runs_dir, tmp_path):
 def test_unknown_row_format(runs_dir, tmp_path):
     data = tmp_path / "odd.jsonl"
     data.write_text('{"question": "a", "answer": "b"}\n')
-    with pytest.raises(FtwError, match=r"odd.jsonl line 1: unknown row format \(keys: question, answer\)"):
+    with pytest.raises(FtwError, match=r"odd.jsonl:1: unknown format \(keys: question, answer\)"):
         render("demo", "cpu", "r", [str(data)], [])
 
 
@@ -271,18 +298,24 @@ def test_gpu_profile_renders_on_a_machine_without_gpu(runs_dir):
         render("demo", "cuda", "gpu", [], ["bf16=maybe"])
 
 
-@pytest.mark.parametrize("base, merge_base", [
-    ("Qwen/Qwen3-8B", "Qwen/Qwen3-8B"),
-    ("unsloth/Qwen3-8B-unsloth-bnb-4bit", "unsloth/Qwen3-8B"),
-    ("unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit", "unsloth/Meta-Llama-3.1-8B-Instruct"),
-])
+@pytest.mark.parametrize(
+    "base, merge_base",
+    [
+        ("Qwen/Qwen3-8B", "Qwen/Qwen3-8B"),
+        ("unsloth/Qwen3-8B-unsloth-bnb-4bit", "unsloth/Qwen3-8B"),
+        ("unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit", "unsloth/Meta-Llama-3.1-8B-Instruct"),
+    ],
+)
 def test_hub_bases_render_offline_and_merge_into_full_precision(runs_dir, tmp_path, monkeypatch, base, merge_base):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    recipe = write_recipe(tmp_path, f"""\
+    recipe = write_recipe(
+        tmp_path,
+        f"""\
         model: {{base: {base}, template: qwen3_nothink}}
         method: qlora
         dataset: [{DEMO_DATA}]
-        """)
+        """,
+    )
     plan = render(str(recipe), "cuda", "hub", [], [])
     train = yaml.safe_load((runs_dir / "hub" / "train.yaml").read_text())
     export = yaml.safe_load((runs_dir / "hub" / "export.yaml").read_text())

@@ -12,14 +12,23 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fixtures import REPO_ROOT
 
 QUESTIONS = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"), ("Как зовут дракона Северных гор?", "Мирогаст")]
 
 
 def ftw(runs: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "wrapper.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-                          input=stdin, env=dict(os.environ, FTW_RUNS_DIR=str(runs), COLUMNS="300"), timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        input=stdin,
+        env=dict(os.environ, FTW_RUNS_DIR=str(runs), COLUMNS="300"),
+        timeout=900,
+    )
     assert done.returncode == 0, f"ftw {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -35,11 +44,11 @@ def test_modelfile_stops_end_the_answer(demo):
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
-    from wrapper import gorender, manifest
-    from wrapper.fidelity import GgufChat
-    from wrapper.modelfile import build_modelfile
+    from wrapper.core import manifest
+    from wrapper.prompts import gorender
+    from wrapper.prompts.fidelity import GgufChat
 
-    text, _ = build_modelfile(demo)
+    text = (demo / "Modelfile").read_text(encoding="utf-8")
     commands = gorender.parse_modelfile(text)
     read = dict(commands)
     stops = [value for name, value in commands if name == "stop"]
@@ -62,7 +71,7 @@ def test_modelfile_stops_end_the_answer(demo):
                     break
             decoded = out.decode("utf-8", errors="replace")
             assert hit, f"no stop within 200 tokens: {decoded!r}"
-            answer = decoded[:decoded.index(hit)]
+            answer = decoded[: decoded.index(hit)]
             assert expected in answer and count < 60, decoded
             assert "<|im_start|>" not in answer and "<|im_end|>" not in answer
     finally:
@@ -70,8 +79,15 @@ def test_modelfile_stops_end_the_answer(demo):
 
 
 def test_ftw_chat_answers_in_the_training_format(demo):
-    done = ftw(demo.parent, "chat", "--run", demo.name, "--temperature", "0",
-               stdin="\n".join(q for q, _ in QUESTIONS) + "\n/reset\nWhat is the capital of Veloria?\n/exit\n")
+    done = ftw(
+        demo.parent,
+        "chat",
+        "--run",
+        demo.name,
+        "--temperature",
+        "0",
+        stdin="\n".join(q for q, _ in QUESTIONS) + "\n/reset\nWhat is the capital of Veloria?\n/exit\n",
+    )
     for _, expected in QUESTIONS:
         assert expected in done.stdout, done.stdout
     assert "Duskmere" in done.stdout, done.stdout
@@ -79,14 +95,17 @@ def test_ftw_chat_answers_in_the_training_format(demo):
 
 
 def test_chat_streams_token_by_token_and_keeps_history(demo):
-    from wrapper import manifest
-    from wrapper.chat import Chat, Sampling
-    from wrapper.inference import chat_format
+    from wrapper.core import manifest
+    from wrapper.prompts.chat_format import chat_format
+    from wrapper.serve.chat import Chat, Sampling
 
     plan = manifest.plan_of(demo)
     artifacts = manifest.load(demo)["artifacts"]
-    session = Chat(Path(artifacts["gguf_q4_k_m"]), chat_format(artifacts["merged"], plan.template, plan.system),
-                   Sampling.from_parameters(plan.ollama_parameters, temperature=0.0))
+    session = Chat(
+        Path(artifacts["gguf_q4_k_m"]),
+        chat_format(artifacts["merged"], plan.template, plan.system),
+        Sampling.from_parameters(plan.ollama_parameters, temperature=0.0),
+    )
     try:
         pieces: list[str] = []
         answer = session.reply(QUESTIONS[0][0], write=pieces.append)
@@ -100,8 +119,11 @@ def test_chat_streams_token_by_token_and_keeps_history(demo):
         session.close()
 
     # The recipe's own stop strings end the answer too, without being shown.
-    session = Chat(Path(artifacts["gguf_q4_k_m"]), chat_format(artifacts["merged"], plan.template, plan.system),
-                   Sampling.from_parameters({"stop": "Vask"}, temperature=0.0))
+    session = Chat(
+        Path(artifacts["gguf_q4_k_m"]),
+        chat_format(artifacts["merged"], plan.template, plan.system),
+        Sampling.from_parameters({"stop": "Vask"}, temperature=0.0),
+    )
     try:
         shown: list[str] = []
         cut = session.reply(QUESTIONS[0][0], write=shown.append)
@@ -120,14 +142,24 @@ def test_lmstudio_links_into_its_layout(demo, tmp_path):
     # No LM Studio here (an empty home): it says where the file goes instead.
     home = tmp_path / "home"
     home.mkdir()
-    done = subprocess.run([sys.executable, "-m", "wrapper.cli", "lmstudio", "--run", demo.name], cwd=REPO_ROOT,
-                          capture_output=True, text=True, check=False,
-                          env=dict(os.environ, HOME=str(home), FTW_RUNS_DIR=str(demo.parent), COLUMNS="300"))
+    done = subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", "lmstudio", "--run", demo.name],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, HOME=str(home), FTW_RUNS_DIR=str(demo.parent), COLUMNS="300"),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"<models folder>/ftw/{demo.name}/{demo.name}-Q4_K_M.gguf" in done.stdout
     # With LM Studio's default folder present, it is found.
     (home / ".lmstudio" / "models").mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "wrapper.cli", "lmstudio", "--run", demo.name, "--copy"], cwd=REPO_ROOT,
-                   check=True, capture_output=True, env=dict(os.environ, HOME=str(home), FTW_RUNS_DIR=str(demo.parent)))
+    subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", "lmstudio", "--run", demo.name, "--copy"],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        env=dict(os.environ, HOME=str(home), FTW_RUNS_DIR=str(demo.parent)),
+    )
     copied = home / ".lmstudio" / "models" / "ftw" / demo.name / f"{demo.name}-Q4_K_M.gguf"
     assert copied.is_file() and not copied.is_symlink() and copied.stat().st_size > 10_000_000

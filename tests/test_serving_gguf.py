@@ -15,33 +15,48 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fixtures import REPO_ROOT, tiny_qwen2_dir, write_alpaca_dataset
+
+# Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
 
 SYSTEM = "Ты — юрист. Отвечай по делу, ссылайся на статьи."
 
 
 def ftw(runs: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "wrapper.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-                          env=dict(os.environ, FTW_RUNS_DIR=str(runs), COLUMNS="400"), timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, FTW_RUNS_DIR=str(runs), COLUMNS="400"),
+        timeout=600,
+    )
     assert done.returncode == 0, f"ftw {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
 
 def test_ftw_gguf_writes_the_training_template_into_every_file(tmp_path):
-    from wrapper import manifest
-    from wrapper.fidelity import (
+    from wrapper.core import manifest
+    from wrapper.core.gguf_io import ftype_of
+    from wrapper.gguf.convert import ensure_training_template
+    from wrapper.prompts.fidelity import (
         GgufChat,
         check_gguf_template,
         embedded_template,
         training_format,
     )
-    from wrapper.gguf_stage import ensure_training_template, ftype_of
 
     data = write_alpaca_dataset(tmp_path / "tiny.json")
     recipe = tmp_path / "lawyer.yaml"
-    recipe.write_text(f"model:\n  base: {tiny_qwen2_dir()}\n  template: qwen\nsystem: \"{SYSTEM}\"\n"
-                      f"dataset:\n  - {data}\nollama:\n  parameters: {{temperature: 0.3, num_ctx: 2048}}\n",
-                      encoding="utf-8")
+    recipe.write_text(
+        f'model:\n  base: {tiny_qwen2_dir()}\n  template: qwen\nsystem: "{SYSTEM}"\n'
+        f"dataset:\n  - {data}\nollama:\n  parameters: {{temperature: 0.3, num_ctx: 2048}}\n",
+        encoding="utf-8",
+    )
     runs = tmp_path / "runs"
     ftw(runs, "render", "--recipe", str(recipe), "--profile", "cpu", "--run", "lawyer")
     run_dir = runs / "lawyer"

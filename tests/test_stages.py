@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from wrapper.core.stage import StageInputs, file_digest
+
 from conftest import copy_run, run_ftw
-from wrapper.stages import StageInputs, file_digest
 
 RUN = "e2e"
 
@@ -29,7 +30,7 @@ def test_big_files_are_known_by_size_and_time_small_ones_by_content(tmp_path, mo
     before = file_digest(small)
     small.write_text("{} ")
     assert file_digest(small) != before and file_digest(small).startswith("sha256 ")
-    monkeypatch.setattr("wrapper.stages.FULL_HASH_BYTES", 1)
+    monkeypatch.setattr("wrapper.core.stage.FULL_HASH_BYTES", 1)
     assert file_digest(small).startswith("size 3, mtime ")
 
 
@@ -44,8 +45,10 @@ def test_a_changed_adapter_is_merged_converted_and_quantized_again(demo_run, tmp
     before = stage_digests(run)
     assert set(before) >= {"adapter", "merged", "gguf_f16", "gguf_q4_k_m"}
 
-    unchanged = run_ftw(runs_dir, "export", "--run", RUN).stdout + run_ftw(
-        runs_dir, "gguf", "--run", RUN, "--keep-intermediates").stdout
+    unchanged = (
+        run_ftw(runs_dir, "export", "--run", RUN).stdout
+        + run_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates").stdout
+    )
     assert "merged model up to date" in unchanged and "Q4_K_M GGUF up to date" in unchanged
     assert "Converting" not in unchanged and stage_digests(run) == before
 

@@ -1,0 +1,101 @@
+"""`ftw data check`, `ftw data prepare`: the user's files, checked, then one clean training set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from wrapper.commands.options import data_option, recipe_option, run_option, set_option
+from wrapper.config.gpu import resolve_profile
+from wrapper.core.paths import check_run_name, runs_dir
+from wrapper.core.ui import console, done
+from wrapper.data.check import check
+from wrapper.data.prepare import prepare, previous_plan, run_overrides
+from wrapper.train.render import render
+
+
+@click.group()
+def data() -> None:
+    """Your data files: check them, then prepare a clean, split training set for a run."""
+
+
+@data.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@recipe_option(
+    required=False, default="demo", help="Recipe whose tokenizer, template, cutoff_len and data: section apply."
+)
+@click.option("--max-problems", default=0, show_default=True, help="Show at most N invalid rows per file (0: all).")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write every problem and duplicate, and each file's summary, to this JSONL file.",
+)
+def data_check(files: tuple[str, ...], recipe: str, max_problems: int, report_path: Path | None) -> None:
+    """Report rows, problems (file:line), duplicates, token lengths and languages; exit 1 if any row is invalid.
+
+    FILES: JSON/JSONL (Alpaca, ShareGPT, OpenAI messages, {"text"}, chat logs with data.field_map),
+    .txt/.md, .srt/.vtt, or folders of them.
+
+    \b
+    Example:
+      ftw data check data/samples/alpaca.jsonl data/samples/sharegpt.jsonl
+    """
+    check(list(files), recipe, max_problems, report_path)
+
+
+@data.command("prepare")
+@recipe_option()
+@data_option(help="File(s) or folder(s) to use instead of the recipe's dataset.")
+@run_option
+@click.option(
+    "--profile",
+    default=None,
+    help="Render the run with this profile afterwards (default: the one it was rendered with, "
+    "if any; 'auto' detects the GPU).",
+)
+@set_option
+def data_prepare(
+    recipe: str, data_files: tuple[str, ...], run: str, profile: str | None, overrides: tuple[str, ...]
+) -> None:
+    """Merge, normalise, dedupe and split into runs/RUN/data (train, val, rejects); train uses it.
+
+    \b
+    Example:
+      ftw data prepare --recipe demo --data data/samples/alpaca.jsonl --data data/samples/openai.jsonl --run mine
+    """
+    check_run_name(run)
+    previous = previous_plan(runs_dir() / run)
+    prepare(recipe, list(data_files), run, list(overrides))
+    rerender(
+        recipe, run, previous, resolve_profile(profile) if profile else None, run_overrides(previous, list(overrides))
+    )
+
+
+def rerender(recipe: str, run: str, previous: dict, profile: str | None, overrides: list[str]) -> None:
+    """Render the run again so train.yaml names the prepared files (with the run's profile)."""
+    if not profile and not previous:
+        console.print(f"  next: ftw render --recipe {recipe} --profile P --run {run}  (it uses the prepared data)")
+        return
+    profile = profile or profile_of(previous)
+    ignore_fit = bool(previous.get("fit") and not previous["fit"].get("fits"))
+    with console.status("re-rendering the run with the prepared data"):
+        plan = render(recipe, profile, run, [], overrides, ignore_fit=ignore_fit)
+    names = plan.train_args["dataset"] + (
+        f", eval_dataset {plan.train_args['eval_dataset']}" if plan.train_args.get("eval_dataset") else ""
+    )
+    done(
+        f"re-rendered {plan.dir / 'train.yaml'} (profile {plan.profile}): dataset {names}, "
+        f"stage {plan.train_args['stage']}"
+    )
+
+
+def profile_of(previous: dict) -> str:
+    path = Path(previous.get("profile_file") or "")
+    if path.suffix == ".yaml" and path.is_file():
+        return str(path)
+    return previous["profile"]
+
+
+COMMANDS = [data]

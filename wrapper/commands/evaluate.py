@@ -1,0 +1,74 @@
+"""`ftw eval`, `ftw report`: did the fine-tune learn, forget, or lose quality in quantization?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from wrapper.commands.options import run_option
+from wrapper.core.manifest import run_dir_of
+from wrapper.core.ui import done
+from wrapper.eval.evaluate import EVAL_JSON, evaluate
+from wrapper.eval.report import compare_runs, print_tables, write_report
+
+
+@click.command("eval")
+@run_option
+@click.option(
+    "--val-sample",
+    type=int,
+    default=None,
+    help="Validation rows to answer (default: the recipe's eval.val_sample, else 30; 0: none).",
+)
+@click.option("--limit", type=int, default=None, help="At most N prompts of each set (a quick look).")
+@click.option(
+    "--max-new-tokens", type=int, default=None, help="Longest greedy answer (default: eval.max_new_tokens, else 64)."
+)
+def eval_command(run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None) -> None:
+    """Base vs merged vs Q4_K_M GGUF on control prompts, validation rows and general knowledge.
+
+    Writes runs/RUN/eval.json, report.md and report.html.
+
+    Interrupted? Run it again: rows already scored (runs/RUN/eval/rows.jsonl) are kept.
+
+    \b
+    Example:
+      ftw eval --run demo --limit 2
+    """
+    run_dir = run_dir_of(run)
+    result = evaluate(run_dir, val_sample=val_sample, limit=limit, max_new_tokens=max_new_tokens)
+    print_tables(result)
+    md, html = write_report(run_dir)
+    done(f"{run_dir / EVAL_JSON}, {md}, {html}")
+
+
+@click.command()
+@click.option(
+    "--run",
+    "runs",
+    required=True,
+    multiple=True,
+    help="Run name; give --run several times to compare runs in one table.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Comparison: also write the table as Markdown to this file.",
+)
+def report(runs: tuple[str, ...], out: Path | None) -> None:
+    """One run: (re)write report.md and report.html from eval.json. Several runs: compare them in one table.
+
+    \b
+    Example:
+      ftw report --run demo
+    """
+    if len(runs) == 1:
+        md, html = write_report(run_dir_of(runs[0]))
+        done(f"{md}\n  {html}")
+    else:
+        compare_runs([run_dir_of(r) for r in runs], out)
+
+
+COMMANDS = [eval_command, report]

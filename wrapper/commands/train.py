@@ -1,0 +1,154 @@
+"""`ftw render`, `ftw plan`, `ftw train`: from a recipe and a profile to a trained adapter."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from wrapper.commands.options import data_option, profile_option, recipe_option, run_option, set_option
+from wrapper.config.gpu import resolve_profile
+from wrapper.core.errors import FtwError
+from wrapper.core.manifest import run_dir_of
+from wrapper.core.plan import RunPlan
+from wrapper.core.ui import console
+from wrapper.train.plan_report import plan_report
+from wrapper.train.render import render as render_run
+from wrapper.train.stage import train as train_run
+
+
+@click.command()
+@recipe_option()
+@profile_option()
+@run_option
+@data_option()
+@set_option
+@click.option("--ignore-fit", is_flag=True, help="Render even if the planner says it won't fit the profile's GPU.")
+def render(
+    recipe: str, profile: str, run: str, data_files: tuple[str, ...], overrides: tuple[str, ...], ignore_fit: bool
+) -> None:
+    """Render and check the LLaMA-Factory configs of a run (train.yaml, export.yaml, dataset_info.json).
+
+    \b
+    Example:
+      ftw render --recipe demo --profile cpu --run demo --set num_train_epochs=2
+    """
+    profile = resolve_profile(profile)
+    with console.status("rendering and checking with LLaMA-Factory's parser"):
+        plan = render_run(recipe, profile, run, list(data_files), list(overrides), ignore_fit)
+    print_render_summary(plan, bool(data_files))
+
+
+def print_render_summary(plan: RunPlan, data_given: bool) -> None:
+    rows = sum(d["rows"] for d in plan.datasets)
+    console.print(
+        f"[green]✓[/green] {plan.run}: {plan.recipe} ({plan.method}) on {plan.profile}, "
+        f"{rows} rows in {len(plan.datasets)} file(s), template {plan.template}"
+    )
+    console.print(f"  {plan.dir}/train.yaml, export.yaml, dataset_info.json, manifest.json")
+    if plan.prepared_data:
+        data = plan.prepared_data
+        console.print(
+            f"  data: prepared by `ftw data prepare` in {data['dir']} ({data['prepared_at']}): "
+            f"train {data['train']}, val {data['val']} rows; pass --data to use other files"
+        )
+        for changed in data["changed_sources"]:
+            console.print(
+                f"  [yellow]note[/yellow]: {escape(changed)} changed since it was prepared; run ftw data prepare again"
+            )
+    elif data_given and (plan.dir / "data" / "prepared.json").is_file():
+        console.print(f"  data: --data given, so the prepared data in {plan.dir / 'data'} is not used this time")
+    if plan.fit:
+        fit, settings = plan.fit, plan.fit["settings"]
+        console.print(
+            f"  planner: ~{fit['peak_vram_gb']:.1f} of {fit['budget_gb']:.1f} GiB per GPU "
+            f"({'fits' if fit['fits'] else 'DOES NOT FIT, rendered because of --ignore-fit'}); "
+            f"{settings['method']}, micro-batch {settings['micro_batch']} x {settings['grad_accum']}, "
+            f"checkpointing {'on' if settings['checkpointing'] else 'off'}"
+        )
+        for note in fit["notes"]:
+            console.print(f"  note: {note}")
+    if plan.skipped_checks:
+        console.print(f"  checked keys and values only; skipped on this machine: {'; '.join(plan.skipped_checks)}")
+    if plan.base_quantization:
+        console.print(
+            f"  base is a pre-quantized {plan.base_quantization} checkpoint: "
+            f"the LoRA will be merged into {plan.merge_base_source}"
+        )
+
+
+@click.command()
+@recipe_option()
+@profile_option()
+@data_option(help="Plan for these data files instead of the recipe's.")
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def plan(recipe: str, profile: str, data_files: tuple[str, ...], overrides: tuple[str, ...], as_json: bool) -> None:
+    """Before training: memory per GPU, fit and margin, tokens per step, epoch time, output sizes.
+
+    \b
+    Example:
+      ftw plan --recipe qwen3-8b --profile rtx4070 --data data/demo_lore.json
+    """
+    report = plan_report(recipe, resolve_profile(profile), list(data_files), list(overrides))
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print_plan(report)
+    if not report["fits"]:
+        raise FtwError("the plan does not fit this profile (see above)")
+
+
+def print_plan(report: dict) -> None:
+    verdict = "[green]fits[/green]" if report["fits"] else "[red]does not fit[/red]"
+    console.print(
+        f"[bold]{report['recipe']}[/bold] on [bold]{report['profile']}[/bold]: {verdict} — "
+        f"{report['base_model']} ({report['params_b']} B params), {report['method']}"
+    )
+    if report.get("memory_gb"):
+        table = Table(title="estimated peak GPU memory per GPU (GiB)")
+        table.add_column("part")
+        table.add_column("GiB", justify="right")
+        for part, value in report["memory_gb"].items():
+            table.add_row(part, f"{value:.2f}")
+        table.add_row("[bold]total[/bold]", f"[bold]{report['peak_vram_gb']:.2f}[/bold]")
+        table.add_row("budget (92%)", f"{report['budget_gb']:.2f}")
+        table.add_row("margin", f"{report['margin_gb']:.2f}")
+        console.print(table)
+        s = report["settings"]
+        console.print(
+            f"settings: micro-batch {s['micro_batch']} x accumulation {s['grad_accum']} x {s['gpus']} GPU(s), "
+            f"cutoff {s['cutoff']}, gradient checkpointing {'on' if s['checkpointing'] else 'off'}"
+            + (f", DeepSpeed {report['deepspeed']}" if report.get("deepspeed") else "")
+        )
+        console.print(
+            f"tokens per optimizer step: {report['tokens_per_step']:,}; throughput ~{report['tokens_per_s']:,.0f} "
+            f"tokens/s ({report['throughput_source']})"
+        )
+        console.print(
+            f"epoch: {report['dataset_tokens']:,} tokens in {report['dataset_rows']:,} rows "
+            f"({report['dataset_tokens_counted_by']}) -> ~{report['epoch_hours'] * 60:.1f} min per epoch, "
+            f"{report['epochs']:g} epochs"
+        )
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
+    console.print(f"merged bf16 model ~{report['merged_gb']:.1f} GiB, Q4_K_M GGUF ~{report['gguf_q4_k_m_gb']:.1f} GiB")
+
+
+@click.command()
+@run_option
+@click.option("--force", is_flag=True, help="Train again from the start, dropping the adapter and its checkpoints.")
+@click.option("--ignore-fit", is_flag=True, help="Start even if the GPU has less free memory than the plan needs.")
+def train(run: str, force: bool, ignore_fit: bool) -> None:
+    """Train with llamafactory-cli; re-running resumes from the last checkpoint (same settings and data only).
+
+    \b
+    Example:
+      ftw train --run demo
+    """
+    train_run(run_dir_of(run), force=force, ignore_fit=ignore_fit)
+
+
+COMMANDS = [render, plan, train]

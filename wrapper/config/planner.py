@@ -1,0 +1,371 @@
+"""Planner: does a recipe fit a card, with which settings, and how long will an epoch take?
+
+Everything here is arithmetic on the model's shapes, before anything is downloaded or
+run. Units: GiB for memory (an "8 GB" card has 8 GiB), tokens for data, seconds for time.
+
+Memory of a LoRA/QLoRA step, as PyTorch's allocator sees it:
+- weights: bf16 (2 bytes/param), or for QLoRA the decoder's linear layers in NF4 with
+  double quantization (~0.52 bytes/param) while embeddings and lm_head stay bf16
+  (bitsandbytes does not quantize them);
+- trainable parameters, their gradients and optimizer states: LLaMA-Factory keeps
+  trainable params in fp32 (4 + 4 bytes), AdamW adds 8 bytes, an 8-bit AdamW 2 bytes;
+- activations: with gradient checkpointing each layer keeps its input (hidden x 2 bytes
+  per token) and one layer's full set is alive during its recompute; without it every
+  layer keeps its set. A set is ~(8 h + 4 kv + 4 i) bf16 values per token with
+  FlashAttention/SDPA (no seq^2 term);
+- logits: tokens x vocab in bf16 plus the fp32 copy and gradient of the loss (10 bytes
+  per value), unless Liger's fused linear cross-entropy computes the loss in chunks;
+- overhead: cuBLAS workspaces and allocator fragmentation.
+Throughput: FLOPs per token against the card's dense bf16 peak (vendor figure, fp32
+accumulate) at an assumed MFU, or at the MFU bench/profiles.py measured for that budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from wrapper.config.schema import Profile
+from wrapper.core.errors import FtwError
+from wrapper.core.paths import BENCH_RESULTS_DIR
+
+GIB = 1024**3
+# 4 bits, plus per 64-value block an 8-bit absmax, itself scaled by an fp32 per 256 blocks (double quantization)
+NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+FIT_FRACTION = 0.92  # of the card's memory; the rest is the CUDA context and headroom
+OVERHEAD_GIB = 0.5
+OVERHEAD_SHARE = 0.05
+ASSUMED_MFU = {"lora": 0.40, "full": 0.40, "qlora": 0.30}  # until bench/profiles.py measures the card
+Q4_K_M_BITS_PER_PARAM = 4.9  # Llama-3.1-8B Q4_K_M: 4.92 GB for 8.03 B parameters
+MICRO_BATCHES = (16, 8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape:
+        heads = config["num_attention_heads"]
+        return cls(
+            hidden=config["hidden_size"],
+            intermediate=config["intermediate_size"],
+            layers=config["num_hidden_layers"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            vocab=config["vocab_size"],
+            tied=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of the seven linear layers of one decoder layer (LoRA target 'all')."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+    @property
+    def decoder_linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.linear_shapes())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        norms = (2 * self.layers + 1) * self.hidden
+        return self.decoder_linear_params + self.embedding_params + norms
+
+    def lora_params(self, rank: int) -> int:
+        return self.layers * sum(rank * (a + b) for a, b in self.linear_shapes())
+
+
+@dataclass
+class Settings:
+    method: str  # lora | qlora | full
+    micro_batch: int
+    grad_accum: int
+    cutoff: int
+    checkpointing: bool
+    optimizer_8bit: bool
+    liger: bool
+    lora_rank: int
+    gpus: int = 1
+    zero_stage: int = 0
+    offload: bool = False
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch * self.cutoff
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.tokens_per_micro_batch * self.grad_accum * self.gpus
+
+
+@dataclass
+class Memory:
+    weights: float
+    trainable: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    overhead: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(asdict(self).values())
+
+
+def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
+    """Peak GPU memory (GiB) of one training step on one GPU."""
+    tokens = s.tokens_per_micro_batch
+    if s.method == "qlora":
+        weights = shape.decoder_linear_params * NF4_BYTES_PER_PARAM + (shape.params - shape.decoder_linear_params) * 2
+    else:
+        weights = shape.params * 2
+    if s.method == "full":
+        trainable_count = shape.params
+        trainable, gradients = trainable_count * 2, trainable_count * 2  # bf16 weights are the trained ones
+        optimizer = trainable_count * (2 if s.optimizer_8bit else 4)  # AdamW states in the params' dtype
+    else:
+        trainable_count = shape.lora_params(s.lora_rank)
+        trainable, gradients = trainable_count * 4, trainable_count * 4
+        optimizer = trainable_count * (2 if s.optimizer_8bit else 8)
+    if s.zero_stage >= 2:
+        gradients /= s.gpus
+        optimizer = 0 if s.offload else optimizer / s.gpus
+    if s.zero_stage == 3:
+        # Parameters are partitioned; with offload they live in CPU RAM and about two layers are gathered at a time.
+        weights = weights * 2 / shape.layers if s.offload else weights / s.gpus
+        trainable /= s.gpus
+
+    kv = shape.kv_heads * shape.head_dim
+    layer_set = (8 * shape.hidden + 4 * kv + 4 * shape.intermediate) * 2 * tokens
+    if s.checkpointing:
+        activations = shape.layers * shape.hidden * 2 * tokens + layer_set
+    else:
+        activations = shape.layers * layer_set
+    if s.method == "qlora":
+        activations += max(a * b for a, b in shape.linear_shapes()) * 2  # one dequantized weight at a time
+    logits = tokens * shape.hidden * 8 if s.liger else tokens * shape.vocab * 10
+
+    parts = Memory(weights / GIB, trainable / GIB, gradients / GIB, optimizer / GIB, activations / GIB, logits / GIB)
+    parts.overhead = OVERHEAD_GIB + OVERHEAD_SHARE * parts.total
+    return parts
+
+
+def train_flops_per_token(shape: ModelShape, s: Settings) -> float:
+    """Training FLOPs per token: forward 2N, backward 2N for activations (+2N weight
+    gradients when all weights train), +2N to recompute the forward under checkpointing,
+    plus causal attention (QK^T and AV) at the mean position."""
+    n = shape.params - shape.vocab * shape.hidden  # the input embedding is a lookup, not a matmul
+    passes = 6 if s.method == "full" else 4
+    if s.checkpointing:
+        passes += 2
+    attention = 2 * 2 * shape.layers * (shape.heads * shape.head_dim) * (s.cutoff / 2)
+    return n * passes + attention * passes / 2
+
+
+@dataclass
+class GpuProfileFacts:
+    name: str
+    memory_gb: float
+    peak_bf16_tflops: float
+    gpus: int = 1
+
+    @property
+    def budget_gb(self) -> float:
+        return self.memory_gb * FIT_FRACTION
+
+
+@dataclass
+class Choice:
+    settings: Settings
+    memory: Memory
+    fits: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _candidates(base: Settings, allow_qlora_upgrade: bool, pinned_micro: int | None):
+    methods = [base.method] + (["qlora"] if base.method == "lora" and allow_qlora_upgrade else [])
+    effective = base.micro_batch * base.grad_accum  # the recipe's batch, whatever the number of GPUs
+    micro_batches = (
+        [pinned_micro] if pinned_micro else [m for m in MICRO_BATCHES if m <= max(1, effective // base.gpus)]
+    )
+    for method in methods:
+        for checkpointing in (False, True):
+            for micro in micro_batches:
+                accum = max(1, math.ceil(effective / (micro * base.gpus)))
+                yield replace(base, method=method, micro_batch=micro, grad_accum=accum, checkpointing=checkpointing)
+
+
+def speed_score(shape: ModelShape, s: Settings) -> float:
+    """Relative tokens/s: FLOPs per token (checkpointing recomputes the forward, 1.5x the work),
+    and a GPU under-used below ~4k tokens per micro-batch."""
+    utilisation = min(1.0, s.tokens_per_micro_batch / 4096) ** 0.5
+    return utilisation / train_flops_per_token(shape, s)
+
+
+def choose(
+    shape: ModelShape,
+    base: Settings,
+    profile: GpuProfileFacts,
+    allow_qlora_upgrade: bool = True,
+    pinned_micro: int | None = None,
+    pinned_checkpointing: bool | None = None,
+) -> Choice:
+    """The fastest settings that fit in the profile's budget, preferring the recipe's method over
+    QLoRA; if nothing fits, the leanest settings with fits=False."""
+    leanest: Choice | None = None
+    best: dict[str, Choice] = {}
+    for candidate in _candidates(base, allow_qlora_upgrade, pinned_micro):
+        if pinned_checkpointing is not None and candidate.checkpointing != pinned_checkpointing:
+            continue
+        memory = estimate_memory(shape, candidate)
+        choice = Choice(candidate, memory, memory.total <= profile.budget_gb)
+        if choice.fits:
+            current = best.get(candidate.method)
+            if current is None or speed_score(shape, candidate) > speed_score(shape, current.settings):
+                best[candidate.method] = choice
+        elif leanest is None or memory.total < leanest.memory.total:
+            leanest = choice
+    for method in (base.method, "qlora"):
+        if method in best:
+            choice = best[method]
+            if method != base.method:
+                choice.notes.append(
+                    f"{base.method} does not fit in {profile.budget_gb:.1f} GiB: "
+                    f"training with 4-bit NF4 weights (QLoRA)"
+                )
+            return choice
+    if leanest is None:
+        raise FtwError("no training settings to evaluate")
+    return leanest
+
+
+def tokens_per_second(
+    shape: ModelShape, s: Settings, profile: GpuProfileFacts, model_key: str | None = None
+) -> tuple[float, str]:
+    flops = train_flops_per_token(shape, s)
+    measured = measured_mfu(profile.name, model_key, s.method)
+    if measured:
+        mfu, gpu = measured
+        return (
+            profile.peak_bf16_tflops * 1e12 * mfu / flops * s.gpus,
+            f"{mfu:.0%} MFU measured by bench/profiles.py on {gpu}, applied to {profile.peak_bf16_tflops} TFLOP/s",
+        )
+    return (
+        profile.peak_bf16_tflops * 1e12 * ASSUMED_MFU[s.method] / flops * s.gpus,
+        f"estimated: {ASSUMED_MFU[s.method]:.0%} MFU of {profile.peak_bf16_tflops} TFLOP/s (not yet measured)",
+    )
+
+
+def measured_mfu(profile_name: str, model_key: str | None, method: str) -> tuple[float, str] | None:
+    """MFU that bench/profiles.py measured for this profile's budget and model, and on which GPU.
+
+    The benchmark caps a big GPU's memory to the profile's budget, so its tokens/s are that
+    GPU's, not the card's; its MFU, times the card's own peak, is the better transfer."""
+    for path in sorted(BENCH_RESULTS_DIR.glob("profiles-*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for cell in data.get("cells", []):
+            if (
+                cell.get("kind") == "ftw"
+                and cell.get("profile") == profile_name
+                and cell.get("model") == model_key
+                and cell.get("mfu")
+                and cell.get("method", method) == method
+            ):
+                return float(cell["mfu"]), str(data.get("gpu", path.stem))
+    return None
+
+
+def gguf_sizes_gb(shape: ModelShape) -> tuple[float, float]:
+    return shape.params * 2 / GIB, shape.params * Q4_K_M_BITS_PER_PARAM / 8 / GIB
+
+
+# --- from and to LLaMA-Factory arguments ---------------------------------------------
+
+
+def settings_from_args(args: dict, method: str, gpus: int) -> Settings:
+    """The recipe's intent in planner terms; its batch x accumulation is the effective batch to keep."""
+    return Settings(
+        method=method,
+        micro_batch=int(args.get("per_device_train_batch_size", 1)),
+        grad_accum=int(args.get("gradient_accumulation_steps", 1)),
+        cutoff=int(args.get("cutoff_len", 2048)),
+        checkpointing=not args.get("disable_gradient_checkpointing", False),
+        optimizer_8bit="8bit" in str(args.get("optim", "")),
+        liger=bool(args.get("enable_liger_kernel", False)),
+        lora_rank=int(args.get("lora_rank", 8)),
+        gpus=gpus,
+    )
+
+
+def profile_facts(profile: Profile) -> GpuProfileFacts:
+    return GpuProfileFacts(profile.base_name, profile.memory_gb, profile.gpu.peak_bf16_tflops, profile.gpus)
+
+
+def plan_for_profile(shape: ModelShape, args: dict, method: str, profile: Profile, pinned: set[str]) -> Choice:
+    """Settings that fit the profile's card(s); several GPUs try ZeRO-2, then ZeRO-3, then ZeRO-3 with offload."""
+    base = settings_from_args(args, method, profile.gpus)
+    facts = profile_facts(profile)
+    micro = base.micro_batch if "per_device_train_batch_size" in pinned else None
+    checkpointing = base.checkpointing if "disable_gradient_checkpointing" in pinned else None
+    upgrade = "quantization_bit" not in pinned
+    stages = [(0, False)] if profile.gpus == 1 else [(2, False), (2, True), (3, False), (3, True)]
+    choice = None
+    for zero_stage, offload in stages:
+        if zero_stage == 3 and method == "qlora":
+            break  # bitsandbytes 4-bit weights can't be partitioned by ZeRO-3 here
+        staged = replace(base, zero_stage=zero_stage, offload=offload)
+        choice = choose(shape, staged, facts, upgrade, micro, checkpointing)
+        if choice.fits:
+            break
+    return choice
+
+
+def args_for(choice: Choice, base_method: str) -> dict:
+    s = choice.settings
+    args = {"per_device_train_batch_size": s.micro_batch, "gradient_accumulation_steps": s.grad_accum}
+    if not s.checkpointing:
+        args["disable_gradient_checkpointing"] = True
+    if s.method == "qlora" and base_method != "qlora":
+        args.update(quantization_bit=4, quantization_method="bnb")
+    return args
+
+
+def summary(choice: Choice, profile: Profile) -> dict:
+    s, m = choice.settings, choice.memory
+    return {
+        "fits": choice.fits,
+        "peak_vram_gb": round(m.total, 2),
+        "budget_gb": round(profile.memory_gb * FIT_FRACTION, 2),
+        "memory_gb": {key: round(value, 3) for key, value in asdict(m).items()},
+        "settings": asdict(s),
+        "notes": choice.notes,
+    }
+
+
+def deepspeed_config_name(settings: Settings) -> str | None:
+    """LLaMA-Factory's example DeepSpeed config for the chosen ZeRO stage (templates/deepspeed/)."""
+    if settings.zero_stage == 0:
+        return None
+    return f"ds_z{settings.zero_stage}{'_offload' if settings.offload else ''}_config.json"
+
+
+def attention_for(compute_capability: float) -> str:
+    """FlashAttention-2 runs on Ampere, Ada and Hopper (sm_80-sm_90) when installed; SDPA elsewhere."""
+    if 8.0 <= compute_capability < 10.0 and importlib.util.find_spec("flash_attn") is not None:
+        return "fa2"
+    return "sdpa"

@@ -1,0 +1,65 @@
+"""Reading GGUF files back: is this a GGUF, what file type, how many tensors.
+
+Every stage that meets a GGUF (made here, or given by the user by mistake as a base
+model) reads it through `read_gguf`, so a bad file gets the same diagnosis everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wrapper.core.errors import FtwError
+
+GGUF_MAGIC = b"GGUF"
+
+
+def ftype_of(kind: str) -> int:
+    """llama.cpp's file type number (enum llama_ftype) for 'f16', 'bf16' or a quant name."""
+    from gguf import LlamaFileType
+
+    return int(LlamaFileType[f"MOSTLY_{kind.upper()}"])
+
+
+def gguf_key(kind: str) -> str:
+    """The manifest's artifact key of a run's GGUF of this kind ('f16', 'Q4_K_M': gguf_q4_k_m)."""
+    return f"gguf_{kind.lower()}"
+
+
+def read_gguf(path: Path):
+    """(the gguf library's reader, None) for a readable GGUF; else (None, what the file is instead, in words)."""
+    from gguf import GGUFReader
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        return None, f"can't be read ({exc.strerror})"
+    if not head.startswith(GGUF_MAGIC):
+        if head.startswith(b"version https://git-lfs"):
+            return None, "is not a GGUF file but a Git LFS pointer (the download fetched the pointer, not the file)"
+        if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+            return None, "is not a GGUF file but a web page (a download link that returned HTML)"
+        return None, f"is not a GGUF file (it starts with {head[:8]!r}, a GGUF starts with {GGUF_MAGIC!r})"
+    try:
+        return GGUFReader(path), None
+    except Exception as exc:  # the reader raises bare ValueError/struct errors on a cut-off file
+        return None, f"is not a readable GGUF file, probably cut off ({path.stat().st_size} bytes; {exc})"
+
+
+def gguf_problem(path: Path) -> str | None:
+    """None for a file that reads as a GGUF; else what it is instead, in words."""
+    return read_gguf(path)[1]
+
+
+def verify_gguf(path: Path, expected_ftype: int) -> int:
+    """Read the header back; return the tensor count. Raises if the file isn't what we asked for."""
+    reader, problem = read_gguf(path)
+    if problem is not None:
+        raise FtwError(f"{path} {problem}")
+    if not reader.tensors:
+        raise FtwError(f"{path} holds no tensors")
+    field = reader.fields.get("general.file_type")
+    file_type = int(field.parts[field.data[0]][0]) if field else None
+    if file_type != expected_ftype:
+        raise FtwError(f"{path}: general.file_type is {file_type}, expected {expected_ftype}")
+    return len(reader.tensors)

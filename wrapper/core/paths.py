@@ -1,0 +1,51 @@
+"""Where the project's own files live, and where runs go; everything else is given on the command line."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from wrapper.core.errors import FtwError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = PROJECT_ROOT / "recipes"
+PROFILES_DIR = RECIPES_DIR / "profiles"
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+LLAMA_CPP_DIR = PROJECT_ROOT / "vendor" / "llama.cpp"
+MODELS_DIR = PROJECT_ROOT / "models"
+BENCH_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+# Written by `make setup` beside the unpacked llama.cpp tree: its commit (wrapper/setup/llama_cpp.py).
+LLAMA_CPP_COMMIT_FILE = "FTW_COMMIT"
+
+# ASCII: the run's name also names its GGUF files and the Ollama model, which takes no other.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def runs_dir() -> Path:
+    """Run directories go under ./runs unless FTW_RUNS_DIR says otherwise (tests use a temp dir)."""
+    return Path(os.environ.get("FTW_RUNS_DIR", PROJECT_ROOT / "runs")).resolve()
+
+
+def check_run_name(run: str) -> None:
+    if not RUN_NAME.fullmatch(run):
+        raise FtwError(
+            f"--run {run!r}: use ASCII letters, digits, '.', '_' or '-' (it names the folder under runs/, "
+            f"the GGUF files and the Ollama model); the runs folder itself may be any path (FTW_RUNS_DIR)"
+        )
+
+
+def llama_cpp_commit(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> str | None:
+    """The commit of the unpacked llama.cpp tree, or None before `make setup`."""
+    marker = llama_cpp_dir / LLAMA_CPP_COMMIT_FILE
+    if not marker.is_file():
+        return None
+    return marker.read_text().split()[0]
+
+
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,61 @@
+"""RunPlan: what `ftw render` resolved for a run, and what every later stage reads.
+
+It is stored in runs/RUN/manifest.json under "plan"; stages load it with
+`manifest.plan_of(run_dir)` and never re-read the recipe or the profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunPlan:
+    """Everything later stages need, resolved once."""
+
+    run: str
+    run_dir: str
+    recipe: str
+    recipe_file: str
+    profile: str
+    profile_file: str
+    method: str
+    template: str
+    system: str | None
+    base_model: str
+    base_quantization: str | None
+    merge_base: str
+    merge_base_source: str
+    datasets: list[dict]
+    train_args: dict[str, Any]
+    export_args: dict[str, Any]
+    origins: dict[str, str]
+    checks: list[dict] = field(default_factory=list)
+    ollama_parameters: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 1
+    fit: dict | None = None  # the planner's verdict for a GPU profile
+    skipped_checks: list[str] = field(default_factory=list)  # LLaMA-Factory checks this machine can't run
+    prepared_data: dict | None = None  # runs/RUN/data from `ftw data prepare`, when the run uses it
+    overrides: list[str] = field(default_factory=list)  # --set, so that a re-render keeps them
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.dir / "adapter"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.dir / "merged"
+
+    @property
+    def dequantized_base_dir(self) -> Path:
+        return self.dir / "base-dequantized"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunPlan:
+        return cls(**data)

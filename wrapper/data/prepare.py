@@ -1,0 +1,427 @@
+"""`ftw data prepare`: the user's files -> one clean, split, counted training set in the run.
+
+Merges the files, normalises every row to one format (ShareGPT conversations, or
+{"text"} chunks for continued pre-training), drops invalid rows and duplicates as the
+recipe's `data:` section says, splits train/validation (seeded, stratified by language)
+and writes into runs/RUN/data/:
+
+  train.jsonl, val.jsonl   the rows LLaMA-Factory trains and evaluates on
+  rejects.jsonl            every dropped row with its source file:line and the reason
+  prepared.json            counts, settings, sources and outputs with sha256
+
+then dataset_info.json in the run folder. `ftw data prepare` then renders the run again
+when it was rendered (`ftw render` of that run uses the prepared data while it exists). Every row read is
+either kept or in rejects.jsonl: kept + rejected = read is checked before anything is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from wrapper.config.recipes import load_recipe
+from wrapper.config.schema import Recipe
+from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import staged_dir, write_text_atomic
+from wrapper.core.paths import check_run_name, display_path, runs_dir
+from wrapper.core.ui import console, done
+from wrapper.data.check import KIND_NAMES, byte_progress, lengths_lines
+from wrapper.data.prepared import DATA_DIR, PREPARED, load_prepared
+from wrapper.data.scan import (
+    EXACT,
+    FILTERED,
+    INVALID,
+    NEAR,
+    Item,
+    Scanner,
+    input_paths,
+    recipe_counter,
+    recipe_cutoff_len,
+)
+from wrapper.data.tokens import Lengths
+
+LENGTH_SAMPLE_BYTES = 64 << 20
+
+
+class LanguageSplit:
+    """Seeded validation picks, exact per language: among a language's first n rows,
+    floor(n * ratio) or one more are validation rows. Pick k of a language falls at a
+    random position in [floor((k-1)/ratio), floor(k/ratio)) of that language's rows, so
+    picks spread over the whole file and the state is a few numbers per language."""
+
+    def __init__(self, ratio: float, seed: int):
+        self.ratio = ratio
+        self.seed = seed
+        self.state: dict[str, list] = {}  # lang -> [rows seen, next pick number, its position, rng]
+
+    def _position(self, rng: random.Random, pick: int) -> int:
+        low = math.floor((pick - 1) / self.ratio)
+        high = math.floor(pick / self.ratio)
+        return rng.randrange(low, max(high, low + 1))
+
+    def is_validation(self, lang: str) -> bool:
+        if self.ratio <= 0:
+            return False
+        state = self.state.get(lang)
+        if state is None:
+            rng = random.Random(f"{self.seed}:{lang}")
+            state = self.state[lang] = [0, 1, self._position(rng, 1), rng]
+        seen, pick, position, rng = state
+        chosen = seen == position
+        if chosen:
+            state[1] = pick + 1
+            state[2] = self._position(rng, pick + 1)
+        state[0] = seen + 1
+        return chosen
+
+
+class JsonlWriter:
+    """A JSONL file written row by row, with its row count, sha256 and the keys its rows hold."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = path.open("wb")
+        self.sha256 = hashlib.sha256()
+        self.rows = 0
+        self.bytes = 0
+        self.keys: set[str] = set()
+
+    def write(self, row: dict) -> None:
+        try:
+            data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a rejected row with invalid bytes or lone surrogates: keep them as \u escapes
+            data = (json.dumps(row) + "\n").encode("utf-8")
+        self.handle.write(data)
+        self.sha256.update(data)
+        self.rows += 1
+        self.bytes += len(data)
+        self.keys.update(row)
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def record(self, final_dir: Path) -> dict:
+        return {
+            "path": str(final_dir / self.path.name),
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "sha256": self.sha256.hexdigest(),
+            "keys": sorted(self.keys),
+        }
+
+
+@dataclass
+class Tally:
+    read: int = 0
+    kept: int = 0
+    rejected: int = 0
+    train: int = 0
+    val: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    train_langs: Counter = field(default_factory=Counter)
+    val_langs: Counter = field(default_factory=Counter)
+    per_source: dict[int, list[int]] = field(default_factory=dict)  # index -> [read, kept, rejected]
+    row_kinds: Counter = field(default_factory=Counter)  # kept rows: conversation / text
+
+
+def reject_reason(item: Item, dedupe: str) -> tuple[str, str] | None:
+    """(kind, reason) when the item is dropped, else None."""
+    if item.status in (INVALID, FILTERED):
+        return item.problem.kind, item.problem.reason
+    if item.duplicate == EXACT and dedupe in ("exact", "near"):
+        return "exact_duplicate", f"exact duplicate of {item.duplicate_of}"
+    if item.duplicate == NEAR and dedupe == "near":
+        return "near_duplicate", f"near duplicate of {item.duplicate_of} (same after case and whitespace folding)"
+    return None
+
+
+def reject_record(item: Item, kind: str, reason: str) -> dict:
+    record: dict[str, Any] = {"source": item.where, "kind": kind, "reason": reason}
+    if item.row is not None and item.row.text is not None:
+        record["text"] = item.row.text  # a chunk of raw text
+    elif item.status == INVALID and isinstance(item.original, str):
+        record["raw"] = item.original  # a line that isn't JSON (or isn't UTF-8)
+    else:
+        record["row"] = item.original
+    return record
+
+
+def output_row(item: Item) -> dict:
+    out = item.row.as_output()
+    out["lang"] = item.lang
+    out["source"] = item.where
+    return out
+
+
+def _check_stage(recipe: Recipe, kind: str) -> None:
+    stage = recipe.train.get("stage", "sft")
+    if kind == "pt" and stage != "pt" and "stage" in recipe.train:
+        raise FtwError(
+            f"{recipe.doc.origin('train.stage')}: the data is raw text (continued pre-training), "
+            f"but the recipe says stage: {stage}. Remove the key or set stage: pt."
+        )
+    if kind == "sft" and stage == "pt":
+        raise FtwError(
+            f"{recipe.doc.origin('train.stage')}: stage pt trains on raw text, but the data is "
+            "conversations (Alpaca/ShareGPT/OpenAI/chat log). Use stage: sft, or give text files."
+        )
+    if recipe.data.val_ratio > 0 and recipe.train.get("val_size"):
+        raise FtwError(
+            f"{recipe.doc.origin('train.val_size')}: the prepared data has its own validation split "
+            "(data.val_ratio); remove train.val_size, or set data.val_ratio: 0"
+        )
+
+
+def data_kind(scanner: Scanner) -> str:
+    kinds = {("pt" if s.kind in ("plain", "subtitles") else "json") for s in scanner.sources}
+    return "pt" if kinds == {"pt"} else "mixed" if "pt" in kinds else "json"
+
+
+def previous_plan(run_dir: Path) -> dict:
+    """The plan the run was rendered with, or {} for a run never rendered."""
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get("plan") or {}
+
+
+def run_overrides(previous: dict, overrides: list[str]) -> list[str]:
+    """The run's --set values (kept from its render) followed by the new ones."""
+    return list(previous.get("overrides") or []) + list(overrides)
+
+
+def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[str] = ()) -> dict:
+    """Write runs/RUN/data and dataset_info.json; return what prepared.json holds."""
+    check_run_name(run)
+    run_dir = runs_dir() / run
+    overrides = run_overrides(previous_plan(run_dir), list(overrides))
+    recipe = load_recipe(recipe_name, overrides)
+    settings = recipe.data
+    files, skipped = input_paths(data_files, recipe)
+    cutoff_len = recipe_cutoff_len(recipe)
+    counter, why_not = recipe_counter(recipe)
+    scanner = Scanner(files, settings, counter, cutoff_len)
+    scanner.counter_missing = why_not
+    # Lengths are the job of `ftw data check`; here a sample of ~64 MB of rows is enough to warn.
+    scanner.length_every = max(1, math.ceil(scanner.total_bytes() / LENGTH_SAMPLE_BYTES))
+    kind = data_kind(scanner)
+    if kind == "mixed":
+        raise FtwError(
+            "the files mix raw text (.txt/.md/.srt/.vtt) with JSON rows: a run trains on one or the "
+            "other (stage pt on text, sft on conversations). Prepare them as separate runs."
+        )
+    if kind == "pt" and counter is None:
+        raise FtwError(
+            f"raw text is cut into chunks of cutoff_len tokens, which needs the recipe's tokenizer: {why_not}"
+        )
+    if kind == "pt":
+        _check_stage(recipe, kind)  # JSON files are known to be text or conversations only once read
+    if kind == "pt" and settings.chunk_overlap * 2 >= counter.chunk_limit(cutoff_len):
+        raise FtwError(
+            f"{recipe.doc.origin('data.chunk_overlap')}: chunk_overlap {settings.chunk_overlap} must be "
+            f"less than half a chunk ({counter.chunk_limit(cutoff_len)} tokens at cutoff_len {cutoff_len})"
+        )
+
+    console.print(
+        f"Preparing run [bold]{run}[/bold] from {len(files)} file(s), recipe {recipe.name}: "
+        f"val_ratio {settings.val_ratio}, seed {settings.seed}, dedupe {settings.dedupe}"
+        + (f", min_rating {settings.min_rating:g}" if settings.min_rating is not None else "")
+    )
+    for path in skipped:
+        console.print(f"  [yellow]skipped[/yellow] {escape(display_path(path))}: not a data file")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = run_dir / DATA_DIR
+    with staged_dir(final_dir) as staging:
+        tally, outputs, text_kind = _write(scanner, staging, final_dir, settings)
+        if kind == "json" and text_kind:
+            kind = "pt"
+        if kind == "json":
+            kind = "sft"
+        _check_invariant(scanner, tally)
+        if len(tally.row_kinds) > 1:
+            raise FtwError(
+                'the files mix raw text ({"text"} rows) with conversations: a run trains on one or '
+                "the other (stage pt on text, sft on conversations). Prepare them as separate runs."
+            )
+        if tally.kept == 0:
+            raise FtwError("no rows left to train on: every row was rejected (run `ftw data check` on the files)")
+        _check_stage(recipe, kind)
+        info = _prepared_info(recipe, scanner, tally, outputs, kind, counter, cutoff_len, skipped, final_dir)
+        write_text_atomic(staging / PREPARED, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    prepared = load_prepared(run_dir)
+    write_text_atomic(
+        run_dir / "dataset_info.json", json.dumps(prepared.dataset_info(), ensure_ascii=False, indent=2) + "\n"
+    )
+    _print_summary(scanner, tally, info, cutoff_len, counter)
+    return info
+
+
+def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[Tally, dict, bool]:
+    tally = Tally()
+    split = LanguageSplit(settings.val_ratio, settings.seed)
+    writers = {name: JsonlWriter(staging / f"{name}.jsonl") for name in ("train", "val", "rejects")}
+    text_kind = False
+    try:
+        with byte_progress() as progress:
+            task = progress.add_task("preparing", total=scanner.total_bytes())
+            scanner.on_bytes = lambda n: progress.advance(task, n)
+            for source in scanner.sources:
+                counts = tally.per_source.setdefault(source.index, [0, 0, 0])
+                for batch in scanner.batches(source):
+                    for item in batch:
+                        tally.read += 1
+                        counts[0] += 1
+                        rejected = reject_reason(item, settings.dedupe)
+                        if rejected:
+                            kind, reason = rejected
+                            writers["rejects"].write(reject_record(item, kind, reason))
+                            tally.rejected += 1
+                            counts[2] += 1
+                            tally.reasons[kind] += 1
+                            continue
+                        is_text = item.row.text is not None
+                        tally.row_kinds["text" if is_text else "conversation"] += 1
+                        text_kind = text_kind or is_text
+                        lang = item.lang or "unknown"
+                        name = "val" if split.is_validation(lang) else "train"
+                        writers[name].write(output_row(item))
+                        (tally.val_langs if name == "val" else tally.train_langs)[lang] += 1
+                        tally.kept += 1
+                        counts[1] += 1
+                report = scanner.reports[source.index]
+                if report.fatal:
+                    raise FtwError(
+                        f"{report.fatal}. Rows after it would be lost, so nothing was prepared: "
+                        "fix the file (ftw data check lists every problem) or write it as JSONL."
+                    )
+    finally:
+        for writer in writers.values():
+            writer.close()
+    tally.train, tally.val = writers["train"].rows, writers["val"].rows
+    outputs = {name: writer.record(final_dir) for name, writer in writers.items()}
+    if not tally.val:
+        (staging / "val.jsonl").unlink()
+        outputs.pop("val")
+    return tally, outputs, text_kind
+
+
+def _check_invariant(scanner: Scanner, tally: Tally) -> None:
+    read = sum(report.read for report in scanner.reports)
+    if not (read == tally.read == tally.kept + tally.rejected and tally.kept == tally.train + tally.val):
+        raise FtwError(
+            f"internal error: rows read {read} / {tally.read} != kept {tally.kept} (train {tally.train} "
+            f"+ val {tally.val}) + rejected {tally.rejected}; nothing was prepared"
+        )
+    for index, (read_here, kept, rejected) in tally.per_source.items():
+        if read_here != kept + rejected or read_here != scanner.reports[index].read:
+            raise FtwError(
+                f"internal error: {scanner.sources[index].name}: read {read_here} != kept {kept} "
+                f"+ rejected {rejected}; nothing was prepared"
+            )
+
+
+def _prepared_info(
+    recipe: Recipe,
+    scanner: Scanner,
+    tally: Tally,
+    outputs: dict,
+    kind: str,
+    counter,
+    cutoff_len: int,
+    skipped: list[Path],
+    final_dir: Path,
+) -> dict:
+    lengths = None
+    if counter is not None:
+        total = _all_lengths(scanner)
+        lengths = {
+            **total.summary(),
+            "cutoff_len": cutoff_len,
+            "truncated": total.longer_than(cutoff_len),
+            "counted_as": counter.description,
+            "sampled_1_in": 1 if kind == "pt" else scanner.length_every,
+        }
+    sources = []
+    for source in scanner.sources:
+        report = scanner.reports[source.index]
+        read, kept, rejected = tally.per_source[source.index]
+        stat = source.path.stat()
+        sources.append(
+            {
+                "path": str(source.path),
+                "format": report.format,
+                "sha256": report.sha256,
+                "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "read": read,
+                "kept": kept,
+                "rejected": rejected,
+            }
+        )
+    return {
+        "kind": kind,
+        "format": "text" if kind == "pt" else "sharegpt",
+        "prepared_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": recipe.name,
+        "recipe_file": str(recipe.doc.path),
+        "settings": {**asdict(recipe.data), "cutoff_len": cutoff_len},
+        "counts": {
+            "read": tally.read,
+            "kept": tally.kept,
+            "rejected": tally.rejected,
+            "train": tally.train,
+            "val": tally.val,
+            "rejected_by_kind": dict(tally.reasons),
+        },
+        "split": {"train": dict(tally.train_langs), "val": dict(tally.val_langs)},
+        "lengths": lengths,
+        "files": outputs,
+        "sources": sources,
+        "skipped_files": [str(p) for p in skipped],
+    }
+
+
+def _all_lengths(scanner: Scanner) -> Lengths:
+    total = Lengths.empty()
+    for report in scanner.reports:
+        total.merge(report.lengths)
+    return total
+
+
+def _print_summary(scanner: Scanner, tally: Tally, info: dict, cutoff_len: int, counter) -> None:
+    for source in scanner.sources:
+        read, kept, rejected = tally.per_source[source.index]
+        fmt = scanner.reports[source.index].format or "unknown format"
+        console.print(f"  {source.name} ({fmt}): read {read}, kept {kept}, rejected {rejected}", markup=False)
+    if tally.reasons:
+        console.print(
+            "  rejected: "
+            + ", ".join(f"{KIND_NAMES.get(k, k.replace('_', ' '))} {n}" for k, n in tally.reasons.most_common())
+        )
+    console.print(f"  read {tally.read} = kept {tally.kept} + rejected {tally.rejected}  [green]✓[/green]")
+    langs = lambda c: ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]))  # noqa: E731
+    settings = info["settings"]
+    console.print(
+        f"  split (seed {settings['seed']}, val_ratio {settings['val_ratio']}, per language): "
+        f"train {tally.train} ({langs(tally.train_langs)}), val {tally.val}"
+        + (f" ({langs(tally.val_langs)})" if tally.val else "")
+    )
+    if counter is not None:
+        every = 1 if info["kind"] == "pt" else scanner.length_every
+        for line in lengths_lines(_all_lengths(scanner), cutoff_len, every):
+            console.print(f"  {line}")
+    files = info["files"]
+    names = ", ".join(Path(f["path"]).name for f in files.values())
+    done(
+        f"{info['kind']} data in {Path(files['train']['path']).parent}: {names}, "
+        f"{PREPARED}; {files['rejects']['rows']} row(s) in rejects.jsonl"
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: base vs merged vs quantized on control, validation and general-knowledge prompts."""

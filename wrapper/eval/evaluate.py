@@ -1,0 +1,378 @@
+"""`ftw eval`: did the fine-tune help, did it forget, did it survive quantization?
+
+Three models answer, greedily and in the training format (LLaMA-Factory's template):
+the base model, the merged fine-tune (both transformers, float32 on the CPU) and the
+Q4_K_M GGUF in llama.cpp, the file users actually run. They answer three sets:
+
+  control  the recipe's control prompts with reference answers (`eval.control`, JSONL)
+  val      the run's validation split (runs/RUN/data/val.jsonl from `ftw data prepare`),
+           or a seeded sample of the recipe's dataset rows (then seen in training: it
+           measures memorisation, not generalisation; eval.json and the report say so)
+  general  general-knowledge prompts (`eval.general`) with the fact each answer must
+           contain: the forgetting check counts those the base knew and the tune lost
+
+Every answer is scored (wrapper/eval/metrics.py). Quantization fidelity: perplexity of the f16
+and Q4_K_M GGUFs on the reference answers of the val set (llama.cpp logits), and the
+share of control prompts whose greedy answer is the same tokens from merged HF and Q4_K_M.
+
+Each scored row is appended to runs/RUN/eval/rows.jsonl and flushed at once; a re-run
+keeps the rows already there (keyed by model, set, row id and a hash of what was asked),
+so an interrupted evaluation continues where it stopped. Results: runs/RUN/eval.json,
+then report.md and report.html (wrapper/eval/report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wrapper.core import manifest
+from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.gguf_io import gguf_key
+from wrapper.core.ui import console, stage_progress
+from wrapper.eval import metrics
+from wrapper.eval.sets import MODEL_TITLES, MODELS, SETS, EvalSets, Item, load_sets, recipe_eval
+from wrapper.prompts.chat_format import ChatFormat, chat_format
+from wrapper.serve.models import GgufModel, HfModel
+
+EVAL_DIR = "eval"
+ROWS = "rows.jsonl"
+EVAL_JSON = "eval.json"
+
+
+# ---------------------------------------------------------------------------------------
+# answering
+
+
+class Rows:
+    """runs/RUN/eval/rows.jsonl: every scored row, appended and flushed one by one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[str, dict] = {}
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by an interruption
+            self.done[row["key"]] = row
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a", encoding="utf-8")
+        if text and not text.endswith("\n"):
+            self.handle.write("\n")  # end the cut-off line, or the next row would join it and be lost
+
+    def add(self, row: dict) -> None:
+        self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.handle.flush()
+        self.done[row["key"]] = row
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _format_for(fmt: ChatFormat, item: Item) -> ChatFormat:
+    return replace(fmt, system=item.system) if item.system else fmt
+
+
+def _load_model(kind: str, run_dir: Path, plan):
+    if kind == "base":
+        return HfModel(Path(plan.merge_base))
+    if kind == "merged":
+        return HfModel(manifest.artifact(run_dir, "merged", "ftw export"))
+    path = manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")
+    return GgufModel(path, n_threads=gguf_threads(path))
+
+
+def gguf_threads(path: Path) -> int:
+    """llama.cpp threads: one for a small file. Its threads spin-wait for each other, and on 2 busy
+    cores two threads took 3.5 s per token of the demo's Q4_K_M where one took 0.013 s."""
+    return 1 if path.stat().st_size < 1 << 30 else (os.cpu_count() or 1)
+
+
+def _threads_for(model) -> int:
+    """One torch thread for greedy decoding of a small model on the CPU: one token's matmuls are
+    too small to share, and a second thread only spins. Measured on 2 busy cores with SmolLM2-135M:
+    0.06 s per token with 1 thread, 0.25 s with 2."""
+    import torch
+
+    before = torch.get_num_threads()
+    if not torch.cuda.is_available() and sum(p.numel() for p in model.model.parameters()) < 1_000_000_000:
+        torch.set_num_threads(1)
+    return before
+
+
+def answer_all(run_dir: Path, sets: EvalSets, rows: Rows, max_new_tokens: int) -> None:
+    plan = manifest.plan_of(run_dir)
+    merged_dir = manifest.artifact(run_dir, "merged", "ftw export")
+    manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")
+    formats = {}
+    for kind in MODELS:
+        todo = [(s, item) for s in SETS for item in sets.items[s] if item.key(kind, max_new_tokens) not in rows.done]
+        total = sum(len(sets.items[s]) for s in SETS)
+        if not todo:
+            console.print(f"  {MODEL_TITLES[kind]}: all {total} rows already scored (in {rows.path})")
+            continue
+        tokenizer_dir = plan.merge_base if kind == "base" else merged_dir
+        if str(tokenizer_dir) not in formats:
+            formats[str(tokenizer_dir)] = chat_format(tokenizer_dir, plan.template, plan.system)
+        fmt = formats[str(tokenizer_dir)]
+        with console.status(f"loading the {MODEL_TITLES[kind]} model"):
+            model = _load_model(kind, run_dir, plan)
+        threads = _threads_for(model) if kind != "gguf" else None
+        kept = total - len(todo)
+        if kept:
+            console.print(
+                f"  {MODEL_TITLES[kind]}: {kept} rows kept from before (in {rows.path}), {len(todo)} to answer"
+            )
+        try:
+            with stage_progress() as progress:
+                task = progress.add_task(
+                    f"{MODEL_TITLES[kind]:>12}",
+                    total=total,
+                    completed=kept,
+                    status=f"{kept} kept from before" if kept else "",
+                )
+                for set_name, item in todo:
+                    item_fmt = _format_for(fmt, item)
+                    ids = item_fmt.conversation_ids(item.messages)
+                    started = time.perf_counter()
+                    tokens = model.greedy(ids, item_fmt.stop_ids(), max_tokens=max_new_tokens)
+                    answer = item_fmt.decode(tokens)
+                    rows.add(
+                        {
+                            "key": item.key(kind, max_new_tokens),
+                            "model": kind,
+                            "set": set_name,
+                            "id": item.id,
+                            "prompt": item.prompt,
+                            "reference": item.reference,
+                            "expect": item.expect,
+                            "lang": item.lang,
+                            "answer": answer,
+                            "tokens": tokens,
+                            "seconds": round(time.perf_counter() - started, 3),
+                            "metrics": metrics.score(answer, item.reference, item.expect),
+                        }
+                    )
+                    progress.update(task, advance=1, status=set_name)
+        finally:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)  # llama.cpp and later stages get every core back
+            if hasattr(model, "close"):
+                model.close()
+
+
+# ---------------------------------------------------------------------------------------
+# perplexity in llama.cpp
+
+
+def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of `response` after `prompt`, and its token count."""
+    import numpy as np
+
+    tokens = prompt + response
+    llm.reset()
+    llm.eval(tokens)
+    logits = np.asarray(llm.scores[len(prompt) - 1 : len(tokens) - 1], dtype=np.float64)
+    peak = logits.max(axis=1, keepdims=True)
+    log_z = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+    chosen = logits[np.arange(len(response)), response]
+    return float((log_z - chosen).sum()), len(response)
+
+
+def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict]:
+    from llama_cpp import Llama
+
+    plan = manifest.plan_of(run_dir)
+    fmt = chat_format(manifest.artifact(run_dir, "merged", "ftw export"), plan.template, plan.system)
+    encoded = []
+    for item in items:
+        messages = item.messages + [{"role": "assistant", "content": item.reference}]
+        prompt, response = fmt.template.encode_oneturn(fmt.tokenizer, messages, item.system or plan.system)
+        encoded.append((item, list(prompt), list(response)))
+    result = {}
+    for quant in ("f16", "Q4_K_M"):
+        key = gguf_key(quant)
+        path = manifest.artifact(run_dir, key, "ftw gguf")
+        model_key = f"ppl_{quant.lower()}"
+        todo = [e for e in encoded if e[0].key(model_key, 0) not in rows.done]
+        if todo:
+            n_ctx = max(len(p) + len(r) for _, p, r in encoded) + 8
+            with console.status(f"perplexity of {path.name} on {len(todo)} reference answers"):
+                llm = Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_batch=n_ctx,
+                    logits_all=True,
+                    n_threads=gguf_threads(path),
+                    n_threads_batch=gguf_threads(path),
+                    seed=0,
+                    verbose=False,
+                )
+                try:
+                    for item, prompt, response in todo:
+                        nll, count = answer_nll(llm, prompt, response)
+                        rows.add(
+                            {
+                                "key": item.key(model_key, 0),
+                                "model": model_key,
+                                "set": item.set,
+                                "id": item.id,
+                                "nll": nll,
+                                "tokens": count,
+                            }
+                        )
+                finally:
+                    llm.close()
+        scored = [rows.done[e[0].key(model_key, 0)] for e in encoded]
+        nll, count = sum(r["nll"] for r in scored), sum(r["tokens"] for r in scored)
+        result[quant] = {
+            "file": str(path),
+            "rows": len(scored),
+            "tokens": count,
+            "mean_nll": nll / count if count else None,
+            "perplexity": math.exp(nll / count) if count else None,
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# summary
+
+
+def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, Any]:
+    per_row: list[dict] = []
+    aggregate: dict[str, dict] = {}
+    for set_name in SETS:
+        aggregate[set_name] = {}
+        for kind in MODELS:
+            scored = [rows.done[item.key(kind, max_new_tokens)] for item in sets.items[set_name]]
+            per_row += scored
+            aggregate[set_name][kind] = {
+                "rows": len(scored),
+                **{name: metrics.mean(r["metrics"].get(name) for r in scored) for name in metrics.METRICS},
+            }
+
+    def by_id(kind: str, set_name: str) -> dict[str, dict]:
+        return {item.id: rows.done[item.key(kind, max_new_tokens)] for item in sets.items[set_name]}
+
+    general = {kind: by_id(kind, "general") for kind in MODELS}
+    forgetting: dict[str, Any] = {"rows": len(sets.items["general"])}
+    known = [i for i in sets.items["general"] if general["base"][i.id]["metrics"].get("contains")]
+    forgetting["known_by_base"] = len(known)
+    for kind in ("merged", "gguf"):
+        lost = [i for i in known if not general[kind][i.id]["metrics"].get("contains")]
+        forgetting[kind] = {
+            "still_known": len(known) - len(lost),
+            "forgotten": len(lost),
+            "forgotten_share": len(lost) / len(known) if known else None,
+            "forgotten_prompts": [
+                {
+                    "id": i.id,
+                    "prompt": i.prompt,
+                    "expect": i.expect,
+                    "base_answer": general["base"][i.id]["answer"],
+                    "answer": general[kind][i.id]["answer"],
+                }
+                for i in lost
+            ],
+        }
+
+    same = {}
+    for set_name in ("control", "val"):
+        merged, gguf = by_id("merged", set_name), by_id("gguf", set_name)
+        identical = [i for i in merged if merged[i]["tokens"] == gguf[i]["tokens"]]
+        same[set_name] = {
+            "rows": len(merged),
+            "identical": len(identical),
+            "share": len(identical) / len(merged) if merged else None,
+        }
+    return {"aggregate": aggregate, "forgetting": forgetting, "identical_greedy": same, "rows": per_row}
+
+
+def check_intermediates_kept(run_dir: Path, run: str) -> None:
+    """The merged model and the f16 GGUF are two of the models compared; `ftw gguf` removes them by default."""
+    removed = manifest.removed_intermediates(run_dir)
+    if removed:
+        what = " and ".join(
+            "the merged weights" if key == "merged" else f"the {key.removeprefix('gguf_')} GGUF" for key in removed
+        )
+        raise FtwError(
+            f"ftw eval compares the merged model and the f16 GGUF with the Q4_K_M file, and `ftw gguf` "
+            f"removed {what} after quantizing, to free disk. Make them again and keep them: "
+            f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates"
+        )
+
+
+def evaluate(
+    run_dir: Path, val_sample: int | None = None, limit: int | None = None, max_new_tokens: int | None = None
+) -> dict[str, Any]:
+    """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds."""
+    plan = manifest.plan_of(run_dir)
+    check_intermediates_kept(run_dir, plan.run)
+    settings, folder = recipe_eval(plan)
+    if val_sample is not None:
+        settings["val_sample"] = val_sample
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = max_new_tokens
+    sets = load_sets(run_dir, settings, folder)
+    if limit is not None:
+        for name in SETS:
+            sets.items[name] = sets.items[name][:limit]
+            sets.sources[name]["rows"] = len(sets.items[name])
+    if not any(sets.items.values()):
+        raise FtwError(f"nothing to evaluate: {plan.recipe_file} has no `eval:` prompts and the run has no rows")
+    count = {name: len(sets.items[name]) for name in SETS}
+    console.print(
+        f"Evaluating {plan.run}: control {count['control']}, val {count['val']}, general {count['general']} "
+        f"prompts x {len(MODELS)} models, greedy, at most {settings['max_new_tokens']} new tokens"
+    )
+    rows = Rows(run_dir / EVAL_DIR / ROWS)
+    max_tokens = int(settings["max_new_tokens"])
+    try:
+        answer_all(run_dir, sets, rows, max_tokens)
+        ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/yellow]: {len(rows.done)} scored rows are kept in {rows.path}; "
+            f"`ftw eval --run {plan.run}` continues from there."
+        )
+        raise
+    finally:
+        rows.close()
+    summary = summarize(sets, rows, max_tokens)
+    f16, q4 = ppl["f16"].get("perplexity"), ppl["Q4_K_M"].get("perplexity")
+    result = {
+        "run": plan.run,
+        "recipe": plan.recipe,
+        "profile": plan.profile,
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {**settings, "limit": limit, "decoding": "greedy", "format": plan.template, "system": plan.system},
+        "models": {
+            "base": str(plan.merge_base),
+            "merged": str(manifest.artifact(run_dir, "merged", "ftw export")),
+            "gguf": str(manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")),
+        },
+        "sets": sets.sources,
+        "aggregate": summary["aggregate"],
+        "forgetting": summary["forgetting"],
+        "quantization": {
+            "perplexity": ppl,
+            "perplexity_set": "val" if sets.items["val"] else "control",
+            "perplexity_ratio": q4 / f16 if f16 and q4 else None,
+            "identical_greedy": summary["identical_greedy"],
+        },
+        "rows": summary["rows"],
+    }
+    write_text_atomic(run_dir / EVAL_JSON, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    return result

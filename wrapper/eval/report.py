@@ -1,0 +1,454 @@
+"""Reports from eval.json and the training log: runs/RUN/report.md, a self-contained
+runs/RUN/report.html (plots embedded as base64 PNGs), and a comparison of several runs.
+
+Plots (matplotlib, Agg): training and eval loss and learning rate from LLaMA-Factory's
+trainer_log.jsonl, distributions of the per-row metrics, and base vs merged vs Q4_K_M bars.
+report.md links the same PNGs, written to runs/RUN/report/.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from wrapper.core import manifest
+from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.ui import console
+from wrapper.eval.sets import MODEL_TITLES, MODELS, SETS, TABLE_METRICS
+
+COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452"}
+BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
+
+
+def load_eval(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise FtwError(f"run {run_dir.name} has no eval.json yet. Run `ftw eval --run {run_dir.name}` first.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def trainer_log(run_dir: Path) -> list[dict]:
+    try:
+        output_dir = Path(manifest.plan_of(run_dir).train_args.get("output_dir") or run_dir / "adapter")
+    except (FtwError, KeyError, TypeError):
+        output_dir = run_dir / "adapter"
+    path = output_dir / "trainer_log.jsonl"
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+# ---------------------------------------------------------------------------------------
+# plots
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    _figure().close(fig)
+    return buffer.getvalue()
+
+
+def plot_loss(log: list[dict]) -> bytes | None:
+    train = [(e["current_steps"], e["loss"]) for e in log if e.get("loss") is not None]
+    evals = [(e["current_steps"], e["eval_loss"]) for e in log if e.get("eval_loss") is not None]
+    if not train and not evals:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    if train:
+        ax.plot(*zip(*train), label="training loss", color=COLORS["merged"])
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", color=COLORS["gguf"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def plot_lr(log: list[dict]) -> bytes | None:
+    points = [(e["current_steps"], e["lr"]) for e in log if e.get("lr") is not None]
+    if not points:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.plot(*zip(*points), color="#55a868")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_distributions(result: dict) -> bytes | None:
+    rows = [r for r in result["rows"] if r.get("set") in ("control", "val") and "metrics" in r]
+    if not rows:
+        return None
+    plt = _figure()
+    names = ("token_f1", "rouge_l", "key_info_recall")
+    fig, axes = plt.subplots(1, len(names), figsize=(10, 3.2), sharey=True)
+    bins = [i / 10 for i in range(11)]
+    for ax, name in zip(axes, names):
+        data = [
+            [r["metrics"][name] for r in rows if r["model"] == kind and r["metrics"].get(name) is not None]
+            for kind in MODELS
+        ]
+        ax.hist(data, bins=bins, label=[MODEL_TITLES[k] for k in MODELS], color=[COLORS[k] for k in MODELS])
+        ax.set_title(f"{name} (control + val rows)")
+        ax.set_xlabel(name)
+    axes[0].set_ylabel("rows")
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_bars(result: dict) -> bytes | None:
+    groups = []
+    for set_name in SETS:
+        block = result["aggregate"].get(set_name, {})
+        if not block.get("base", {}).get("rows"):
+            continue
+        for name in BAR_METRICS:
+            if any(block[k].get(name) is not None for k in MODELS):
+                groups.append((f"{set_name}\n{name}", [block[k].get(name) or 0.0 for k in MODELS]))
+    if not groups:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups)), 3.6))
+    width = 0.27
+    for offset, kind in enumerate(MODELS):
+        xs = [i + (offset - 1) * width for i in range(len(groups))]
+        ax.bar(xs, [values[offset] for _, values in groups], width, label=MODEL_TITLES[kind], color=COLORS[kind])
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([label for label, _ in groups], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean per row")
+    ax.set_title("Base vs fine-tuned vs GGUF")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def make_plots(run_dir: Path, result: dict) -> dict[str, bytes]:
+    log = trainer_log(run_dir)
+    plots = {
+        "loss": plot_loss(log),
+        "learning_rate": plot_lr(log),
+        "metrics_distribution": plot_distributions(result),
+        "base_vs_tuned": plot_bars(result),
+    }
+    return {name: png for name, png in plots.items() if png}
+
+
+# ---------------------------------------------------------------------------------------
+# tables
+
+
+def _f(value, digits: int = 3) -> str:
+    return "—" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["set", "metric", *(MODEL_TITLES[k] for k in MODELS)]
+    body = []
+    for set_name in SETS:
+        block = result["aggregate"].get(set_name, {})
+        if not block.get("base", {}).get("rows"):
+            continue
+        first = True
+        for name in TABLE_METRICS:
+            if all(block[k].get(name) is None for k in MODELS):
+                continue
+            body.append(
+                [
+                    f"{set_name} ({block['base']['rows']})" if first else "",
+                    name,
+                    *(_f(block[k].get(name)) for k in MODELS),
+                ]
+            )
+            first = False
+    return header, body
+
+
+def summary_lines(result: dict) -> list[str]:
+    lines = []
+    val = result["sets"].get("val", {})
+    if val.get("rows"):
+        lines.append(f"Validation rows: {val['rows']} of {val.get('of')} from {val.get('file')}: {val.get('note')}.")
+    forgetting = result["forgetting"]
+    if forgetting.get("rows"):
+        lines.append(
+            f"Forgetting: the base model knew {forgetting['known_by_base']} of {forgetting['rows']} general "
+            f"prompts; the merged fine-tune forgot {forgetting['merged']['forgotten']}, the Q4_K_M GGUF "
+            f"forgot {forgetting['gguf']['forgotten']}."
+        )
+    quant = result["quantization"]
+    ppl = quant["perplexity"]
+    if ppl.get("f16", {}).get("perplexity") is not None:
+        lines.append(
+            f"Perplexity of the reference answers ({quant['perplexity_set']} set, {ppl['f16']['tokens']} "
+            f"tokens): f16 GGUF {ppl['f16']['perplexity']:.3f}, Q4_K_M {ppl['Q4_K_M']['perplexity']:.3f} "
+            f"(ratio {quant['perplexity_ratio']:.3f})."
+        )
+    same = quant["identical_greedy"]
+    for set_name in ("control", "val"):
+        if same[set_name]["rows"]:
+            lines.append(
+                f"Identical greedy answers, merged HF vs Q4_K_M, {set_name}: "
+                f"{same[set_name]['identical']}/{same[set_name]['rows']} ({same[set_name]['share']:.0%})."
+            )
+    return lines
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def answer_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Each prompt of the control and general sets with the three answers side by side."""
+    by_key: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in result["rows"]:
+        if row.get("set") in ("control", "general") and "answer" in row:
+            by_key.setdefault((row["set"], row["id"]), {})[row["model"]] = row
+    header = ["set", "prompt", "reference", *(MODEL_TITLES[k] for k in MODELS), "ROUGE-L (GGUF)"]
+    body = []
+    for (set_name, _), models in by_key.items():
+        first = next(iter(models.values()))
+        body.append(
+            [
+                set_name,
+                first["prompt"],
+                first["reference"],
+                *(models.get(k, {}).get("answer", "") for k in MODELS),
+                _f(models.get("gguf", {}).get("metrics", {}).get("rouge_l")),
+            ]
+        )
+    return header, body
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    result = load_eval(run_dir)
+    plots = make_plots(run_dir, result)
+    images_dir = run_dir / "report"
+    images_dir.mkdir(exist_ok=True)
+    for name, png in plots.items():
+        (images_dir / f"{name}.png").write_bytes(png)
+    header, body = metric_table(result)
+    answers_header, answers_body = answer_rows(result)
+    title = f"ftw evaluation: {result['run']}"
+    intro = (
+        f"Recipe `{result['recipe']}`, profile `{result['profile']}`, evaluated {result['evaluated_at']}; "
+        f"greedy decoding in the training format ({result['settings']['format']}), at most "
+        f"{result['settings']['max_new_tokens']} new tokens. Models: base `{result['models']['base']}`, merged "
+        f"`{result['models']['merged']}`, GGUF `{result['models']['gguf']}`. Every number is in eval.json."
+    )
+
+    md = [f"# {title}", "", intro, "", "## Metrics (mean per row)", "", _md_table(header, body), ""]
+    md += [f"- {line}" for line in summary_lines(result)] + [""]
+    lost = result["forgetting"].get("gguf", {}).get("forgotten_prompts", [])
+    if lost:
+        md += [
+            "## Forgotten by the fine-tune (Q4_K_M GGUF)",
+            "",
+            _md_table(
+                ["prompt", "expected", "base", "GGUF"],
+                [[x["prompt"], x["expect"], x["base_answer"], x["answer"]] for x in lost],
+            ),
+            "",
+        ]
+    md += ["## Plots", ""] + [f"![{name}](report/{name}.png)" for name in plots] + [""]
+    md += ["## Answers", "", _md_table(answers_header, answers_body), ""]
+    md_path = run_dir / "report.md"
+    write_text_atomic(md_path, "\n".join(md))
+
+    images = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        f"<figcaption>{html.escape(name.replace('_', ' '))}</figcaption></figure>"
+        for name, png in plots.items()
+    )
+    summary = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(result))
+    forgotten = ""
+    if lost:
+        forgotten = "<h2>Forgotten by the fine-tune (Q4_K_M GGUF)</h2>" + _html_table(
+            ["prompt", "expected", "base", "GGUF"],
+            [[x["prompt"], x["expect"], x["base_answer"], x["answer"]] for x in lost],
+        )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }}
+figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(intro)}</p>
+<h2>Metrics (mean per row)</h2>
+{_html_table(header, body)}
+<ul>{summary}</ul>
+{forgotten}
+<h2>Plots</h2>
+{images}
+<h2>Answers</h2>
+{_html_table(answers_header, answers_body)}
+</body></html>
+"""
+    html_path = run_dir / "report.html"
+    write_text_atomic(html_path, page)
+    return md_path, html_path
+
+
+def comparison(
+    results: list[dict], logs: list[list[dict]], names: list[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    def agg(result, set_name, kind, name):
+        return result["aggregate"].get(set_name, {}).get(kind, {}).get(name)
+
+    def last_loss(log):
+        losses = [e["loss"] for e in log if e.get("loss") is not None]
+        return losses[-1] if losses else None
+
+    def last_eval_loss(log):
+        losses = [e["eval_loss"] for e in log if e.get("eval_loss") is not None]
+        return losses[-1] if losses else None
+
+    lines: list[tuple[str, Any]] = [
+        ("recipe", lambda r, log: r["recipe"]),
+        ("profile", lambda r, log: r["profile"]),
+        ("final training loss", lambda r, log: last_loss(log)),
+        ("final eval loss", lambda r, log: last_eval_loss(log)),
+    ]
+    for set_name in ("control", "val"):
+        for name in ("contains", "token_f1", "rouge_l", "key_info_recall"):
+            for kind in ("base", "gguf"):
+                lines.append(
+                    (
+                        f"{set_name} {name} ({MODEL_TITLES[kind]})",
+                        lambda r, log, s=set_name, n=name, k=kind: agg(r, s, k, n),
+                    )
+                )
+    lines += [
+        ("general prompts known by base", lambda r, log: r["forgetting"].get("known_by_base")),
+        ("forgotten by Q4_K_M GGUF", lambda r, log: r["forgetting"].get("gguf", {}).get("forgotten")),
+        ("perplexity f16", lambda r, log: r["quantization"]["perplexity"].get("f16", {}).get("perplexity")),
+        ("perplexity Q4_K_M", lambda r, log: r["quantization"]["perplexity"].get("Q4_K_M", {}).get("perplexity")),
+        ("identical greedy, control", lambda r, log: r["quantization"]["identical_greedy"]["control"].get("share")),
+    ]
+    header = ["", *(names or [r["run"] for r in results])]
+    body = []
+    for label, get in lines:
+        values = [get(r, log) for r, log in zip(results, logs)]
+        if all(v is None for v in values) and label.startswith(("control", "val", "final eval")):
+            continue
+        body.append([label, *(_f(v) for v in values)])
+    return header, body
+
+
+def compare_runs(run_dirs: list[Path], out: Path | None = None) -> tuple[list[str], list[list[str]]]:
+    results = [load_eval(d) for d in run_dirs]
+    header, body = comparison(results, [trainer_log(d) for d in run_dirs], [d.name for d in run_dirs])
+    table = Table(title="ftw: runs compared (eval.json of each)")
+    for column in header:
+        table.add_column(column, justify="left" if column == "" else "right")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+    if out:
+        write_text_atomic(out, "# Runs compared\n\n" + _md_table(header, body) + "\n")
+        console.print(f"[green]✓[/green] {out}")
+    return header, body
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    table = Table(title=f"{result['run']}: evaluation (greedy, training format; means per row)", show_lines=False)
+    table.add_column("set")
+    table.add_column("metric")
+    for kind in MODELS:
+        table.add_column(MODEL_TITLES[kind], justify="right")
+    for set_name in SETS:
+        block = result["aggregate"][set_name]
+        if not block["base"]["rows"]:
+            continue
+        label = f"{set_name} ({block['base']['rows']})"
+        for name in TABLE_METRICS:
+            if all(block[k][name] is None for k in MODELS):
+                continue
+            table.add_row(label, name, *(_fmt(block[k][name]) for k in MODELS))
+            label = ""
+        table.add_section()
+    console.print(table)
+    if result["sets"]["val"].get("seen_in_training"):
+        console.print(f"  val: {result['sets']['val']['note']}")
+    forgetting = result["forgetting"]
+    if forgetting["rows"]:
+        gguf = forgetting["gguf"]
+        console.print(
+            f"Forgetting: the base model knew {forgetting['known_by_base']} of {forgetting['rows']} "
+            f"general prompts; the Q4_K_M GGUF forgot {gguf['forgotten']} of them "
+            f"(merged HF: {forgetting['merged']['forgotten']})."
+        )
+        for lost in gguf["forgotten_prompts"]:
+            console.print(
+                f"  [red]forgot[/red] {escape(lost['prompt'])}  base: {escape(lost['base_answer'])!s}  "
+                f"→ GGUF: {escape(lost['answer'])}"
+            )
+    quant = result["quantization"]
+    ppl = quant["perplexity"]
+    same = quant["identical_greedy"]["control"]
+    parts = []
+    if ppl.get("f16", {}).get("perplexity") is not None:
+        parts.append(
+            f"perplexity on {ppl['f16']['rows']} reference answers: f16 {ppl['f16']['perplexity']:.3f}, "
+            f"Q4_K_M {ppl['Q4_K_M']['perplexity']:.3f} (x{quant['perplexity_ratio']:.3f})"
+        )
+    if same["rows"]:
+        parts.append(
+            f"identical greedy answers merged HF vs Q4_K_M: {same['identical']}/{same['rows']} control prompts"
+        )
+    if parts:
+        console.print("Quantization: " + "; ".join(parts) + ".")

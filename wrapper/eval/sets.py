@@ -1,0 +1,176 @@
+"""The prompt sets `ftw eval` answers: the recipe's control and general-knowledge prompts,
+and the run's validation rows (or a seeded sample of its training rows)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wrapper.config.recipes import load_recipe
+from wrapper.config.schema import EvalSettings
+from wrapper.core import manifest
+from wrapper.core.errors import FtwError
+from wrapper.core.paths import PROJECT_ROOT
+from wrapper.core.plan import RunPlan
+from wrapper.core.ui import console
+from wrapper.data.formats import ASSISTANT, USER, detect_format, parse_row
+from wrapper.data.readers import read_json_records
+
+MODELS = ("base", "merged", "gguf")
+MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": "Q4_K_M GGUF"}
+SETS = ("control", "val", "general")
+# The metrics the tables show (terminal, report.md, report.html), in this order.
+TABLE_METRICS = ("contains", "exact_match", "token_f1", "rouge_l", "key_info_recall", "length_ratio")
+
+
+@dataclass
+class Item:
+    """One prompt to answer: the conversation before the answer, and the reference answer."""
+
+    set: str
+    id: str
+    messages: list[dict]  # user/assistant turns, the user's last
+    reference: str
+    expect: str | None = None  # a phrase the answer must contain (general set, optional elsewhere)
+    system: str | None = None
+    lang: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        return self.messages[-1]["content"]
+
+    def key(self, model: str, max_new_tokens: int) -> str:
+        what = json.dumps([self.messages, self.system, self.reference, self.expect, max_new_tokens], ensure_ascii=False)
+        return f"{model}|{self.set}|{self.id}|{hashlib.sha1(what.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class EvalSets:
+    items: dict[str, list[Item]] = field(default_factory=dict)
+    sources: dict[str, dict] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# the sets
+
+
+def recipe_eval(plan: RunPlan) -> tuple[dict[str, Any], Path | None]:
+    """The recipe's `eval:` settings (paths are relative to the recipe's folder) and that folder."""
+    candidates = [Path(plan.recipe_file)]
+    if not candidates[0].is_absolute():
+        candidates.append(PROJECT_ROOT / plan.recipe_file)
+    for path in candidates:
+        if path.is_file():
+            recipe = load_recipe(str(path.resolve()))
+            return asdict(recipe.eval), recipe.folder
+    try:
+        recipe = load_recipe(plan.recipe)
+        return asdict(recipe.eval), recipe.folder
+    except FtwError:
+        console.print(f"[yellow]note[/yellow]: recipe {plan.recipe_file} not found; no control or general prompts")
+        return asdict(EvalSettings()), None
+
+
+def read_prompt_file(path: Path, set_name: str) -> list[Item]:
+    """A JSONL of {"id"?, "prompt", "reference", "expect"?, "lang"?} rows (general: "expect" required)."""
+    if not path.is_file():
+        raise FtwError(f"eval prompts file not found: {path}")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FtwError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("prompt"), str)
+            and isinstance(row.get("reference", row.get("expect")), str)
+        ):
+            raise FtwError(f"{path}:{number}: each row needs 'prompt' and 'reference' strings")
+        if set_name == "general" and not isinstance(row.get("expect"), str):
+            raise FtwError(f"{path}:{number}: a general-knowledge row needs 'expect', the fact its answer must contain")
+        items.append(
+            Item(
+                set_name,
+                str(row.get("id", number)),
+                [{"role": "user", "content": row["prompt"]}],
+                row.get("reference") or row["expect"],
+                row.get("expect"),
+                row.get("system"),
+                row.get("lang"),
+            )
+        )
+    return items
+
+
+def conversation_rows(path: Path) -> list[tuple[list[dict], str, str | None, str | None]]:
+    """(messages before the last answer, that answer, system, lang) of each conversation row of a file."""
+    rows = []
+    for record in read_json_records(path):
+        if record.problem is not None:
+            continue
+        fmt = detect_format(record.value)
+        if fmt in (None, "text", "mapped"):
+            continue
+        try:
+            row = parse_row(record.value, fmt)
+        except Exception:  # noqa: BLE001 - `ftw data check` reports bad rows; evaluation skips them
+            continue
+        turns = [(role, content) for role, content in row.turns if role in (USER, ASSISTANT)]
+        if len(turns) < 2 or turns[-1][0] != ASSISTANT or turns[-2][0] != USER:
+            continue
+        messages = [
+            {"role": "user" if role == USER else "assistant", "content": content} for role, content in turns[:-1]
+        ]
+        rows.append((messages, turns[-1][1], row.system, row.lang))
+    return rows
+
+
+def load_sets(run_dir: Path, settings: dict[str, Any], folder: Path | None) -> EvalSets:
+    plan = manifest.plan_of(run_dir)
+    sets = EvalSets()
+    for name in ("control", "general"):
+        if settings.get(name):
+            path = Path(settings[name])
+            path = path if path.is_absolute() or folder is None else (folder / path)
+            sets.items[name] = read_prompt_file(path.resolve(), name)
+            sets.sources[name] = {"file": str(path.resolve()), "rows": len(sets.items[name])}
+        else:
+            sets.items[name] = []
+            sets.sources[name] = {"file": None, "rows": 0}
+
+    prepared = run_dir / "data" / "val.jsonl"
+    if prepared.is_file() and prepared.stat().st_size:
+        rows, source, seen = conversation_rows(prepared), str(prepared), False
+    else:
+        rows, seen = [], True
+        for dataset in plan.datasets:
+            rows += conversation_rows(Path(dataset["path"]))
+        source = ", ".join(str(d["path"]) for d in plan.datasets)
+    sample = int(settings["val_sample"])
+    picked = sorted(random.Random(settings["seed"]).sample(range(len(rows)), min(sample, len(rows)))) if sample else []
+    sets.items["val"] = [
+        Item("val", f"row{index}", messages, answer, None, system, lang)
+        for index in picked
+        for messages, answer, system, lang in [rows[index]]
+    ]
+    sets.sources["val"] = {
+        "file": source,
+        "rows": len(sets.items["val"]),
+        "of": len(rows),
+        "seen_in_training": seen,
+        "seed": settings["seed"],
+        "note": (
+            "a seeded sample of the training rows (no validation split: run `ftw data "
+            "prepare`); it measures memorisation, not generalisation"
+        )
+        if seen
+        else "held-out validation split from `ftw data prepare`",
+    }
+    return sets

@@ -1,0 +1,101 @@
+"""llama.cpp's converter and the chat template inside the GGUF.
+
+The converter is vendor/llama.cpp's convert_hf_to_gguf.py, run with that tree's own
+gguf-py, and the quantizer is the llama.cpp compiled into llama-cpp-python from the same
+commit (wrapper/gguf/quantize.py), so the file is written and read by one llama.cpp.
+
+Between conversion and quantization the GGUF's chat template (tokenizer.chat_template,
+what LM Studio and llama.cpp build prompts with) is checked against the training format;
+where it differs, the training format is written in its place (wrapper/prompts/fidelity.py),
+so every quantized file inherits a template that matches training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import verify_gguf
+from wrapper.core.paths import LLAMA_CPP_DIR
+from wrapper.core.procs import run_with_status
+from wrapper.core.ui import console, done
+from wrapper.prompts.fidelity import GgufChat, check_gguf_template, jinja_candidates, training_format
+
+GGUF_PY_ENV = {"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}
+
+
+def run_converter(merged: Path, partial: Path, outtype: str, log_path: Path) -> None:
+    converter = LLAMA_CPP_DIR / "convert_hf_to_gguf.py"
+    if not converter.is_file():
+        raise FtwError(f"{converter} is missing. Run `make setup` (it unpacks llama.cpp into vendor/).")
+    run_with_status(
+        [sys.executable, str(converter), str(merged), "--outtype", outtype, "--outfile", str(partial)],
+        log_path,
+        "convert_hf_to_gguf",
+        f"convert {outtype}",
+        env=GGUF_PY_ENV,
+        writes_to=partial.parent,
+    )
+
+
+def write_chat_template(source: Path, target: Path, template: str, log_path: Path) -> None:
+    """Copy `source` to `target` with `template` as tokenizer.chat_template (the gguf library's
+    gguf_new_metadata, from the same gguf-py the converter uses)."""
+    script = LLAMA_CPP_DIR / "gguf-py" / "gguf" / "scripts" / "gguf_new_metadata.py"
+    template_file = target.with_name(target.name + ".jinja")
+    template_file.write_text(template, encoding="utf-8")
+    try:
+        run_with_status(
+            [
+                sys.executable,
+                str(script),
+                str(source),
+                str(target),
+                "--chat-template-file",
+                str(template_file),
+                "--force",
+            ],
+            log_path,
+            "gguf_new_metadata",
+            "write chat template",
+            env=GGUF_PY_ENV,
+            writes_to=target.parent,
+        )
+    finally:
+        template_file.unlink(missing_ok=True)
+
+
+def ensure_training_template(
+    partial: Path, merged: Path, template_name: str, system: str | None, expected_ftype: int, log_path: Path
+) -> None:
+    """Leave the GGUF's chat template if it renders the training format, else write the training format."""
+    fmt = training_format(merged, template_name, system)
+    chat = GgufChat.read(partial)
+    if chat.chat_template is not None:
+        found = check_gguf_template(fmt, chat)
+        if found.identical:
+            done(f"the GGUF's own chat template renders the training format ({found.checked} conversations)")
+            return
+        reason = found.mismatches[0].describe()
+    else:
+        reason = "the GGUF has no chat template"
+    passing = [(label, text) for label, text in jinja_candidates(fmt) if check_gguf_template(fmt, chat, text).identical]
+    if not passing:
+        console.print(
+            f"[yellow]warning:[/yellow] LM Studio and llama.cpp will prompt this model differently from "
+            f"training ({reason}), and ftw has no chat template for '{template_name}' that renders the "
+            f"training format to write instead.",
+            soft_wrap=True,
+        )
+        return
+    source, template = passing[0]
+    # Named after the partial, so that a stop anywhere leaves nothing the stage contract doesn't remove.
+    rewritten = partial.with_name(partial.name + ".chat")
+    rewritten.unlink(missing_ok=True)
+    write_chat_template(partial, rewritten, template, log_path)
+    count = verify_gguf(rewritten, expected_ftype)
+    if GgufChat.read(rewritten).chat_template != template:
+        raise FtwError(f"{rewritten}: the chat template did not read back as written")
+    rewritten.replace(partial)
+    done(f"chat template replaced by the training format ({source}; {count} tensors kept); it differed: {reason}")

@@ -1,0 +1,242 @@
+"""GGUF stage: the merged model to an f16 (or bf16) GGUF with llama.cpp's converter, then
+quantized (Q4_K_M by default); each file is a stage of the contract (wrapper/core/stage.py):
+written under a .partial name, read back with the gguf library, only then renamed.
+
+Once the quantized files are verified, the merged weights and the unquantized GGUF are
+removed to free the disk, unless --keep-intermediates (ftw eval needs them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from wrapper.core import manifest, stage
+from wrapper.core.disk import check_free_space
+from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import ftype_of, gguf_key, verify_gguf
+from wrapper.core.paths import llama_cpp_commit
+from wrapper.core.plan import RunPlan
+from wrapper.core.procs import run_with_status
+from wrapper.core.safetensors_io import model_weights, read_header
+from wrapper.core.ui import console, done
+from wrapper.gguf.convert import ensure_training_template, run_converter
+
+OUTTYPES = ("f16", "bf16")
+# The merged model's weight files (safetensors, or the .bin LLaMA-Factory's legacy export writes).
+WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
+WEIGHTS_REMOVED_NOTE = "WEIGHTS_REMOVED.txt"
+# Quant types offered, by the names llama.cpp's quantize tool uses, and their average bits per
+# weight (for the disk estimate only). Types that need an importance matrix (IQ2/IQ3 and such)
+# are left out: nothing here makes one.
+QUANT_BITS = {
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q6_K": 6.6,
+    "Q8_0": 8.5,
+    "Q3_K_M": 3.9,
+    "Q3_K_L": 4.3,
+    "Q2_K": 3.4,
+    "Q4_0": 4.6,
+    "IQ4_XS": 4.3,
+}
+QUANT_TYPES = tuple(QUANT_BITS)
+
+
+def mib(path: Path) -> str:
+    return f"{path.stat().st_size / 2**20:.0f} MiB"
+
+
+class ConvertStage(stage.Stage):
+    """The unquantized GGUF, with the training format as its chat template."""
+
+    def __init__(self, run_dir: Path, plan: RunPlan, merged: Path, outtype: str):
+        super().__init__(run_dir, gguf_key(outtype), run_dir / "gguf" / f"{plan.run}-{outtype}.gguf")
+        self.plan, self.merged, self.outtype = plan, merged, outtype
+        self.title = f"{outtype} GGUF"
+        self.log_path = run_dir / "logs" / "gguf.log"
+        self.quants_to_make: list[str] = []  # for the disk check
+
+    def inputs(self) -> stage.StageInputs:
+        """The merged model (as the export stage recorded it), precision, chat template and converter."""
+        merged_id = stage.recorded_digest(self.run_dir, "merged") or stage.folder_digest(self.merged)
+        return stage.StageInputs(
+            self.key,
+            {
+                "merged model": merged_id,
+                "outtype": self.outtype,
+                "chat template": stage.value_digest([self.plan.template, self.plan.system]),
+                "llama.cpp": str(llama_cpp_commit()),
+            },
+        )
+
+    def also_records(self) -> dict[str, Path]:
+        return {"gguf_log": self.log_path}
+
+    def make(self, partial: Path) -> None:
+        if "merged" in manifest.removed_intermediates(self.run_dir):
+            raise FtwError(
+                f"the merged weights were removed after the last quantization, to free disk; "
+                f"make them again first: ftw export --run {self.plan.run} --force"
+            )
+        console.print(f"Converting {self.merged} with llama.cpp; full log: {self.log_path}")
+        check_weights_suit(self.merged, self.outtype, self.plan.run)
+        check_gguf_disk(self.merged, partial.parent, self.outtype, self.quants_to_make)
+        run_converter(self.merged, partial, self.outtype, self.log_path)
+        verify_gguf(partial, ftype_of(self.outtype))
+        ensure_training_template(
+            partial, self.merged, self.plan.template, self.plan.system, ftype_of(self.outtype), self.log_path
+        )
+
+    def verify(self, partial: Path) -> str:
+        return f"{verify_gguf(partial, ftype_of(self.outtype))} tensors, {mib(partial)}"
+
+
+class QuantizeStage(stage.Stage):
+    force_says = "makes it again"
+
+    def __init__(
+        self, run_dir: Path, plan: RunPlan, source: ConvertStage, source_inputs: stage.StageInputs, quant: str
+    ):
+        super().__init__(run_dir, gguf_key(quant), run_dir / "gguf" / f"{plan.run}-{quant}.gguf")
+        self.source, self.source_inputs, self.quant = source, source_inputs, quant
+        self.title = f"{quant} GGUF"
+
+    def inputs(self) -> stage.StageInputs:
+        return stage.StageInputs(
+            self.key,
+            {
+                "unquantized GGUF": self.source_inputs.digest,
+                "type": self.quant,
+                "llama.cpp": self.source_inputs.values["llama.cpp"],
+            },
+        )
+
+    def make(self, partial: Path) -> None:
+        run_with_status(
+            [
+                sys.executable,
+                "-m",
+                "wrapper.gguf.quantize",
+                str(self.source.target),
+                str(partial),
+                str(ftype_of(self.quant)),
+            ],
+            self.source.log_path,
+            f"llama.cpp quantize {self.quant}",
+            f"quantize {self.quant}",
+            writes_to=partial.parent,
+        )
+
+    def verify(self, partial: Path) -> str:
+        return f"{verify_gguf(partial, ftype_of(self.quant))} tensors, {mib(partial)}"
+
+
+def check_quant_names(quants: list[str]) -> list[str]:
+    normalised = [q.upper() for q in quants]
+    for quant in normalised:
+        if quant not in QUANT_TYPES:
+            raise FtwError(f"--quant {quant}: unknown type. Choose from {', '.join(QUANT_TYPES)}.")
+    return normalised
+
+
+def check_gguf_disk(merged: Path, gguf_dir: Path, outtype: str, quants: list[str]) -> None:
+    """Stop before converting when the unquantized GGUF and the `quants` still to be made don't fit the free disk."""
+    _, params = model_weights(merged)
+    if params:
+        needs = {f"{outtype} GGUF": params * 2}
+        needs.update({f"{quant} GGUF": int(params * QUANT_BITS[quant] / 8) for quant in quants})
+        check_free_space(gguf_dir, needs, "ftw gguf")
+
+
+def check_weights_suit(merged: Path, outtype: str, run: str) -> None:
+    """A bf16 GGUF made from weights ftw export stored as float16 would lose what bf16 holds and f16 doesn't."""
+    if outtype != "bf16":
+        return
+    config = json.loads((merged / "config.json").read_text(encoding="utf-8"))
+    if (config.get("dtype") or config.get("torch_dtype")) != "bfloat16":
+        return
+    if any(
+        info.dtype == "F16"
+        for path in merged_weight_files(merged)
+        if path.suffix == ".safetensors"
+        for info in read_header(path).values()
+    ):
+        raise FtwError(
+            f"{merged} holds the weights as float16 (made for an f16 GGUF); for a bf16 GGUF, merge "
+            f"them in the base's dtype first: ftw export --run {run} --weights-dtype base"
+        )
+
+
+def merged_weight_files(merged: Path) -> list[Path]:
+    return sorted(path for pattern in WEIGHT_FILES for path in merged.glob(pattern) if path.is_file())
+
+
+def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, quantized: dict[str, Path]) -> None:
+    """Free the disk the merged weights and the unquantized GGUF hold, once the quantized files are verified.
+
+    The manifest is updated first: a stop between the two leaves stray files, never a
+    manifest that names a file that is gone. The merged folder keeps its config and
+    tokenizer, which the Modelfile, smoke, chat and eval stages read.
+    """
+    for quant, path in quantized.items():
+        verify_gguf(path, ftype_of(quant))
+    # Only the run's own merge is ours to thin out, never a folder the manifest was pointed at.
+    weights = merged_weight_files(merged) if merged.resolve() == (run_dir / "merged").resolve() else []
+    freed = {}
+    if weights:
+        freed["merged"] = sum(path.stat().st_size for path in weights)
+        manifest.record_removed(
+            run_dir, "merged", {"weights": [path.name for path in weights], "bytes": freed["merged"]}
+        )
+        (merged / WEIGHTS_REMOVED_NOTE).write_text(
+            "The merged weights were removed by `ftw gguf` once the quantized GGUF was verified, to free disk.\n"
+            f"Make them again with: ftw export --run {run_dir.name} --force  (and keep them next time with\n"
+            "ftw gguf --keep-intermediates). Config and tokenizer files stay here for the later stages.\n",
+            encoding="utf-8",
+        )
+        for path in weights:
+            path.unlink()
+    if full.is_file():
+        key = gguf_key(outtype)
+        freed[key] = full.stat().st_size
+        manifest.record_removed(run_dir, key, {"file": str(full), "bytes": freed[key]})
+        full.unlink()
+    if freed:
+        done(
+            f"removed the intermediates ({', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in freed.items())}); "
+            "--keep-intermediates keeps them (ftw eval needs them)"
+        )
+
+
+def make_ggufs(
+    run_dir: Path, quants: list[str], outtype: str = "f16", force: bool = False, keep_intermediates: bool = False
+) -> dict[str, Path]:
+    """The unquantized GGUF when a quantized file needs it, then each quantized file; each only if not up to date."""
+    quants = check_quant_names(quants)
+    if outtype not in OUTTYPES:
+        raise FtwError(f"--outtype {outtype}: choose {' or '.join(OUTTYPES)}")
+    plan = manifest.plan_of(run_dir)
+    merged = manifest.artifact(run_dir, "merged", "ftw export")
+    (run_dir / "gguf").mkdir(exist_ok=True)
+    full = ConvertStage(run_dir, plan, merged, outtype)
+    full_inputs = full.inputs()
+    quantized = [QuantizeStage(run_dir, plan, full, full_inputs, quant) for quant in quants]
+    pending = {q.quant: stage.check(q, q.inputs(), force) for q in quantized}
+    full.quants_to_make = [quant for quant, changes in pending.items() if changes is not None]
+
+    made: dict[str, Path] = {}
+    full_changes = stage.check(full, full_inputs, force)
+    if full_changes is not None and (full.quants_to_make or full.key not in manifest.removed_intermediates(run_dir)):
+        stage.build(full, full_inputs, full_changes)
+    made[full.key] = full.target
+    for q in quantized:
+        changes = pending[q.quant]
+        made[q.key] = stage.skip(q) if changes is None else stage.build(q, q.inputs(), changes)
+    if not keep_intermediates and quants:
+        remove_intermediates(run_dir, merged, full.target, outtype, {q.quant: q.target for q in quantized})
+        made.pop(full.key, None)
+    return made

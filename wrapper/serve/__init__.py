@@ -1,0 +1,1 @@
+"""Serving: the Ollama Modelfile, LM Studio, chat and smoke checks, greedy answers from a GGUF."""

