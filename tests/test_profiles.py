@@ -123,18 +123,21 @@ def test_full_fine_tune_that_needs_sharding_gets_zero3(runs_dir):
     assert HfDeepSpeedConfig(config).is_zero3()
 
 
+# A shape small enough to count its parameters by hand.
+SMALL_CONFIG = {
+    "hidden_size": 8,
+    "intermediate_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 4,
+    "vocab_size": 10,
+    "tie_word_embeddings": False,
+}
+
+
 def test_small_shape_by_hand():
-    config = {
-        "hidden_size": 8,
-        "intermediate_size": 16,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 4,
-        "vocab_size": 10,
-        "tie_word_embeddings": False,
-    }
-    shape = ModelShape.from_config(config)
+    shape = ModelShape.from_config(SMALL_CONFIG)
     # per layer: q 8x8 + k 8x4 + v 8x4 + o 8x8 + gate/up/down 8x16 each = 64+32+32+64+384 = 576
     assert shape.decoder_linear_params == 2 * 576
     assert shape.params == 2 * 576 + 2 * 10 * 8 + 5 * 8  # + embedding and lm_head + 5 norms
@@ -143,17 +146,7 @@ def test_small_shape_by_hand():
 
 
 def test_memory_by_hand():
-    config = {
-        "hidden_size": 8,
-        "intermediate_size": 16,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 4,
-        "vocab_size": 10,
-        "tie_word_embeddings": False,
-    }
-    shape = ModelShape.from_config(config)
+    shape = ModelShape.from_config(SMALL_CONFIG)
     settings = Settings(
         "lora",
         micro_batch=2,

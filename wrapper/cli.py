@@ -12,13 +12,12 @@ from __future__ import annotations
 import errno
 import signal
 import sys
-from importlib import metadata
 
 import click
 
 from wrapper.commands import data, evaluate, export, serve, train
 from wrapper.core.errors import FtwError
-from wrapper.core.paths import llama_cpp_commit
+from wrapper.core.manifest import package_version, versions
 from wrapper.core.ui import console, quiet_libraries
 
 INTERRUPTED = (
@@ -28,16 +27,12 @@ INTERRUPTED = (
 
 
 def version_line() -> str:
-    def version_of(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    commit = llama_cpp_commit()
+    found = {"ftw": package_version("ftw"), **versions()}
+    named = {key: value or "not installed" for key, value in found.items()}
+    commit = found["llama.cpp"]
     return (
-        f"ftw {version_of('ftw')} (LLaMA-Factory {version_of('llamafactory')}, "
-        f"llama-cpp-python {version_of('llama_cpp_python')}, "
+        f"ftw {named['ftw']} (LLaMA-Factory {named['llamafactory']}, "
+        f"llama-cpp-python {named['llama_cpp_python']}, "
         f"llama.cpp {commit[:12] if commit else 'not unpacked: run make setup'})"
     )
 

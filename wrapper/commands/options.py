@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from wrapper.gguf.stage import QUANT_TYPES
+from wrapper.core.gguf_io import QUANT_TYPES
 
 run_option = click.option("--run", "run", required=True, help="Run name: the folder runs/RUN holds everything.")
 force_option = click.option("--force", is_flag=True, help="Make it again even if it is up to date.")

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from wrapper.config.schema import Profile
 from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import QUANT_BITS
 from wrapper.core.paths import BENCH_RESULTS_DIR
 
 GIB = 1024**3
@@ -38,7 +39,6 @@ FIT_FRACTION = 0.92  # of the card's memory; the rest is the CUDA context and he
 OVERHEAD_GIB = 0.5
 OVERHEAD_SHARE = 0.05
 ASSUMED_MFU = {"lora": 0.40, "full": 0.40, "qlora": 0.30}  # until bench/profiles.py measures the card
-Q4_K_M_BITS_PER_PARAM = 4.9  # Llama-3.1-8B Q4_K_M: 4.92 GB for 8.03 B parameters
 MICRO_BATCHES = (16, 8, 4, 2, 1)
 
 
@@ -291,7 +291,7 @@ def measured_mfu(profile_name: str, model_key: str | None, method: str) -> tuple
 
 
 def gguf_sizes_gb(shape: ModelShape) -> tuple[float, float]:
-    return shape.params * 2 / GIB, shape.params * Q4_K_M_BITS_PER_PARAM / 8 / GIB
+    return shape.params * 2 / GIB, shape.params * QUANT_BITS["Q4_K_M"] / 8 / GIB
 
 
 # --- from and to LLaMA-Factory arguments ---------------------------------------------

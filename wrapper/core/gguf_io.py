@@ -11,6 +11,24 @@ from pathlib import Path
 from wrapper.core.errors import FtwError
 
 GGUF_MAGIC = b"GGUF"
+# Quant types offered, by the names llama.cpp's quantize tool uses, and their average bits per
+# weight (for size estimates: the disk checks, ftw plan; Llama-3.1-8B's
+# Q4_K_M is 4.92 GB for 8.03 B parameters). Types that need an importance matrix (IQ2/IQ3 and such)
+# are left out: nothing here makes one.
+QUANT_BITS = {
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q6_K": 6.6,
+    "Q8_0": 8.5,
+    "Q3_K_M": 3.9,
+    "Q3_K_L": 4.3,
+    "Q2_K": 3.4,
+    "Q4_0": 4.6,
+    "IQ4_XS": 4.3,
+}
+QUANT_TYPES = tuple(QUANT_BITS)
 
 
 def ftype_of(kind: str) -> int:

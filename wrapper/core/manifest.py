@@ -23,13 +23,16 @@ MANIFEST = "manifest.json"
 VERSIONED_PACKAGES = ("llamafactory", "transformers", "torch", "peft", "llama_cpp_python", "gguf")
 
 
+def package_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for package in VERSIONED_PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
+    """The versions a run is made with: the packages that train, convert and quantize, and llama.cpp's commit."""
+    found = {package: package_version(package) for package in VERSIONED_PACKAGES}
     found["llama.cpp"] = llama_cpp_commit()
     return found
 

@@ -30,6 +30,7 @@ from rich.markup import escape
 
 from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import Recipe
+from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import staged_dir, write_text_atomic
 from wrapper.core.paths import check_run_name, display_path, runs_dir
@@ -188,10 +189,9 @@ def data_kind(scanner: Scanner) -> str:
 
 def previous_plan(run_dir: Path) -> dict:
     """The plan the run was rendered with, or {} for a run never rendered."""
-    path = run_dir / "manifest.json"
-    if not path.is_file():
+    if not (run_dir / manifest.MANIFEST).is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8")).get("plan") or {}
+    return manifest.load(run_dir).get("plan") or {}
 
 
 def run_overrides(previous: dict, overrides: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ import yaml
 from wrapper.core import manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import QUANT_BITS
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights
 from wrapper.core.ui import console
@@ -48,8 +49,6 @@ STREAMING_EXPORT_KEYS = {
 # Where the run's own folder is; the adapter's content is an input of its own.
 RUN_LOCATION_KEYS = {"adapter_name_or_path", "export_dir"}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-# Average bits per weight of the Q4_K_M GGUF that follows the merge (for the disk estimate only).
-Q4_K_M_BITS = 4.9
 
 
 def local_model_dir(model: str) -> Path | None:
@@ -67,7 +66,7 @@ def local_model_dir(model: str) -> Path | None:
 def export_needs(base_dir: Path) -> dict[str, int]:
     """What the merge and the GGUF files after it write: the merged model, the f16 GGUF and a Q4_K_M."""
     size, params = model_weights(base_dir)
-    return {"merged model": size, "f16 GGUF": params * 2, "Q4_K_M GGUF": int(params * Q4_K_M_BITS / 8)}
+    return {"merged model": size, "f16 GGUF": params * 2, "Q4_K_M GGUF": int(params * QUANT_BITS["Q4_K_M"] / 8)}
 
 
 class ExportStage(stage.Stage):

@@ -15,7 +15,7 @@ from pathlib import Path
 from wrapper.core import manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import ftype_of, gguf_key, verify_gguf
+from wrapper.core.gguf_io import QUANT_BITS, QUANT_TYPES, ftype_of, gguf_key, verify_gguf
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
@@ -27,23 +27,6 @@ OUTTYPES = ("f16", "bf16")
 # The merged model's weight files (safetensors, or the .bin LLaMA-Factory's legacy export writes).
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
 WEIGHTS_REMOVED_NOTE = "WEIGHTS_REMOVED.txt"
-# Quant types offered, by the names llama.cpp's quantize tool uses, and their average bits per
-# weight (for the disk estimate only). Types that need an importance matrix (IQ2/IQ3 and such)
-# are left out: nothing here makes one.
-QUANT_BITS = {
-    "Q4_K_M": 4.9,
-    "Q4_K_S": 4.6,
-    "Q5_K_M": 5.7,
-    "Q5_K_S": 5.5,
-    "Q6_K": 6.6,
-    "Q8_0": 8.5,
-    "Q3_K_M": 3.9,
-    "Q3_K_L": 4.3,
-    "Q2_K": 3.4,
-    "Q4_0": 4.6,
-    "IQ4_XS": 4.3,
-}
-QUANT_TYPES = tuple(QUANT_BITS)
 
 
 def mib(path: Path) -> str:
@@ -225,7 +208,8 @@ def make_ggufs(
     full = ConvertStage(run_dir, plan, merged, outtype)
     full_inputs = full.inputs()
     quantized = [QuantizeStage(run_dir, plan, full, full_inputs, quant) for quant in quants]
-    pending = {q.quant: stage.check(q, q.inputs(), force) for q in quantized}
+    quant_inputs = {q.quant: q.inputs() for q in quantized}
+    pending = {q.quant: stage.check(q, quant_inputs[q.quant], force) for q in quantized}
     full.quants_to_make = [quant for quant, changes in pending.items() if changes is not None]
 
     made: dict[str, Path] = {}
@@ -235,7 +219,7 @@ def make_ggufs(
     made[full.key] = full.target
     for q in quantized:
         changes = pending[q.quant]
-        made[q.key] = stage.skip(q) if changes is None else stage.build(q, q.inputs(), changes)
+        made[q.key] = stage.skip(q) if changes is None else stage.build(q, quant_inputs[q.quant], changes)
     if not keep_intermediates and quants:
         remove_intermediates(run_dir, merged, full.target, outtype, {q.quant: q.target for q in quantized})
         made.pop(full.key, None)
