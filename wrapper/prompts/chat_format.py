@@ -49,9 +49,3 @@ def chat_format(tokenizer_dir: str | Path, template_name: str, system: str | Non
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=True)
     template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
     return ChatFormat(tokenizer, template, system)
-
-
-def default_system(template_name: str) -> str:
-    from llamafactory.data.template import TEMPLATES
-
-    return TEMPLATES[template_name].default_system
