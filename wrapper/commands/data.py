@@ -8,10 +8,13 @@ import click
 
 from wrapper.commands.options import data_option, recipe_option, run_option, set_option
 from wrapper.config.gpu import resolve_profile
+from wrapper.config.schema import SYNTH_KINDS
 from wrapper.core.paths import check_run_name, runs_dir
 from wrapper.core.ui import console, done
 from wrapper.data.check import check
 from wrapper.data.prepare import prepare, previous_plan, run_overrides
+from wrapper.synth.job import synthesize_run
+from wrapper.synth.teachers import TEACHER_FORMS
 from wrapper.train.render import render
 
 
@@ -71,6 +74,55 @@ def data_prepare(
     rerender(
         recipe, run, previous, resolve_profile(profile) if profile else None, run_overrides(previous, list(overrides))
     )
+
+
+@data.command("synth")
+@recipe_option(help="Recipe whose tokenizer cuts the chunks and whose synth: section applies.")
+@click.option(
+    "--docs",
+    "docs",
+    multiple=True,
+    metavar="PATH",
+    help="Documents or folders (.pdf .docx .txt .md .html .srt .vtt); replace the recipe's synth.docs. Repeat.",
+)
+@click.option("--teacher", required=True, help=TEACHER_FORMS[0].upper() + TEACHER_FORMS[1:] + ".")
+@click.option("--teacher-model", default=None, help="The model an endpoint serves (qwen3:8b for Ollama).")
+@run_option
+@click.option("--kind", type=click.Choice(SYNTH_KINDS), default=None, help="qa or cot (default: the recipe's).")
+@click.option("--per-chunk", type=click.IntRange(1, 20), default=None, help="Rows asked per chunk.")
+@click.option(
+    "--parallel", type=click.IntRange(1, 64), default=1, show_default=True, help="Requests at once (endpoints)."
+)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Ask for the first N chunks only (a trial).")
+@click.option("--judge/--no-judge", default=None, help="The teacher also scores each row 1-5 (synth.min_score).")
+@click.option("--force", is_flag=True, help="Start over: drop the rows made so far (needed after a change).")
+@set_option
+def data_synth(
+    recipe: str,
+    docs: tuple[str, ...],
+    teacher: str,
+    teacher_model: str | None,
+    run: str,
+    kind: str | None,
+    per_chunk: int | None,
+    parallel: int,
+    limit: int | None,
+    judge: bool | None,
+    force: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Documents -> grounded question-answer rows from a teacher model, in runs/RUN/synth.
+
+    Re-running continues where it stopped; changed settings are refused unless --force.
+
+    \b
+    Example:
+      ftw data synth --recipe demo-docs --teacher http://127.0.0.1:11434/v1 --teacher-model qwen3:8b --run docs
+    """
+    check_run_name(run)
+    settings = {"kind": kind, "per_chunk": per_chunk, "judge": judge}
+    extra = [f"synth.{key}={value}" for key, value in settings.items() if value is not None]
+    synthesize_run(recipe, list(docs), teacher, teacher_model, run, parallel, limit, force, list(overrides) + extra)
 
 
 def rerender(recipe: str, run: str, previous: dict, profile: str | None, overrides: list[str]) -> None:

@@ -29,6 +29,7 @@ from wrapper.core.paths import PROJECT_ROOT, display_path
 METHODS = ("lora", "qlora", "full")
 DEDUPE_MODES = ("exact", "near", "none")
 DEVICES = ("cpu", "cuda")
+SYNTH_KINDS = ("qa", "cot")
 
 DEFAULT_ORIGIN = "ftw default (wrapper/config/schema.py)"
 # LLaMA-Factory training keys where neither recipe nor profile speaks. Hyperparameters follow
@@ -194,6 +195,47 @@ class EvalSettings:
 
 
 @dataclass
+class SynthSettings:
+    """`ftw data synth`: how documents become question-answer rows (docs/data.md)."""
+
+    docs: list[str] = key(factory=list, help="documents or folders, relative to the recipe; `--docs` replaces them")
+    kind: str = key("qa", choices=SYNTH_KINDS, help="qa: question + answer; cot: question + reasoning + answer")
+    per_chunk: int = key(3, help="rows asked of the teacher per chunk")
+    chunk_tokens: int = key(512, help="tokens of document text per chunk (the recipe's tokenizer)")
+    chunk_overlap: int = key(64, help="tokens shared by consecutive chunks")
+    answer_language: str | None = key(
+        None, help="language code every answer is written in; default: the chunk's own language"
+    )
+    templates: str | None = key(
+        None, help="folder with your own prompt templates ({lang}/{kind}.j2, judge.j2), relative to the recipe"
+    )
+    temperature: float = key(0.0, help="teacher sampling temperature (0: greedy, reproducible)")
+    seed: int = key(42, help="teacher sampling seed")
+    max_tokens: int = key(1024, help="longest teacher reply, in tokens")
+    min_answer_chars: int = key(20, help="shorter answers are rejected (too_short)")
+    max_answer_chars: int = key(4000, help="longer answers are rejected (too_long)")
+    min_grounding: float = key(
+        0.6, help="share of the answer's content words that must occur in the chunk (numbers and names: all)"
+    )
+    judge: bool = key(False, help="the teacher also scores each pair 1-5 (one more request per row)")
+    min_score: int = key(3, help="with judge: rows scored below this are rejected (low_score)")
+
+    def check(self, doc: YamlDoc, prefix: str) -> None:
+        rules = (
+            ("per_chunk", 1 <= self.per_chunk <= 20, "a number of rows per chunk, 1..20"),
+            ("chunk_tokens", self.chunk_tokens >= 64, "a number of tokens >= 64"),
+            ("chunk_overlap", 0 <= self.chunk_overlap * 2 < self.chunk_tokens, "tokens >= 0, under half a chunk"),
+            ("temperature", 0 <= self.temperature <= 2, "between 0 and 2"),
+            ("max_tokens", self.max_tokens >= 16, "a number of tokens >= 16"),
+            ("min_grounding", 0 <= self.min_grounding <= 1, "a share between 0 and 1"),
+            ("min_score", 1 <= self.min_score <= 5, "a score between 1 and 5"),
+        )
+        for name, ok, rule in rules:
+            if not ok:
+                raise FtwError(f"{doc.origin(prefix + name)}: {name} must be {rule}; found {getattr(self, name)!r}")
+
+
+@dataclass
 class Check:
     prompt: str = key(required=True, help="a question for the fine-tuned model")
     expect: str = key(required=True, help="text its answer must contain")
@@ -205,8 +247,9 @@ class Recipe:
 
     model: ModelSection = key(required=True, help="the base model and its chat template")
     dataset: list[str] = key(
-        required=True,
-        help="data files (Alpaca, ShareGPT, OpenAI messages), relative to the recipe; `--data` replaces them",
+        factory=list,
+        help="data files (Alpaca, ShareGPT, OpenAI messages), relative to the recipe; `--data` replaces them; "
+        "none: the run's `ftw data synth` rows",
     )
     method: str = key("lora", choices=METHODS, help="lora, qlora (4-bit NF4 base) or full")
     description: str = key("", help="one line about the recipe")
@@ -219,6 +262,7 @@ class Recipe:
     checks: list[Check] = key(factory=list, help="prompts the quantized GGUF must answer (`ftw smoke`)")
     data: DataSettings = key(factory=DataSettings, help="how `ftw data prepare` builds the training set")
     eval: EvalSettings = key(factory=EvalSettings, help="`ftw eval`'s prompt sets")
+    synth: SynthSettings = key(factory=SynthSettings, help="how `ftw data synth` turns documents into rows")
     name: str = internal("")
     doc: YamlDoc | None = internal()
 

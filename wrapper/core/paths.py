@@ -18,6 +18,10 @@ BENCH_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 # Written by `make setup` beside the unpacked llama.cpp tree: its commit (wrapper/setup/llama_cpp.py).
 LLAMA_CPP_COMMIT_FILE = "FTW_COMMIT"
 
+# `ftw data synth` writes its rows here, inside the run directory; `ftw data prepare` reads them
+# from there when neither --data nor the recipe's dataset names any file.
+SYNTH_ROWS = Path("synth") / "synth.jsonl"
+
 # ASCII: the run's name also names its GGUF files and the Ollama model, which takes no other.
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

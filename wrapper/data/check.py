@@ -20,7 +20,7 @@ from wrapper.config.recipes import load_recipe
 from wrapper.core.errors import FtwError
 from wrapper.core.paths import display_path
 from wrapper.core.ui import console
-from wrapper.data.formats import GUESS_NOTE
+from wrapper.data.langs import GUESS_NOTE
 from wrapper.data.scan import (
     EXACT,
     INVALID,

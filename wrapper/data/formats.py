@@ -2,8 +2,8 @@
 prepare share), and the record as a normalised Row (conversation turns, system, tools;
 or a text) or a Problem saying why not: Alpaca, ShareGPT, OpenAI messages, raw text
 ({"text": ...} rows, .txt/.md/.srt/.vtt) and application chat logs mapped by the
-recipe's data.field_map. Then what the scan needs of a row: its content hash keys and a
-guess of its language.
+recipe's data.field_map. Then what the scan needs of a row: its content hash keys (its
+language is guessed in langs.py).
 """
 
 from __future__ import annotations
@@ -298,33 +298,3 @@ def check_encodable(text: str) -> bytes:
         if 0xDC80 <= char <= 0xDCFF:
             raise Problem("not_utf8", f"not UTF-8: byte 0x{char - 0xDC00:02x}") from None
         raise Problem("not_utf8", f"not UTF-8 text: lone surrogate \\u{char:04x}") from None
-
-
-_LATIN_LETTERS = bytes(range(ord("A"), ord("Z") + 1)) + bytes(range(ord("a"), ord("z") + 1))
-# UTF-8 lead bytes of each script's letters, counted on a sample of the row's bytes.
-_SCRIPTS = (
-    ("ru", (b"\xd0", b"\xd1")),
-    ("el", (b"\xce", b"\xcf")),
-    ("he", (b"\xd7",)),
-    ("ar", (b"\xd8", b"\xd9", b"\xda", b"\xdb")),
-    ("ja", (b"\xe3\x81", b"\xe3\x82", b"\xe3\x83")),
-    ("zh", (b"\xe4", b"\xe5", b"\xe6", b"\xe7", b"\xe8", b"\xe9")),
-    ("ko", (b"\xea", b"\xeb", b"\xec", b"\xed")),
-)
-GUESS_NOTE = "guessed from the script: Cyrillic = ru, Latin = en, Han = zh, kana = ja, Hangul = ko, ..."
-
-
-def guess_language(sample: bytes) -> str:
-    """A cheap script-based guess: the script with the most letters in the first 1,000 bytes."""
-    sample = sample[:1000]
-    latin = len(sample) - len(sample.translate(None, _LATIN_LETTERS))
-    cyrillic = sample.count(b"\xd0") + sample.count(b"\xd1")
-    if max(latin, 2 * cyrillic) * 2 > len(sample):  # mostly one of the two: no need to look further
-        return "en" if latin > cyrillic else "ru"
-    counts = {"en": latin}
-    for lang, leads in _SCRIPTS:
-        counts[lang] = sum(sample.count(lead) for lead in leads)
-    if counts["ja"]:
-        counts["ja"] += counts["zh"]  # Japanese mixes kana with Han
-    lang, count = max(counts.items(), key=lambda item: item[1])
-    return lang if count else "unknown"

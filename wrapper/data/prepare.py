@@ -63,11 +63,21 @@ class LanguageSplit:
         self.ratio = ratio
         self.seed = seed
         self.state: dict[str, list] = {}  # lang -> [rows seen, next pick number, its position, rng]
+        self.groups: dict[str, str] = {}  # chunk id -> side
 
     def _position(self, rng: random.Random, pick: int) -> int:
         low = math.floor((pick - 1) / self.ratio)
         high = math.floor(pick / self.ratio)
         return rng.randrange(low, max(high, low + 1))
+
+    def side(self, lang: str, group: str | None = None) -> str:
+        """ "val" or "train" for a row; rows of one group (the document chunk a synthesized row
+        was written from) all go where the first of them went, so no chunk is on both sides."""
+        if group is None:
+            return "val" if self.is_validation(lang) else "train"
+        if group not in self.groups:
+            self.groups[group] = "val" if self.is_validation(lang) else "train"
+        return self.groups[group]
 
     def is_validation(self, lang: str) -> bool:
         if self.ratio <= 0:
@@ -156,10 +166,20 @@ def reject_record(item: Item, kind: str, reason: str) -> dict:
     return record
 
 
+def _chunk_of(item: Item) -> str | None:
+    """The document chunk of a row written by `ftw data synth` (its `chunk` key), else None."""
+    chunk = item.original.get("chunk") if isinstance(item.original, dict) else None
+    return chunk if isinstance(chunk, str) else None
+
+
 def output_row(item: Item) -> dict:
     out = item.row.as_output()
     out["lang"] = item.lang
     out["source"] = item.where
+    chunk = _chunk_of(item)
+    if chunk is not None:  # a synthesized row: keep the document place it was written from
+        out["chunk"] = chunk
+        out["document"] = item.original.get("source")
     return out
 
 
@@ -206,7 +226,7 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
     overrides = run_overrides(previous_plan(run_dir), list(overrides))
     recipe = load_recipe(recipe_name, overrides)
     settings = recipe.data
-    files, skipped = input_paths(data_files, recipe)
+    files, skipped = input_paths(data_files, recipe, run_dir)
     cutoff_len = recipe_cutoff_len(recipe)
     counter, why_not = recipe_counter(recipe)
     scanner = Scanner(files, settings, counter, cutoff_len)
@@ -292,7 +312,7 @@ def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[
                         tally.row_kinds["text" if is_text else "conversation"] += 1
                         text_kind = text_kind or is_text
                         lang = item.lang or "unknown"
-                        name = "val" if split.is_validation(lang) else "train"
+                        name = split.side(lang, _chunk_of(item))
                         writers[name].write(output_row(item))
                         (tally.val_langs if name == "val" else tally.train_langs)[lang] += 1
                         tally.kept += 1

@@ -21,18 +21,18 @@ import numpy as np
 from wrapper.config.models import resolve_model
 from wrapper.config.schema import TRAIN_DEFAULTS, DataSettings, Recipe
 from wrapper.core.errors import FtwError
-from wrapper.core.paths import display_path
+from wrapper.core.paths import SYNTH_ROWS, display_path
 from wrapper.data.formats import (
     SFT_FORMATS,
     Row,
     canonical,
     check_encodable,
     detect_format,
-    guess_language,
     near_key,
     parse_row,
     unknown_format,
 )
+from wrapper.data.langs import guess_language
 from wrapper.data.readers import (
     Problem,
     Progress,
@@ -365,12 +365,23 @@ def recipe_counter(recipe: Recipe) -> tuple[TokenCounter | None, str]:
         return None, f"the tokenizer of {recipe.model.base} can't be loaded here ({str(exc).splitlines()[0]})"
 
 
-def input_paths(given: list[str], recipe: Recipe | None = None) -> tuple[list[Path], list[Path]]:
-    """Files named on the command line (or the recipe's dataset entries), folders walked."""
+def input_paths(
+    given: list[str], recipe: Recipe | None = None, run_dir: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """Files named on the command line, else the recipe's dataset entries, else the run's
+    `ftw data synth` rows; folders walked."""
     if given:
         paths = [Path(p).expanduser().resolve() for p in given]
-    else:
+    elif recipe.dataset:
         paths = [(recipe.folder / p).resolve() for p in recipe.dataset]
+    elif run_dir is not None and (run_dir / SYNTH_ROWS).is_file():
+        paths = [run_dir / SYNTH_ROWS]
+    else:
+        raise FtwError(
+            f"{recipe.doc.path.name} lists no dataset and no rows were synthesized for this run: "
+            "give --data FILE, or make rows from documents first: "
+            f"ftw data synth --recipe {recipe.name} --run {run_dir.name if run_dir else 'RUN'} --docs DOCS"
+        )
     for path in paths:
         if not path.exists():
             raise FtwError(f"data file not found: {path}")

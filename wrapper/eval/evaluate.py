@@ -297,7 +297,37 @@ def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, Any]
             "identical": len(identical),
             "share": len(identical) / len(merged) if merged else None,
         }
-    return {"aggregate": aggregate, "forgetting": forgetting, "identical_greedy": same, "rows": per_row}
+    return {
+        "aggregate": aggregate,
+        "by_language": by_language(sets, rows, max_new_tokens),
+        "forgetting": forgetting,
+        "identical_greedy": same,
+        "rows": per_row,
+    }
+
+
+def by_language(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, dict]:
+    """Means per set, language and model, for the sets that hold more than one language
+    (a Russian + Kazakh set is judged per language, not as one)."""
+    found: dict[str, dict] = {}
+    for set_name in SETS:
+        langs = sorted({item.lang or "unknown" for item in sets.items[set_name]})
+        if len(langs) < 2:
+            continue
+        found[set_name] = {}
+        for lang in langs:
+            items = [item for item in sets.items[set_name] if (item.lang or "unknown") == lang]
+            found[set_name][lang] = {
+                kind: {
+                    "rows": len(items),
+                    **{
+                        name: metrics.mean(rows.done[i.key(kind, max_new_tokens)]["metrics"].get(name) for i in items)
+                        for name in metrics.METRICS
+                    },
+                }
+                for kind in MODELS
+            }
+    return found
 
 
 def check_intermediates_kept(run_dir: Path, run: str) -> None:
@@ -365,6 +395,7 @@ def evaluate(
         },
         "sets": sets.sources,
         "aggregate": summary["aggregate"],
+        "by_language": summary["by_language"],
         "forgetting": summary["forgetting"],
         "quantization": {
             "perplexity": ppl,

@@ -195,6 +195,22 @@ def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def language_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Per set and language, for the sets with more than one (eval.json from before: none)."""
+    header = ["set", "language", "metric", *(MODEL_TITLES[k] for k in MODELS)]
+    body = []
+    for set_name, langs in result.get("by_language", {}).items():
+        for lang, block in langs.items():
+            first = True
+            for name in TABLE_METRICS:
+                if all(block[k].get(name) is None for k in MODELS):
+                    continue
+                label = [set_name, f"{lang} ({block['base']['rows']})"] if first else ["", ""]
+                body.append([*label, name, *(_f(block[k].get(name)) for k in MODELS)])
+                first = False
+    return header, body
+
+
 def summary_lines(result: dict) -> list[str]:
     lines = []
     val = result["sets"].get("val", {})
@@ -285,6 +301,9 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
 
     md = [f"# {title}", "", intro, "", "## Metrics (mean per row)", "", _md_table(header, body), ""]
     md += [f"- {line}" for line in summary_lines(result)] + [""]
+    lang_header, lang_body = language_table(result)
+    if lang_body:
+        md += ["## Per language (mean per row)", "", _md_table(lang_header, lang_body), ""]
     lost = result["forgetting"].get("gguf", {}).get("forgotten_prompts", [])
     if lost:
         md += [
@@ -313,6 +332,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
             ["prompt", "expected", "base", "GGUF"],
             [[x["prompt"], x["expect"], x["base_answer"], x["answer"]] for x in lost],
         )
+    per_language = "<h2>Per language (mean per row)</h2>" + _html_table(lang_header, lang_body) if lang_body else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -327,6 +347,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 <h2>Metrics (mean per row)</h2>
 {_html_table(header, body)}
 <ul>{summary}</ul>
+{per_language}
 {forgotten}
 <h2>Plots</h2>
 {images}
@@ -422,6 +443,14 @@ def print_tables(result: dict[str, Any]) -> None:
             label = ""
         table.add_section()
     console.print(table)
+    lang_header, lang_body = language_table(result)
+    if lang_body:
+        per_language = Table(title="per language (means per row)")
+        for column in lang_header:
+            per_language.add_column(column, justify="right" if column in MODEL_TITLES.values() else "left")
+        for row in lang_body:
+            per_language.add_row(*row)
+        console.print(per_language)
     if result["sets"]["val"].get("seen_in_training"):
         console.print(f"  val: {result['sets']['val']['note']}")
     forgetting = result["forgetting"]

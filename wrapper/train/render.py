@@ -125,8 +125,13 @@ def _datasets(
         return [name for name, _ in prepared.files], [dataset for _, dataset in prepared.files]
     if data_files:
         paths = [Path(p).expanduser().resolve() for p in data_files]
-    else:
+    elif recipe.dataset:
         paths = [(recipe.folder / p).resolve() for p in recipe.dataset]
+    else:
+        raise FtwError(
+            f"{recipe.doc.path.name} lists no dataset: prepare the run's data first "
+            f"(ftw data prepare --recipe {recipe.name} --run RUN), or give --data FILE"
+        )
     datasets = [inspect_dataset(path, recipe.data.field_map.as_dict()) for path in paths]
     names = [f"ftw_{i}_{re.sub(r'[^A-Za-z0-9_]', '_', d.path.stem)}" for i, d in enumerate(datasets)]
     return names, datasets

@@ -1,0 +1,267 @@
+"""`ftw data synth`, the parts that need no teacher: chunks and their places, the filters, the
+Ollama store, the journal, and `ftw data prepare` keeping each chunk on one side of the split.
+The teachers themselves are in tests/test_synth_teachers.py (a real server, a real GGUF)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_data import ftw
+
+from wrapper.config.recipes import load_recipe
+from wrapper.config.schema import SynthSettings
+from wrapper.data.documents import read_documents
+from wrapper.data.scan import recipe_counter
+from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
+from wrapper.synth.job import assistant_text, chunks_of, read_journal
+from wrapper.synth.prompts import Prompts, pairs_schema
+from wrapper.synth.teachers import ollama_blob
+
+from docs_fixtures import make_docx, make_text, make_text_pdf, make_vtt
+
+PAGES = [  # ~40 tokens each: with 64-token chunks, no two pages share a chunk
+    "The Amber Gate is guarded by Orlen Vask.\nHe has kept the gate for forty years.\n"
+    "Travellers show a copper token stamped with the royal owl.",
+    "Moon steel is gathered only on nights of the full moon,\nin the mines of Karth Hollow.\n"
+    "Each blade is tempered in snow water and glows in the dark.",
+    "Duskmere stands on three terraces above the Silver Lake.\nIt was founded in the year 812.\n"
+    "Queen Ilvara the Patient united the valley clans there.",
+]
+RU_LINES = [
+    "В Северных горах живёт дракон Мирогаст.",
+    "Он спит в пещере над ледником Белый Рог и просыпается раз в семь лет.",
+    "",
+    "Мечи стражей Велории куют из лунной стали.",
+]
+CHUNK_RU = (
+    "Мечи стражей Велории куют из лунной стали. Руду добывают только в ночи полнолуния в шахтах "
+    "Карт-Холлоу, а каждый клинок закаляют в снеговой воде. Статья 14 Устава стражи, принятого в 812 году."
+)
+
+
+@pytest.fixture(scope="module")
+def counter():
+    found, why_not = recipe_counter(load_recipe("demo-docs"))
+    assert found is not None, why_not
+    return found
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_text(path, text)
+
+
+def documents(folder: Path) -> list:
+    make_text_pdf(folder / "gate.pdf", PAGES)
+    make_docx(folder / "guard.docx", ["Устав стражи Велории.", "Стражи носят мечи из лунной стали."])
+    make_text(folder / "north.txt", "\n".join(RU_LINES) + "\n")
+    make_vtt(folder / "talk.vtt", [(1, 4, "Welcome to the council."), (4.5, 9, "Today we speak about the gate.")])
+    return list(read_documents([folder]))
+
+
+def test_every_chunk_starts_on_the_page_or_line_its_source_names(tmp_path, counter):
+    docs = documents(tmp_path)
+    settings = SynthSettings(chunk_tokens=64, chunk_overlap=0)
+    chunks = chunks_of(docs, counter, settings)
+    by_name = {doc.name: doc for doc in docs}
+    assert {c.document for c in chunks} == set(by_name)
+    for chunk in chunks:
+        name, _, place = chunk.source.rpartition(":")
+        passages = dict(by_name[name].passages)
+        assert chunk.text[:20] in passages[int(place)], (chunk.source, chunk.text[:40])
+    pdf = [c for c in chunks if c.document.endswith("gate.pdf")]
+    assert [c.source.rsplit(":", 1)[1] for c in pdf] == ["1", "2", "3"]
+    ru = [c for c in chunks if c.document.endswith("north.txt")]
+    assert ru[0].source.endswith("north.txt:1") and ru[0].lang == "ru"
+    assert next(c for c in chunks if c.document.endswith("talk.vtt")).lang == "en"
+
+
+def test_chunk_ids_are_the_same_on_every_run_and_differ_between_documents(tmp_path, counter):
+    first = chunks_of(documents(tmp_path), counter, SynthSettings(chunk_tokens=64, chunk_overlap=0))
+    again = chunks_of(list(read_documents([tmp_path])), counter, SynthSettings(chunk_tokens=64, chunk_overlap=0))
+    assert [c.id for c in first] == [c.id for c in again]
+    assert len({c.id for c in first}) == len(first)
+
+
+def test_the_grounding_filter_rejects_a_planted_ungrounded_answer():
+    grounding = Grounding(CHUNK_RU)
+    settings = SynthSettings()
+    grounded = Pair(
+        "Из чего куют мечи стражей?", "Мечи стражей Велории куют из лунной стали, закаляя клинок в снеговой воде."
+    )
+    check_pair(grounded, grounding, settings)  # inflected forms (стражей, клинок) count as the chunk's words
+    planted = {
+        "a number": Pair("Когда принят устав?", "Устав стражи был принят в 815 году, по статье 14."),
+        "a name": Pair("Кто куёт мечи?", "Мечи стражей куёт мастер Торвальд из лунной стали."),
+        "content": Pair(
+            "Что добывают в шахтах?", "В шахтах добывают золото, серебро и драгоценные изумруды для короны."
+        ),
+    }
+    for what, pair in planted.items():
+        with pytest.raises(Rejected) as caught:
+            check_pair(pair, grounding, settings)
+        assert caught.value.kind == "ungrounded", what
+    assert "815" in str(pytest.raises(Rejected, check_pair, planted["a number"], grounding, settings).value)
+
+
+def test_the_other_filters_say_why():
+    grounding = Grounding(CHUNK_RU)
+    settings = SynthSettings(min_answer_chars=20, max_answer_chars=200)
+    cases = {
+        "empty": Pair("", "Мечи стражей Велории куют из лунной стали."),
+        "too_short": Pair("Из чего мечи?", "Из стали."),
+        "too_long": Pair("Из чего мечи?", "Мечи стражей куют из лунной стали. " * 10),
+        "copied_question": Pair(
+            "Мечи стражей Велории куют из лунной стали.", "Мечи стражей Велории куют из лунной стали."
+        ),
+    }
+    for kind, pair in cases.items():
+        with pytest.raises(Rejected) as caught:
+            check_pair(pair, grounding, settings)
+        assert caught.value.kind == kind
+
+
+def test_replies_parse_from_json_prose_or_fences_and_garbage_is_unparseable():
+    pair = {"question": "Who guards the gate?", "answer": "Orlen Vask guards it."}
+    for text in (
+        json.dumps({"pairs": [pair]}),
+        "Here you go:\n```json\n" + json.dumps({"pairs": [pair]}) + "\n```",
+        json.dumps([pair]),
+        json.dumps(pair),
+        "<think>\nThe user wants {pairs}.\n</think>\n" + json.dumps({"pairs": [pair]}),
+    ):
+        assert parse_pairs(text, "qa") == [Pair(pair["question"], pair["answer"])]
+    for text in ("", "I cannot do that.", '{"pairs": [{"question": 1}]}', '{"pairs": []}'):
+        with pytest.raises(Rejected) as caught:
+            parse_pairs(text, "qa")
+        assert caught.value.kind == "unparseable"
+    with pytest.raises(Rejected):
+        parse_pairs(json.dumps({"pairs": [pair]}), "cot")  # no reasoning
+    assert parse_score('{"score": 4}') == 4
+    with pytest.raises(Rejected):
+        parse_score('{"score": 9}')
+
+
+def test_cot_rows_think_in_thinking_templates_and_reason_plainly_otherwise():
+    pair = {"question": "q", "reasoning": "step 1; step 2", "answer": "a"}
+
+    class JobLike:
+        thinking = True
+
+    assert assistant_text(JobLike, pair) == "<think>\nstep 1; step 2\n</think>\n\na"
+    JobLike.thinking = False
+    assert assistant_text(JobLike, pair) == "step 1; step 2\n\na"
+    assert assistant_text(JobLike, {"question": "q", "answer": "a"}) == "a"
+
+
+def test_prompts_follow_the_chunk_language_and_fall_back_to_english(tmp_path):
+    prompts = Prompts(None)
+    values = dict(chunk="текст", source="a.txt:1", n=2, answer_language="kk")
+    assert "Үзінді" in prompts.ask("kk", "qa", **values)
+    assert "Фрагмент" in prompts.ask("ru", "cot", **values) and "казахском" in prompts.ask("ru", "cot", **values)
+    assert prompts.name_for("de", "qa") == "en/qa.j2"
+    own = tmp_path / "mine"
+    write(own / "ru" / "qa.j2", "Мой вопрос по {{ source }}: {{ chunk }}")
+    mine = Prompts(own)
+    assert mine.ask("ru", "qa", **values) == "Мой вопрос по a.txt:1: текст"
+    assert "Excerpt" in mine.ask("en", "qa", **values)  # the rest stays shipped
+    digests = mine.digests(["ru/qa.j2", "en/qa.j2"])
+    assert "mine/ru/qa.j2" in digests["ru/qa.j2"] and "templates/synth/en/qa.j2" in digests["en/qa.j2"]
+    schema = pairs_schema("cot", 3)
+    assert schema["properties"]["pairs"]["maxItems"] == 3
+    assert schema["properties"]["pairs"]["items"]["required"] == ["question", "reasoning", "answer"]
+
+
+def ollama_store(root: Path, weights: bytes = b"GGUF fake weights") -> Path:
+    """A store laid out as Ollama lays it: manifests/HOST/NAMESPACE/MODEL/TAG and blobs/sha256-HEX."""
+    import hashlib
+
+    blobs = root / "blobs"
+    blobs.mkdir(parents=True)
+    layers = []
+    for media, data in (
+        ("application/vnd.ollama.image.model", weights),
+        ("application/vnd.ollama.image.template", b"{{ .Prompt }}"),
+        ("application/vnd.ollama.image.params", b'{"temperature": 0.2}'),
+    ):
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / f"sha256-{digest}").write_bytes(data)
+        layers.append({"mediaType": media, "digest": f"sha256:{digest}", "size": len(data)})
+    config = {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:0", "size": 2}
+    manifest = {"schemaVersion": 2, "config": config, "layers": layers}
+    for path in ("registry.ollama.ai/library/qwen3/8b", "registry.ollama.ai/someone/lore/latest"):
+        write(root / "manifests" / path, json.dumps(manifest))
+    return blobs / f"sha256-{layers[0]['digest'].split(':')[1]}"
+
+
+def test_an_ollama_model_name_resolves_to_its_weights_blob(tmp_path, monkeypatch):
+    blob = ollama_store(tmp_path / "models")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
+    assert ollama_blob("qwen3:8b") == blob
+    assert ollama_blob("someone/lore") == blob  # no tag: latest
+    with pytest.raises(Exception, match="ollama pull qwen3:14b"):
+        ollama_blob("qwen3:14b")
+
+
+def test_a_torn_journal_line_is_dropped_and_cut_off(tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text('{"chunk": "a:0", "status": "done"}\n{"chunk": "a:1", "sta', encoding="utf-8")
+    assert list(read_journal(journal)) == ["a:0"]
+    assert journal.read_text(encoding="utf-8") == '{"chunk": "a:0", "status": "done"}\n'
+
+
+def synth_row(chunk: str, number: int, lang: str = "en") -> dict:
+    return {
+        "conversations": [
+            {"from": "human", "value": f"Question {number} about chunk {chunk}?"},
+            {"from": "gpt", "value": f"The answer {number} from chunk {chunk}."},
+        ],
+        "source": f"book.pdf:{chunk}",
+        "chunk": f"abc:{chunk}",
+        "teacher": "test",
+        "lang": lang,
+    }
+
+
+def test_prepare_takes_the_synthesized_rows_and_never_splits_a_chunk(capsys, runs_dir):
+    rows = [synth_row(str(c), n) for c in range(30) for n in range(3)]
+    synth = runs_dir / "docs" / "synth" / "synth.jsonl"
+    write(synth, "".join(json.dumps(r) + "\n" for r in rows))
+    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo-docs", "--run", "docs")
+    assert code == 0, out
+    sides = {}
+    for side in ("train", "val"):
+        for line in (runs_dir / "docs" / "data" / f"{side}.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            sides.setdefault(row["chunk"], set()).add(side)
+            assert row["document"].startswith("book.pdf:")
+    assert all(len(s) == 1 for s in sides.values()), "a chunk has rows on both sides"
+    assert {"train"} in sides.values() and {"val"} in sides.values()
+    assert sum(len(s) for s in sides.values()) == 30
+
+
+def test_prepare_without_data_or_synthesized_rows_says_what_to_run(capsys, runs_dir):
+    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo-docs", "--run", "empty")
+    assert code == 2
+    assert "ftw data synth --recipe demo-docs --run empty" in out
+
+
+def test_synth_refuses_bad_settings_before_loading_anything(capsys, runs_dir):
+    code, out = ftw(
+        capsys,
+        "data",
+        "synth",
+        "--recipe",
+        "demo-docs",
+        "--teacher",
+        "x.gguf",
+        "--run",
+        "r",
+        "--set",
+        "synth.min_grounding=2",
+    )
+    assert code == 2 and "min_grounding must be a share between 0 and 1" in out
+    code, out = ftw(capsys, "data", "synth", "--recipe", "demo-docs", "--teacher", "nowhere.gguf", "--run", "r")
+    assert code == 2 and "--teacher 'nowhere.gguf': no such file" in out

@@ -1,0 +1,1 @@
+"""`ftw data synth`: documents -> chunks -> a teacher model's grounded Q&A rows."""

@@ -1,0 +1,564 @@
+"""`ftw data synth`: documents -> chunks -> the teacher's pairs -> checked rows, resumably.
+
+Everything a run of it makes lives in runs/RUN/synth/:
+  inputs.json     what the rows are made from (teacher, prompts, settings, documents),
+                  written before the first request; a re-run with other inputs is refused
+  journal.jsonl   one line per finished chunk (its pairs and rejects, tokens, time),
+                  appended and flushed as each chunk finishes: a stop of any kind loses
+                  at most the chunks in flight, and a torn last line is ignored
+  synth.jsonl     the rows (ShareGPT, with source, chunk, teacher, lang), rebuilt from the
+                  journal in document order after every run, so a resumed run and an
+                  uninterrupted one write the same file
+  rejects.jsonl   every document, chunk and pair that did not become a row, with why
+  synth.json      counts per document and reason, settings, teacher, template hashes, time
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from wrapper.config.recipes import load_recipe
+from wrapper.config.schema import Recipe, SynthSettings
+from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.paths import SYNTH_ROWS, display_path, runs_dir
+from wrapper.core.stage import StageInputs, short_value
+from wrapper.core.ui import console, done
+from wrapper.data.documents import Document, DocumentReject, read_documents
+from wrapper.data.formats import near_key
+from wrapper.data.langs import language_of
+from wrapper.data.scan import recipe_counter
+from wrapper.data.tokens import TokenCounter
+from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
+from wrapper.synth.prompts import JUDGE_SCHEMA, Prompts, pairs_schema
+from wrapper.synth.teachers import Teacher, open_teacher
+
+INPUTS, JOURNAL, REJECTS, SUMMARY = "inputs.json", "journal.jsonl", "rejects.jsonl", "synth.json"
+PARSE_ATTEMPTS = 3  # a reply that isn't the asked JSON is asked again, sampled, with another seed
+RETRY_TEMPERATURE = 0.7
+LANG_SAMPLE_CHARS = 2000
+
+
+@dataclass
+class Chunk:
+    id: str  # the document's sha256 (16 hex) and the chunk's number: the same on every run
+    document: str
+    source: str  # file:page or file:line where the chunk starts
+    text: str
+    tokens: int
+    lang: str
+
+
+@dataclass
+class Job:
+    """What one `ftw data synth` call works with."""
+
+    run_dir: Path
+    recipe: Recipe
+    settings: SynthSettings
+    teacher: Teacher
+    prompts: Prompts
+    thinking: bool  # cot rows wear <think>...</think> (the recipe's template is a reasoning one)
+    parallel: int = 1
+    limit: int | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.run_dir / SYNTH_ROWS.parent
+
+
+@dataclass
+class Tally:
+    chunks: int = 0
+    done: int = 0
+    failed: int = 0
+    generated: int = 0
+    kept: int = 0
+    rejected: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    reasons: Counter = field(default_factory=Counter)
+    per_document: dict = field(default_factory=dict)
+
+
+# ---- documents -> chunks ----------------------------------------------------------------------
+
+
+def chunks_of(documents: list[Document], counter: TokenCounter, settings: SynthSettings) -> list[Chunk]:
+    chunks = []
+    for doc in documents:
+        pieces = counter.chunks(doc.passages, settings.chunk_tokens, settings.chunk_overlap)
+        for number, (place, text, tokens) in enumerate(pieces):
+            chunks.append(
+                Chunk(
+                    id=f"{doc.sha256[:16]}:{number}",
+                    document=doc.name,
+                    source=doc.where(place),
+                    text=text,
+                    tokens=tokens,
+                    lang=language_of(text[:LANG_SAMPLE_CHARS]),
+                )
+            )
+    return chunks
+
+
+def read_all(paths: list[Path]) -> tuple[list[Document], list[DocumentReject]]:
+    documents, rejects = [], []
+    for found in read_documents(paths):
+        (documents if isinstance(found, Document) else rejects).append(found)
+    return documents, rejects
+
+
+# ---- the inputs, and refusing to mix two kinds of rows ---------------------------------------------
+
+
+def job_inputs(job: Job, documents: list[Document], template_names: list[str]) -> StageInputs:
+    settings = {k: v for k, v in asdict(job.settings).items() if k not in ("docs", "templates")}
+    values = {name: short_value(value) for name, value in settings.items()}
+    values["teacher"] = job.teacher.id
+    values["tokenizer"] = f"{job.recipe.model.base} ({job.recipe.model.template})"
+    values["thinking_format"] = short_value(job.thinking)
+    for name, digest in job.prompts.digests(template_names).items():
+        values[f"template {name}"] = digest
+    for doc in documents:
+        values[f"document {doc.name}"] = doc.sha256[:16]
+    return StageInputs("synth", values)
+
+
+def check_inputs(job: Job, inputs: StageInputs, force: bool) -> None:
+    path = job.folder / INPUTS
+    if force or not path.is_file():
+        return
+    changes = inputs.changes_from(json.loads(path.read_text(encoding="utf-8")))
+    if changes:
+        lines = "\n  ".join(changes)
+        raise FtwError(
+            f"runs/{job.run_dir.name}/synth was made with other inputs; resuming would mix two kinds of rows:\n"
+            f"  {lines}\nGo back to the old inputs to resume, or start over (the rows so far are dropped): "
+            f"ftw data synth ... --run {job.run_dir.name} --force"
+        )
+
+
+def start_over(job: Job) -> None:
+    for name in (INPUTS, JOURNAL, REJECTS, SUMMARY, SYNTH_ROWS.name):
+        (job.folder / name).unlink(missing_ok=True)
+
+
+# ---- the journal --------------------------------------------------------------------------------
+
+
+def read_journal(path: Path) -> dict[str, dict]:
+    """Finished chunks by id. A last line without its newline was torn by a kill: dropped and cut off."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+    entries = {}
+    for line in complete.splitlines():
+        entry = json.loads(line)
+        entries[entry["chunk"]] = entry
+    return entries
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.handle = path.open("ab")
+
+    def append(self, entry: dict) -> None:
+        self.handle.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# ---- one chunk ----------------------------------------------------------------------------------
+
+
+def ask(job: Job, chunk: Chunk) -> dict:
+    """The journal entry of one chunk: the teacher asked (parse retries included), pairs checked."""
+    settings = job.settings
+    answer_language = settings.answer_language or chunk.lang
+    prompt = job.prompts.ask(
+        chunk.lang,
+        settings.kind,
+        chunk=chunk.text,
+        source=chunk.source,
+        n=settings.per_chunk,
+        answer_language=answer_language,
+    )
+    messages = [{"role": "user", "content": prompt}]
+    schema = pairs_schema(settings.kind, settings.per_chunk)
+    entry = {"chunk": chunk.id, "prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+    started = time.monotonic()
+    pairs, problem = None, None
+    for attempt in range(PARSE_ATTEMPTS):
+        temperature = settings.temperature if attempt == 0 else max(settings.temperature, RETRY_TEMPERATURE)
+        reply = job.teacher.complete(messages, schema, settings.max_tokens, temperature, settings.seed + attempt)
+        _count(entry, reply)
+        try:
+            pairs = parse_pairs(reply.text, settings.kind)[: settings.per_chunk]
+            break
+        except Rejected as rejected:
+            problem = rejected.reason + (" (cut off at max_tokens)" if reply.truncated else "")
+    if pairs is None:
+        entry.update(status="failed", reason=f"unparseable after {PARSE_ATTEMPTS} requests: {problem}")
+    else:
+        entry.update(status="done", **check_pairs(job, chunk, pairs, entry))
+    entry["seconds"] = round(time.monotonic() - started, 3)
+    return entry
+
+
+def check_pairs(job: Job, chunk: Chunk, pairs: list[Pair], entry: dict) -> dict:
+    grounding = Grounding(chunk.text)
+    kept, rejected = [], []
+    for pair in pairs:
+        try:
+            check_pair(pair, grounding, job.settings)
+            if job.settings.judge:
+                score = judge(job, chunk, pair, entry)
+                if score < job.settings.min_score:
+                    raise Rejected("low_score", f"the judge scored it {score} (min_score {job.settings.min_score})")
+            kept.append(pair.as_dict())
+        except Rejected as why:
+            rejected.append({"kind": why.kind, "reason": why.reason, "pair": pair.as_dict()})
+    return {"pairs": kept, "rejects": rejected}
+
+
+def judge(job: Job, chunk: Chunk, pair: Pair, entry: dict) -> int:
+    prompt = job.prompts.judge(chunk=chunk.text, question=pair.question, answer=pair.answer)
+    problem = ""
+    for attempt in range(PARSE_ATTEMPTS):
+        temperature = 0.0 if attempt == 0 else RETRY_TEMPERATURE
+        reply = job.teacher.complete(
+            [{"role": "user", "content": prompt}], JUDGE_SCHEMA, 16, temperature, job.settings.seed + attempt
+        )
+        _count(entry, reply)
+        try:
+            return parse_score(reply.text)
+        except Rejected as rejected:
+            problem = rejected.reason
+    raise Rejected("unparseable", f"no score after {PARSE_ATTEMPTS} requests: {problem}")
+
+
+def _count(entry: dict, reply) -> None:
+    entry["requests"] += 1
+    entry["prompt_tokens"] += reply.prompt_tokens
+    entry["completion_tokens"] += reply.completion_tokens
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def generate(job: Job, todo: list[Chunk], journal: Journal) -> None:
+    """Asks for every chunk of `todo`, `job.parallel` at a time, journaling each as it finishes."""
+    with progress_bar() as progress:
+        task = progress.add_task("synthesizing", total=len(todo), rate="")
+        meter = Meter(progress, task)
+        if job.parallel == 1:  # in this thread: a Ctrl-C stops it between two tokens
+            for chunk in todo:
+                meter.finished(journal, ask(job, chunk))
+            return
+        ask_in_parallel(job, todo, journal, meter)
+
+
+def ask_in_parallel(job: Job, todo: list[Chunk], journal: Journal, meter: Meter) -> None:
+    """Daemon threads, one per request in flight: a stop doesn't wait for the replies in flight
+    (the journal has every finished chunk; those are asked again by the next run)."""
+    results: queue.Queue = queue.Queue()
+
+    def work(chunk: Chunk) -> None:
+        try:
+            results.put((ask(job, chunk), None))
+        except BaseException as exc:  # handed to the main thread, which stops
+            results.put((None, exc))
+
+    waiting, in_flight = iter(todo), 0
+    while True:
+        while in_flight < job.parallel and (chunk := next(waiting, None)) is not None:
+            threading.Thread(target=work, args=(chunk,), daemon=True).start()
+            in_flight += 1
+        if not in_flight:
+            return
+        entry, error = results.get()
+        in_flight -= 1
+        if error is not None:
+            raise error  # a TeacherDown stops here; the journal has the rest
+        meter.finished(journal, entry)
+
+
+class Meter:
+    """Journals each finished chunk and shows chunks/s and generated tokens/s."""
+
+    def __init__(self, progress: Progress, task):
+        self.progress, self.task = progress, task
+        self.started, self.count, self.tokens = time.monotonic(), 0, 0
+
+    def finished(self, journal: Journal, entry: dict) -> None:
+        journal.append(entry)
+        self.count += 1
+        self.tokens += entry["completion_tokens"]
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = f"{self.count / elapsed:.2f} chunks/s, {self.tokens / elapsed:.0f} tok/s"
+        self.progress.update(self.task, advance=1, rate=rate)
+
+
+# ---- journal -> rows --------------------------------------------------------------------------------
+
+
+def assistant_text(job: Job, pair: dict) -> str:
+    if "reasoning" not in pair:
+        return pair["answer"]
+    if job.thinking:
+        return f"<think>\n{pair['reasoning']}\n</think>\n\n{pair['answer']}"
+    return f"{pair['reasoning']}\n\n{pair['answer']}"
+
+
+def assemble(job: Job, chunks: list[Chunk], entries: dict[str, dict], doc_rejects: list[DocumentReject]) -> Tally:
+    """synth.jsonl and rejects.jsonl from the journal, in document order, duplicates dropped."""
+    tally = Tally(seconds=sum(e.get("seconds", 0) for e in entries.values()))
+    rows, rejects = [], [{"source": r.name, "kind": r.kind, "reason": r.reason} for r in doc_rejects]
+    tally.reasons.update(r.kind for r in doc_rejects)
+    seen: dict[tuple[str, str], str] = {}
+    for chunk in chunks:
+        entry = entries.get(chunk.id)
+        if entry is None:
+            continue
+        counts = tally.per_document.setdefault(chunk.document, Counter())
+        tally.chunks += 1
+        counts["chunks"] += 1
+        tally.prompt_tokens += entry["prompt_tokens"]
+        tally.completion_tokens += entry["completion_tokens"]
+        if entry["status"] == "failed":
+            tally.failed += 1
+            counts["failed"] += 1
+            tally.reasons["chunk_failed"] += 1
+            rejects.append(
+                {"source": chunk.source, "chunk": chunk.id, "kind": "chunk_failed", "reason": entry["reason"]}
+            )
+            continue
+        tally.done += 1
+        tally.generated += len(entry["pairs"]) + len(entry["rejects"])
+        counts["generated"] += len(entry["pairs"]) + len(entry["rejects"])
+        for reject in entry["rejects"]:
+            rejects.append({"source": chunk.source, "chunk": chunk.id, **reject})
+            _reject(tally, counts, reject["kind"])
+        for pair in entry["pairs"]:
+            exact, near = f"{pair['question']}\x1e{pair['answer']}", near_key(pair["question"] + " " + pair["answer"])
+            first = seen.get(("exact", exact)) or seen.get(("near", near))
+            if first:
+                kind = "exact_duplicate" if ("exact", exact) in seen else "near_duplicate"
+                rejects.append(
+                    {
+                        "source": chunk.source,
+                        "chunk": chunk.id,
+                        "kind": kind,
+                        "reason": f"duplicate of a row from {first}",
+                        "pair": pair,
+                    }
+                )
+                _reject(tally, counts, kind)
+                continue
+            seen[("exact", exact)] = seen[("near", near)] = chunk.source
+            rows.append(row_of(job, chunk, pair))
+            tally.kept += 1
+            counts["kept"] += 1
+    _write_jsonl(job.folder / SYNTH_ROWS.name, rows)
+    _write_jsonl(job.folder / REJECTS, rejects)
+    return tally
+
+
+def _reject(tally: Tally, counts: Counter, kind: str) -> None:
+    tally.rejected += 1
+    tally.reasons[kind] += 1
+    counts["rejected"] += 1
+    counts[f"rejected {kind}"] += 1
+
+
+def row_of(job: Job, chunk: Chunk, pair: dict) -> dict:
+    return {
+        "conversations": [
+            {"from": "human", "value": pair["question"]},
+            {"from": "gpt", "value": assistant_text(job, pair)},
+        ],
+        "source": chunk.source,
+        "chunk": chunk.id,
+        "teacher": job.teacher.id,
+        "lang": job.settings.answer_language or chunk.lang,
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+
+def synthesize(job: Job, paths: list[Path], counter: TokenCounter, force: bool) -> Tally:
+    documents, doc_rejects = read_all(paths)
+    for reject in doc_rejects:
+        console.print(f"  [yellow]skipped[/yellow] {escape(reject.name)}: {escape(reject.reason)}")
+    if not documents:
+        raise FtwError(f"no readable documents in {', '.join(display_path(p) for p in paths)} (see the lines above)")
+    chunks = chunks_of(documents, counter, job.settings)
+    names = sorted({job.prompts.name_for(c.lang, job.settings.kind) for c in chunks})
+    inputs = job_inputs(job, documents, names + (["judge.j2"] if job.settings.judge else []))
+    job.folder.mkdir(parents=True, exist_ok=True)
+    check_inputs(job, inputs, force)
+    if force:
+        start_over(job)
+    write_text_atomic(job.folder / INPUTS, json.dumps(inputs.values, ensure_ascii=False, indent=2) + "\n")
+    scope = chunks[: job.limit] if job.limit else chunks
+    entries = read_journal(job.folder / JOURNAL)
+    todo = [chunk for chunk in scope if chunk.id not in entries]
+    langs = Counter(chunk.lang for chunk in chunks)
+    console.print(
+        f"{len(documents)} document(s), {len(chunks)} chunk(s) of ≤{job.settings.chunk_tokens} tokens "
+        f"({', '.join(f'{k} {v}' for k, v in langs.most_common())}); "
+        + (f"{len(scope) - len(todo)} done before, " if len(todo) < len(scope) else "")
+        + f"{len(todo)} to ask {escape(job.teacher.where)}"
+        + (f" (--limit {job.limit})" if job.limit else "")
+    )
+    journal = Journal(job.folder / JOURNAL)
+    try:
+        generate(job, todo, journal)
+    finally:
+        journal.close()
+    entries = read_journal(job.folder / JOURNAL)
+    tally = assemble(job, scope, entries, doc_rejects)
+    summary = summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally)
+    write_text_atomic(job.folder / SUMMARY, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    print_summary(job, tally, len(chunks) - len(scope))
+    return tally
+
+
+def summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally: Tally) -> dict:
+    return {
+        "run": job.run_dir.name,
+        "recipe": job.recipe.name,
+        "teacher": job.teacher.id,
+        "settings": asdict(job.settings),
+        "parallel": job.parallel,
+        "inputs": inputs.values,
+        "documents": [
+            {
+                "path": str(d.path),
+                "sha256": d.sha256,
+                "kind": d.kind,
+                "notes": d.notes,
+                **tally.per_document.get(d.name, {}),
+            }
+            for d in documents
+        ],
+        "rejected_documents": [asdict(r) for r in doc_rejects],
+        "counts": {
+            "chunks_total": len(chunks),
+            "chunks_in_scope": len(scope),
+            "chunks_read": tally.chunks,
+            "chunks_done": tally.done,
+            "chunks_failed": tally.failed,
+            "rows_generated": tally.generated,
+            "rows_kept": tally.kept,
+            "rows_rejected": tally.rejected,
+            "documents_rejected": len(doc_rejects),
+            "rejected_by_kind": dict(tally.reasons),
+        },
+        "tokens": {"prompt": tally.prompt_tokens, "completion": tally.completion_tokens},
+        "teacher_seconds": round(tally.seconds, 1),
+        "files": {name: str(job.folder / name) for name in (SYNTH_ROWS.name, REJECTS, JOURNAL)},
+    }
+
+
+def print_summary(job: Job, tally: Tally, left: int) -> None:
+    console.print(
+        f"  chunks: read {tally.chunks} = done {tally.done} + failed {tally.failed}"
+        + (f"; {left} not asked yet (--limit)" if left else "")
+    )
+    console.print(f"  rows: generated {tally.generated} = kept {tally.kept} + rejected {tally.rejected}")
+    if tally.reasons:
+        console.print("  rejected: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in tally.reasons.most_common()))
+    console.print(
+        f"  teacher: {tally.prompt_tokens} prompt + {tally.completion_tokens} generated tokens in {tally.seconds:.0f} s"
+    )
+    run = job.run_dir.name
+    done(
+        f"{tally.kept} row(s) in {display_path(job.folder / SYNTH_ROWS.name)}; every reject in "
+        f"{display_path(job.folder / REJECTS)}. Next: ftw data prepare --recipe {job.recipe.name} --run {run}"
+    )
+
+
+def thinking_template(counter: TokenCounter) -> bool:
+    """LLaMA-Factory's reasoning templates (qwen3, deepseekr1, ...) train on <think>...</think>."""
+    from llamafactory.data.template import ReasoningTemplate
+
+    return isinstance(counter.template, ReasoningTemplate) and counter.template.enable_thinking is not False
+
+
+def synthesize_run(
+    recipe_name: str,
+    docs: list[str],
+    teacher_spec: str,
+    teacher_model: str | None,
+    run: str,
+    parallel: int,
+    limit: int | None,
+    force: bool,
+    overrides: list[str],
+) -> Tally:
+    """`ftw data synth`: everything checked that can be (recipe, documents, tokenizer) before the
+    teacher is loaded or asked."""
+    recipe = load_recipe(recipe_name, overrides)
+    settings = recipe.synth
+    if docs:
+        paths = [Path(p).expanduser().resolve() for p in docs]
+    elif settings.docs:
+        paths = [(recipe.folder / p).resolve() for p in settings.docs]
+    else:
+        raise FtwError(f"no documents: give --docs PATH, or list them under synth.docs in {recipe.doc.path}")
+    counter, why_not = recipe_counter(recipe)
+    if counter is None:
+        raise FtwError(f"documents are cut into chunks with the recipe's tokenizer: {why_not}")
+    own = (recipe.folder / settings.templates).resolve() if settings.templates else None
+    teacher = open_teacher(teacher_spec, teacher_model)
+    if parallel > 1 and not teacher.parallel_ok:
+        console.print(f"  --parallel {parallel}: a GGUF in this process answers one request at a time; using 1")
+        parallel = 1
+    job = Job(
+        run_dir=runs_dir() / run,
+        recipe=recipe,
+        settings=settings,
+        teacher=teacher,
+        prompts=Prompts(own),
+        thinking=settings.kind == "cot" and thinking_template(counter),
+        parallel=parallel,
+        limit=limit,
+    )
+    return synthesize(job, paths, counter, force)
