@@ -5,6 +5,8 @@ The teachers themselves are in tests/test_synth_teachers.py (a real server, a re
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -265,3 +267,54 @@ def test_synth_refuses_bad_settings_before_loading_anything(capsys, runs_dir):
     assert code == 2 and "min_grounding must be a share between 0 and 1" in out
     code, out = ftw(capsys, "data", "synth", "--recipe", "demo-docs", "--teacher", "nowhere.gguf", "--run", "r")
     assert code == 2 and "--teacher 'nowhere.gguf': no such file" in out
+
+
+class PoliteRefuser(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint whose model never writes the JSON asked for."""
+
+    def do_GET(self):  # /v1/models
+        self._json({"object": "list", "data": [{"id": "refuser", "object": "model"}]})
+
+    def do_POST(self):  # /v1/chat/completions
+        self.rfile.read(int(self.headers["Content-Length"]))
+        message = {"role": "assistant", "content": "I am sorry, I can't help with that."}
+        usage = {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        self._json(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "refuser",
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    def _json(self, value):
+        body = json.dumps(value).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_teacher_that_never_answers_in_json_is_stopped_with_its_url(capsys, runs_dir):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PoliteRefuser)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        code, out = ftw(
+            capsys, "data", "synth", "--recipe", "demo-docs", "--teacher", url, "--run", "g", "--parallel", "2"
+        )
+    finally:
+        server.shutdown()
+    assert code == 1
+    assert f"the teacher ({url}) answered 5 chunks in a row without the JSON asked for" in out
+    journal = [json.loads(line) for line in (runs_dir / "g" / "synth" / "journal.jsonl").read_text().splitlines()]
+    assert len(journal) == 5 and {e["status"] for e in journal} == {"failed"}
+    assert all(e["requests"] == 3 and "no JSON in the reply" in e["reason"] for e in journal)

@@ -41,9 +41,10 @@ from wrapper.data.scan import recipe_counter
 from wrapper.data.tokens import TokenCounter
 from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
 from wrapper.synth.prompts import JUDGE_SCHEMA, Prompts, pairs_schema
-from wrapper.synth.teachers import Teacher, open_teacher
+from wrapper.synth.teachers import Teacher, TeacherDown, open_teacher
 
 INPUTS, JOURNAL, REJECTS, SUMMARY = "inputs.json", "journal.jsonl", "rejects.jsonl", "synth.json"
+FAILED_IN_A_ROW = 5  # chunks whose replies never parsed, one after another: the teacher can't do this
 PARSE_ATTEMPTS = 3  # a reply that isn't the asked JSON is asked again, sampled, with another seed
 RETRY_TEMPERATURE = 0.7
 LANG_SAMPLE_CHARS = 2000
@@ -281,7 +282,7 @@ def generate(job: Job, todo: list[Chunk], journal: Journal) -> None:
     """Asks for every chunk of `todo`, `job.parallel` at a time, journaling each as it finishes."""
     with progress_bar() as progress:
         task = progress.add_task("synthesizing", total=len(todo), rate="")
-        meter = Meter(progress, task)
+        meter = Meter(progress, task, job.teacher)
         if job.parallel == 1:  # in this thread: a Ctrl-C stops it between two tokens
             for chunk in todo:
                 meter.finished(journal, ask(job, chunk))
@@ -315,14 +316,23 @@ def ask_in_parallel(job: Job, todo: list[Chunk], journal: Journal, meter: Meter)
 
 
 class Meter:
-    """Journals each finished chunk and shows chunks/s and generated tokens/s."""
+    """Journals each finished chunk, shows chunks/s and generated tokens/s, and stops a teacher
+    that answers nothing usable chunk after chunk (a base model, a wrong endpoint)."""
 
-    def __init__(self, progress: Progress, task):
-        self.progress, self.task = progress, task
+    def __init__(self, progress: Progress, task, teacher: Teacher):
+        self.progress, self.task, self.teacher = progress, task, teacher
         self.started, self.count, self.tokens = time.monotonic(), 0, 0
+        self.failed_in_a_row = 0
 
     def finished(self, journal: Journal, entry: dict) -> None:
         journal.append(entry)
+        self.failed_in_a_row = self.failed_in_a_row + 1 if entry["status"] == "failed" else 0
+        if self.failed_in_a_row >= FAILED_IN_A_ROW:
+            raise TeacherDown(
+                f"the teacher ({self.teacher.where}) answered {FAILED_IN_A_ROW} chunks in a row without the "
+                f"JSON asked for; the last: {entry['reason']}. Is it an instruct model? Try another teacher "
+                "(with --force), or re-run to go on: the failed chunks are counted, not asked again."
+            )
         self.count += 1
         self.tokens += entry["completion_tokens"]
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -390,6 +400,11 @@ def assemble(job: Job, chunks: list[Chunk], entries: dict[str, dict], doc_reject
             rows.append(row_of(job, chunk, pair))
             tally.kept += 1
             counts["kept"] += 1
+    if tally.chunks != tally.done + tally.failed or tally.generated != tally.kept + tally.rejected:
+        raise FtwError(
+            f"internal error: chunks read {tally.chunks} != done {tally.done} + failed {tally.failed}, or rows "
+            f"generated {tally.generated} != kept {tally.kept} + rejected {tally.rejected}; nothing was written"
+        )
     _write_jsonl(job.folder / SYNTH_ROWS.name, rows)
     _write_jsonl(job.folder / REJECTS, rejects)
     return tally
