@@ -33,6 +33,7 @@ HEAVY_LIBRARIES = {
     "docx",
     "bs4",
     "openai",
+    "tokenizers",
 }
 
 

@@ -15,7 +15,7 @@ from test_data import ftw
 from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import SynthSettings
 from wrapper.data.documents import read_documents
-from wrapper.data.scan import recipe_counter
+from wrapper.data.scan import recipe_chunker, recipe_counter
 from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
 from wrapper.synth.job import assistant_text, chunks_of, read_journal
 from wrapper.synth.prompts import Prompts, pairs_schema
@@ -44,10 +44,16 @@ CHUNK_RU = (
 
 
 @pytest.fixture(scope="module")
-def counter():
-    found, why_not = recipe_counter(load_recipe("demo-docs"))
+def chunker():
+    found, why_not = recipe_chunker(load_recipe("demo-docs"))
     assert found is not None, why_not
     return found
+
+
+def test_the_light_chunker_cuts_as_the_token_counter_does(chunker):
+    counter, _ = recipe_counter(load_recipe("demo-docs"))
+    segments = [(1, "\n".join(RU_LINES)), (7, " ".join(PAGES) * 3)]
+    assert list(chunker(segments, 64, 8)) == list(counter.chunks(segments, 64, 8))
 
 
 def write(path: Path, text: str) -> Path:
@@ -63,10 +69,10 @@ def documents(folder: Path) -> list:
     return list(read_documents([folder]))
 
 
-def test_every_chunk_starts_on_the_page_or_line_its_source_names(tmp_path, counter):
+def test_every_chunk_starts_on_the_page_or_line_its_source_names(tmp_path, chunker):
     docs = documents(tmp_path)
     settings = SynthSettings(chunk_tokens=64, chunk_overlap=0)
-    chunks = chunks_of(docs, counter, settings)
+    chunks = chunks_of(docs, chunker, settings)
     by_name = {doc.name: doc for doc in docs}
     assert {c.document for c in chunks} == set(by_name)
     for chunk in chunks:
@@ -80,9 +86,9 @@ def test_every_chunk_starts_on_the_page_or_line_its_source_names(tmp_path, count
     assert next(c for c in chunks if c.document.endswith("talk.vtt")).lang == "en"
 
 
-def test_chunk_ids_are_the_same_on_every_run_and_differ_between_documents(tmp_path, counter):
-    first = chunks_of(documents(tmp_path), counter, SynthSettings(chunk_tokens=64, chunk_overlap=0))
-    again = chunks_of(list(read_documents([tmp_path])), counter, SynthSettings(chunk_tokens=64, chunk_overlap=0))
+def test_chunk_ids_are_the_same_on_every_run_and_differ_between_documents(tmp_path, chunker):
+    first = chunks_of(documents(tmp_path), chunker, SynthSettings(chunk_tokens=64, chunk_overlap=0))
+    again = chunks_of(list(read_documents([tmp_path])), chunker, SynthSettings(chunk_tokens=64, chunk_overlap=0))
     assert [c.id for c in first] == [c.id for c in again]
     assert len({c.id for c in first}) == len(first)
 

@@ -9,6 +9,7 @@ two duplicate indexes (hashes and first locations, in numpy arrays; never the te
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from wrapper.data.readers import (
     read_plain_segments,
     read_subtitle_segments,
 )
-from wrapper.data.tokens import Lengths, TokenCounter, load_counter
+from wrapper.data.tokens import Lengths, TokenCounter, chunk_segments, load_counter, load_fast_tokenizer
 
 BATCH_ROWS = 4096
 # Item.status
@@ -363,6 +364,21 @@ def recipe_counter(recipe: Recipe) -> tuple[TokenCounter | None, str]:
         return load_counter(base, recipe.model.template, recipe.system), ""
     except (FtwError, OSError, ValueError, KeyError) as exc:
         return None, f"the tokenizer of {recipe.model.base} can't be loaded here ({str(exc).splitlines()[0]})"
+
+
+def recipe_chunker(recipe: Recipe) -> tuple[Callable | None, str]:
+    """chunker(segments, limit, overlap) -> (first line, text, tokens) chunks in the recipe's
+    tokenizer: its tokenizer.json alone where there is one (fast to load), else the whole
+    TokenCounter; or None and why not."""
+    try:
+        base = resolve_model(recipe.model.base, recipe, "model.base")
+        fast = load_fast_tokenizer(base)
+    except (FtwError, OSError, ValueError, KeyError) as exc:
+        return None, f"the tokenizer of {recipe.model.base} can't be loaded here ({str(exc).splitlines()[0]})"
+    if fast is not None:
+        return functools.partial(chunk_segments, fast), ""
+    counter, why_not = recipe_counter(recipe)
+    return (counter.chunks if counter else None), why_not
 
 
 def input_paths(

@@ -84,7 +84,14 @@ class TokenCounter:
     def chunks(self, segments: Iterable[tuple[int, str]], limit: int, overlap: int) -> Iterator[tuple[int, str, int]]:
         """(first line, text, tokens) of chunks of at most `limit` tokens, cut at a paragraph,
         sentence or word end where one is near, consecutive chunks sharing `overlap` tokens."""
-        return _Chunker(self.fast, limit, overlap).run(segments)
+        return chunk_segments(self.fast, segments, limit, overlap)
+
+
+def chunk_segments(
+    fast, segments: Iterable[tuple[int, str]], limit: int, overlap: int
+) -> Iterator[tuple[int, str, int]]:
+    """TokenCounter.chunks with a bare `tokenizers.Tokenizer` (no chat template needed)."""
+    return _Chunker(fast, limit, overlap).run(segments)
 
 
 _SENTENCE_END = re.compile(r"[.!?…][\"'»”)\]]*\s*$")
@@ -219,6 +226,24 @@ class Lengths:
 @functools.lru_cache(maxsize=4)
 def load_counter(base_model: str, template: str, system: str | None) -> TokenCounter:
     """The recipe's tokenizer and template; raises with the reason when the tokenizer can't be loaded."""
+    return TokenCounter(str(tokenizer_dir(base_model)), template, system)
+
+
+@functools.lru_cache(maxsize=4)
+def load_fast_tokenizer(base_model: str):
+    """The model's tokenizer.json alone, as a `tokenizers.Tokenizer`: enough to cut text into
+    chunks, in a fraction of a second (no transformers, no LLaMA-Factory). None without a
+    tokenizer.json (a sentencepiece-only model): use load_counter then."""
+    path = tokenizer_dir(base_model) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def tokenizer_dir(base_model: str) -> Path:
+    """The folder with the model's tokenizer files; raises with the reason when there is none here."""
     path = Path(base_model)
     if not path.is_absolute():
         # A hub id: only from the local Hugging Face cache (no download, no retries when offline).
@@ -233,4 +258,4 @@ def load_counter(base_model: str, template: str, system: str | None) -> TokenCou
         path = Path(cached).parent
     if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
         raise OSError(f"no tokenizer files in {path}")
-    return TokenCounter(str(path), template, system)
+    return path

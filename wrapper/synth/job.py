@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,7 @@ from wrapper.core.ui import console, done
 from wrapper.data.documents import Document, DocumentReject, read_documents
 from wrapper.data.formats import near_key
 from wrapper.data.langs import language_of
-from wrapper.data.scan import recipe_counter
-from wrapper.data.tokens import TokenCounter
+from wrapper.data.scan import recipe_chunker, recipe_counter
 from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
 from wrapper.synth.prompts import JUDGE_SCHEMA, Prompts, pairs_schema
 from wrapper.synth.teachers import Teacher, TeacherDown, open_teacher
@@ -96,10 +96,11 @@ class Tally:
 # ---- documents -> chunks ----------------------------------------------------------------------
 
 
-def chunks_of(documents: list[Document], counter: TokenCounter, settings: SynthSettings) -> list[Chunk]:
+def chunks_of(documents: list[Document], chunker: Callable, settings: SynthSettings) -> list[Chunk]:
+    """Every document's chunks; chunker(segments, limit, overlap) is data.scan.recipe_chunker's."""
     chunks = []
     for doc in documents:
-        pieces = counter.chunks(doc.passages, settings.chunk_tokens, settings.chunk_overlap)
+        pieces = chunker(doc.passages, settings.chunk_tokens, settings.chunk_overlap)
         for number, (place, text, tokens) in enumerate(pieces):
             chunks.append(
                 Chunk(
@@ -437,13 +438,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ---- the command ----------------------------------------------------------------------------------
 
 
-def synthesize(job: Job, paths: list[Path], counter: TokenCounter, force: bool) -> Tally:
+def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> Tally:
     documents, doc_rejects = read_all(paths)
     for reject in doc_rejects:
         console.print(f"  [yellow]skipped[/yellow] {escape(reject.name)}: {escape(reject.reason)}")
     if not documents:
         raise FtwError(f"no readable documents in {', '.join(display_path(p) for p in paths)} (see the lines above)")
-    chunks = chunks_of(documents, counter, job.settings)
+    chunks = chunks_of(documents, chunker, job.settings)
     names = sorted({job.prompts.name_for(c.lang, job.settings.kind) for c in chunks})
     inputs = job_inputs(job, documents, names + (["judge.j2"] if job.settings.judge else []))
     job.folder.mkdir(parents=True, exist_ok=True)
@@ -530,10 +531,13 @@ def print_summary(job: Job, tally: Tally, left: int) -> None:
     )
 
 
-def thinking_template(counter: TokenCounter) -> bool:
+def thinking_template(recipe: Recipe) -> bool:
     """LLaMA-Factory's reasoning templates (qwen3, deepseekr1, ...) train on <think>...</think>."""
     from llamafactory.data.template import ReasoningTemplate
 
+    counter, why_not = recipe_counter(recipe)
+    if counter is None:
+        raise FtwError(f"--kind cot writes rows in the recipe's chat template: {why_not}")
     return isinstance(counter.template, ReasoningTemplate) and counter.template.enable_thinking is not False
 
 
@@ -558,8 +562,8 @@ def synthesize_run(
         paths = [(recipe.folder / p).resolve() for p in settings.docs]
     else:
         raise FtwError(f"no documents: give --docs PATH, or list them under synth.docs in {recipe.doc.path}")
-    counter, why_not = recipe_counter(recipe)
-    if counter is None:
+    chunker, why_not = recipe_chunker(recipe)
+    if chunker is None:
         raise FtwError(f"documents are cut into chunks with the recipe's tokenizer: {why_not}")
     own = (recipe.folder / settings.templates).resolve() if settings.templates else None
     teacher = open_teacher(teacher_spec, teacher_model)
@@ -572,8 +576,8 @@ def synthesize_run(
         settings=settings,
         teacher=teacher,
         prompts=Prompts(own),
-        thinking=settings.kind == "cot" and thinking_template(counter),
+        thinking=settings.kind == "cot" and thinking_template(recipe),
         parallel=parallel,
         limit=limit,
     )
-    return synthesize(job, paths, counter, force)
+    return synthesize(job, paths, chunker, force)
