@@ -354,7 +354,7 @@ def assistant_text(job: Job, pair: dict) -> str:
 
 def assemble(job: Job, chunks: list[Chunk], entries: dict[str, dict], doc_rejects: list[DocumentReject]) -> Tally:
     """synth.jsonl and rejects.jsonl from the journal, in document order, duplicates dropped."""
-    tally = Tally(seconds=sum(e.get("seconds", 0) for e in entries.values()))
+    tally = Tally()
     rows, rejects = [], [{"source": r.name, "kind": r.kind, "reason": r.reason} for r in doc_rejects]
     tally.reasons.update(r.kind for r in doc_rejects)
     seen: dict[tuple[str, str], str] = {}
@@ -366,6 +366,7 @@ def assemble(job: Job, chunks: list[Chunk], entries: dict[str, dict], doc_reject
         tally.chunks += 1
         counts["chunks"] += 1
         tally.prompt_tokens += entry["prompt_tokens"]
+        tally.seconds += entry["seconds"]
         tally.completion_tokens += entry["completion_tokens"]
         if entry["status"] == "failed":
             tally.failed += 1
@@ -508,7 +509,8 @@ def summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally: Tally)
             "rejected_by_kind": dict(tally.reasons),
         },
         "tokens": {"prompt": tally.prompt_tokens, "completion": tally.completion_tokens},
-        "teacher_seconds": round(tally.seconds, 1),
+        # summed over chunks: with --parallel N, requests overlap and this exceeds the wall time
+        "request_seconds": round(tally.seconds, 1),
         "files": {name: str(job.folder / name) for name in (SYNTH_ROWS.name, REJECTS, JOURNAL)},
     }
 
@@ -522,7 +524,8 @@ def print_summary(job: Job, tally: Tally, left: int) -> None:
     if tally.reasons:
         console.print("  rejected: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in tally.reasons.most_common()))
     console.print(
-        f"  teacher: {tally.prompt_tokens} prompt + {tally.completion_tokens} generated tokens in {tally.seconds:.0f} s"
+        f"  teacher: {tally.prompt_tokens} prompt + {tally.completion_tokens} generated tokens; "
+        f"{tally.seconds:.0f} s of requests" + (f" (summed over {job.parallel} at once)" if job.parallel > 1 else "")
     )
     run = job.run_dir.name
     done(
