@@ -73,11 +73,12 @@ class LanguageSplit:
     def side(self, lang: str, group: str | None = None) -> str:
         """ "val" or "train" for a row; rows of one group (the document chunk a synthesized row
         was written from) all go where the first of them went, so no chunk is on both sides."""
-        if group is None:
-            return "val" if self.is_validation(lang) else "train"
-        if group not in self.groups:
-            self.groups[group] = "val" if self.is_validation(lang) else "train"
-        return self.groups[group]
+        if group in self.groups:
+            return self.groups[group]
+        side = "val" if self.is_validation(lang) else "train"
+        if group is not None:
+            self.groups[group] = side
+        return side
 
     def is_validation(self, lang: str) -> bool:
         if self.ratio <= 0:

@@ -357,13 +357,17 @@ def recipe_cutoff_len(recipe: Recipe) -> int:
     return int(recipe.train.get("cutoff_len") or TRAIN_DEFAULTS["cutoff_len"])
 
 
+def _no_tokenizer(recipe: Recipe, exc: Exception) -> str:
+    return f"the tokenizer of {recipe.model.base} can't be loaded here ({str(exc).splitlines()[0]})"
+
+
 def recipe_counter(recipe: Recipe) -> tuple[TokenCounter | None, str]:
     """The recipe's tokenizer and chat template as a TokenCounter, or None and why not."""
     try:
         base = resolve_model(recipe.model.base, recipe, "model.base")
         return load_counter(base, recipe.model.template, recipe.system), ""
     except (FtwError, OSError, ValueError, KeyError) as exc:
-        return None, f"the tokenizer of {recipe.model.base} can't be loaded here ({str(exc).splitlines()[0]})"
+        return None, _no_tokenizer(recipe, exc)
 
 
 def recipe_chunker(recipe: Recipe) -> tuple[Callable | None, str]:
@@ -374,7 +378,7 @@ def recipe_chunker(recipe: Recipe) -> tuple[Callable | None, str]:
         base = resolve_model(recipe.model.base, recipe, "model.base")
         fast = load_fast_tokenizer(base)
     except (FtwError, OSError, ValueError, KeyError) as exc:
-        return None, f"the tokenizer of {recipe.model.base} can't be loaded here ({str(exc).splitlines()[0]})"
+        return None, _no_tokenizer(recipe, exc)
     if fast is not None:
         return functools.partial(chunk_segments, fast), ""
     counter, why_not = recipe_counter(recipe)
