@@ -16,6 +16,11 @@ rebuilt in a fresh folder.
 - tiny_qwen2_bnb_dir(): that model loaded in 4-bit NF4 with bitsandbytes on the CPU and
   saved, i.e. a pre-quantized checkpoint like unsloth/*-bnb-4bit
   (config.json quantization_config.quant_method == "bitsandbytes").
+- llama3_tokenizer_dir(): the real Llama 3 tokenizer (128,256 tokens), rebuilt by
+  transformers from llama.cpp's ggml-vocab-llama-bpe.gguf, with Llama-3-Instruct's eos.
+- llama31_model_dir(): that tokenizer made Llama 3.1's (id 128008 is <|eom_id|>, a reserved
+  token in Llama 3) with Llama-3.1-Instruct's generation_config.json (eos ids 128001, 128008,
+  128009); llama31_vocab_gguf(): llama.cpp's Llama 3 vocabulary GGUF with the same change.
 - write_alpaca_dataset(path): a small Alpaca JSON file.
 """
 
@@ -158,6 +163,67 @@ def _build_tiny_qwen2_bnb(out: Path) -> None:
 
 def tiny_qwen2_bnb_dir() -> Path:
     return cached("tiny-qwen2-bnb-4bit", _build_tiny_qwen2_bnb)
+
+
+def _build_llama3_tokenizer(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(LLAMA_CPP_DIR / "models", gguf_file="ggml-vocab-llama-bpe.gguf")
+    # transformers maps eos to bos when rebuilding this file; these are Llama-3-Instruct's.
+    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    tokenizer.chat_template = (
+        LLAMA_CPP_DIR / "models" / "templates" / "meta-llama-Llama-3.1-8B-Instruct.jinja"
+    ).read_text()
+    tokenizer.save_pretrained(out)
+
+
+def llama3_tokenizer_dir() -> Path:
+    return cached("llama3-tokenizer", _build_llama3_tokenizer)
+
+
+# Llama 3.1 kept Llama 3's vocabulary but named reserved token 128008 <|eom_id|> (the end of a
+# tool-calling message) and lists it among generation_config.json's eos ids.
+LLAMA3_RESERVED_4, EOM_ID = "<|reserved_special_token_4|>", "<|eom_id|>"
+LLAMA31_EOS_IDS = [128001, 128008, 128009]  # <|end_of_text|>, <|eom_id|>, <|eot_id|>
+
+
+def _build_llama31_model_dir(out: Path) -> None:
+    """Llama-3.1-Instruct's tokenizer and generation_config.json (no weights: the end tokens are all it is for)."""
+    for path in llama3_tokenizer_dir().iterdir():
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            (out / path.name).write_text(text.replace(LLAMA3_RESERVED_4, EOM_ID), encoding="utf-8")
+    config = {"bos_token_id": 128000, "eos_token_id": LLAMA31_EOS_IDS, "temperature": 0.6, "top_p": 0.9}
+    (out / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def llama31_model_dir() -> Path:
+    return cached("llama31-tokenizer", _build_llama31_model_dir)
+
+
+def _build_llama31_vocab_gguf(out: Path) -> None:
+    """llama.cpp's Llama 3 vocabulary GGUF, every key copied, with token 128008 renamed as in Llama 3.1."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(LLAMA_CPP_DIR / "models" / "ggml-vocab-llama-bpe.gguf")
+    writer = GGUFWriter(out / "llama31-vocab.gguf", reader.get_field("general.architecture").contents())
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        kind = field.types[0]
+        value = field.contents()
+        if field.name == "tokenizer.ggml.tokens":
+            value = [EOM_ID if token == LLAMA3_RESERVED_4 else token for token in value]
+        sub_type = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, kind, sub_type=sub_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+
+
+def llama31_vocab_gguf() -> Path:
+    return cached("llama31-vocab", _build_llama31_vocab_gguf) / "llama31-vocab.gguf"
 
 
 def write_alpaca_dataset(path: Path, rows: int = 8) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import LLAMA_CPP_DIR, REPO_ROOT, cached, qwen2_tokenizer_dir
+from fixtures import LLAMA_CPP_DIR, REPO_ROOT, cached, llama3_tokenizer_dir, qwen2_tokenizer_dir
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
@@ -33,16 +33,6 @@ QWEN_DEFAULT = "You are Qwen, created by Alibaba Cloud. You are a helpful assist
 SMOLLM_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face."
 
 
-def _build_llama3_tokenizer(out: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(VOCABS, gguf_file="ggml-vocab-llama-bpe.gguf")
-    # transformers maps eos to bos when rebuilding this file; these are Llama-3-Instruct's.
-    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
-    tokenizer.chat_template = (SHIPPED_TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()
-    tokenizer.save_pretrained(out)
-
-
 def _build_mistral_tokenizer(out: Path) -> None:
     from llama_cpp.llama_chat_format import MISTRAL_INSTRUCT_CHAT_TEMPLATE
     from transformers import AutoTokenizer
@@ -51,10 +41,6 @@ def _build_mistral_tokenizer(out: Path) -> None:
     tokenizer.bos_token, tokenizer.eos_token = "<s>", "</s>"
     tokenizer.chat_template = MISTRAL_INSTRUCT_CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
-
-
-def llama3_tokenizer_dir() -> Path:
-    return cached("llama3-tokenizer", _build_llama3_tokenizer)
 
 
 def mistral_tokenizer_dir() -> Path:

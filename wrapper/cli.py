@@ -18,7 +18,7 @@ import click
 from wrapper.commands import data, evaluate, export, serve, train
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import package_version, versions
-from wrapper.core.ui import console, quiet_libraries
+from wrapper.core.ui import console, error_console, quiet_libraries
 
 INTERRUPTED = (
     "[yellow]interrupted[/yellow]: the child processes were stopped and unfinished files removed. "
@@ -91,7 +91,7 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except FtwError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+        (error_console if exc.to_stderr else console).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         console.print(INTERRUPTED, soft_wrap=True)

@@ -20,7 +20,7 @@ def recipe_option(
 
 def profile_option(
     required: bool = True,
-    help: str = "Profile name or alias in recipes/profiles/, NAMExN for N GPUs, "
+    help: str = "Profile name or alias in recipes/profiles/, NAMExN for N GPUs (cpuxN: N processes on the CPU), "
     "a path to a .yaml, or 'auto' (detects the GPU).",
 ):
     return click.option("--profile", required=required, default=None, help=help)

@@ -10,11 +10,12 @@ from rich.table import Table
 
 from wrapper.commands.options import data_option, profile_option, recipe_option, run_option, set_option
 from wrapper.config.gpu import resolve_profile
+from wrapper.config.planner import FIT_FRACTION
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console
-from wrapper.train.plan_report import plan_report
+from wrapper.train.plan_report import max_context_report, plan_report
 from wrapper.train.render import render as render_run
 from wrapper.train.stage import train as train_run
 
@@ -66,7 +67,7 @@ def print_render_summary(plan: RunPlan, data_given: bool) -> None:
             f"  planner: ~{fit['peak_vram_gb']:.1f} of {fit['budget_gb']:.1f} GiB per GPU "
             f"({'fits' if fit['fits'] else 'DOES NOT FIT, rendered because of --ignore-fit'}); "
             f"{settings['method']}, micro-batch {settings['micro_batch']} x {settings['grad_accum']}, "
-            f"checkpointing {'on' if settings['checkpointing'] else 'off'}"
+            f"checkpointing {checkpointing_words(settings)}"
         )
         for note in fit["notes"]:
             console.print(f"  note: {note}")
@@ -81,24 +82,86 @@ def print_render_summary(plan: RunPlan, data_given: bool) -> None:
 
 @click.command()
 @recipe_option()
-@profile_option()
+@profile_option(required=False)
 @data_option(help="Plan for these data files instead of the recipe's.")
 @set_option
+@click.option(
+    "--max-context",
+    is_flag=True,
+    help="The longest cutoff_len that fits at micro-batch 1, with checkpoints in GPU memory and offloaded "
+    "to host RAM, for every GPU profile (or the --profile given).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def plan(recipe: str, profile: str, data_files: tuple[str, ...], overrides: tuple[str, ...], as_json: bool) -> None:
+def plan(
+    recipe: str,
+    profile: str | None,
+    data_files: tuple[str, ...],
+    overrides: tuple[str, ...],
+    max_context: bool,
+    as_json: bool,
+) -> None:
     """Before training: memory per GPU, fit and margin, tokens per step, epoch time, output sizes.
 
     \b
     Example:
       ftw plan --recipe qwen3-8b --profile rtx4070 --data data/demo_lore.json
+      ftw plan --recipe llama31-8b --max-context
     """
-    report = plan_report(recipe, resolve_profile(profile), list(data_files), list(overrides))
-    if as_json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
-    else:
-        print_plan(report)
-    if not report["fits"]:
-        raise FtwError("the plan does not fit this profile (see above)")
+    try:
+        if max_context:
+            longest = max_context_report(recipe, resolve_profile(profile) if profile else None, list(overrides))
+            if as_json:
+                print(json.dumps(longest, ensure_ascii=False, indent=2))
+            else:
+                print_max_context(longest)
+            return
+        if not profile:
+            raise FtwError(f"--profile is needed to plan a run: ftw plan --recipe {recipe} --profile rtx4070")
+        report = plan_report(recipe, resolve_profile(profile), list(data_files), list(overrides))
+        if as_json:
+            print(json.dumps(report, ensure_ascii=False, indent=2))
+        else:
+            print_plan(report)
+        if not report["fits"]:
+            raise FtwError(
+                f"the plan does not fit {report['profile']}: ~{report['peak_vram_gb']:.2f} of "
+                f"{report['budget_gb']:.2f} GiB. The longest cutoff_len per card: "
+                f"ftw plan --recipe {recipe} --max-context"
+            )
+    except FtwError as error:
+        error.to_stderr = as_json  # stdout carries the JSON alone, for `ftw plan --json | jq`
+        raise
+
+
+def print_max_context(report: dict) -> None:
+    table = Table(title=f"longest cutoff_len at micro-batch 1: {report['recipe']} ({report['base_model']})")
+    for column in ("profile", "method", "checkpoints on GPU", "offloaded", "host RAM"):
+        table.add_column(column, justify="left" if column in ("profile", "method") else "right")
+    for row in report["profiles"]:
+        table.add_row(
+            f"{row['profile']} {row['memory_gb']:g} GiB",
+            row["method"],
+            _tokens(row["without_offload"], report["model_context"]),
+            _tokens(row["with_offload"], report["model_context"]),
+            f"{row['host_ram_gb_with_offload']:.1f} GiB" if row["with_offload"] else "",
+        )
+    console.print(table)
+    console.print(
+        f"fits within {FIT_FRACTION:.0%} of each card at micro-batch 1 with gradient checkpointing; "
+        f"'model max' is the model's own context ({report['model_context']:,} tokens)"
+    )
+
+
+def _tokens(cutoff: int, model_context: int) -> str:
+    if cutoff == 0:
+        return "doesn't fit"
+    return "model max" if cutoff >= model_context else f"{cutoff:,}"
+
+
+def checkpointing_words(settings: dict) -> str:
+    if not settings["checkpointing"]:
+        return "off"
+    return "on, offloaded to host RAM" if settings.get("offload_checkpoints") else "on"
 
 
 def print_plan(report: dict) -> None:
@@ -116,11 +179,13 @@ def print_plan(report: dict) -> None:
         table.add_row("[bold]total[/bold]", f"[bold]{report['peak_vram_gb']:.2f}[/bold]")
         table.add_row("budget (92%)", f"{report['budget_gb']:.2f}")
         table.add_row("margin", f"{report['margin_gb']:.2f}")
+        if report.get("host_ram_gb"):
+            table.add_row("host RAM (offloaded checkpoints)", f"{report['host_ram_gb']:.2f}")
         console.print(table)
         s = report["settings"]
         console.print(
             f"settings: micro-batch {s['micro_batch']} x accumulation {s['grad_accum']} x {s['gpus']} GPU(s), "
-            f"cutoff {s['cutoff']}, gradient checkpointing {'on' if s['checkpointing'] else 'off'}"
+            f"cutoff {s['cutoff']}, gradient checkpointing {checkpointing_words(s)}"
             + (f", DeepSpeed {report['deepspeed']}" if report.get("deepspeed") else "")
         )
         console.print(

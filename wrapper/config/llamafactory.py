@@ -123,6 +123,14 @@ def _rejection(yaml_name: str, exc: Exception, origins: dict[str, str]) -> FtwEr
 
 # What a machine without the profile's GPU can't check: transformers refuses bf16/fp16 there.
 MACHINE_DEPENDENT_KEYS = ("bf16", "fp16")
+# Keys that need the process group torchrun starts: with one set, transformers looks for that group
+# while parsing and fails outside the launch. Their types are checked above; the parse leaves them out.
+LAUNCH_KEYS = ("ddp_backend",)
+
+
+def _in_process(args: dict[str, Any]) -> dict[str, Any]:
+    """What can be parsed in this process: a fresh output_dir, no launch-only keys."""
+    return {key: value for key, value in _with_fresh_output_dir(args).items() if key not in LAUNCH_KEYS}
 
 
 def check_train_args(args: dict[str, Any], origins: dict[str, str], yaml_name: str, full_check: bool) -> list[str]:
@@ -133,11 +141,11 @@ def check_train_args(args: dict[str, Any], origins: dict[str, str], yaml_name: s
     check_keys_and_types(args, origins, train_classes())
     try:
         if full_check:
-            get_train_args(_with_fresh_output_dir(args))
+            get_train_args(_in_process(args))
             return []
         # Without the GPU: parse into LLaMA-Factory's argument dataclasses (their own
         # validation runs), with the precision flags off, and skip its machine checks.
-        parse_only = {**_with_fresh_output_dir(args), **{key: False for key in MACHINE_DEPENDENT_KEYS}}
+        parse_only = {**_in_process(args), **{key: False for key in MACHINE_DEPENDENT_KEYS}}
         _parse_train_args(parse_only)
     except (ValueError, ImportError, RuntimeError) as exc:
         raise _rejection(yaml_name, exc, origins) from exc

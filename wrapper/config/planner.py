@@ -12,9 +12,12 @@ Memory of a LoRA/QLoRA step, as PyTorch's allocator sees it:
 - activations: with gradient checkpointing each layer keeps its input (hidden x 2 bytes
   per token) and one layer's full set is alive during its recompute; without it every
   layer keeps its set. A set is ~(8 h + 4 kv + 4 i) bf16 values per token with
-  FlashAttention/SDPA (no seq^2 term);
-- logits: tokens x vocab in bf16 plus the fp32 copy and gradient of the loss (10 bytes
-  per value), unless Liger's fused linear cross-entropy computes the loss in chunks;
+  FlashAttention/SDPA (no seq^2 term). Offloaded checkpointing (LLaMA-Factory's
+  `use_unsloth_gc`) keeps those layer inputs in host RAM instead, and copies them over
+  PCIe once each way per step;
+- logits: at the loss's peak, in its backward pass, three fp32 tensors of tokens x vocab
+  (12 bytes per value, measured by bench/loss_memory.py), unless Liger's fused linear
+  cross-entropy computes the loss in chunks;
 - overhead: cuBLAS workspaces and allocator fragmentation.
 Throughput: FLOPs per token against the card's dense bf16 peak (vendor figure, fp32
 accumulate) at an assumed MFU, or at the MFU bench/profiles.py measured for that budget.
@@ -40,6 +43,12 @@ OVERHEAD_GIB = 0.5
 OVERHEAD_SHARE = 0.05
 ASSUMED_MFU = {"lora": 0.40, "full": 0.40, "qlora": 0.30}  # until bench/profiles.py measures the card
 MICRO_BATCHES = (16, 8, 4, 2, 1)
+# Offloaded layer inputs go through pageable (not pinned) host memory: ~half of PCIe 4.0 x16's 32 GB/s.
+HOST_COPY_BYTES_PER_S = 12e9
+# In the backward pass: the saved fp32 log-softmax, the fp32 gradient coming in and the one going out
+# (the bf16 logits and their fp32 copy are gone once the trainer holds the loss); bench/loss_memory.py.
+LOSS_BYTES_PER_LOGIT = 4 + 4 + 4
+LONGEST_CUTOFF = 1 << 20  # the search's upper end when the model names no context length
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,8 @@ class Settings:
     lora_rank: int
     gpus: int = 1
     zero_stage: int = 0
-    offload: bool = False
+    offload: bool = False  # DeepSpeed's optimizer/parameter offload (several GPUs)
+    offload_checkpoints: bool = False  # use_unsloth_gc: checkpointed layer inputs in host RAM
 
     @property
     def tokens_per_micro_batch(self) -> int:
@@ -153,16 +163,37 @@ def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
     kv = shape.kv_heads * shape.head_dim
     layer_set = (8 * shape.hidden + 4 * kv + 4 * shape.intermediate) * 2 * tokens
     if s.checkpointing:
-        activations = shape.layers * shape.hidden * 2 * tokens + layer_set
+        kept_inputs = 0 if s.offload_checkpoints else checkpointed_inputs_bytes(shape, s)
+        activations = kept_inputs + layer_set
     else:
         activations = shape.layers * layer_set
     if s.method == "qlora":
         activations += max(a * b for a, b in shape.linear_shapes()) * 2  # one dequantized weight at a time
-    logits = tokens * shape.hidden * 8 if s.liger else tokens * shape.vocab * 10
+    logits = tokens * shape.hidden * 8 if s.liger else tokens * shape.vocab * LOSS_BYTES_PER_LOGIT
 
     parts = Memory(weights / GIB, trainable / GIB, gradients / GIB, optimizer / GIB, activations / GIB, logits / GIB)
     parts.overhead = OVERHEAD_GIB + OVERHEAD_SHARE * parts.total
     return parts
+
+
+def checkpointed_inputs_bytes(shape: ModelShape, s: Settings) -> float:
+    """Each layer's input (bf16) that gradient checkpointing keeps for the backward pass, per GPU."""
+    return shape.layers * shape.hidden * 2 * s.tokens_per_micro_batch
+
+
+def host_ram_gb(shape: ModelShape, s: Settings) -> float:
+    """Host RAM the offloaded layer inputs take, for all the GPU processes of this machine."""
+    if not (s.checkpointing and s.offload_checkpoints):
+        return 0.0
+    return checkpointed_inputs_bytes(shape, s) * s.gpus / GIB
+
+
+def offload_seconds_per_token(shape: ModelShape, s: Settings) -> float:
+    """The copies of an offloaded layer input, out in the forward pass and back in the backward; the
+    copy from pageable memory is synchronous, so it adds to the step rather than overlapping it."""
+    if not (s.checkpointing and s.offload_checkpoints):
+        return 0.0
+    return 2 * shape.layers * shape.hidden * 2 / HOST_COPY_BYTES_PER_S
 
 
 def train_flops_per_token(shape: ModelShape, s: Settings) -> float:
@@ -195,9 +226,10 @@ class Choice:
     memory: Memory
     fits: bool
     notes: list[str] = field(default_factory=list)
+    host_ram_gb: float = 0.0  # offloaded checkpoints, all of this machine's GPU processes
 
 
-def _candidates(base: Settings, allow_qlora_upgrade: bool, pinned_micro: int | None):
+def _candidates(base: Settings, allow_qlora_upgrade: bool, pinned_micro: int | None, offload_choices: tuple):
     methods = [base.method] + (["qlora"] if base.method == "lora" and allow_qlora_upgrade else [])
     effective = base.micro_batch * base.grad_accum  # the recipe's batch, whatever the number of GPUs
     micro_batches = (
@@ -205,9 +237,18 @@ def _candidates(base: Settings, allow_qlora_upgrade: bool, pinned_micro: int | N
     )
     for method in methods:
         for checkpointing in (False, True):
-            for micro in micro_batches:
-                accum = max(1, math.ceil(effective / (micro * base.gpus)))
-                yield replace(base, method=method, micro_batch=micro, grad_accum=accum, checkpointing=checkpointing)
+            # Offloading moves what checkpointing keeps, so it exists only with checkpointing.
+            for offload in offload_choices if checkpointing else [o for o in offload_choices if not o]:
+                for micro in micro_batches:
+                    accum = max(1, math.ceil(effective / (micro * base.gpus)))
+                    yield replace(
+                        base,
+                        method=method,
+                        micro_batch=micro,
+                        grad_accum=accum,
+                        checkpointing=checkpointing,
+                        offload_checkpoints=offload,
+                    )
 
 
 def speed_score(shape: ModelShape, s: Settings) -> float:
@@ -224,34 +265,70 @@ def choose(
     allow_qlora_upgrade: bool = True,
     pinned_micro: int | None = None,
     pinned_checkpointing: bool | None = None,
+    pinned_offload: bool | None = None,
 ) -> Choice:
-    """The fastest settings that fit in the profile's budget, preferring the recipe's method over
-    QLoRA; if nothing fits, the leanest settings with fits=False."""
+    """The fastest settings that fit in the profile's budget. Preference: the recipe's method kept
+    in GPU memory, then with checkpoints offloaded to host RAM (a few % slower), then QLoRA the
+    same two ways; if nothing fits, the leanest settings with fits=False."""
     leanest: Choice | None = None
-    best: dict[str, Choice] = {}
-    for candidate in _candidates(base, allow_qlora_upgrade, pinned_micro):
+    best: dict[tuple[str, bool], Choice] = {}
+    offload_choices = (False, True) if pinned_offload is None else (pinned_offload,)
+    for candidate in _candidates(base, allow_qlora_upgrade, pinned_micro, offload_choices):
         if pinned_checkpointing is not None and candidate.checkpointing != pinned_checkpointing:
             continue
         memory = estimate_memory(shape, candidate)
         choice = Choice(candidate, memory, memory.total <= profile.budget_gb)
+        choice.host_ram_gb = host_ram_gb(shape, candidate)
+        key = (candidate.method, candidate.offload_checkpoints)
         if choice.fits:
-            current = best.get(candidate.method)
+            current = best.get(key)
             if current is None or speed_score(shape, candidate) > speed_score(shape, current.settings):
-                best[candidate.method] = choice
+                best[key] = choice
         elif leanest is None or memory.total < leanest.memory.total:
             leanest = choice
-    for method in (base.method, "qlora"):
-        if method in best:
-            choice = best[method]
-            if method != base.method:
+    for key in ((base.method, False), (base.method, True), ("qlora", False), ("qlora", True)):
+        if key in best:
+            choice = best[key]
+            if key[0] != base.method:
                 choice.notes.append(
                     f"{base.method} does not fit in {profile.budget_gb:.1f} GiB: "
                     f"training with 4-bit NF4 weights (QLoRA)"
                 )
+            if key[1] and pinned_offload is None:
+                choice.notes.append(offload_note(shape, choice.settings, profile))
             return choice
     if leanest is None:
         raise FtwError("no training settings to evaluate")
     return leanest
+
+
+def offload_note(shape: ModelShape, s: Settings, profile: GpuProfileFacts) -> str:
+    kept = replace(s, offload_checkpoints=False)
+    saved = estimate_memory(shape, kept).total - estimate_memory(shape, s).total
+    compute = train_flops_per_token(shape, s) / (profile.peak_bf16_tflops * 1e12 * ASSUMED_MFU[s.method])
+    cost = offload_seconds_per_token(shape, s) / (compute + offload_seconds_per_token(shape, s))
+    return (
+        f"only with offloaded checkpointing (use_unsloth_gc) does it fit: each layer's input waits in host RAM "
+        f"instead of GPU memory, saving {saved:.2f} GiB of GPU memory for {host_ram_gb(shape, s):.2f} GiB "
+        f"of host RAM and ~{cost:.0%} of the throughput"
+    )
+
+
+def longest_cutoff(shape: ModelShape, base: Settings, profile: GpuProfileFacts, offload: bool, cap: int) -> int:
+    """The longest cutoff_len that fits at micro-batch 1 with checkpointing (offloaded or not); 0 if none.
+    Memory only grows with the cutoff, so a bisection finds it."""
+
+    def fits(cutoff: int) -> bool:
+        trial = replace(base, micro_batch=1, cutoff=cutoff, checkpointing=True, offload_checkpoints=offload)
+        return estimate_memory(shape, trial).total <= profile.budget_gb
+
+    if not fits(1):
+        return 0
+    low, high = 1, cap + 1  # fits(low) is true; high is beyond the search
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def tokens_per_second(
@@ -261,14 +338,14 @@ def tokens_per_second(
     measured = measured_mfu(profile.name, model_key, s.method)
     if measured:
         mfu, gpu = measured
-        return (
-            profile.peak_bf16_tflops * 1e12 * mfu / flops * s.gpus,
-            f"{mfu:.0%} MFU measured by bench/profiles.py on {gpu}, applied to {profile.peak_bf16_tflops} TFLOP/s",
-        )
-    return (
-        profile.peak_bf16_tflops * 1e12 * ASSUMED_MFU[s.method] / flops * s.gpus,
-        f"estimated: {ASSUMED_MFU[s.method]:.0%} MFU of {profile.peak_bf16_tflops} TFLOP/s (not yet measured)",
-    )
+        source = f"{mfu:.0%} MFU measured by bench/profiles.py on {gpu}, applied to {profile.peak_bf16_tflops} TFLOP/s"
+    else:
+        mfu = ASSUMED_MFU[s.method]
+        source = f"estimated: {mfu:.0%} MFU of {profile.peak_bf16_tflops} TFLOP/s (not yet measured)"
+    seconds_per_token = flops / (profile.peak_bf16_tflops * 1e12 * mfu) + offload_seconds_per_token(shape, s)
+    if s.offload_checkpoints and s.checkpointing:
+        source += f", plus the host copies of offloaded checkpoints at {HOST_COPY_BYTES_PER_S / 1e9:g} GB/s"
+    return s.gpus / seconds_per_token, source
 
 
 def measured_mfu(profile_name: str, model_key: str | None, method: str) -> tuple[float, str] | None:
@@ -309,6 +386,7 @@ def settings_from_args(args: dict, method: str, gpus: int) -> Settings:
         liger=bool(args.get("enable_liger_kernel", False)),
         lora_rank=int(args.get("lora_rank", 8)),
         gpus=gpus,
+        offload_checkpoints=bool(args.get("use_unsloth_gc", False)),
     )
 
 
@@ -323,13 +401,15 @@ def plan_for_profile(shape: ModelShape, args: dict, method: str, profile: Profil
     micro = base.micro_batch if "per_device_train_batch_size" in pinned else None
     checkpointing = base.checkpointing if "disable_gradient_checkpointing" in pinned else None
     upgrade = "quantization_bit" not in pinned
+    # use_unsloth_gc set by the recipe or the profile is their choice; unset, the planner decides.
+    offload_checkpoints = base.offload_checkpoints if "use_unsloth_gc" in args else None
     stages = [(0, False)] if profile.gpus == 1 else [(2, False), (2, True), (3, False), (3, True)]
     choice = None
     for zero_stage, offload in stages:
         if zero_stage == 3 and method == "qlora":
             break  # bitsandbytes 4-bit weights can't be partitioned by ZeRO-3 here
         staged = replace(base, zero_stage=zero_stage, offload=offload)
-        choice = choose(shape, staged, facts, upgrade, micro, checkpointing)
+        choice = choose(shape, staged, facts, upgrade, micro, checkpointing, offload_checkpoints)
         if choice.fits:
             break
     return choice
@@ -342,6 +422,8 @@ def args_for(choice: Choice, base_method: str) -> dict:
         args["disable_gradient_checkpointing"] = True
     if s.method == "qlora" and base_method != "qlora":
         args.update(quantization_bit=4, quantization_method="bnb")
+    if s.checkpointing and s.offload_checkpoints:
+        args["use_unsloth_gc"] = True
     return args
 
 
@@ -352,6 +434,7 @@ def summary(choice: Choice, profile: Profile) -> dict:
         "peak_vram_gb": round(m.total, 2),
         "budget_gb": round(profile.memory_gb * FIT_FRACTION, 2),
         "memory_gb": {key: round(value, 3) for key, value in asdict(m).items()},
+        "host_ram_gb": round(choice.host_ram_gb, 2),
         "settings": asdict(s),
         "notes": choice.notes,
     }

@@ -1,4 +1,4 @@
-"""Loading profiles: a card's memory class by name, alias, or NAMExN for N GPUs of it."""
+"""Loading profiles: a card's memory class by name, alias, or NAMExN for N GPUs of it (N processes on the CPU)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def shipped_profiles() -> list[str]:
 
 
 def load_profile(name_or_path: str) -> Profile:
-    """A profile by name, alias or path; NAMExN (e.g. a100-40x8) is N GPUs of profile NAME."""
+    """A profile by name, alias or path; NAMExN (e.g. a100-40x8) is N GPUs of profile NAME, and cpuxN is N
+    processes on the CPU (the same launch, with gloo for NCCL: wrapper/config/processes.py)."""
     aliases = profile_aliases()
 
     def known(candidate: str) -> bool:
@@ -42,8 +43,6 @@ def load_profile(name_or_path: str) -> Profile:
     path = find_named(name, PROFILES_DIR, "profile")
     doc = load_yaml(path)
     profile = parse(Profile, doc.data, doc)
-    if gpus > 1 and profile.device != "cuda":
-        raise FtwError(f"profile {name_or_path!r}: several GPUs need a cuda profile, {path.stem} is {profile.device}")
     profile.name = path.stem if gpus == 1 else f"{path.stem}x{gpus}"
     profile.doc, profile.gpus = doc, gpus
     return profile

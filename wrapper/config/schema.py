@@ -293,7 +293,7 @@ class Profile:
     gpu: GpuSection = key(factory=GpuSection, help="what the planner needs to know of the card")
     name: str = internal("")
     doc: YamlDoc | None = internal()
-    gpus: int = internal(1)  # NAMExN: N GPUs of this profile
+    gpus: int = internal(1)  # NAMExN: N GPUs of this profile (cpuxN: N processes on the CPU)
 
     @property
     def base_name(self) -> str:

@@ -66,7 +66,7 @@ def start(plan: RunPlan) -> None:
     later stage redoes itself only if its inputs changed (wrapper/core/stage.py)."""
     path = plan.dir / MANIFEST
     previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    kept = {key: previous[key] for key in (REMOVED, "stages") if key in previous}
+    kept = {key: previous[key] for key in (REMOVED, END_TOKENS, "stages") if key in previous}
     save(
         plan.dir,
         {
@@ -106,6 +106,16 @@ def record_removed(run_dir: Path, key: str, what: dict[str, Any]) -> None:
     data.setdefault(REMOVED, {})[key] = what
     if key != "merged":  # the merged folder stays: its tokenizer and config serve the later stages
         data["artifacts"].pop(key, None)
+    save(run_dir, data)
+
+
+# Per artifact, the tokens that end an answer there and why each is one (wrapper/prompts/end_tokens.py).
+END_TOKENS = "end_tokens"
+
+
+def record_end_tokens(run_dir: Path, key: str, entries: list[dict[str, Any]]) -> None:
+    data = load(run_dir)
+    data.setdefault(END_TOKENS, {})[key] = entries
     save(run_dir, data)
 
 

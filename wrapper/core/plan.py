@@ -34,9 +34,11 @@ class RunPlan:
     origins: dict[str, str]
     checks: list[dict] = field(default_factory=list)
     ollama_parameters: dict[str, Any] = field(default_factory=dict)
-    gpus: int = 1
+    gpus: int = 1  # training processes: GPUs, or processes on the CPU
+    device: str = "cuda"  # the profile's: cuda or cpu
     fit: dict | None = None  # the planner's verdict for a GPU profile
-    skipped_checks: list[str] = field(default_factory=list)  # LLaMA-Factory checks this machine can't run
+    skipped_checks: list[str] = field(default_factory=list)  # checks this machine can't run (LLaMA-Factory's, stops)
+    end_of_turn: dict | None = None  # the token a sample answer ends with and trains on (wrapper/train/stops.py)
     prepared_data: dict | None = None  # runs/RUN/data from `ftw data prepare`, when the run uses it
     overrides: list[str] = field(default_factory=list)  # --set, so that a re-render keeps them
 

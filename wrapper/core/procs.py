@@ -7,6 +7,7 @@ log are shown with the log's path.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -22,6 +23,7 @@ from wrapper.core.ui import stage_progress, users_env
 
 TAIL_LINES = 15
 LOW_DISK_BYTES = 256 * 2**20  # less than this free after a child failed: the disk filled up
+STOP_GRACE_S = 10  # after SIGTERM, before SIGKILL
 
 
 def last_lines(log_path: Path, count: int = TAIL_LINES) -> list[str]:
@@ -115,14 +117,35 @@ def run_logged(
 
 
 def stop_group(child: subprocess.Popen) -> None:
+    """SIGTERM to the child's whole group, and wait for all of it, not only the child: torchrun's agent
+    outlives llamafactory-cli while it stops the training processes. SIGKILL what is left after the grace."""
     try:
         os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=10)
     except ProcessLookupError:
         return
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_GRACE_S
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=STOP_GRACE_S)
+    while group_members(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if child.poll() is None or group_members(child.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def group_members(group: int) -> list[int]:
+    """The live processes of a process group, from /proc (Linux; elsewhere none are seen). Zombies don't count:
+    an orphan's zombie may never be reaped where PID 1 is not an init, and kill(0) still finds it."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            state, _parent, process_group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if state != "Z" and int(process_group) == group:
+            found.append(int(entry.name))
+    return found
 
 
 def run_with_status(

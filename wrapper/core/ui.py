@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 console = Console(highlight=False)
+error_console = Console(highlight=False, stderr=True)
 
 # Libraries used in-process (LLaMA-Factory's parser and templates, transformers) log at
 # INFO; the person at the terminal needs only our summary. Children get the user's own

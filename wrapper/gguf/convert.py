@@ -7,7 +7,9 @@ commit (wrapper/gguf/quantize.py), so the file is written and read by one llama.
 Between conversion and quantization the GGUF's chat template (tokenizer.chat_template,
 what LM Studio and llama.cpp build prompts with) is checked against the training format;
 where it differs, the training format is written in its place (wrapper/prompts/fidelity.py),
-so every quantized file inherits a template that matches training.
+so every quantized file inherits a template that matches training. Then every token the
+model ends an answer with (wrapper/prompts/end_tokens.py) must be one llama.cpp ends
+generation at, or the file is refused: quantized files inherit that too.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import verify_gguf
 from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import console, done
-from wrapper.prompts.fidelity import GgufChat, check_gguf_template, jinja_candidates, training_format
+from wrapper.prompts.end_tokens import GgufEnds, end_tokens, gguf_end_problems, gguf_end_records
+from wrapper.prompts.fidelity import (
+    GgufChat,
+    TrainingFormat,
+    check_gguf_template,
+    jinja_candidates,
+    training_format,
+)
 
 GGUF_PY_ENV = {"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}
 
@@ -67,10 +77,16 @@ def write_chat_template(source: Path, target: Path, template: str, log_path: Pat
 
 
 def ensure_training_template(
-    partial: Path, merged: Path, template_name: str, system: str | None, expected_ftype: int, log_path: Path
+    partial: Path,
+    merged: Path,
+    template_name: str,
+    system: str | None,
+    expected_ftype: int,
+    log_path: Path,
+    fmt: TrainingFormat | None = None,
 ) -> None:
     """Leave the GGUF's chat template if it renders the training format, else write the training format."""
-    fmt = training_format(merged, template_name, system)
+    fmt = fmt or training_format(merged, template_name, system)
     chat = GgufChat.read(partial)
     if chat.chat_template is not None:
         found = check_gguf_template(fmt, chat)
@@ -99,3 +115,29 @@ def ensure_training_template(
         raise FtwError(f"{rewritten}: the chat template did not read back as written")
     rewritten.replace(partial)
     done(f"chat template replaced by the training format ({source}; {count} tensors kept); it differed: {reason}")
+
+
+def check_end_tokens(partial: Path, merged: Path, fmt: TrainingFormat, run_dir: Path) -> None:
+    """Refuse a GGUF that llama.cpp would not stop generating at one of the model's end tokens, and
+    record each token and what llama.cpp makes of it in the manifest (end_tokens.gguf: the
+    quantized files copy this file's vocabulary and metadata)."""
+    ends = end_tokens(fmt, merged)
+    gguf = GgufEnds.read(partial, [end.id for end in ends if end.id is not None])
+    problems = gguf_end_problems(gguf, ends)
+    if problems:
+        end = problems[0][0]
+        as_eos = (
+            f'make it the eos the converter writes (set "eos_token" to {end.text!r} in '
+            f"{merged / 'tokenizer_config.json'}, now {fmt.tokenizer.eos_token!r}), or, "
+            if end.text
+            else ""
+        )
+        name = partial.name.removesuffix(".partial")
+        raise FtwError(
+            f"{name}: {'; '.join(text for _, text in problems)}. LM Studio and llama.cpp would run past the end "
+            f"of an answer. To fix it, {as_eos}if the model never ends an answer with id {end.id}, drop it from "
+            f"{merged / 'generation_config.json'}; then: ftw gguf --run {run_dir.name}"
+        )
+    manifest.record_end_tokens(run_dir, "gguf", gguf_end_records(gguf, ends))
+    stopping = ", ".join(end.describe() for end in ends if end.ends_generation)
+    done(f"llama.cpp ends generation at each token the model ends an answer with: {stopping}")

@@ -21,7 +21,8 @@ from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights, read_header
 from wrapper.core.ui import console, done
-from wrapper.gguf.convert import ensure_training_template, run_converter
+from wrapper.gguf.convert import check_end_tokens, ensure_training_template, run_converter
+from wrapper.prompts.fidelity import training_format
 
 OUTTYPES = ("f16", "bf16")
 # The merged model's weight files (safetensors, or the .bin LLaMA-Factory's legacy export writes).
@@ -70,9 +71,11 @@ class ConvertStage(stage.Stage):
         check_gguf_disk(self.merged, partial.parent, self.outtype, self.quants_to_make)
         run_converter(self.merged, partial, self.outtype, self.log_path)
         verify_gguf(partial, ftype_of(self.outtype))
+        fmt = training_format(self.merged, self.plan.template, self.plan.system)
         ensure_training_template(
-            partial, self.merged, self.plan.template, self.plan.system, ftype_of(self.outtype), self.log_path
+            partial, self.merged, self.plan.template, self.plan.system, ftype_of(self.outtype), self.log_path, fmt
         )
+        check_end_tokens(partial, self.merged, fmt, self.run_dir)
 
     def verify(self, partial: Path) -> str:
         return f"{verify_gguf(partial, ftype_of(self.outtype))} tensors, {mib(partial)}"

@@ -15,6 +15,9 @@ class ChatFormat:
     tokenizer: object
     template: object  # llamafactory.data.template.Template
     system: str | None
+    # len(tokenizer) before LLaMA-Factory fixed it for the template: an id at or past it is a
+    # token the template added (a stop word the base vocabulary doesn't have).
+    base_vocab_size: int | None = None
 
     def prompt_ids(self, user: str) -> list[int]:
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": ""}]
@@ -47,5 +50,6 @@ def chat_format(tokenizer_dir: str | Path, template_name: str, system: str | Non
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=True)
+    base_vocab_size = len(tokenizer)
     template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
-    return ChatFormat(tokenizer, template, system)
+    return ChatFormat(tokenizer, template, system, base_vocab_size)

@@ -2,7 +2,9 @@
 
 FROM is the quantized file (relative to the Modelfile, so the run folder can move).
 TEMPLATE renders LLaMA-Factory's training format (templates/ollama/*.gotmpl), every
-end-of-turn token of the template is a `PARAMETER stop`, SYSTEM is the recipe's system
+end-of-turn token of the template, the tokenizer's eos and every id the merged model's
+generation_config.json ends generation at is a `PARAMETER stop` (wrapper/prompts/end_tokens.py;
+one only generation_config.json names gets a comment saying so), SYSTEM is the recipe's system
 prompt or else the template's default (the one training used), and the recipe's
 `ollama.parameters` follow. Before the file is written it is read back with Ollama's
 Modelfile grammar and its TEMPLATE rendered with Go's text/template on a set of
@@ -24,6 +26,7 @@ from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.templates import template_env
 from wrapper.core.ui import console, done
 from wrapper.prompts import gorender
+from wrapper.prompts.end_tokens import GENERATION_CONFIG, EndToken, end_tokens
 from wrapper.prompts.fidelity import GgufChat, TrainingFormat, check_ollama_template, ollama_candidates, training_format
 
 # The first line of every templates/ollama/*.gotmpl. When the system prompt can't be a
@@ -80,10 +83,20 @@ def template_with_system(go_template: str, system: str) -> str:
 # ---- the Modelfile ---------------------------------------------------------------------
 
 
-def stop_tokens(fmt: TrainingFormat, extra: list[str] = ()) -> list[str]:
-    """Every end-of-turn marker of the training template, then the recipe's own stops."""
-    stops = fmt.stop_words()
+def stop_tokens(fmt: TrainingFormat, extra: list[str] = (), model_dir: Path | None = None) -> list[str]:
+    """Every end-of-turn marker of the training template and the tokenizer's eos, every id the model's
+    generation_config.json ends generation at (given its folder), then the recipe's own stops."""
+    stops = [end.text for end in end_tokens(fmt, model_dir) if end.text]
     return stops + [s for s in extra if s not in stops]
+
+
+def added_stop_notes(ends: list[EndToken]) -> list[str]:
+    """Why each stop that only generation_config.json names is there: the template alone would miss it."""
+    return [
+        f'stop "{end.text}" (id {end.id}): {GENERATION_CONFIG} lists it; the training template does not'
+        for end in ends
+        if end.text and end.only_in_generation_config
+    ]
 
 
 def ollama_model_name(run: str) -> str:
@@ -100,6 +113,7 @@ def modelfile_text(
     stops: list[str],
     parameters: list[tuple[str, str]],
     create_hint: str,
+    stop_notes: list[str] = (),
 ) -> str:
     """The Modelfile; a system prompt that SYSTEM can't carry becomes the TEMPLATE's default."""
     if system and not system_fits_modelfile(system):
@@ -117,6 +131,7 @@ def modelfile_text(
         system=system,
         system_in_template=note,
         stops=stops,
+        stop_notes=stop_notes,
         parameters=[p for p in parameters if p[0] != "stop"],
     )
 
@@ -154,6 +169,7 @@ class ModelfileStage(stage.Stage):
     def make(self, partial: Path) -> None:
         text, self.parts = build_modelfile(self.run_dir, self.plan, self.gguf, self.merged, self.parameters)
         partial.write_text(text, encoding="utf-8")
+        manifest.record_end_tokens(self.run_dir, "modelfile", [end.as_record() for end in self.parts["ends"]])
 
     def verify(self, partial: Path) -> str:
         parts = self.parts
@@ -183,7 +199,11 @@ def build_modelfile(
         )
     # ftw's own file for the family, else LLaMA-Factory's generated one; verify_modelfile checks either.
     source, go_template = candidates[0]
-    stops = stop_tokens(fmt, [value for key, value in parameters if key == "stop"])
+    ends = end_tokens(fmt, merged)
+    stops = stop_tokens(fmt, [value for key, value in parameters if key == "stop"], merged)
+    notes = added_stop_notes(ends)
+    for note in notes:
+        console.print(f"  note: {note}", soft_wrap=True)
     name = ollama_model_name(plan.run)
     text = modelfile_text(
         run=plan.run,
@@ -194,8 +214,10 @@ def build_modelfile(
         stops=stops,
         parameters=parameters,
         create_hint=f"cd {run_dir} && ollama create {name} -f Modelfile",
+        stop_notes=notes,
     )
     return text, {
+        "ends": ends,
         "fmt": fmt,
         "gguf": gguf,
         "go_template": go_template,

@@ -3,16 +3,17 @@ and how big the merged model and the Q4_K_M GGUF will be."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from wrapper.config import planner
-from wrapper.config.models import model_config
-from wrapper.config.profiles import load_profile
+from wrapper.config.models import bnb_quantization, model_config, resolve_model
+from wrapper.config.profiles import load_profile, shipped_profiles
 from wrapper.config.recipes import load_recipe
 from wrapper.core.errors import FtwError
 from wrapper.data.formats import detect_format, parse_row
 from wrapper.data.readers import Problem, read_json_records
-from wrapper.train.render import build_plan
+from wrapper.train.render import build_plan, tuned_args
 
 CHARS_PER_TOKEN = 3.0  # used only when the tokenizer isn't on this machine; Cyrillic runs ~2.5-3.5
 TEMPLATE_TOKENS_PER_PIECE = 5  # role markers and end of turn around each message
@@ -96,7 +97,10 @@ def plan_report(recipe_name: str, profile_name: str, data_files: list[str], over
     settings = planner.Settings(**plan.fit["settings"])
     tps, throughput_source = planner.tokens_per_second(shape, settings, planner.profile_facts(profile), plan.base_model)
     report.update(
-        {key: plan.fit[key] for key in ("fits", "peak_vram_gb", "budget_gb", "memory_gb", "settings", "notes")}
+        {
+            key: plan.fit[key]
+            for key in ("fits", "peak_vram_gb", "budget_gb", "memory_gb", "host_ram_gb", "settings", "notes")
+        }
     )
     report.update(
         margin_gb=round(plan.fit["budget_gb"] - plan.fit["peak_vram_gb"], 2),
@@ -107,3 +111,59 @@ def plan_report(recipe_name: str, profile_name: str, data_files: list[str], over
         deepspeed=plan.fit.get("deepspeed_template"),
     )
     return report
+
+
+def max_context_report(recipe_name: str, profile_name: str | None, overrides: list[str]) -> dict:
+    """For each GPU profile (or the one given): the longest cutoff_len that fits at micro-batch 1,
+    with checkpoints in GPU memory and offloaded to host RAM."""
+    recipe = load_recipe(recipe_name, overrides)
+    if recipe.method == "full":
+        raise FtwError(
+            f"{recipe.doc.origin('method')}: --max-context is for LoRA and QLoRA recipes; for a full fine-tune "
+            f"plan one length at a time: ftw plan --recipe {recipe.name} --profile PROFILE --set cutoff_len=N"
+        )
+    profiles = [load_profile(profile_name)] if profile_name else gpu_profiles()
+    for profile in profiles:
+        if profile.device != "cuda" or profile.memory_gb <= 0:
+            raise FtwError(
+                f"profile {profile.name} names no GPU memory, so it has no longest context. "
+                f"Give a GPU profile: ftw plan --recipe {recipe.name} --profile rtx4070 --max-context"
+            )
+    base_model = resolve_model(recipe.model.base, recipe, "model.base")
+    config = model_config(base_model)
+    shape = planner.ModelShape.from_config(config)
+    model_context = int(config.get("max_position_embeddings") or planner.LONGEST_CUTOFF)
+    method = "qlora" if bnb_quantization(base_model) else recipe.method
+    methods = [method] + (["qlora"] if method == "lora" else [])
+    rows = [
+        _longest_row(shape, recipe, profile, each, model_context)
+        for profile in profiles
+        for each in methods
+        if not (each == "qlora" and "quantization_bit" in recipe.doc.overrides)
+    ]
+    return {"recipe": recipe.name, "base_model": base_model, "model_context": model_context, "profiles": rows}
+
+
+def gpu_profiles() -> list:
+    found = [p for p in map(load_profile, shipped_profiles()) if p.device == "cuda" and p.memory_gb > 0]
+    return sorted(found, key=lambda p: (p.memory_gb, p.name))
+
+
+def _longest_row(shape: planner.ModelShape, recipe, profile, method: str, model_context: int) -> dict:
+    args, _ = tuned_args(recipe, profile)
+    base = planner.settings_from_args(args, method, 1)
+    facts = planner.profile_facts(profile)
+    kept = planner.longest_cutoff(shape, base, facts, offload=False, cap=model_context)
+    offloaded = planner.longest_cutoff(shape, base, facts, offload=True, cap=model_context)
+    at_longest = replace(base, micro_batch=1, cutoff=offloaded, checkpointing=True, offload_checkpoints=True)
+    return {
+        "profile": profile.name,
+        "memory_gb": profile.memory_gb,
+        "budget_gb": round(facts.budget_gb, 2),
+        "method": method,
+        "without_offload": kept,
+        "with_offload": offloaded,
+        "host_ram_gb_with_offload": round(planner.host_ram_gb(shape, at_longest), 2),
+        "liger": base.liger,
+        "optimizer_8bit": base.optimizer_8bit,
+    }

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from wrapper.config import llamafactory, planner
+from wrapper.config import llamafactory, planner, processes
 from wrapper.config.models import bnb_quantization, choose_merge_base, model_config, resolve_model
 from wrapper.config.profiles import load_profile
 from wrapper.config.recipes import load_recipe
@@ -38,11 +38,12 @@ from wrapper.core.plan import RunPlan
 from wrapper.core.templates import template_env
 from wrapper.data.datasets import DatasetFile, inspect_dataset
 from wrapper.data.prepared import PreparedData, load_prepared
+from wrapper.train import stops
 
 PLANNER_ORIGIN = "planner for profile {} (wrapper/config/planner.py)"
 
 
-def _tuned_args(recipe: Recipe, profile: Profile) -> tuple[dict[str, Any], dict[str, str]]:
+def tuned_args(recipe: Recipe, profile: Profile) -> tuple[dict[str, Any], dict[str, str]]:
     """Defaults, then the recipe's train keys, then the profile's, then --set: later wins."""
     args = dict(TRAIN_DEFAULTS)
     origins = {key: DEFAULT_ORIGIN for key in args}
@@ -86,12 +87,12 @@ def _fit_to_profile(
     if not choice.fits and not ignore_fit:
         m = choice.memory
         raise FtwError(
-            f"{recipe.name} does not fit profile {profile.name}: the leanest settings need ~{m.total:.1f} GiB "
+            f"{recipe.name} does not fit profile {profile.name}: the leanest settings need ~{m.total:.2f} GiB "
             f"(weights {m.weights:.1f}, activations {m.activations:.1f}, logits {m.logits:.1f}, other "
-            f"{m.trainable + m.gradients + m.optimizer + m.overhead:.1f}) of {report['budget_gb']:.1f} GiB "
-            f"({planner.FIT_FRACTION:.0%} of {profile.memory_gb:g} GiB). Try a shorter cutoff_len "
-            f"(--set cutoff_len=1024), a smaller model, a bigger profile, or --ignore-fit to render anyway. "
-            f"Details: ftw plan --recipe {recipe.name} --profile {profile.name}"
+            f"{m.trainable + m.gradients + m.optimizer + m.overhead:.1f}) of {report['budget_gb']:.2f} GiB "
+            f"({planner.FIT_FRACTION:.0%} of {profile.memory_gb:g} GiB). {_shorter_cutoff_hint(shape, choice, profile)}"
+            f"a smaller model, a bigger profile, or --ignore-fit to render anyway. "
+            f"Details: ftw plan --recipe {recipe.name} --profile {profile.name} --max-context"
         )
     chosen = planner.args_for(choice, method)
     if "flash_attn" not in args:
@@ -105,6 +106,20 @@ def _fit_to_profile(
             args[key] = value
             origins[key] = PLANNER_ORIGIN.format(profile.name)
     return report
+
+
+def _shorter_cutoff_hint(shape: planner.ModelShape, choice: planner.Choice, profile: Profile) -> str:
+    """The longest cutoff_len the leanest settings fit, as the first thing to try."""
+    settings = choice.settings
+    if settings.method == "full" or settings.zero_stage:
+        return "Try a shorter cutoff_len (--set cutoff_len=1024), "
+    longest = planner.longest_cutoff(shape, settings, planner.profile_facts(profile), True, settings.cutoff)
+    if longest == 0:
+        return "Even a cutoff_len of 1 doesn't fit (the weights alone are too big): try "
+    return (
+        f"The longest cutoff_len that fits is {longest}, with checkpoints offloaded to host RAM "
+        f"(--set cutoff_len={longest}); or try "
+    )
 
 
 def _check_template(recipe: Recipe) -> None:
@@ -174,10 +189,12 @@ def build_plan(
     prepared = None if data_files else load_prepared(run_dir)
     dataset_names, datasets = _datasets(recipe, data_files, prepared)
 
-    args, origins = _tuned_args(recipe, profile)
+    args, origins = tuned_args(recipe, profile)
     fit = None
     if profile.device == "cuda" and profile.memory_gb > 0:  # the generic `cuda` profile promises no memory
         fit = _fit_to_profile(recipe, profile, args, origins, base_model, quantization, run_dir, ignore_fit)
+    elif profile.gpus > 1:  # no memory plan, yet its processes must keep the recipe's effective batch too
+        processes.apply_process_args(args, origins, profile, recipe.doc.overrides)
     if prepared:
         prepared.apply_to_args(args, origins, DEFAULT_ORIGIN)
     structured = _structured_args(recipe, base_model, quantization, run_dir, dataset_names, args.get("eval_dataset"))
@@ -215,6 +232,7 @@ def build_plan(
         checks=[asdict(c) for c in recipe.checks],
         ollama_parameters=recipe.ollama.parameters,
         gpus=profile.gpus,
+        device=profile.device,
         fit=fit,
         prepared_data=prepared.summary() if prepared else None,
     )
@@ -310,6 +328,7 @@ def render(
     plan.skipped_checks = llamafactory.check_train_args(
         train_for_check, plan.origins, f"{plan.run}/train.yaml", full_check=profile_matches_machine(profile)
     )
+    stops.check_end_of_turn(plan)  # will the trained model stop? (wrapper/train/stops.py)
     export_for_check = yaml.safe_load(files["export.yaml"])
     if plan.merge_base_source.startswith("a dequantized copy"):
         # The copy is made at export; check the arguments against the quantized base meanwhile.
@@ -327,6 +346,9 @@ def profile_matches_machine(profile: Profile) -> bool:
     """LLaMA-Factory's full check tests the machine (bf16 needs a GPU); run it only where it means something."""
     if profile.device == "cpu":
         return True
+    if profile.gpus > 1:  # its full check insists on being launched by torchrun, which render isn't
+        return False
     import torch
 
-    return torch.cuda.is_available()
+    # With several GPUs visible, one process can't pass it either ("Please launch distributed training").
+    return torch.cuda.is_available() and torch.cuda.device_count() == 1

@@ -10,6 +10,7 @@ VRAM before starting, and to show steps, loss and ETA from the trainer_log.jsonl
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -106,12 +107,32 @@ class TrainerLogWatcher:
             )
 
 
-def launch_env(gpus: int) -> dict[str, str]:
-    """Several GPUs go through LLaMA-Factory's own torchrun launcher. Several machines: the
-    user exports NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT, which the child inherits."""
-    if gpus <= 1:
+def launch_env(processes: int, on_cpu: bool = False) -> dict[str, str]:
+    """Several GPUs (or CPU processes) go through LLaMA-Factory's own torchrun launcher, which picks a
+    free MASTER_PORT itself. Several machines: the user exports NNODES, NODE_RANK, MASTER_ADDR and
+    MASTER_PORT, which the child inherits."""
+    if processes <= 1:
         return {}
-    return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus)}
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(processes)}
+    return {**env, **cpu_processes_env(processes)} if on_cpu else env
+
+
+def cpu_processes_env(processes: int) -> dict[str, str]:
+    """CPU processes stay off any GPU: LLaMA-Factory places the model on cuda:LOCAL_RANK whenever CUDA is
+    visible, whatever the profile. Their device is plain `cpu`: accelerate would name it `cpu:0`, and
+    transformers resumes several processes with torch.load(map_location=that device), which can't restore
+    to `cpu:0`. torchrun gives each process 1 thread; share the cores instead."""
+    env = {"CUDA_VISIBLE_DEVICES": "", "ACCELERATE_TORCH_DEVICE": "cpu"}
+    if "OMP_NUM_THREADS" not in os.environ:  # the user's choice wins
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // processes))
+    return env
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit), not all the machine has."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def train_needs(plan: RunPlan, existing_bytes: int = 0) -> dict[str, int]:
@@ -127,6 +148,9 @@ def train_needs(plan: RunPlan, existing_bytes: int = 0) -> dict[str, int]:
     kept = int(args.get("save_total_limit") or 3) + 1  # the newest is written before the oldest is deleted
     checkpoints_bytes = max(0, trainable * (4 + optimizer_bytes) * kept - existing_bytes)
     return {f"{kept} checkpoints": checkpoints_bytes, "final adapter": trainable * 4}
+
+
+HOST_RAM_HEADROOM_GIB = 4.0  # the trainer's own process: Python, CUDA's host side, the data loader
 
 
 def check_vram(plan: RunPlan, ignore_fit: bool) -> None:
@@ -148,12 +172,40 @@ def check_vram(plan: RunPlan, ignore_fit: bool) -> None:
             )
 
 
+def available_ram_gib() -> float | None:
+    """MemAvailable from /proc/meminfo (Linux); None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024**2
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_host_ram(plan: RunPlan, ignore_fit: bool) -> None:
+    """Offloaded checkpoints wait in host RAM: short of it, the kernel's OOM killer ends the run mid-step."""
+    need = float((plan.fit or {}).get("host_ram_gb") or 0)
+    available = available_ram_gib()
+    if ignore_fit or need <= 0 or available is None:
+        return
+    if available < need + HOST_RAM_HEADROOM_GIB:
+        raise FtwError(
+            f"the plan for {plan.profile} keeps ~{need:.1f} GiB of checkpointed activations in host RAM "
+            f"(use_unsloth_gc), plus ~{HOST_RAM_HEADROOM_GIB:g} GiB for the trainer itself, and this machine "
+            f"has {available:.1f} GiB available. Close programs, render with a shorter cutoff_len "
+            f"(ftw plan --recipe {plan.recipe} --max-context), or start anyway with "
+            f"ftw train --run {plan.run} --ignore-fit."
+        )
+
+
 def preflight(plan: RunPlan, resumable: list[Path], ignore_fit: bool) -> None:
     existing = sum(folder_bytes(checkpoint) for checkpoint in resumable)
     needs = train_needs(plan, existing)
     if needs:
         check_free_space(plan.adapter_dir.parent, needs, "ftw train (checkpoints and the adapter)")
     check_vram(plan, ignore_fit)
+    check_host_ram(plan, ignore_fit)
 
 
 class TrainStage(stage.Stage):
@@ -218,7 +270,7 @@ class TrainStage(stage.Stage):
                 ["llamafactory-cli", "train", str(self.run_dir / "train.yaml")],
                 self.log_path,
                 "llamafactory-cli train",
-                env=launch_env(self.plan.gpus),
+                env=launch_env(self.plan.gpus, on_cpu=self.plan.device == "cpu"),
                 poll=watcher,
                 writes_to=adapter_dir,
             )

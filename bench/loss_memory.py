@@ -1,0 +1,81 @@
+"""How many bytes per logit value transformers' causal-LM loss holds at its peak, measured.
+
+The planner counts tokens x vocab x LOSS_BYTES_PER_LOGIT for the loss when Liger's fused
+cross-entropy is off. This runs the loss LLaMA-Factory trains with (transformers'
+ForCausalLMLoss on bf16 logits) forward and backward in a fresh process per size, and reads
+the process's peak resident memory: on the CPU, large tensors are mmap'd and returned on
+free, so the peak RSS growth is the peak of live tensors (the GPU allocator keeps the same
+tensors alive for the same time).
+
+    .venv/bin/python bench/loss_memory.py    # writes bench/results/loss_memory.json
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wrapper.config.planner import LOSS_BYTES_PER_LOGIT  # noqa: E402
+
+SIZES = [(1024, 151_936), (2048, 128_256), (4096, 32_000)]  # (tokens, vocab): Qwen3, Llama-3, Llama-2
+HIDDEN = 64  # small, so the hidden states and the weight are noise next to the logits
+
+CHILD = """
+import resource, sys, torch
+from transformers.loss.loss_utils import ForCausalLMLoss
+tokens, vocab, hidden = map(int, sys.argv[1:4])
+torch.manual_seed(0)
+h = torch.randn(1, tokens, hidden, dtype=torch.bfloat16, requires_grad=True)
+w = torch.randn(vocab, hidden, dtype=torch.bfloat16) * 0.02
+labels = torch.randint(0, vocab, (1, tokens))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loss = ForCausalLMLoss(torch.nn.functional.linear(h, w), labels, vocab_size=vocab)
+loss.backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def measure(tokens: int, vocab: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tokens), str(vocab), str(HIDDEN)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    peak = int(out.stdout.strip().splitlines()[-1])
+    return {
+        "tokens": tokens,
+        "vocab": vocab,
+        "peak_bytes": peak,
+        "bytes_per_logit": round(peak / (tokens * vocab), 2),
+    }
+
+
+def main() -> None:
+    import torch
+    import transformers
+
+    cells = [measure(tokens, vocab) for tokens, vocab in SIZES]
+    result = {
+        "command": ".venv/bin/python bench/loss_memory.py",
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "planner_bytes_per_logit": LOSS_BYTES_PER_LOGIT,
+        "cells": cells,
+    }
+    out = ROOT / "bench" / "results" / "loss_memory.json"
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for cell in cells:
+        print(f"{cell['tokens']:>5} tokens x {cell['vocab']:>7} vocab: {cell['bytes_per_logit']} bytes per logit")
+    print(f"planner: {LOSS_BYTES_PER_LOGIT}; written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
