@@ -16,13 +16,32 @@ For each (model, profile) cell this script, with nothing downloaded:
    qwen3_lora_sft_otfq.yaml) with the same model, data, cutoff, cap and steps: the baseline;
 5. records per cell: fits or OOM, peak allocated and reserved memory, tokens/s after a
    warm-up step, MFU (planner.train_flops_per_token over this GPU's dense bf16 peak), the
-   planner's peak estimate and its error, and writes bench/results/profiles-<gpu>.json
-   (merged with cells already there), with the command that made them.
+   planner's peak estimate and its error, whether the render offloaded checkpoints to host
+   RAM (`offload_checkpoints`, the train.yaml's use_unsloth_gc) and the planner's host-RAM
+   estimate for them (`host_ram_gb`), and writes bench/results/profiles-<gpu>.json (merged
+   with cells already there), with the command that made them.
 
-Run on an NVIDIA machine:
-    python bench/profiles.py                      # 2 models x 3 profiles x (ftw, example)
-    python bench/profiles.py --profiles rtx3070   # a subset, merged into the same results file
-Exercise the whole plumbing on a CPU (tiny model, short cutoff, results in a temp folder):
+`--kinds max-context` adds, per (model, profile), the planner's longest context: the longest
+cutoff_len that `ftw plan --max-context` (plan_report.max_context_report) says fits at
+micro-batch 1 with checkpoints offloaded, rendered at that cutoff with use_unsloth_gc and
+trained for a few steps (kind max_context: must fit), and again at +10% (kind
+max_context_plus10: may not, informational). The 8 GB offload cells are the ftw cells on
+rtx3070: there the planner renders both 8B models with use_unsloth_gc.
+
+A fresh process loads an 8B model for every cell, so a GPU run is split into slots of at
+most ~9 minutes with `--part K/N` (cells in a fixed order, cut where the estimated times,
+preparing the models included, balance). `--list` prints the cells, their estimated seconds
+and their parts without a GPU. On an NVIDIA machine, one 10-minute slot per command:
+    python bench/profiles.py --kinds ftw example --part 1/4 --time-budget 540
+    python bench/profiles.py --kinds ftw example --part 2/4 --time-budget 540
+    python bench/profiles.py --kinds ftw example --part 3/4 --time-budget 540
+    python bench/profiles.py --kinds ftw example --part 4/4 --time-budget 540
+    python bench/profiles.py --kinds max-context --part 1/6 --time-budget 540 --cell-timeout 420
+    ... (the same with --part 2/6 to --part 6/6)
+Each merges its cells into the same results file; one that stops at --time-budget (exit code 3)
+names the cells it left, to run again with --models/--profiles/--kinds. Only the 8 GB offload cells:
+    python bench/profiles.py --kinds ftw --profiles rtx3070 --time-budget 540
+Exercise the whole plumbing on a CPU (tiny model, short cutoffs, all kinds, results in a temp folder):
     python bench/profiles.py --cpu-smoke
 """
 
@@ -39,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +76,32 @@ FIT_TARGET = 0.92  # of the profile's memory, peak reserved
 SPEEDUP_TARGET = 1.5  # ftw tokens/s over the LLaMA-Factory example's, same model and budget
 PLANNER_TOLERANCE = 0.15  # |measured peak reserved / planner estimate - 1|
 WARMUP_STEPS = 1
+
+# --kinds: which cells of each (model, profile); in this order within a model.
+KIND_GROUPS = {
+    "ftw": ("ftw",),
+    "example": ("llamafactory-example",),
+    "max-context": ("max_context", "max_context_plus10"),
+}
+DEFAULT_KINDS = ["ftw", "example"]  # --cpu-smoke: all of KIND_GROUPS
+# max-context cells: the planner's longest cutoff (micro-batch 1, checkpoints offloaded), then +10%.
+MAX_CONTEXT_PLUS = 0.10
+MAX_CONTEXT_STEPS = 3  # 1 warm-up + 2 timed: the peak is per micro-batch, a few steps show it
+MAX_CONTEXT_ACCUM = 2  # keeps accumulation in the loop without 8 micro-batches of 20-40k tokens a step
+MAX_CONTEXT_ROWS = 16
+
+# Rough seconds of a cell on a GPU, for --part and --list (the measured ones are each cell's wall_s):
+# process start, imports and loading the 8B random model (QLoRA quantizes it while loading),
+# the warm-up step's kernel compilation, then the steps at an assumed MFU of a reference GPU.
+ESTIMATE_PEAK_TFLOPS = 989.0  # H100 SXM, dense bf16
+ESTIMATE_MFU = {"qlora": 0.15, "lora": 0.25, "full": 0.25}
+ESTIMATE_LOAD_S = {"qlora": 50.0, "lora": 35.0, "full": 35.0}
+ESTIMATE_FIRST_STEP_S = 10.0
+ESTIMATE_TOKENIZE_TOKENS_PER_S = 200_000.0
+ESTIMATE_TOKENIZERS_S = 60.0  # llama.cpp vocabulary to tokenizer.json, the families side by side
+ESTIMATE_MODEL_S = 100.0  # a random 8B model built on the GPU and saved (16 GB), each
+ESTIMATE_RENDERS_S = 15.0
+SLOT_S = 540.0  # a 10-minute device slot, less a minute for starting and copying back
 
 # Dense bf16 tensor peaks (TFLOP/s, fp32 accumulate, no sparsity) from the vendors' data
 # sheets; the first entry all of whose words are in the device name wins. --peak-tflops overrides.
@@ -150,6 +196,7 @@ SMOKE_SHAPE = {
 }
 SMOKE_PROFILE = "rtx4070"
 SMOKE_CUTOFF = 128
+SMOKE_MAX_CONTEXT = 160  # the planner's longest cutoff for the tiny model is its whole context: clamped
 SMOKE_STEPS = 2
 SMOKE_ACCUM = 2  # effective batch 2 instead of the recipes' 8: a CPU step stays a few seconds
 
@@ -322,18 +369,25 @@ def versions() -> dict:
 
 
 def write_dataset(folder: Path, cutoff: int, rows: int, seed: int = 0) -> tuple[Path, str]:
-    """Seeded Alpaca rows whose instruction and output are each at least `cutoff` tokens
-    (every word is one token or more), so LLaMA-Factory truncates every row to exactly cutoff."""
+    """Seeded Alpaca rows whose instruction is at least `cutoff` tokens (every word is one token or
+    more) and whose output is short (cutoff/16 English words, a token or two each): LLaMA-Factory
+    keeps a target shorter than half the cutoff whole and cuts the source, so every row is exactly
+    cutoff tokens and every answer keeps its end-of-turn token (render's will-it-stop check refuses
+    a cutoff that cuts the answers)."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"bench_synthetic_c{cutoff}_r{rows}_s{seed}"
+    name = f"bench_synthetic_v2_c{cutoff}_r{rows}_s{seed}"
     path = folder / f"{name}.json"
     if not path.is_file():
         rng = random.Random(seed)
+        english = WORDS[: WORDS.index("around") + 1]
 
-        def text(words: int) -> str:
-            return " ".join(rng.choice(WORDS) for _ in range(words))
+        def text(words: int, vocabulary: list[str] = WORDS) -> str:
+            return " ".join(rng.choice(vocabulary) for _ in range(words))
 
-        records = [{"instruction": text(cutoff), "input": "", "output": text(cutoff)} for _ in range(rows)]
+        records = [
+            {"instruction": text(cutoff), "input": "", "output": text(max(4, cutoff // 16), english)}
+            for _ in range(rows)
+        ]
         staging = path.with_suffix(".partial")
         staging.write_text(json.dumps(records, ensure_ascii=False) + "\n", encoding="utf-8")
         staging.replace(path)
@@ -593,8 +647,11 @@ CPU_SMOKE_OVERRIDES = {
 
 
 def cpu_overrides(args: dict) -> dict:
-    """What a GPU config can't do on a CPU (bf16, Liger, paged 8-bit optimizers, FlashAttention)."""
+    """What a GPU config can't do on a CPU (bf16, Liger, paged 8-bit optimizers, FlashAttention,
+    LLaMA-Factory's offloaded checkpointing, whose backward pass copies the layer inputs to "cuda")."""
     changes = {k: v for k, v in CPU_SMOKE_OVERRIDES.items() if k in args and args[k] != v}
+    if args.get("use_unsloth_gc"):
+        changes["use_unsloth_gc"] = False
     optim = str(args.get("optim", ""))
     if "8bit" in optim or "paged" in optim:
         changes["optim"] = "adamw_torch"
@@ -719,36 +776,264 @@ def child_main(mode: str, spec_path: str) -> int:
     return 0
 
 
+# --- the grid: cells, their estimated times, parts ----------------------------------------
+
+
+@dataclass
+class CellSpec:
+    """One cell to run: which kind, model and profile, at which cutoff, for how many steps."""
+
+    kind: str  # ftw | llamafactory-example | max_context | max_context_plus10
+    hub: str
+    profile: str
+    cutoff: int
+    steps: int
+    rows: int  # of the synthetic dataset at this cutoff
+    context: dict | None = None  # max-context cells: the planner's answer (longest_context)
+    error: str | None = None  # a max-context cell whose planner fits no cutoff at all
+
+    @property
+    def label(self) -> str:
+        return f"{KIND_LABELS.get(self.kind, self.kind)} {self.hub} {self.profile}"
+
+
+KIND_LABELS = {
+    "ftw": "ftw",
+    "llamafactory-example": "LF example",
+    "max_context": "longest ctx",
+    "max_context_plus10": "longest +10%",
+}
+
+
+def longest_context(recipe: str, profile_name: str, clamp: int | None = None) -> dict:
+    """The planner's longest cutoff_len for the recipe on the profile, as `ftw plan --max-context
+    --profile P` reports it: at micro-batch 1 with checkpoints offloaded to host RAM, over the
+    methods it may train with (the recipe's, and QLoRA where the recipe is LoRA); the longest wins,
+    the recipe's own method on a tie. `clamp` (--cpu-smoke) shortens what is trained, not the answer."""
+    from wrapper.train.plan_report import max_context_report
+
+    report = max_context_report(recipe, profile_name, [])
+    rows = report["profiles"]
+    row = max(enumerate(rows), key=lambda pair: (pair[1]["with_offload"], -pair[0]))[1]
+    longest = int(row["with_offload"])
+    cutoff = min(longest, clamp) if clamp else longest
+    return {
+        "planner_longest_cutoff": longest,
+        "planner_longest_without_offload": int(row["without_offload"]),
+        "planner_longest_method": row["method"],
+        "planner_longest_host_ram_gb": row["host_ram_gb_with_offload"],
+        "model_context": report["model_context"],
+        "max_context_rows": rows,
+        "cutoff": cutoff,
+        "smoke_clamped_to": clamp if clamp and cutoff != longest else None,
+    }
+
+
+def plus_cutoff(cutoff: int) -> int:
+    return int(cutoff * (1 + MAX_CONTEXT_PLUS))
+
+
+def cell_specs(options, contexts: dict | None = None) -> list[CellSpec]:
+    """The selected cells in a fixed order (model, then kind group, then profile): a part of
+    --part K/N is a contiguous run of it, so it prepares as few models as it can."""
+    contexts = {} if contexts is None else contexts
+    rows = max(64, (options.steps + 1) * 16)  # more rows than the steps consume at 8-16 rows a step
+    context_steps = SMOKE_STEPS if options.cpu_smoke else MAX_CONTEXT_STEPS
+    specs = []
+    for hub in options.models:
+        for group, kinds in KIND_GROUPS.items():
+            if group not in options.kinds:
+                continue
+            for profile in options.profiles:
+                for kind in kinds:
+                    if group != "max-context":
+                        specs.append(CellSpec(kind, hub, profile, options.cutoff, options.steps, rows))
+                        continue
+                    if (hub, profile) not in contexts:  # the shipped recipe: same shapes as the bench's copy
+                        clamp = SMOKE_MAX_CONTEXT if options.cpu_smoke else None
+                        contexts[(hub, profile)] = longest_context(str(shipped_recipe_for(hub)), profile, clamp)
+                    context = contexts[(hub, profile)]
+                    cutoff = context["cutoff"] if kind == "max_context" else plus_cutoff(context["cutoff"])
+                    spec = CellSpec(kind, hub, profile, cutoff, context_steps, MAX_CONTEXT_ROWS, context)
+                    if not context["planner_longest_cutoff"]:
+                        spec.error = f"the planner fits no cutoff_len at all for {hub} on {profile}"
+                    specs.append(spec)
+    return specs
+
+
+def estimate(spec: CellSpec, peak_tflops: float):
+    """(rough seconds of the cell on a GPU, the planner's settings for it)."""
+    from wrapper.config import planner
+    from wrapper.config.profiles import load_profile
+    from wrapper.config.recipes import load_recipe
+    from wrapper.train.render import tuned_args
+
+    shape = planner.ModelShape.from_config(model_config_for(spec.hub, smoke=False))
+    if spec.kind == "llamafactory-example":
+        args = dict(example_config()[0], cutoff_len=spec.cutoff)
+        settings = planner.settings_from_args(args, "qlora", 1)
+    else:
+        recipe = load_recipe(str(shipped_recipe_for(spec.hub)))
+        profile = load_profile(spec.profile)
+        args, _ = tuned_args(recipe, profile)
+        args["cutoff_len"] = spec.cutoff
+        if spec.kind == "ftw":
+            settings = planner.plan_for_profile(shape, args, recipe.method, profile, set()).settings
+        else:
+            method = spec.context["planner_longest_method"] if spec.context else recipe.method
+            settings = replace(
+                planner.settings_from_args(args, method, 1),
+                micro_batch=1,
+                grad_accum=MAX_CONTEXT_ACCUM,
+                checkpointing=True,
+                offload_checkpoints=True,
+            )
+    tokens = settings.tokens_per_step
+    step_s = tokens * (
+        planner.train_flops_per_token(shape, settings) / (peak_tflops * 1e12 * ESTIMATE_MFU[settings.method])
+        + planner.offload_seconds_per_token(shape, settings)
+    )
+    seconds = (
+        ESTIMATE_LOAD_S[settings.method]
+        + spec.rows * 2 * spec.cutoff / ESTIMATE_TOKENIZE_TOKENS_PER_S
+        + ESTIMATE_FIRST_STEP_S
+        + spec.steps * step_s
+    )
+    return seconds, settings
+
+
+def prepare_estimate(hubs: set[str]) -> float:
+    """A bare machine: tokenizers, one random model per model, the renders."""
+    return (ESTIMATE_TOKENIZERS_S + ESTIMATE_MODEL_S * len(hubs) + ESTIMATE_RENDERS_S) if hubs else 0.0
+
+
+def part_seconds(specs: list[CellSpec], seconds: list[float], indices: list[int]) -> float:
+    return prepare_estimate({specs[i].hub for i in indices}) + sum(seconds[i] for i in indices)
+
+
+def split_parts(specs: list[CellSpec], seconds: list[float], count: int) -> list[list[int]]:
+    """`count` contiguous parts of the cells (some maybe empty) whose longest estimated time,
+    preparing their models included, is as short as it can be: the smallest cap at which
+    packing each part as full as the cap allows needs at most `count` parts."""
+
+    def pack(cap: float) -> list[list[int]]:
+        parts, current = [], []
+        for index in range(len(specs)):
+            if current and part_seconds(specs, seconds, current + [index]) > cap:
+                parts.append(current)
+                current = []
+            current.append(index)
+        return parts + ([current] if current else [])
+
+    if not specs:
+        return [[] for _ in range(count)]
+    low = max(part_seconds(specs, seconds, [i]) for i in range(len(specs)))
+    high = part_seconds(specs, seconds, list(range(len(specs))))
+    if len(pack(low)) > count:
+        while high - low > 0.5:  # pack(high) fits in count parts, pack(low) does not
+            middle = (low + high) / 2
+            low, high = (low, middle) if len(pack(middle)) <= count else (middle, high)
+    else:
+        high = low
+    parts = pack(high)
+    return parts + [[] for _ in range(count - len(parts))]
+
+
+def parts_for_slot(specs: list[CellSpec], seconds: list[float], slot: float) -> int:
+    """The fewest parts whose estimated times are each within the slot (or one per cell)."""
+    for count in range(1, len(specs) + 1):
+        parts = split_parts(specs, seconds, count)
+        if max(part_seconds(specs, seconds, part) for part in parts) <= slot:
+            return count
+    return max(1, len(specs))
+
+
+def print_estimates(con, specs, seconds, settings, parts, part: int | None, peak: float) -> None:
+    from rich.table import Table
+
+    count = len(parts)
+    table = Table(
+        title=f"cells and rough GPU seconds (a {peak:g} TFLOP/s bf16 GPU; preparing a bare machine included per part)"
+    )
+    for column in ("part", "kind", "model", "profile", "method", "micro×acc", "cutoff", "offload", "steps", "est. s"):
+        table.add_column(column, justify="left" if column in ("kind", "model", "profile", "method") else "right")
+    for number, indices in enumerate(parts, 1):
+        if part and number != part:
+            continue
+        for i in indices:
+            spec, s = specs[i], settings[i]
+            table.add_row(
+                f"{number}/{count}",
+                KIND_LABELS[spec.kind],
+                spec.hub.split("/")[-1],
+                spec.profile,
+                s.method,
+                f"{s.micro_batch}×{s.grad_accum}",
+                f"{spec.cutoff:,}",
+                "host RAM" if s.checkpointing and s.offload_checkpoints else "—",
+                str(spec.steps),
+                f"{seconds[i]:.0f}",
+            )
+    con.print(table)
+    for number, indices in enumerate(parts, 1):
+        if part and number != part:
+            continue
+        hubs = {specs[i].hub for i in indices}
+        con.print(
+            f"  part {number}/{count}: {len(indices)} cell(s), ~{part_seconds(specs, seconds, indices):.0f} s "
+            f"(of which ~{prepare_estimate(hubs):.0f} s preparing {len(hubs)} model(s) on a bare machine)"
+        )
+
+
 # --- cells ------------------------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, options, gpu: dict, dataset: Path, dataset_name: str, peak: float | None, command: str):
+    def __init__(self, options, gpu: dict, peak: float | None, command: str):
         self.o = options
         self.gpu = gpu
-        self.dataset = dataset
-        self.dataset_name = dataset_name
         self.peak = peak
         self.command = command
         self.device = "cuda" if gpu.get("cuda") else "cpu"
         self.con = console()
+        self.datasets: dict[tuple[int, int], tuple[Path, str]] = {}
 
-    def base_cell(self, kind: str, hub_id: str, profile_name: str) -> dict:
+    def dataset(self, cutoff: int, rows: int) -> tuple[Path, str]:
+        """The synthetic data at this cutoff; call it from one thread (it updates dataset_info.json)."""
+        if (cutoff, rows) not in self.datasets:
+            self.datasets[(cutoff, rows)] = write_dataset(Path(self.o.cache) / "data", cutoff, rows)
+        return self.datasets[(cutoff, rows)]
+
+    def recipe_copy(self, hub_id: str, model_dir: Path) -> Path:
+        folder = Path(self.o.cache) / "recipes" / ("smoke" if self.o.cpu_smoke else "gpu")
+        return write_recipe_copy(shipped_recipe_for(hub_id), model_dir, folder)
+
+    def base_cell(self, spec: CellSpec) -> dict:
         from wrapper.config.profiles import load_profile
 
-        profile = load_profile(profile_name)
+        profile = load_profile(spec.profile)
         # smoke cells never carry a hub id, so planner.measured_mfu can't mistake them for measurements
-        return {
-            "kind": kind,
-            "model": f"smoke:{hub_id}" if self.o.cpu_smoke else hub_id,
+        cell = {
+            "kind": spec.kind,
+            "model": f"smoke:{spec.hub}" if self.o.cpu_smoke else spec.hub,
             "profile": profile.name,
             "memory_gb": profile.memory_gb,
             "gpu": self.gpu.get("gpu", "cpu"),
-            "steps": self.o.steps,
-            "cutoff": self.o.cutoff,
+            "steps": spec.steps,
+            "cutoff": spec.cutoff,
             "command": self.command,
             "measured_at": now(),
         }
+        if spec.context is not None:
+            context = {k: v for k, v in spec.context.items() if k != "cutoff"}
+            cell.update(
+                context,
+                plus=MAX_CONTEXT_PLUS if spec.kind == "max_context_plus10" else 0.0,
+                beyond_model_context=spec.cutoff > context["model_context"],  # +10% of a model's whole context
+            )
+        if spec.error:
+            cell.update(fits=None, oom=False, error=spec.error)
+        return cell
 
     def train(self, cell: dict, yaml_path: Path, log: Path) -> dict:
         spec = {"yaml": str(yaml_path), "device": self.device, "budget_gb": cell["memory_gb"]}
@@ -786,8 +1071,8 @@ class Bench:
         cell["gradient_checkpointing"] = result.get("gradient_checkpointing")
         samples = result.get("sample_tokens") or {}
         cell["sample_tokens"] = samples
-        cell["all_samples_at_cutoff"] = samples.get("min") == samples.get("max") == self.o.cutoff
-        per_sample = self.o.cutoff if cell["all_samples_at_cutoff"] else samples.get("mean")
+        cell["all_samples_at_cutoff"] = samples.get("min") == samples.get("max") == cell["cutoff"]
+        per_sample = cell["cutoff"] if cell["all_samples_at_cutoff"] else samples.get("mean")
         cell["tokens_per_step"] = int(micro * accum * per_sample) if micro and accum and per_sample else None
         cell["timed_steps"] = result.get("timed_steps")
         cell["timed_seconds"] = round(result["timed_seconds"], 3) if result.get("timed_seconds") else None
@@ -816,28 +1101,38 @@ class Bench:
             cell["planner_error"] = cell["planner_within_15pct"] = None
         return cell
 
-    def render_ftw(self, hub_id: str, model_dir: Path, profile_name: str) -> tuple[dict, Path | None]:
-        """`ftw render` of the shipped recipe (base swapped) for the profile; the cell so far and the run folder."""
-        cell = self.base_cell("ftw", hub_id, profile_name)
-        shipped = shipped_recipe_for(hub_id)
-        recipe = write_recipe_copy(
-            shipped, model_dir, Path(self.o.cache) / "recipes" / ("smoke" if self.o.cpu_smoke else "gpu")
-        )
-        run = f"bench-{slug(hub_id)}-{slug(profile_name)}" + ("-smoke" if self.o.cpu_smoke else "")
+    def render_ftw(self, spec: CellSpec, model_dir: Path) -> tuple[dict, Path | None]:
+        """`ftw render` of the shipped recipe (base swapped) for the profile; the cell so far and the run folder.
+        A max-context cell pins its cutoff, micro-batch 1 and use_unsloth_gc (what the planner's longest assumes)."""
+        cell = self.base_cell(spec)
+        if spec.error:
+            return cell, None
+        shipped = shipped_recipe_for(spec.hub)
+        recipe = self.recipe_copy(spec.hub, model_dir)
+        suffix = "" if spec.kind == "ftw" else "-" + slug(spec.kind)
+        run = f"bench-{slug(spec.hub)}-{slug(spec.profile)}{suffix}" + ("-smoke" if self.o.cpu_smoke else "")
         runs = Path(self.o.cache) / "runs"
-        sets = [f"max_steps={self.o.steps}", "logging_steps=1", "save_steps=100000"]
-        if self.o.cpu_smoke:
-            sets += [f"cutoff_len={self.o.cutoff}", f"gradient_accumulation_steps={SMOKE_ACCUM}"]
+        sets = [f"max_steps={spec.steps}", "logging_steps=1", "save_steps=100000"]
+        if spec.kind == "ftw" and self.o.cpu_smoke:
+            sets += [f"cutoff_len={spec.cutoff}", f"gradient_accumulation_steps={SMOKE_ACCUM}"]
+        elif spec.kind != "ftw":
+            sets += [
+                f"cutoff_len={spec.cutoff}",
+                "per_device_train_batch_size=1",
+                f"gradient_accumulation_steps={MAX_CONTEXT_ACCUM}",
+                "use_unsloth_gc=true",
+            ]
+        dataset, _ = self.datasets[(spec.cutoff, spec.rows)]
         argv = [
             "render",
             "--recipe",
             str(recipe),
             "--profile",
-            profile_name,
+            spec.profile,
             "--run",
             run,
             "--data",
-            str(self.dataset),
+            str(dataset),
             "--ignore-fit",
         ] + [x for s in sets for x in ("--set", s)]
         cell.update(recipe=str(shipped.relative_to(REPO)), render_command="ftw " + shlex.join(argv))
@@ -855,21 +1150,26 @@ class Bench:
         return cell, runs / run
 
     def ftw_cell(self, cell: dict, run_dir: Path | None, model_dir: Path) -> dict:
+        """A rendered run (kind ftw, or a max-context cell) trained as `llamafactory-cli train` would."""
         from wrapper.config import planner
         from wrapper.config.models import model_config
 
-        if run_dir is None:  # render failed
+        if run_dir is None:  # render failed, or the planner fits no cutoff
             return cell
         cell["measured_at"] = now()
         plan = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["plan"]
         fit = plan["fit"] or {}
         settings = planner.Settings(**fit["settings"])
+        train_yaml = load_yaml_like_llamafactory(run_dir / "train.yaml")
         cell.update(
             method=plan["method"],
             planner_peak_gb=fit.get("peak_vram_gb"),
             planner_fits=fit.get("fits"),
             planner_memory_gb=fit.get("memory_gb"),
             planner_settings=fit.get("settings"),
+            planner_notes=fit.get("notes"),
+            offload_checkpoints=bool(train_yaml.get("use_unsloth_gc", False)),
+            host_ram_gb=fit.get("host_ram_gb"),
             train_yaml=str(run_dir / "train.yaml"),
             settings=_key_settings(plan["train_args"]),
         )
@@ -878,22 +1178,23 @@ class Bench:
         shape = planner.ModelShape.from_config(model_config(str(model_dir)))
         return self.finish(cell, result, shape, settings)
 
-    def example_cell(self, hub_id: str, model_dir: Path, profile_name: str, template: str) -> dict:
+    def example_cell(self, spec: CellSpec, model_dir: Path, template: str) -> dict:
         from wrapper.config import planner
         from wrapper.config.models import model_config
 
-        cell = self.base_cell("llamafactory-example", hub_id, profile_name)
+        cell = self.base_cell(spec)
+        dataset, dataset_name = self.datasets[(spec.cutoff, spec.rows)]
         args, source = example_config()
-        name = f"example-{slug(hub_id)}-{slug(profile_name)}" + ("-smoke" if self.o.cpu_smoke else "")
+        name = f"example-{slug(spec.hub)}-{slug(spec.profile)}" + ("-smoke" if self.o.cpu_smoke else "")
         out_dir = Path(self.o.cache) / "example-runs" / name
         swapped = {
             "model_name_or_path": str(model_dir),
             "template": template,
-            "dataset": self.dataset_name,
-            "dataset_dir": str(self.dataset.parent),
-            "cutoff_len": self.o.cutoff,
+            "dataset": dataset_name,
+            "dataset_dir": str(dataset.parent),
+            "cutoff_len": spec.cutoff,
             "output_dir": str(out_dir),
-            "max_steps": self.o.steps,
+            "max_steps": spec.steps,
             "logging_steps": 1,
         }
         if self.o.cpu_smoke:
@@ -919,6 +1220,8 @@ class Bench:
             train_yaml=str(yaml_path),
             planner_peak_gb=round(estimate.total, 2),
             planner_fits=estimate.total <= cell["memory_gb"] * planner.FIT_FRACTION,
+            offload_checkpoints=bool(args.get("use_unsloth_gc", False)),
+            host_ram_gb=round(planner.host_ram_gb(shape, settings), 2),
             settings=_key_settings(args),
         )
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -938,6 +1241,8 @@ def _key_settings(args: dict) -> dict:
         "lora_rank",
         "lora_target",
         "bf16",
+        "cutoff_len",
+        "use_unsloth_gc",
     )
     return {key: args[key] for key in keys if key in args}
 
@@ -962,6 +1267,8 @@ def targets(cells: list[dict]) -> dict:
             "profile": c["profile"],
             "fits": c.get("fits"),
             "budget_fraction": c.get("budget_fraction"),
+            "offload_checkpoints": c.get("offload_checkpoints"),
+            "host_ram_gb": c.get("host_ram_gb"),
             "met": c.get("within_92pct"),
         }
         for c in ftw
@@ -1000,6 +1307,35 @@ def targets(cells: list[dict]) -> dict:
         for c in cells
         if c.get("fits")
     ]
+    plus = {(c["model"], c["profile"]): c for c in cells if c["kind"] == "max_context_plus10"}
+    context_rows = []
+    for c in cells:
+        if c["kind"] != "max_context":
+            continue
+        over = plus.get((c["model"], c["profile"])) or {}
+        fits = c.get("fits")
+        context_rows.append(
+            {
+                "model": c["model"],
+                "profile": c["profile"],
+                "method": c.get("method"),
+                "cutoff": c.get("cutoff"),
+                "planner_longest_cutoff": c.get("planner_longest_cutoff"),
+                "offload_checkpoints": c.get("offload_checkpoints"),
+                "fits": fits,
+                "oom": c.get("oom"),
+                "budget_fraction": c.get("budget_fraction"),
+                "planner_peak_gb": c.get("planner_peak_gb"),
+                "measured_peak_reserved_gb": c.get("peak_reserved_gb"),
+                "plus10_cutoff": over.get("cutoff"),
+                "plus10_fits": over.get("fits"),
+                "plus10_oom": over.get("oom"),
+                "plus10_budget_fraction": over.get("budget_fraction"),
+                "plus10_within_92pct": over.get("within_92pct"),
+                # within 92% too, as every ftw cell: the rest of a real card is the CUDA context and headroom
+                "met": False if fits is False else None if fits is None else c.get("within_92pct"),
+            }
+        )
     return {
         "fit_within_92pct": {
             "target": f"every ftw cell fits, peak reserved <= {FIT_TARGET:.0%} of the profile's memory",
@@ -1017,6 +1353,13 @@ def targets(cells: list[dict]) -> dict:
             "reserved, in every cell that ran",
             "met": verdict([r["met"] for r in planner_rows]),
             "cells": planner_rows,
+        },
+        "longest_context_fits": {
+            "target": "the planner's longest cutoff_len (ftw plan --max-context: micro-batch 1, checkpoints "
+            f"offloaded) trains within {FIT_TARGET:.0%} of the profile's memory; the +10% cell beside it is "
+            "informational (fitting too means the planner leaves more than 10% of the context unused)",
+            "met": verdict([r["met"] for r in context_rows]),
+            "cells": context_rows,
         },
     }
 
@@ -1053,7 +1396,9 @@ def print_table(con, data: dict) -> None:
         "profile",
         "method",
         "micro×acc",
+        "cutoff",
         "ckpt",
+        "offload",
         "fits",
         "alloc GiB",
         "reserved GiB",
@@ -1077,12 +1422,14 @@ def print_table(con, data: dict) -> None:
             else "—"
         )
         table.add_row(
-            "ftw" if c["kind"] == "ftw" else "LF example",
+            KIND_LABELS.get(c["kind"], c["kind"]),
             c["model"].split("/")[-1],
             c["profile"],
             c.get("method", "?"),
             f"{c.get('micro_batch') or '?'}×{c.get('grad_accum') or '?'}",
+            fmt(c.get("cutoff"), ","),
             {True: "on", False: "off"}.get(c.get("gradient_checkpointing"), "—"),
+            {True: f"on {fmt(c.get('host_ram_gb'), '.2f')} GiB", False: "off"}.get(c.get("offload_checkpoints"), "—"),
             fits,
             fmt(c.get("peak_allocated_gb"), ".2f"),
             fmt(c.get("peak_reserved_gb"), ".2f"),
@@ -1106,6 +1453,13 @@ def print_table(con, data: dict) -> None:
             "[green]met[/green]" if met else "[red]not met[/red]" if met is False else "[yellow]not measured[/yellow]"
         )
         con.print(f"  {name}: {mark} — {target['target']}")
+    for row in data["targets"]["longest_context_fits"]["cells"]:
+        plus10 = {True: "fits", False: "does not fit"}.get(row["plus10_fits"], "not run")
+        con.print(
+            f"  longest context {row['model'].split('/')[-1]} on {row['profile']}: {row['cutoff']:,} tokens "
+            f"{'fits' if row['fits'] else 'does not fit' if row['fits'] is False else 'not run'}; "
+            f"+10% ({fmt(row['plus10_cutoff'], ',')}) {plus10}"
+        )
     for c in data["cells"]:
         if c.get("error") and not c.get("oom"):
             con.print(f"[red]error[/red] {c['kind']} {c['model']} {c['profile']}: {c['error'][-1500:]}")
@@ -1130,9 +1484,23 @@ def parse(argv: list[str]):
     parser.add_argument(
         "--kinds",
         nargs="+",
-        default=["ftw", "example"],
-        choices=["ftw", "example"],
-        help="ftw's rendered recipe, LLaMA-Factory's QLoRA example, or both (default)",
+        default=None,
+        choices=list(KIND_GROUPS),
+        help="ftw's rendered recipe, LLaMA-Factory's QLoRA example, the planner's longest context and "
+        f"+10%% (max-context) (default: {' '.join(DEFAULT_KINDS)}; --cpu-smoke: all)",
+    )
+    parser.add_argument(
+        "--part",
+        default=None,
+        metavar="K/N",
+        help="run only part K of the selected cells cut into N parts of about equal estimated time "
+        "(a part is a contiguous run of cells in the order --list shows): one device slot each",
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print the cells, their estimated GPU seconds and their parts (with --part: that part; "
+        f"without: the fewest parts of at most --time-budget or {SLOT_S:g} s each), then exit; needs no GPU",
     )
     parser.add_argument(
         "--steps",
@@ -1158,7 +1526,10 @@ def parse(argv: list[str]):
         "10-minute device slot); results so far are written, exit code 3",
     )
     parser.add_argument(
-        "--cell-timeout", type=float, default=300, help="seconds before a cell's training process is killed"
+        "--cell-timeout",
+        type=float,
+        default=300,
+        help="seconds before a cell's training process is killed (the longest max-context cells: 420)",
     )
     parser.add_argument(
         "--cpu-smoke",
@@ -1167,17 +1538,26 @@ def parse(argv: list[str]):
         f"profile {SMOKE_PROFILE}, no memory cap; results in a temp folder",
     )
     options = parser.parse_args(argv)
+    options.part_number = options.part_count = None
+    if options.part:
+        match = re.fullmatch(r"(\d+)/(\d+)", options.part)
+        if not match or not 1 <= int(match[1]) <= int(match[2]):
+            parser.error(f"--part {options.part}: give K/N with 1 <= K <= N, e.g. --part 1/4")
+        options.part_number, options.part_count = int(match[1]), int(match[2])
     if options.cpu_smoke:
         options.models = options.models or [SMOKE_MODEL]
         options.profiles = options.profiles or [SMOKE_PROFILE]
+        options.kinds = options.kinds or list(KIND_GROUPS)
         options.steps = options.steps or SMOKE_STEPS
         options.cutoff = SMOKE_CUTOFF
-        options.out = options.out or tempfile.mkdtemp(prefix="bench-profiles-smoke-")
-        if Path(options.out).resolve() == DEFAULT_OUT.resolve():
+        if not options.list:
+            options.out = options.out or tempfile.mkdtemp(prefix="bench-profiles-smoke-")
+        if options.out and Path(options.out).resolve() == DEFAULT_OUT.resolve():
             parser.error("--cpu-smoke results never go to bench/results (they are not measurements)")
     else:
         options.models = options.models or DEFAULT_MODELS
         options.profiles = options.profiles or DEFAULT_PROFILES
+        options.kinds = options.kinds or list(DEFAULT_KINDS)
         options.steps = options.steps or 6
         options.cutoff = 2048
         options.out = options.out or str(DEFAULT_OUT)
@@ -1192,18 +1572,37 @@ def main(argv: list[str]) -> int:
     options = parse(argv)
     command = shlex.join([sys.executable, *sys.argv])
     con = console()
-    cache = Path(options.cache).resolve()
-    options.cache = str(cache)
     started = time.perf_counter()
 
-    rows = max(64, (options.steps + 1) * 16)  # more rows than the steps consume at 8-16 rows a step
-    dataset, dataset_name = write_dataset(cache / "data", options.cutoff, rows)
-    configs = {hub: model_config_for(hub, options.cpu_smoke) for hub in options.models}
-    templates = {}
-    for hub in options.models:
-        from wrapper.config.recipes import load_recipe
+    # The cells, their rough GPU seconds and the parts: planner arithmetic, no GPU, no model built.
+    specs = cell_specs(options)
+    estimate_peak = ESTIMATE_PEAK_TFLOPS  # not --peak-tflops: the parts of a --part K/N stay the same everywhere
+    estimates = [estimate(spec, estimate_peak) for spec in specs]
+    seconds, settings = [e[0] for e in estimates], [e[1] for e in estimates]
+    count = options.part_count or (parts_for_slot(specs, seconds, options.time_budget or SLOT_S) if options.list else 1)
+    parts = split_parts(specs, seconds, count)
+    if options.list:
+        print_estimates(con, specs, seconds, settings, parts, options.part_number, estimate_peak)
+        if not options.part_count:
+            con.print(
+                f"{count} part(s) of at most {options.time_budget or SLOT_S:g} s by these estimates: "
+                f"--part 1/{count} ... --part {count}/{count}"
+            )
+        return 0
+    chosen = parts[options.part_number - 1] if options.part_number else list(range(len(specs)))
+    if not chosen:
+        con.print(f"part {options.part} holds no cell (the estimates fit the cells in fewer parts)")
+        return 0
+    print_estimates(con, specs, seconds, settings, parts, options.part_number, estimate_peak)
+    specs = [specs[i] for i in chosen]
 
-        templates[hub] = load_recipe(str(shipped_recipe_for(hub))).model.template
+    cache = Path(options.cache).resolve()
+    options.cache = str(cache)
+    hubs = sorted({spec.hub for spec in specs}, key=options.models.index)
+    configs = {hub: model_config_for(hub, options.cpu_smoke) for hub in hubs}
+    from wrapper.config.recipes import load_recipe
+
+    templates = {hub: load_recipe(str(shipped_recipe_for(hub))).model.template for hub in hubs}
     con.print(f"preparing tokenizers and random-weight models in {cache} (cached after the first time)")
     gpu, error, elapsed = run_child(
         "--_prepare",
@@ -1221,23 +1620,36 @@ def main(argv: list[str]) -> int:
             f"[yellow]warning:[/yellow] no dense bf16 peak known for {gpu['gpu']}; MFU is left out (pass --peak-tflops)"
         )
 
-    bench = Bench(options, gpu, dataset, dataset_name, peak, command)
-    grid = [
-        (hub, profile, kind)
-        for hub in options.models
-        for profile in options.profiles
-        for kind in ("ftw", "example")
-        if kind in options.kinds
-    ]
+    bench = Bench(options, gpu, peak, command)
+    # The longest context asked again of the bench's own recipe copy, on the model it trains: the same
+    # shapes as the shipped recipe's on a GPU; the tiny model's under --cpu-smoke.
+    contexts: dict = {}
+    for spec in specs:
+        if spec.context is None:
+            continue
+        if (spec.hub, spec.profile) not in contexts:
+            recipe = bench.recipe_copy(spec.hub, Path(gpu["models"][spec.hub]))
+            clamp = SMOKE_MAX_CONTEXT if options.cpu_smoke else None
+            contexts[(spec.hub, spec.profile)] = longest_context(str(recipe), spec.profile, clamp)
+        spec.context = contexts[(spec.hub, spec.profile)]
+        longest = spec.context["cutoff"]
+        spec.cutoff = longest if spec.kind == "max_context" else plus_cutoff(longest)
+        spec.error = (
+            None
+            if spec.context["planner_longest_cutoff"]
+            else f"the planner fits no cutoff_len at all for {spec.hub} on {spec.profile}"
+        )
+    for spec in specs:
+        bench.dataset(spec.cutoff, spec.rows)
     rendered = {}
-    if "ftw" in options.kinds:  # renders need no GPU: all of them side by side, before any training
+    to_render = [spec for spec in specs if spec.kind != "llamafactory-example"]
+    if to_render:  # renders need no GPU: all of them side by side, before any training
         from concurrent.futures import ThreadPoolExecutor
 
-        con.print(f"rendering {len(options.models) * len(options.profiles)} run(s) with ftw render")
-        pairs = [(hub, profile) for hub in options.models for profile in options.profiles]
+        con.print(f"rendering {len(to_render)} run(s) with ftw render")
         with ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 2) // 2))) as pool:
-            done = pool.map(lambda pair: bench.render_ftw(pair[0], Path(gpu["models"][pair[0]]), pair[1]), pairs)
-            rendered = dict(zip(pairs, done))
+            done = pool.map(lambda spec: bench.render_ftw(spec, Path(gpu["models"][spec.hub])), to_render)
+            rendered = {id(spec): result for spec, result in zip(to_render, done)}
     name = "profiles-cpu-smoke.json" if options.cpu_smoke else f"profiles-{gpu_slug(gpu['gpu'])}.json"
     header = {
         "command": command,
@@ -1262,22 +1674,29 @@ def main(argv: list[str]) -> int:
             "to the profile's card, the speed does not (compare MFU instead)",
             "mfu": "tokens/s x planner.train_flops_per_token (recompute included under gradient "
             "checkpointing) / this GPU's dense bf16 peak",
+            "offload": "offload_checkpoints: the rendered train.yaml's use_unsloth_gc (LLaMA-Factory keeps each "
+            "checkpointed layer input in host RAM); host_ram_gb: the planner's estimate of that host RAM",
+            "max_context": f"max_context: trained at the planner's longest cutoff_len (ftw plan --max-context "
+            f"--profile P: micro-batch 1, checkpoints offloaded), pinned with --set cutoff_len, "
+            f"per_device_train_batch_size=1, gradient_accumulation_steps={MAX_CONTEXT_ACCUM} and "
+            f"use_unsloth_gc=true; max_context_plus10: the same at +{MAX_CONTEXT_PLUS:.0%}",
         },
     }
     path = Path(options.out) / name
-    cells, left, longest = [], [], 0.0
-    for hub, profile, kind in grid:
+    cells, left, longest, data = [], [], 0.0, None
+    for spec in specs:
         elapsed = time.perf_counter() - started
         if options.time_budget and elapsed + longest * 1.2 > options.time_budget:
-            left.append((hub, profile, kind))
+            left.append(spec)
             continue
         cell_started = time.perf_counter()
-        if kind == "ftw":
-            con.print(f"[bold]ftw[/bold] {hub} on {profile} ...")
-            cells.append(bench.ftw_cell(*rendered[(hub, profile)], Path(gpu["models"][hub])))
+        model_dir = Path(gpu["models"][spec.hub])
+        cutoff = f" at cutoff {spec.cutoff:,}" if spec.context else ""
+        con.print(f"[bold]{KIND_LABELS[spec.kind]}[/bold] {spec.hub} on {spec.profile}{cutoff} ...")
+        if spec.kind == "llamafactory-example":
+            cells.append(bench.example_cell(spec, model_dir, templates[spec.hub]))
         else:
-            con.print(f"[bold]LLaMA-Factory example[/bold] {hub} on {profile} ...")
-            cells.append(bench.example_cell(hub, Path(gpu["models"][hub]), profile, templates[hub]))
+            cells.append(bench.ftw_cell(*rendered[id(spec)], model_dir))
         longest = max(longest, time.perf_counter() - cell_started)
         _say(con, cells[-1])
         data = write_results(path, dict(header, written_at=now()), cells)  # after every cell: a killed run keeps them
@@ -1289,13 +1708,15 @@ def main(argv: list[str]) -> int:
     if left:
         con.print(
             f"[yellow]--time-budget {options.time_budget:g} s reached; not run:[/yellow] "
-            + ", ".join(f"{kind} {hub} {profile}" for hub, profile, kind in left)
+            + ", ".join(spec.label for spec in left)
         )
         return 3
     return 0 if all(c.get("fits") is not None for c in cells) else 1
 
 
 def _say(con, cell: dict) -> None:
+    if cell.get("offload_checkpoints"):
+        con.print(f"  checkpoints offloaded to host RAM (use_unsloth_gc): planner ~{cell.get('host_ram_gb')} GiB")
     if cell.get("fits"):
         memory = (
             f"peak reserved {cell['peak_reserved_gb']} GiB of {cell['memory_gb']:g}, "
