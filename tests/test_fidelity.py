@@ -152,6 +152,7 @@ CASES = [
 def test_three_renderings_are_byte_identical(case: Case, tmp_path):
     from wrapper.gguf.convert import write_chat_template
     from wrapper.prompts import gorender
+    from wrapper.prompts.end_tokens import end_tokens
     from wrapper.prompts.fidelity import (
         CONVERSATIONS,
         MODES,
@@ -181,7 +182,7 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
     assert chat.chat_template == template
 
     # Ollama: the Modelfile ftw writes, read back with Ollama's grammar.
-    stops = stop_tokens(fmt)
+    stops = stop_tokens(end_tokens(fmt))
     text = modelfile_text(
         run="t",
         gguf_from="./model.gguf",

@@ -86,7 +86,7 @@ def test_ftw_gguf_writes_the_training_template_into_every_file(tmp_path):
     # A template that already renders the training format is left alone.
     f16 = Path(artifacts["gguf_f16"])
     before = f16.stat().st_mtime_ns
-    ensure_training_template(f16, tiny_qwen2_dir(), "qwen", SYSTEM, ftype_of("f16"), tmp_path / "again.log")
+    ensure_training_template(f16, fmt, "qwen", ftype_of("f16"), tmp_path / "again.log")
     assert f16.stat().st_mtime_ns == before and not (tmp_path / "again.log").exists()
 
     # Without --keep-intermediates the f16 goes, but a merged folder outside the run (here the

@@ -129,8 +129,8 @@ def test_generation_config_eos_ids_become_modelfile_stops(tmp_path):
     (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [IM_END_ID, 0]}), encoding="utf-8")
     fmt = training_format(model, "smollm2", None)
 
-    assert stop_tokens(fmt) == ["<|im_end|>"]  # the template and the tokenizer alone
-    stops = stop_tokens(fmt, ["###"], model)
+    assert stop_tokens(end_tokens(fmt)) == ["<|im_end|>"]  # the template and the tokenizer alone
+    stops = stop_tokens(end_tokens(fmt, model), ["###"])
     assert stops == ["<|im_end|>", "<|endoftext|>", "###"]
     notes = added_stop_notes(end_tokens(fmt, model))
     assert notes == [
@@ -168,7 +168,7 @@ def test_llama31_end_tokens_stop_ollama_and_llama_cpp(tmp_path):
     fmt = training_format(model, "llama3", None)
     ends = end_tokens(fmt, model)
     assert {end.id for end in ends if end.ends_generation} == set(LLAMA31_EOS_IDS)
-    assert stop_tokens(fmt, [], model) == ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]
+    assert stop_tokens(end_tokens(fmt, model)) == ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]
     assert [note.split(" (")[0] for note in added_stop_notes(ends)] == ['stop "<|end_of_text|>"']
 
     llama31 = GgufEnds.read(llama31_vocab_gguf(), LLAMA31_EOS_IDS)

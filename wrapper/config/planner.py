@@ -114,6 +114,11 @@ class Settings:
     offload_checkpoints: bool = False  # use_unsloth_gc: checkpointed layer inputs in host RAM
 
     @property
+    def checkpoints_offloaded(self) -> bool:
+        """Offloading moves what checkpointing keeps: without checkpointing there is nothing to move."""
+        return self.checkpointing and self.offload_checkpoints
+
+    @property
     def tokens_per_micro_batch(self) -> int:
         return self.micro_batch * self.cutoff
 
@@ -163,7 +168,7 @@ def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
     kv = shape.kv_heads * shape.head_dim
     layer_set = (8 * shape.hidden + 4 * kv + 4 * shape.intermediate) * 2 * tokens
     if s.checkpointing:
-        kept_inputs = 0 if s.offload_checkpoints else checkpointed_inputs_bytes(shape, s)
+        kept_inputs = 0 if s.checkpoints_offloaded else checkpointed_inputs_bytes(shape, s)
         activations = kept_inputs + layer_set
     else:
         activations = shape.layers * layer_set
@@ -183,7 +188,7 @@ def checkpointed_inputs_bytes(shape: ModelShape, s: Settings) -> float:
 
 def host_ram_gb(shape: ModelShape, s: Settings) -> float:
     """Host RAM the offloaded layer inputs take, for all the GPU processes of this machine."""
-    if not (s.checkpointing and s.offload_checkpoints):
+    if not s.checkpoints_offloaded:
         return 0.0
     return checkpointed_inputs_bytes(shape, s) * s.gpus / GIB
 
@@ -191,7 +196,7 @@ def host_ram_gb(shape: ModelShape, s: Settings) -> float:
 def offload_seconds_per_token(shape: ModelShape, s: Settings) -> float:
     """The copies of an offloaded layer input, out in the forward pass and back in the backward; the
     copy from pageable memory is synchronous, so it adds to the step rather than overlapping it."""
-    if not (s.checkpointing and s.offload_checkpoints):
+    if not s.checkpoints_offloaded:
         return 0.0
     return 2 * shape.layers * shape.hidden * 2 / HOST_COPY_BYTES_PER_S
 
@@ -305,8 +310,7 @@ def choose(
 def offload_note(shape: ModelShape, s: Settings, profile: GpuProfileFacts) -> str:
     kept = replace(s, offload_checkpoints=False)
     saved = estimate_memory(shape, kept).total - estimate_memory(shape, s).total
-    compute = train_flops_per_token(shape, s) / (profile.peak_bf16_tflops * 1e12 * ASSUMED_MFU[s.method])
-    cost = offload_seconds_per_token(shape, s) / (compute + offload_seconds_per_token(shape, s))
+    cost = 1 - tokens_per_second(shape, s, profile)[0] / tokens_per_second(shape, kept, profile)[0]
     return (
         f"only with offloaded checkpointing (use_unsloth_gc) does it fit: each layer's input waits in host RAM "
         f"instead of GPU memory, saving {saved:.2f} GiB of GPU memory for {host_ram_gb(shape, s):.2f} GiB "
@@ -343,7 +347,7 @@ def tokens_per_second(
         mfu = ASSUMED_MFU[s.method]
         source = f"estimated: {mfu:.0%} MFU of {profile.peak_bf16_tflops} TFLOP/s (not yet measured)"
     seconds_per_token = flops / (profile.peak_bf16_tflops * 1e12 * mfu) + offload_seconds_per_token(shape, s)
-    if s.offload_checkpoints and s.checkpointing:
+    if s.checkpoints_offloaded:
         source += f", plus the host copies of offloaded checkpoints at {HOST_COPY_BYTES_PER_S / 1e9:g} GB/s"
     return s.gpus / seconds_per_token, source
 
@@ -422,7 +426,7 @@ def args_for(choice: Choice, base_method: str) -> dict:
         args["disable_gradient_checkpointing"] = True
     if s.method == "qlora" and base_method != "qlora":
         args.update(quantization_bit=4, quantization_method="bnb")
-    if s.checkpointing and s.offload_checkpoints:
+    if s.checkpoints_offloaded:
         args["use_unsloth_gc"] = True
     return args
 

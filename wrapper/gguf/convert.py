@@ -29,7 +29,6 @@ from wrapper.prompts.fidelity import (
     TrainingFormat,
     check_gguf_template,
     jinja_candidates,
-    training_format,
 )
 
 GGUF_PY_ENV = {"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}
@@ -77,16 +76,9 @@ def write_chat_template(source: Path, target: Path, template: str, log_path: Pat
 
 
 def ensure_training_template(
-    partial: Path,
-    merged: Path,
-    template_name: str,
-    system: str | None,
-    expected_ftype: int,
-    log_path: Path,
-    fmt: TrainingFormat | None = None,
+    partial: Path, fmt: TrainingFormat, template_name: str, expected_ftype: int, log_path: Path
 ) -> None:
     """Leave the GGUF's chat template if it renders the training format, else write the training format."""
-    fmt = fmt or training_format(merged, template_name, system)
     chat = GgufChat.read(partial)
     if chat.chat_template is not None:
         found = check_gguf_template(fmt, chat)

@@ -72,9 +72,7 @@ class ConvertStage(stage.Stage):
         run_converter(self.merged, partial, self.outtype, self.log_path)
         verify_gguf(partial, ftype_of(self.outtype))
         fmt = training_format(self.merged, self.plan.template, self.plan.system)
-        ensure_training_template(
-            partial, self.merged, self.plan.template, self.plan.system, ftype_of(self.outtype), self.log_path, fmt
-        )
+        ensure_training_template(partial, fmt, self.plan.template, ftype_of(self.outtype), self.log_path)
         check_end_tokens(partial, self.merged, fmt, self.run_dir)
 
     def verify(self, partial: Path) -> str:

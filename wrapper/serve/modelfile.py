@@ -27,7 +27,7 @@ from wrapper.core.templates import template_env
 from wrapper.core.ui import console, done
 from wrapper.prompts import gorender
 from wrapper.prompts.end_tokens import GENERATION_CONFIG, EndToken, end_tokens
-from wrapper.prompts.fidelity import GgufChat, TrainingFormat, check_ollama_template, ollama_candidates, training_format
+from wrapper.prompts.fidelity import GgufChat, check_ollama_template, ollama_candidates, training_format
 
 # The first line of every templates/ollama/*.gotmpl. When the system prompt can't be a
 # SYSTEM value (see system_fits_modelfile), it moves into this line as a Go string.
@@ -83,10 +83,10 @@ def template_with_system(go_template: str, system: str) -> str:
 # ---- the Modelfile ---------------------------------------------------------------------
 
 
-def stop_tokens(fmt: TrainingFormat, extra: list[str] = (), model_dir: Path | None = None) -> list[str]:
-    """Every end-of-turn marker of the training template and the tokenizer's eos, every id the model's
-    generation_config.json ends generation at (given its folder), then the recipe's own stops."""
-    stops = [end.text for end in end_tokens(fmt, model_dir) if end.text]
+def stop_tokens(ends: list[EndToken], extra: list[str] = ()) -> list[str]:
+    """Every end token (wrapper/prompts/end_tokens.py: the template's end-of-turn markers, the tokenizer's
+    eos, the ids of generation_config.json) that has a text, then the recipe's own stops."""
+    stops = [end.text for end in ends if end.text]
     return stops + [s for s in extra if s not in stops]
 
 
@@ -200,7 +200,7 @@ def build_modelfile(
     # ftw's own file for the family, else LLaMA-Factory's generated one; verify_modelfile checks either.
     source, go_template = candidates[0]
     ends = end_tokens(fmt, merged)
-    stops = stop_tokens(fmt, [value for key, value in parameters if key == "stop"], merged)
+    stops = stop_tokens(ends, [value for key, value in parameters if key == "stop"])
     notes = added_stop_notes(ends)
     for note in notes:
         console.print(f"  note: {note}", soft_wrap=True)
