@@ -135,12 +135,7 @@ def max_context_report(recipe_name: str, profile_name: str | None, overrides: li
     model_context = int(config.get("max_position_embeddings") or planner.LONGEST_CUTOFF)
     method = "qlora" if bnb_quantization(base_model) else recipe.method
     methods = [method] + (["qlora"] if method == "lora" else [])
-    rows = [
-        _longest_row(shape, recipe, profile, each, model_context)
-        for profile in profiles
-        for each in methods
-        if not (each == "qlora" and "quantization_bit" in recipe.doc.overrides)
-    ]
+    rows = [_longest_row(shape, recipe, profile, each, model_context) for profile in profiles for each in methods]
     return {"recipe": recipe.name, "base_model": base_model, "model_context": model_context, "profiles": rows}
 
 
