@@ -16,6 +16,8 @@ PARALLEL ?= 1
 # RETRAIN=1: `make train` starts the run over instead of resuming it
 # KEEP_INTERMEDIATES=1: `make gguf` keeps the merged weights and the f16 GGUF (ftw eval needs them)
 KEEP_INTERMEDIATES ?=
+# IMATRIX=1: `make gguf` quantizes with an importance matrix from the run's training rows (builds llama.cpp's tools)
+IMATRIX ?=
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -23,7 +25,7 @@ PY      := $(VENV)/bin/python
 FTW     := $(VENV)/bin/ftw
 DEPS_STAMP := $(VENV)/.ftw-deps
 
-.PHONY: setup demo data synth train gguf ollama chat lmstudio eval lint test test-fast clean-runs
+.PHONY: setup tools demo data synth train gguf ollama chat lmstudio eval lint test test-fast clean-runs
 
 # Pinned packages into .venv (re-installed only when requirements change), then the
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
@@ -37,6 +39,11 @@ $(DEPS_STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
+
+# llama.cpp's own programs (llama-quantize, -imatrix, -perplexity, -server) from vendor/llama.cpp, built
+# once per llama.cpp commit into vendor/llama.cpp/build; ftw also builds them on first use. FORCE=1 rebuilds.
+tools: setup
+	@$(PY) -m wrapper.setup.tools $(if $(FORCE),--force)
 
 # Check, clean, split and count DATA for the run (optional; `make train` then uses it).
 data: setup
@@ -56,7 +63,7 @@ train: setup
 
 gguf: setup
 	$(FTW) export --run $(RUN)
-	$(FTW) gguf --run $(RUN) $(foreach q,$(QUANT),--quant $(q)) $(if $(KEEP_INTERMEDIATES),--keep-intermediates)
+	$(FTW) gguf --run $(RUN) $(foreach q,$(QUANT),--quant $(q)) $(if $(KEEP_INTERMEDIATES),--keep-intermediates) $(if $(IMATRIX),--imatrix)
 	$(FTW) modelfile --run $(RUN) --quant $(firstword $(QUANT))
 	$(FTW) smoke --run $(RUN) --quant $(firstword $(QUANT))
 
@@ -89,7 +96,7 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-cache
 
 # Everything, with real LLaMA-Factory runs and real llama.cpp files: what CI runs.
-test: lint
+test: lint tools
 	$(PY) -m pytest -q tests
 
 # The inner loop: unit and in-process CLI tests, no training or conversion (under 2 minutes).

@@ -16,6 +16,9 @@ Prints a table and writes bench/results/export_memory.json.
   .venv/bin/python bench/export_memory.py   # ~15 min on 2 cores the first time (it builds the model), ~7 after
   .venv/bin/python bench/export_memory.py --shape qwen3-8b --layers 4 --ours-only
       # Qwen3-8B's tensors with 4 of its 36 layers: the peak is set by the largest tensor, not the layer count
+  .venv/bin/python bench/export_memory.py --shape qwen2.5-1.5b --ours-only --imatrix
+      # ftw gguf --imatrix's path: llama-imatrix on the f16 GGUF (2 chunks of 512 tokens; the memory
+      # doesn't grow with the chunk count), then llama-quantize --imatrix in 256 MiB slabs (make tools first)
 """
 
 from __future__ import annotations
@@ -275,7 +278,27 @@ def quantize_argv(src: Path, dst: Path, max_buf_bytes: int) -> list[str]:
     ]
 
 
-def path_stages(kind: str, model_dir: Path, adapter_dir: Path, work: Path, log: Path) -> dict:
+def imatrix_stages(f16: Path, q4: Path, work: Path, log: Path) -> dict:
+    """`ftw gguf --imatrix` after the conversion: the matrix from the f16 GGUF, then llama-quantize with it."""
+    from wrapper.core.llama_tools import tool
+    from wrapper.gguf.quantize import MAX_BUF_BYTES
+
+    text = work / "calibration.txt"
+    text.write_text((REPO / "data" / "demo_lore.json").read_text(encoding="utf-8") * 8, encoding="utf-8")
+    matrix = work / "imatrix.gguf"
+    threads = str(os.cpu_count())
+    imatrix = [str(tool("llama-imatrix")), "-m", str(f16), "-f", str(text), "-o", str(matrix)]
+    imatrix += ["--output-format", "gguf", "-c", "512", "--chunks", "2", "--parse-special", "-t", threads, "--no-ppl"]
+    quantize = [str(tool("llama-quantize")), "--imatrix", str(matrix), "--max-buffer-size", str(MAX_BUF_BYTES // 2**20)]
+    quantize += [str(f16), str(q4), "Q4_K_M", threads]
+    stages = {"imatrix": run_stage(imatrix, log), "quantize_q4_k_m_imatrix": run_stage(quantize, log)}
+    matrix.unlink()
+    return stages
+
+
+def path_stages(
+    kind: str, model_dir: Path, adapter_dir: Path, work: Path, log: Path, with_imatrix: bool = False
+) -> dict:
     gguf_env = {"PYTHONPATH": str(LLAMA_CPP / "gguf-py"), "NO_LOCAL_GGUF": ""}
     merged = work / f"{kind}-merged"
     shutil.rmtree(merged, ignore_errors=True)
@@ -324,7 +347,10 @@ def path_stages(kind: str, model_dir: Path, adapter_dir: Path, work: Path, log: 
     from wrapper.gguf.quantize import MAX_BUF_BYTES
 
     max_buf_bytes = 0 if kind == "llamafactory" else MAX_BUF_BYTES
-    stages["quantize_q4_k_m"] = run_stage(quantize_argv(f16, q4, max_buf_bytes), log)
+    if kind == "ours" and with_imatrix:
+        stages.update(imatrix_stages(f16, q4, work, log))
+    else:
+        stages["quantize_q4_k_m"] = run_stage(quantize_argv(f16, q4, max_buf_bytes), log)
     sizes = {
         "merged_bytes": sum(p.stat().st_size for p in merged.glob("*.safetensors")),
         "f16_gguf_bytes": f16.stat().st_size,
@@ -368,6 +394,11 @@ def main() -> None:
         action="store_true",
         help="Run ftw's path only (no LLaMA-Factory path, which loads the whole model into memory).",
     )
+    parser.add_argument(
+        "--imatrix",
+        action="store_true",
+        help="ftw's path as `ftw gguf --imatrix` runs it: llama-imatrix, then llama-quantize --imatrix.",
+    )
     parser.add_argument("--work", type=Path, default=CACHE / "work")
     args = parser.parse_args()
 
@@ -380,7 +411,7 @@ def main() -> None:
     results, q4s = {}, {}
     for kind in kinds:
         print(f"running {kind} ...", flush=True)
-        done = path_stages(kind, model_dir, adapter_dir, args.work, log)
+        done = path_stages(kind, model_dir, adapter_dir, args.work, log, args.imatrix)
         results[kind] = summarise(done)
         q4s[kind] = done["q4"]
         for path in done["cleanup"]:
@@ -421,7 +452,7 @@ def main() -> None:
                 "ours_time_to_llamafactory": round(results["ours"]["seconds"] / results["llamafactory"]["seconds"], 3),
             }
         )
-    results_file = results_path(args.shape, args.layers, args.ours_only)
+    results_file = results_path(args.shape, args.layers, args.ours_only, args.imatrix)
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -443,12 +474,13 @@ def main() -> None:
     print(f"\nwrote {results_file}")
 
 
-def results_path(shape: str, layers: int | None, ours_only: bool) -> Path:
+def results_path(shape: str, layers: int | None, ours_only: bool, imatrix: bool = False) -> Path:
     """The default comparison keeps its historic name; other runs get their own file beside it."""
-    if shape == DEFAULT_SHAPE and not layers and not ours_only:
+    if shape == DEFAULT_SHAPE and not layers and not ours_only and not imatrix:
         return RESULTS
     suffix = f"-L{layers}" if layers else ""
-    return RESULTS.with_name(f"export_memory-{shape}{suffix}{'-ours' if ours_only else ''}.json")
+    options = ("-ours" if ours_only else "") + ("-imatrix" if imatrix else "")
+    return RESULTS.with_name(f"export_memory-{shape}{suffix}{options}.json")
 
 
 if __name__ == "__main__":

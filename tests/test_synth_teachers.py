@@ -185,7 +185,7 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     result = run_ftw(
         runs,
         "data", "synth", "--recipe", "demo-docs", "--docs", str(docs / "north.txt"), "--teacher", "smollm2:135m",
-        "--run", "local", "--limit", "1", *SETTINGS,
+        "--run", "local", "--limit", "3", *SETTINGS,
         # lenient filters, so that pairs reach the judge: each is scored in a request of its own
         "--judge", "--set", "synth.min_grounding=0", "--set", "synth.min_answer_chars=1",
         env={"OLLAMA_MODELS": str(store)},
@@ -193,10 +193,13 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     summary = json.loads((runs / "local" / "synth" / "synth.json").read_text(encoding="utf-8"))
     assert summary["teacher"].startswith("gguf ollama smollm2:135m"), result.stdout
     counts = summary["counts"]
-    assert counts["chunks_done"] == 1 and counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"]
-    entry = json.loads((runs / "local" / "synth" / "journal.jsonl").read_text(encoding="utf-8"))
-    judged = len(entry["pairs"]) + sum(r["kind"] == "low_score" for r in entry["rejects"])
-    assert judged > 0 and entry["requests"] >= 1 + judged
+    assert counts["chunks_done"] == 3 and counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"]
+    # The tiny teacher's greedy output differs between CPUs (SIMD rounding): on one machine a chunk may
+    # yield no well-formed pair at all, so the judge is asked about the pairs of three chunks.
+    entries = [json.loads(line) for line in (runs / "local" / "synth" / "journal.jsonl").read_text().splitlines()]
+    judged = [len(e["pairs"]) + sum(r["kind"] == "low_score" for r in e["rejects"]) for e in entries]
+    assert sum(judged) > 0, entries
+    assert all(e["requests"] >= 1 + count for e, count in zip(entries, judged, strict=True))
 
 
 def test_an_earlier_runs_quantized_gguf_teaches(tmp_path, demo_run, docs):

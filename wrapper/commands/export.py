@@ -7,6 +7,7 @@ import click
 from wrapper.commands.options import force_option, quant_option, run_option
 from wrapper.core.manifest import run_dir_of
 from wrapper.export.stage import export as export_run
+from wrapper.gguf.imatrix import DEFAULT_TOKENS, MIN_CONTEXT
 from wrapper.gguf.stage import OUTTYPES, make_ggufs
 
 
@@ -48,15 +49,44 @@ def export(run: str, weights_dtype: str, force: bool) -> None:
     help="Keep the merged weights and the f16/bf16 GGUF (ftw eval needs them); "
     "by default they are removed once the quantized files are verified.",
 )
+@click.option(
+    "--imatrix",
+    is_flag=True,
+    help="Quantize with an importance matrix computed on the run's own training rows in the training "
+    "format (llama.cpp's llama-imatrix and llama-quantize, built on first use: make tools).",
+)
+@click.option(
+    "--imatrix-tokens",
+    type=click.IntRange(min=2 * MIN_CONTEXT),
+    default=DEFAULT_TOKENS,
+    show_default=True,
+    help="The most calibration tokens: a seeded sample of whole training rows up to this many.",
+)
 @force_option
-def gguf(run: str, quants: tuple[str, ...], outtype: str, keep_intermediates: bool, force: bool) -> None:
+def gguf(
+    run: str,
+    quants: tuple[str, ...],
+    outtype: str,
+    keep_intermediates: bool,
+    imatrix: bool,
+    imatrix_tokens: int,
+    force: bool,
+) -> None:
     """Convert the merged model to GGUF with llama.cpp and quantize it.
 
     \b
     Example:
       ftw gguf --run demo --quant Q4_K_M --quant Q8_0 --keep-intermediates
+      ftw gguf --run demo --imatrix
     """
-    make_ggufs(run_dir_of(run), list(quants), outtype=outtype, force=force, keep_intermediates=keep_intermediates)
+    make_ggufs(
+        run_dir_of(run),
+        list(quants),
+        outtype=outtype,
+        force=force,
+        keep_intermediates=keep_intermediates,
+        imatrix_tokens=imatrix_tokens if imatrix else None,
+    )
 
 
 COMMANDS = [export, gguf]

@@ -17,8 +17,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.paths import PROJECT_ROOT
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console
-from wrapper.data.formats import ASSISTANT, USER, detect_format, parse_row
-from wrapper.data.readers import read_json_records
+from wrapper.data.samples import conversations
 
 MODELS = ("base", "merged", "gguf")
 MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": "Q4_K_M GGUF"}
@@ -112,23 +111,10 @@ def read_prompt_file(path: Path, set_name: str) -> list[Item]:
 def conversation_rows(path: Path) -> list[tuple[list[dict], str, str | None, str | None]]:
     """(messages before the last answer, that answer, system, lang) of each conversation row of a file."""
     rows = []
-    for record in read_json_records(path):
-        if record.problem is not None:
-            continue
-        fmt = detect_format(record.value)
-        if fmt in (None, "text", "mapped"):
-            continue
-        try:
-            row = parse_row(record.value, fmt)
-        except Exception:  # noqa: BLE001 - `ftw data check` reports bad rows; evaluation skips them
-            continue
-        turns = [(role, content) for role, content in row.turns if role in (USER, ASSISTANT)]
-        if len(turns) < 2 or turns[-1][0] != ASSISTANT or turns[-2][0] != USER:
-            continue
-        messages = [
-            {"role": "user" if role == USER else "assistant", "content": content} for role, content in turns[:-1]
-        ]
-        rows.append((messages, turns[-1][1], row.system, row.lang))
+    for row in conversations(path):
+        turns = row.turns
+        if len(turns) >= 2 and turns[-1]["role"] == "assistant" and turns[-2]["role"] == "user":
+            rows.append((turns[:-1], turns[-1]["content"], row.system, row.lang))
     return rows
 
 

@@ -2,6 +2,10 @@
 quantized (Q4_K_M by default); each file is a stage of the contract (wrapper/core/stage.py):
 written under a .partial name, read back with the gguf library, only then renamed.
 
+With --imatrix, an importance matrix computed on the run's training rows (wrapper/gguf/imatrix.py)
+goes between the two, and llama.cpp's own llama-quantize uses it; without, the quantizer is the
+library inside llama-cpp-python (nothing to build).
+
 Once the quantized files are verified, the merged weights and the unquantized GGUF are
 removed to free the disk, unless --keep-intermediates (ftw eval needs them).
 """
@@ -16,12 +20,15 @@ from wrapper.core import manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_BITS, QUANT_TYPES, ftype_of, gguf_key, verify_gguf
+from wrapper.core.llama_tools import tool
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights, read_header
 from wrapper.core.ui import console, done
 from wrapper.gguf.convert import check_end_tokens, ensure_training_template, run_converter
+from wrapper.gguf.imatrix import ImatrixStage, calibration, threads
+from wrapper.gguf.quantize import MAX_BUF_BYTES
 from wrapper.prompts.fidelity import training_format
 
 OUTTYPES = ("f16", "bf16")
@@ -83,32 +90,38 @@ class QuantizeStage(stage.Stage):
     force_says = "makes it again"
 
     def __init__(
-        self, run_dir: Path, plan: RunPlan, source: ConvertStage, source_inputs: stage.StageInputs, quant: str
+        self,
+        run_dir: Path,
+        plan: RunPlan,
+        source: ConvertStage,
+        source_inputs: stage.StageInputs,
+        quant: str,
+        imatrix: ImatrixStage | None = None,
     ):
         super().__init__(run_dir, gguf_key(quant), run_dir / "gguf" / f"{plan.run}-{quant}.gguf")
-        self.source, self.source_inputs, self.quant = source, source_inputs, quant
-        self.title = f"{quant} GGUF"
+        self.source, self.source_inputs, self.quant, self.imatrix = source, source_inputs, quant, imatrix
+        self.title = f"{quant} GGUF" + (" (importance matrix)" if imatrix else "")
 
     def inputs(self) -> stage.StageInputs:
-        return stage.StageInputs(
-            self.key,
-            {
-                "unquantized GGUF": self.source_inputs.digest,
-                "type": self.quant,
-                "llama.cpp": self.source_inputs.values["llama.cpp"],
-            },
-        )
+        values = {
+            "unquantized GGUF": self.source_inputs.digest,
+            "type": self.quant,
+            "llama.cpp": self.source_inputs.values["llama.cpp"],
+        }
+        if self.imatrix:
+            values["importance matrix"] = self.imatrix.inputs().digest
+        return stage.StageInputs(self.key, values)
 
     def make(self, partial: Path) -> None:
+        if self.imatrix:
+            argv = [str(tool("llama-quantize")), "--imatrix", str(self.imatrix.target)]
+            argv += ["--max-buffer-size", str(MAX_BUF_BYTES // 2**20), str(self.source.target), str(partial)]
+            argv += [self.quant, str(threads())]
+        else:  # llama-cpp-python's own library: nothing to build
+            argv = [sys.executable, "-m", "wrapper.gguf.quantize", str(self.source.target), str(partial)]
+            argv += [str(ftype_of(self.quant))]
         run_with_status(
-            [
-                sys.executable,
-                "-m",
-                "wrapper.gguf.quantize",
-                str(self.source.target),
-                str(partial),
-                str(ftype_of(self.quant)),
-            ],
+            argv,
             self.source.log_path,
             f"llama.cpp quantize {self.quant}",
             f"quantize {self.quant}",
@@ -197,9 +210,15 @@ def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, 
 
 
 def make_ggufs(
-    run_dir: Path, quants: list[str], outtype: str = "f16", force: bool = False, keep_intermediates: bool = False
+    run_dir: Path,
+    quants: list[str],
+    outtype: str = "f16",
+    force: bool = False,
+    keep_intermediates: bool = False,
+    imatrix_tokens: int | None = None,
 ) -> dict[str, Path]:
-    """The unquantized GGUF when a quantized file needs it, then each quantized file; each only if not up to date."""
+    """The unquantized GGUF when a quantized file needs it, the importance matrix when asked for
+    (`imatrix_tokens`: its calibration cap), then each quantized file; each only if not up to date."""
     quants = check_quant_names(quants)
     if outtype not in OUTTYPES:
         raise FtwError(f"--outtype {outtype}: choose {' or '.join(OUTTYPES)}")
@@ -208,16 +227,29 @@ def make_ggufs(
     (run_dir / "gguf").mkdir(exist_ok=True)
     full = ConvertStage(run_dir, plan, merged, outtype)
     full_inputs = full.inputs()
-    quantized = [QuantizeStage(run_dir, plan, full, full_inputs, quant) for quant in quants]
+    imatrix = None
+    if imatrix_tokens is not None and quants:
+        tool("llama-imatrix")  # built (or refused) now, before anything long starts
+        fmt = training_format(merged, plan.template, plan.system)
+        calib = calibration(run_dir, plan, fmt, imatrix_tokens)
+        imatrix = ImatrixStage(run_dir, plan, full.target, full_inputs.digest, calib, full.log_path)
+    quantized = [QuantizeStage(run_dir, plan, full, full_inputs, quant, imatrix) for quant in quants]
     quant_inputs = {q.quant: q.inputs() for q in quantized}
     pending = {q.quant: stage.check(q, quant_inputs[q.quant], force) for q in quantized}
     full.quants_to_make = [quant for quant, changes in pending.items() if changes is not None]
+    imatrix_inputs = imatrix.inputs() if imatrix else None
+    imatrix_changes = stage.check(imatrix, imatrix_inputs, force) if imatrix else None
 
     made: dict[str, Path] = {}
     full_changes = stage.check(full, full_inputs, force)
-    if full_changes is not None and (full.quants_to_make or full.key not in manifest.removed_intermediates(run_dir)):
+    needs_full = full.quants_to_make or imatrix_changes is not None
+    if full_changes is not None and (needs_full or full.key not in manifest.removed_intermediates(run_dir)):
         stage.build(full, full_inputs, full_changes)
     made[full.key] = full.target
+    if imatrix:
+        made[imatrix.key] = (
+            stage.skip(imatrix) if imatrix_changes is None else stage.build(imatrix, imatrix_inputs, imatrix_changes)
+        )
     for q in quantized:
         changes = pending[q.quant]
         made[q.key] = stage.skip(q) if changes is None else stage.build(q, quant_inputs[q.quant], changes)

@@ -1,0 +1,158 @@
+"""llama.cpp's own programs built from vendor/llama.cpp, and `ftw gguf --imatrix` with them.
+
+The build itself is `make tools` (a prerequisite of `make test`, once per clone); these tests
+use it, and check what a user sees when it can't happen: no CMake or compiler, a build that
+fails, and a pipeline that still quantizes without an importance matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_data import ftw
+
+from wrapper.core import llama_tools, manifest
+from wrapper.core.llama_tools import TOOLS, ToolsUnavailable
+
+from conftest import copy_run, run_ftw
+
+QUESTION, ANSWER = "Who guards the Amber Gate of Veloria?", "Orlen Vask"
+
+
+@pytest.fixture
+def fake_tree(tmp_path) -> Path:
+    """A llama.cpp tree whose CMake configuration fails, like a broken toolchain would."""
+    tree = tmp_path / "llama.cpp"
+    tree.mkdir()
+    (tree / "FTW_COMMIT").write_text("0123abcd\n")
+    (tree / "CMakeLists.txt").write_text(
+        'cmake_minimum_required(VERSION 3.14)\nproject(broken C)\nmessage(FATAL_ERROR "no usable compiler here")\n'
+    )
+    return tree
+
+
+def test_missing_cmake_and_compiler_say_what_to_install(fake_tree, monkeypatch):
+    monkeypatch.setattr(llama_tools.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ToolsUnavailable) as caught:
+        llama_tools.build(fake_tree)
+    message = str(caught.value)
+    assert "cmake and compiler" in message and "apt install cmake" in message and "build-essential" in message
+    assert message.endswith("Then: make tools")
+    assert not (fake_tree / "build" / "ftw-tools.json").exists()  # nothing was tried: nothing to remember
+
+
+@pytest.mark.skipif(not shutil.which("cmake"), reason="CMake is not installed")
+def test_a_failed_build_names_its_log_and_is_not_retried_on_use(fake_tree, monkeypatch):
+    with pytest.raises(ToolsUnavailable) as caught:
+        llama_tools.build(fake_tree)
+    log = fake_tree / "build" / "ftw-build.log"
+    assert str(log) in str(caught.value) and "no usable compiler here" in log.read_text()
+    assert "quantizes with llama-cpp-python's library" in str(caught.value)
+    assert json.loads((fake_tree / "build" / "ftw-tools.json").read_text())["status"] == "failed"
+
+    def no_second_try(*args, **kwargs):
+        raise AssertionError("a build that failed for this commit must not be started again on use")
+
+    monkeypatch.setattr(llama_tools, "build", no_second_try)
+    with pytest.raises(ToolsUnavailable, match="make tools"):
+        llama_tools.tool("llama-imatrix", fake_tree)
+    assert llama_tools.built_tool("llama-server", fake_tree) is None
+
+
+def test_the_tools_are_built_from_the_vendored_commit():
+    """`make tools` ran before the tests (Makefile): the stamp names this tree's commit, and each program runs."""
+    spec = llama_tools.wanted_spec()
+    assert llama_tools.is_built(spec), "run `make tools` first"
+    stamp = llama_tools.read_stamp()
+    assert stamp["commit"] == spec.commit and stamp["status"] == "built"
+    for name in TOOLS:
+        assert llama_tools.tool(name).is_file()
+
+
+@pytest.fixture
+def copied(demo_run, tmp_path, monkeypatch) -> Path:
+    runs = tmp_path / "runs"
+    copy_run(demo_run, runs)
+    monkeypatch.setenv("FTW_RUNS_DIR", str(runs))
+    return runs / demo_run.name
+
+
+def gguf_metadata(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    found = {}
+    for name, field in reader.fields.items():
+        if name.startswith("quantize."):
+            value = field.parts[field.data[0]]
+            found[name] = bytes(value).decode() if field.types[0].name == "STRING" else int(value[0])
+    return found
+
+
+def greedy_answer(gguf: Path, tokenizer_dir: Path, template: str, question: str) -> str:
+    from wrapper.prompts.chat_format import chat_format
+    from wrapper.serve.models import GgufModel
+
+    fmt = chat_format(tokenizer_dir, template, None)
+    model = GgufModel(gguf)
+    try:
+        return fmt.decode(model.greedy(fmt.prompt_ids(question), fmt.stop_ids(), 40))
+    finally:
+        model.close()
+
+
+def test_imatrix_from_the_runs_training_rows_quantizes_and_still_answers(copied):
+    run = copied.name
+    before = (copied / "gguf" / f"{run}-Q4_K_M.gguf").read_bytes()
+    result = run_ftw(copied.parent, "gguf", "--run", run, "--imatrix", "--keep-intermediates")
+    assert "importance matrix" in result.stdout, result.stdout
+
+    data = manifest.load(copied)
+    imatrix = Path(data["artifacts"]["gguf_imatrix"])
+    assert imatrix.is_file() and not list(imatrix.parent.glob("*.partial*"))
+    inputs = data["stages"]["gguf_imatrix"]["inputs"]
+    quantized = copied / "gguf" / f"{run}-Q4_K_M.gguf"
+    assert data["stages"]["gguf_q4_k_m"]["inputs"]["importance matrix"] == data["stages"]["gguf_imatrix"]["digest"]
+    assert quantized.read_bytes() != before
+
+    # The recorded sha256 is that of the calibration text: the run's rows in the training format.
+    from wrapper.data.samples import sample_text
+    from wrapper.gguf.imatrix import DEFAULT_TOKENS, SEED
+    from wrapper.prompts.fidelity import training_format
+
+    plan = manifest.plan_of(copied)
+    fmt = training_format(copied / "merged", plan.template, plan.system)
+    sample = sample_text(copied, plan, fmt, "train", DEFAULT_TOKENS, SEED)
+    assert inputs["calibration sha256"] == sample.sha256 == hashlib.sha256(sample.text.encode()).hexdigest()
+    assert "<|im_start|>assistant\n" in sample.text and sample.text.count("<|im_end|>") >= 2 * sample.rows
+
+    # llama-quantize records the matrix in the file; llama.cpp loads it and it still answers as trained.
+    meta = gguf_metadata(quantized)
+    assert meta["quantize.imatrix.file"].endswith(imatrix.name) and meta["quantize.imatrix.entries_count"] > 0
+    assert ANSWER in greedy_answer(quantized, copied / "merged", plan.template, QUESTION)
+
+    again = run_ftw(copied.parent, "gguf", "--run", run, "--imatrix", "--keep-intermediates")
+    assert (
+        "importance matrix up to date" in again.stdout and "Q4_K_M GGUF (importance matrix) up to date" in again.stdout
+    )
+
+
+def test_without_the_tools_gguf_still_quantizes_and_imatrix_says_so(copied, capsys, monkeypatch, tmp_path):
+    build = tmp_path / "no-tools"
+    monkeypatch.setattr(llama_tools, "build_dir", lambda llama_cpp_dir=None: build)
+    build.mkdir()
+    (build / "ftw-build.log").write_text("error: the compiler crashed\n")
+    llama_tools.write_stamp(llama_tools.wanted_spec(), "failed", log=str(build / "ftw-build.log"))
+
+    code, out = ftw(capsys, "gguf", "--run", copied.name, "--imatrix", "--keep-intermediates")
+    assert code == 2 and "did not build" in out and "the compiler crashed" in out and "make tools" in out
+    assert "gguf_imatrix" not in manifest.load(copied)["artifacts"]
+
+    code, out = ftw(capsys, "gguf", "--run", copied.name, "--quant", "Q8_0", "--keep-intermediates")
+    assert code == 0, out
+    assert (copied / "gguf" / f"{copied.name}-Q8_0.gguf").is_file()

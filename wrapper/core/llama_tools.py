@@ -1,0 +1,206 @@
+"""llama.cpp's own programs (llama-quantize, llama-imatrix, llama-perplexity, llama-server), built
+with CMake from the vendored tree, only those targets, into vendor/llama.cpp/build.
+
+Built by `make tools`, or on first use. A stamp beside the binaries records the llama.cpp commit
+and the CMake flags they were built from; a change of either rebuilds (incrementally). A failed
+build is remembered too, so that the next command doesn't spend minutes failing again: it says
+so and names the log; `make tools` tries again. Nothing else in the pipeline needs these
+programs: quantizing without an importance matrix goes through llama-cpp-python's own library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from wrapper.core.errors import FtwError, StageError
+from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.paths import LLAMA_CPP_DIR, llama_cpp_commit
+from wrapper.core.procs import last_lines, run_logged
+from wrapper.core.ui import console, done, stage_progress
+
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-server")
+BUILD_DIR_NAME = "build"
+STAMP_NAME = "ftw-tools.json"
+LOG_NAME = "ftw-build.log"
+
+# Only what the four programs need: no tests, examples, web UI download, HTTPS or unified app.
+BASE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DGGML_CCACHE=OFF",
+)
+INSTALL_HINT = {
+    "cmake": "install CMake (Debian/Ubuntu: sudo apt install cmake; macOS: brew install cmake; or pip install cmake)",
+    "compiler": "install a C++ compiler (Debian/Ubuntu: sudo apt install build-essential; "
+    "macOS: xcode-select --install)",
+}
+PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+
+
+class ToolsUnavailable(FtwError):
+    """llama.cpp's programs can't be built here; what needs them says what still works without."""
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    commit: str
+    flags: tuple[str, ...]
+    targets: tuple[str, ...] = TOOLS
+
+
+def build_dir(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
+    return llama_cpp_dir / BUILD_DIR_NAME
+
+
+def build_log(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
+    return build_dir(llama_cpp_dir) / LOG_NAME
+
+
+def binary(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
+    suffix = ".exe" if sys.platform == "win32" else ""
+    return build_dir(llama_cpp_dir) / "bin" / f"{name}{suffix}"
+
+
+def accelerator_flags() -> tuple[str, ...]:
+    """CUDA where its compiler and a GPU are both here; Metal is llama.cpp's own default on Apple silicon."""
+    if shutil.which("nvcc") and shutil.which("nvidia-smi"):
+        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and probe.stdout.strip():
+            return ("-DGGML_CUDA=ON",)
+    return ()
+
+
+def wanted_spec(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> BuildSpec:
+    commit = llama_cpp_commit(llama_cpp_dir)
+    if not commit:
+        raise ToolsUnavailable("vendor/llama.cpp is not unpacked yet; run: make setup")
+    return BuildSpec(commit, BASE_FLAGS + accelerator_flags())
+
+
+def read_stamp(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> dict:
+    path = build_dir(llama_cpp_dir) / STAMP_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_stamp(spec: BuildSpec, status: str, llama_cpp_dir: Path = LLAMA_CPP_DIR, **extra) -> None:
+    body = {**asdict(spec), "status": status, **extra}
+    write_text_atomic(build_dir(llama_cpp_dir) / STAMP_NAME, json.dumps(body, indent=2) + "\n")
+
+
+def is_built(spec: BuildSpec, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> bool:
+    stamp = read_stamp(llama_cpp_dir)
+    same = stamp.get("commit") == spec.commit and tuple(stamp.get("flags", ())) == spec.flags
+    return same and stamp.get("status") == "built" and all(binary(t, llama_cpp_dir).is_file() for t in spec.targets)
+
+
+def failed_before(spec: BuildSpec, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> bool:
+    stamp = read_stamp(llama_cpp_dir)
+    same = stamp.get("commit") == spec.commit and tuple(stamp.get("flags", ())) == spec.flags
+    return same and stamp.get("status") == "failed"
+
+
+def missing_build_tools() -> list[str]:
+    missing = [] if shutil.which("cmake") else ["cmake"]
+    compilers = ("c++", "g++", "clang++") if not os.environ.get("CXX") else (os.environ["CXX"],)
+    if not any(shutil.which(name) for name in compilers):
+        missing.append("compiler")
+    return missing
+
+
+def cpu_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec:
+    """Configure and build the four programs unless built from this commit with these flags."""
+    spec = wanted_spec(llama_cpp_dir)
+    if not force and is_built(spec, llama_cpp_dir):
+        return spec
+    missing = missing_build_tools()
+    if missing:
+        hints = "; ".join(INSTALL_HINT[m] for m in missing)
+        raise ToolsUnavailable(f"llama.cpp's programs need {' and '.join(missing)} to build: {hints}. Then: make tools")
+    out = build_dir(llama_cpp_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = build_log(llama_cpp_dir)
+    log.write_text("", encoding="utf-8")
+    console.print(
+        f"Building llama.cpp's {', '.join(spec.targets)} ({platform.machine()}, {cpu_jobs()} jobs; "
+        f"a few minutes, once per llama.cpp commit); full log: {log}"
+    )
+    write_stamp(spec, "building", llama_cpp_dir)
+    try:
+        run_logged(["cmake", "-S", str(llama_cpp_dir), "-B", str(out), *spec.flags], log, "cmake configure")
+        compile_with_progress(spec, out, log)
+    except StageError as error:
+        write_stamp(spec, "failed", llama_cpp_dir, log=str(log))
+        raise ToolsUnavailable(build_failed_message(log)) from error
+    write_stamp(spec, "built", llama_cpp_dir)
+    done(f"built {', '.join(spec.targets)} in {out / 'bin'}")
+    return spec
+
+
+def compile_with_progress(spec: BuildSpec, out: Path, log: Path) -> None:
+    argv = ["cmake", "--build", str(out), "--config", "Release", "-j", str(cpu_jobs())]
+    argv += [arg for target in spec.targets for arg in ("--target", target)]
+    with stage_progress() as progress:
+        task = progress.add_task("build llama.cpp tools", total=100, status="")
+
+        def show_percent() -> None:
+            for line in reversed(last_lines(log, 5)):
+                match = PERCENT.match(line)
+                if match:
+                    progress.update(task, completed=int(match.group(1)), status=line[match.end() :].strip()[-50:])
+                    return
+
+        run_logged(argv, log, "building llama.cpp's tools", poll=show_percent, writes_to=out)
+        progress.update(task, completed=100)
+
+
+def build_failed_message(log: Path) -> str:
+    tail = "\n  ".join(last_lines(log, 8))
+    return (
+        f"llama.cpp's tools did not build; the log: {log}\n  {tail}\n"
+        "Everything else still works without them (ftw gguf quantizes with llama-cpp-python's library, "
+        "without an importance matrix). Fix the cause, then: make tools"
+    )
+
+
+def tool(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
+    """The path of one of llama.cpp's programs, building them first where needed. A build that failed
+    for this same commit and flags isn't tried again here (it takes minutes): `make tools` does."""
+    if name not in TOOLS:
+        raise ValueError(f"{name} is not one of {TOOLS}")
+    spec = wanted_spec(llama_cpp_dir)
+    if is_built(spec, llama_cpp_dir):
+        return binary(name, llama_cpp_dir)
+    if failed_before(spec, llama_cpp_dir):
+        raise ToolsUnavailable(build_failed_message(build_log(llama_cpp_dir)))
+    build(llama_cpp_dir)
+    return binary(name, llama_cpp_dir)
+
+
+def built_tool(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path | None:
+    """The program if it is built and current, without building: for what is optional (eval's KLD)."""
+    try:
+        spec = wanted_spec(llama_cpp_dir)
+    except ToolsUnavailable:
+        return None
+    return binary(name, llama_cpp_dir) if is_built(spec, llama_cpp_dir) else None
+
