@@ -109,8 +109,11 @@ def greedy_answer(gguf: Path, tokenizer_dir: Path, template: str, question: str)
 def test_imatrix_from_the_runs_training_rows_quantizes_and_still_answers(copied):
     run = copied.name
     before = (copied / "gguf" / f"{run}-Q4_K_M.gguf").read_bytes()
-    result = run_ftw(copied.parent, "gguf", "--run", run, "--imatrix", "--keep-intermediates")
+    # IQ2_M: a type llama.cpp refuses to make without the matrix
+    args = ("gguf", "--run", run, "--imatrix", "--quant", "Q4_K_M", "--quant", "IQ2_M", "--keep-intermediates")
+    result = run_ftw(copied.parent, *args)
     assert "importance matrix" in result.stdout, result.stdout
+    assert (copied / "gguf" / f"{run}-IQ2_M.gguf").is_file()
 
     data = manifest.load(copied)
     imatrix = Path(data["artifacts"]["gguf_imatrix"])
@@ -136,7 +139,7 @@ def test_imatrix_from_the_runs_training_rows_quantizes_and_still_answers(copied)
     assert meta["quantize.imatrix.file"].endswith(imatrix.name) and meta["quantize.imatrix.entries_count"] > 0
     assert ANSWER in greedy_answer(quantized, copied / "merged", plan.template, QUESTION)
 
-    again = run_ftw(copied.parent, "gguf", "--run", run, "--imatrix", "--keep-intermediates")
+    again = run_ftw(copied.parent, *args)
     assert (
         "importance matrix up to date" in again.stdout and "Q4_K_M GGUF (importance matrix) up to date" in again.stdout
     )
@@ -156,3 +159,12 @@ def test_without_the_tools_gguf_still_quantizes_and_imatrix_says_so(copied, caps
     code, out = ftw(capsys, "gguf", "--run", copied.name, "--quant", "Q8_0", "--keep-intermediates")
     assert code == 0, out
     assert (copied / "gguf" / f"{copied.name}-Q8_0.gguf").is_file()
+
+
+def test_types_that_need_an_importance_matrix_ask_for_one():
+    from wrapper.core.errors import FtwError
+    from wrapper.gguf.stage import check_quant_names
+
+    with pytest.raises(FtwError, match="--quant IQ3_M needs an importance matrix .*: add --imatrix"):
+        check_quant_names(["q4_k_m", "iq3_m"])
+    assert check_quant_names(["iq3_m", "Q8_0"], imatrix=True) == ["IQ3_M", "Q8_0"]

@@ -1,4 +1,4 @@
-"""`ftw modelfile`, `smoke`, `answers`, `ollama`, `chat`, `lmstudio`: running the GGUF."""
+"""`ftw modelfile`, `smoke`, `answers`, `ollama`, `chat`, `lmstudio`, `serve`: running the GGUF."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from wrapper.core.manifest import run_dir_of
 from wrapper.serve.chat import chat as chat_session
 from wrapper.serve.lmstudio import place
 from wrapper.serve.modelfile import ollama_create, write_modelfile
+from wrapper.serve.server import DEFAULT_HOST, DEFAULT_PORT
+from wrapper.serve.server import serve as serve_run
 from wrapper.serve.smoke import compare_with_base
 from wrapper.serve.smoke import smoke as smoke_run
 
@@ -107,4 +109,30 @@ def lmstudio(run: str, quant: str, models_dir: Path | None, copy: bool) -> None:
     place(run_dir_of(run), quant.upper(), models_dir, copy)
 
 
-COMMANDS = [modelfile, smoke, answers, ollama, chat, lmstudio]
+@click.command()
+@run_option
+@quant_option(help="Which quantized GGUF to serve.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True, help="The port to listen on."
+)
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="The address to listen on; 0.0.0.0 lets other machines reach it (no API key).",
+)
+def serve(run: str, quant: str, port: int, host: str) -> None:
+    """Serve the run's GGUF with llama.cpp's llama-server: an OpenAI-compatible endpoint at http://HOST:PORT/v1.
+
+    The prompt format is the chat template inside the GGUF (the training format); sampling
+    defaults are the recipe's ollama.parameters. The server's output goes to runs/RUN/logs/server.log;
+    Ctrl-C stops it.
+
+    \b
+    Example:
+      ftw serve --run demo --port 8080
+    """
+    serve_run(run_dir_of(run), quant.upper(), host, port)
+
+
+COMMANDS = [modelfile, smoke, answers, ollama, chat, lmstudio, serve]

@@ -13,8 +13,8 @@ from wrapper.core.errors import FtwError
 GGUF_MAGIC = b"GGUF"
 # Quant types offered, by the names llama.cpp's quantize tool uses, and their average bits per
 # weight (for size estimates: the disk checks, ftw plan; Llama-3.1-8B's
-# Q4_K_M is 4.92 GB for 8.03 B parameters). Types that need an importance matrix (IQ2/IQ3 and such)
-# are left out: nothing here makes one.
+# Q4_K_M is 4.92 GB for 8.03 B parameters). The IQ2/IQ3 types need an importance matrix:
+# llama.cpp refuses them without one (ftw gguf --imatrix).
 QUANT_BITS = {
     "Q4_K_M": 4.9,
     "Q4_K_S": 4.6,
@@ -27,7 +27,11 @@ QUANT_BITS = {
     "Q2_K": 3.4,
     "Q4_0": 4.6,
     "IQ4_XS": 4.3,
+    "IQ3_M": 3.7,
+    "IQ3_XXS": 3.1,
+    "IQ2_M": 2.7,
 }
+NEEDS_IMATRIX = frozenset({"IQ3_M", "IQ3_XXS", "IQ2_M"})
 QUANT_TYPES = tuple(QUANT_BITS)
 
 

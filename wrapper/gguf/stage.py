@@ -19,7 +19,7 @@ from pathlib import Path
 from wrapper.core import manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_BITS, QUANT_TYPES, ftype_of, gguf_key, verify_gguf
+from wrapper.core.gguf_io import NEEDS_IMATRIX, QUANT_BITS, QUANT_TYPES, ftype_of, gguf_key, verify_gguf
 from wrapper.core.llama_tools import tool
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
@@ -132,11 +132,13 @@ class QuantizeStage(stage.Stage):
         return f"{verify_gguf(partial, ftype_of(self.quant))} tensors, {mib(partial)}"
 
 
-def check_quant_names(quants: list[str]) -> list[str]:
+def check_quant_names(quants: list[str], imatrix: bool = False) -> list[str]:
     normalised = [q.upper() for q in quants]
     for quant in normalised:
         if quant not in QUANT_TYPES:
             raise FtwError(f"--quant {quant}: unknown type. Choose from {', '.join(QUANT_TYPES)}.")
+        if quant in NEEDS_IMATRIX and not imatrix:
+            raise FtwError(f"--quant {quant} needs an importance matrix (llama.cpp refuses it without): add --imatrix")
     return normalised
 
 
@@ -219,7 +221,7 @@ def make_ggufs(
 ) -> dict[str, Path]:
     """The unquantized GGUF when a quantized file needs it, the importance matrix when asked for
     (`imatrix_tokens`: its calibration cap), then each quantized file; each only if not up to date."""
-    quants = check_quant_names(quants)
+    quants = check_quant_names(quants, imatrix_tokens is not None)
     if outtype not in OUTTYPES:
         raise FtwError(f"--outtype {outtype}: choose {' or '.join(OUTTYPES)}")
     plan = manifest.plan_of(run_dir)

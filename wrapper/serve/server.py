@@ -1,0 +1,346 @@
+"""`ftw serve`: llama.cpp's own llama-server on the run's quantized GGUF, an OpenAI-compatible endpoint.
+
+llama-server builds every prompt with the chat template inside the GGUF (`--jinja`), which
+`ftw gguf` made the training format (tests/test_llama_server.py asks the running server to
+render the checked conversations and compares them byte for byte with LLaMA-Factory's). The
+recipe's `ollama.parameters` become the server's defaults for every request (a request's own
+values still win). Stop strings have no server flag: llama-server ends an answer at the GGUF's
+end-of-generation tokens (the template's end-of-turn token and the eos, which `ftw gguf`
+checked llama.cpp stops at) and at a request's own `stop`.
+
+The server is a child in its own process group with its whole output in runs/RUN/logs/server.log;
+it is bound to 127.0.0.1 unless another host is asked for, and it stops with ftw.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from wrapper.config.ollama import check_parameters
+from wrapper.core import manifest
+from wrapper.core.errors import FtwError, StageError
+from wrapper.core.gguf_io import gguf_key, gguf_problem
+from wrapper.core.llama_tools import tool
+from wrapper.core.procs import child_env, die_with_parent, last_lines, stop_group
+from wrapper.core.ui import console, done
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080  # llama-server's own default (Ollama has 11434, LM Studio 1234)
+DEFAULT_CONTEXT = 4096  # as Ollama and `ftw chat`; llama-server's own default is the model's whole context
+LOG_NAME = "server.log"
+HEALTH_POLL_S = 0.25
+
+# Ollama's parameter (config/ollama.py) -> llama-server's flag. Ollama's names are the recipe's.
+SERVER_FLAGS = {
+    "temperature": "--temp",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "typical_p": "--typical",
+    "repeat_penalty": "--repeat-penalty",
+    "repeat_last_n": "--repeat-last-n",
+    "presence_penalty": "--presence-penalty",
+    "frequency_penalty": "--frequency-penalty",
+    "seed": "--seed",
+    "num_predict": "--n-predict",
+    "num_keep": "--keep",
+    "num_ctx": "--ctx-size",
+    "num_batch": "--batch-size",
+    "num_gpu": "--n-gpu-layers",
+    "main_gpu": "--main-gpu",
+    "num_thread": "--threads",
+}
+# No flag: `stop` (llama-server stops at the GGUF's end-of-generation tokens and a request's `stop`);
+# `use_mmap: false` is `--load-mode none`; true is llama-server's default.
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything one llama-server is started with."""
+
+    gguf: Path
+    model_name: str  # what /v1/models lists and requests may name (--alias)
+    log: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    context: int = DEFAULT_CONTEXT
+    flags: tuple[tuple[str, str], ...] = ()  # (flag, value) from the recipe's parameters, -c aside
+    stops: tuple[str, ...] = ()  # the recipe's stop strings: no server flag, named in the output
+    run: str = "RUN"
+    quant: str = "Q4_K_M"
+
+    @property
+    def url_host(self) -> str:
+        """The host to put in a URL: the loopback address for "all interfaces", IPv6 in brackets."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def root(self) -> str:
+        return f"http://{self.url_host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL."""
+        return f"{self.root}/v1"
+
+    def command(self, port: int | None = None, host: str | None = None) -> str:
+        """The `ftw serve` line for these settings, on another port or host."""
+        port, host = port or self.port, host or self.host
+        line = f"ftw serve --run {self.run}" + (f" --quant {self.quant}" if self.quant != "Q4_K_M" else "")
+        return line + (f" --host {host}" if host != DEFAULT_HOST else "") + f" --port {port}"
+
+    @property
+    def public(self) -> bool:
+        return self.host not in ("127.0.0.1", "localhost", "::1")
+
+    def argv(self, binary: Path) -> list[str]:
+        argv = [str(binary), "--model", str(self.gguf), "--alias", self.model_name, "--jinja"]
+        argv += ["--host", self.host, "--port", str(self.port), "--ctx-size", str(self.context)]
+        for flag, value in self.flags:
+            argv += [flag, value]
+        return argv
+
+
+def parameter_flags(parameters: list[tuple[str, str]]) -> tuple[int, tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """(context, flags, stops) from the recipe's checked ollama.parameters."""
+    context, flags, stops = DEFAULT_CONTEXT, [], []
+    for key, value in parameters:
+        if key == "num_ctx":
+            context = int(value)
+        elif key == "stop":
+            stops.append(value)
+        elif key == "use_mmap":
+            if value == "false":
+                flags.append(("--load-mode", "none"))
+        else:
+            flags.append((SERVER_FLAGS[key], value))
+    return context, tuple(flags), tuple(stops)
+
+
+def settings_for_run(
+    run_dir: Path, quant: str = "Q4_K_M", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+) -> ServerSettings:
+    """The server for a run's quantized GGUF, with the recipe's generation parameters."""
+    plan = manifest.plan_of(run_dir)
+    gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
+    parameters = check_parameters(
+        plan.ollama_parameters, lambda key: f"{plan.recipe_file} (key 'ollama.parameters.{key}')"
+    )
+    context, flags, stops = parameter_flags(parameters)
+    return ServerSettings(
+        gguf=gguf,
+        model_name=gguf.stem,
+        log=run_dir / "logs" / LOG_NAME,
+        host=host,
+        port=port,
+        context=context,
+        flags=flags,
+        stops=stops,
+        run=run_dir.name,
+        quant=quant,
+    )
+
+
+# ---- before starting -----------------------------------------------------------------
+
+
+def check_port(settings: ServerSettings) -> None:
+    """Bind host:port for a moment, as llama-server will (SO_REUSEADDR), so that a port in use is a clear
+    message now rather than a line in the server's log."""
+    host, port = settings.host, settings.port
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise FtwError(
+            f"--host {host}: not an address or a name this machine can resolve ({exc.strerror}). "
+            f"Run: {settings.command(host=DEFAULT_HOST)}"
+        ) from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise port_error(exc, settings) from None
+
+
+def port_error(exc: OSError, settings: ServerSettings) -> FtwError:
+    host, port = settings.host, settings.port
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    other = settings.command(port=port + 1 if port < 65535 else DEFAULT_PORT)
+    if exc.errno == errno.EADDRINUSE:
+        return FtwError(
+            f"{where} is already in use (another server, or an earlier ftw serve). Run on another port: {other}"
+        )
+    if exc.errno == errno.EACCES:
+        return FtwError(f"{where}: not allowed to listen there (ports below 1024 need privileges). Run: {other}")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return FtwError(
+            f"{where}: {host} is not an address of this machine. Use 127.0.0.1 (this machine only) or "
+            f"0.0.0.0 (every interface): {settings.command(host=DEFAULT_HOST)}"
+        )
+    return FtwError(f"can't listen on {where}: {exc.strerror}. Run on another port: {other}")
+
+
+def check_gguf(path: Path, run: str) -> None:
+    """llama-server would only say "failed to load model"; say what the file is instead."""
+    problem = gguf_problem(path)
+    if problem is not None:
+        raise FtwError(f"{path} {problem}. Make it again with: ftw gguf --run {run} --force")
+
+
+# ---- the running server --------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A started llama-server: its settings and process. As a context manager it stops on exit."""
+
+    settings: ServerSettings
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return self.settings.base_url
+
+    @property
+    def root(self) -> str:
+        return self.settings.root
+
+    def stop(self) -> None:
+        stop_group(self.process)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def spawn(settings: ServerSettings, binary: Path) -> subprocess.Popen:
+    """llama-server as a child in its own process group, its output appended to the log."""
+    argv = settings.argv(binary)
+    settings.log.parent.mkdir(parents=True, exist_ok=True)
+    with settings.log.open("ab") as log:
+        log.write(f"\n$ {' '.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+
+def healthy(root: str) -> bool:
+    """GET /health: 200 once the model is loaded (503 while it loads)."""
+    try:
+        with urllib.request.urlopen(f"{root}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def exited_error(server: Server, what: str) -> StageError:
+    """StageError's message reads "<what> (exit code N) failed. Last lines of the log: ..."."""
+    return StageError(
+        f"{what} (exit code {server.process.returncode})",
+        server.settings.log,
+        last_lines(server.settings.log),
+    )
+
+
+def wait_until_ready(server: Server, timeout_s: float | None = None) -> None:
+    """Until /health answers 200; the child exiting first is an error naming its log."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not healthy(server.root):
+        if server.process.poll() is not None:
+            raise exited_error(server, "starting llama-server")
+        if deadline is not None and time.monotonic() > deadline:
+            raise FtwError(
+                f"llama-server did not answer {server.root}/health within {timeout_s:.0f} s; "
+                f"its log: {server.settings.log}"
+            )
+        time.sleep(HEALTH_POLL_S)
+
+
+def start(settings: ServerSettings, binary: Path | None = None, timeout_s: float | None = None) -> Server:
+    """Start llama-server and return it once /health answers; stopped again if that fails or is interrupted.
+
+    with start(settings_for_run(run_dir, port=8081)) as server:
+        urllib.request.urlopen(f"{server.url}/models")
+    """
+    check_port(settings)
+    server = Server(settings, spawn(settings, binary or tool("llama-server")))
+    try:
+        with console.status(f"llama-server is loading {settings.gguf.name} (log: {settings.log})"):
+            wait_until_ready(server, timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+# ---- `ftw serve` ---------------------------------------------------------------------
+
+
+def show_usage(settings: ServerSettings) -> None:
+    url = settings.base_url
+    done(f"llama-server is serving {settings.gguf.name} (chat template from the file: the training format)")
+    console.print(f"  OpenAI-compatible base URL: {url}", soft_wrap=True)
+    console.print(f"  model name: {settings.model_name}", soft_wrap=True)
+    if settings.public:
+        console.print(
+            f"  [yellow]listening on {settings.host}: other machines can reach it at this machine's address, "
+            f"port {settings.port}, with no API key[/yellow]",
+            soft_wrap=True,
+        )
+    if settings.stops:
+        console.print(
+            f"  note: the recipe's stop strings {list(settings.stops)} have no llama-server flag; "
+            "send them as the request's \"stop\" (the GGUF's end-of-turn tokens always stop)",
+            soft_wrap=True,
+        )
+    body = '{"messages": [{"role": "user", "content": "Hello"}]}'
+    console.print(f"  try: curl {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'", soft_wrap=True)
+    console.print(f"  as a teacher: ftw data synth --recipe R --teacher {url} --run NAME", soft_wrap=True)
+    console.print(f"  full log: {settings.log}. Ctrl-C stops it.", soft_wrap=True)
+
+
+def wait(server: Server) -> None:
+    """Until the server exits (an error unless it exited cleanly) or Ctrl-C (stops it; a clean end)."""
+    try:
+        while server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt as stop:
+        server.stop()
+        if type(stop) is not KeyboardInterrupt:  # SIGTERM/SIGHUP: ftw's own exit code for a signal
+            raise
+        console.print()
+        done("llama-server stopped")
+        return
+    if server.process.returncode != 0:
+        raise exited_error(server, "llama-server")
+    done(f"llama-server exited by itself; its log: {server.settings.log}")
+
+
+def serve(run_dir: Path, quant: str = "Q4_K_M", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    settings = settings_for_run(run_dir, quant, host, port)
+    check_port(settings)  # before a first build of llama-server, which takes minutes
+    check_gguf(settings.gguf, run_dir.name)
+    server = start(settings)
+    try:
+        show_usage(settings)
+        wait(server)
+    finally:
+        server.stop()
