@@ -203,4 +203,3 @@ def built_tool(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path | None:
     except ToolsUnavailable:
         return None
     return binary(name, llama_cpp_dir) if is_built(spec, llama_cpp_dir) else None
-
