@@ -19,6 +19,8 @@ Prints a table and writes bench/results/export_memory.json.
   .venv/bin/python bench/export_memory.py --shape qwen2.5-1.5b --ours-only --imatrix
       # ftw gguf --imatrix's path: llama-imatrix on the f16 GGUF (2 chunks of 512 tokens; the memory
       # doesn't grow with the chunk count), then llama-quantize --imatrix in 256 MiB slabs (make tools first)
+  .venv/bin/python bench/export_memory.py --ours-only --imatrix --memory-cap 0.25
+      # the same with every stage in a cgroup limited to 0.25x the model, page cache included
 """
 
 from __future__ import annotations
@@ -216,9 +218,43 @@ def rss_anon(pid: int) -> int:
     return 0
 
 
+class MemoryCap:
+    """A cgroup (v1) memory limit every stage runs in. It counts the page cache the stage's
+    memory maps fill, so a stage that completes under it needs no more RAM than that."""
+
+    ROOT = Path("/sys/fs/cgroup/memory")
+
+    def __init__(self, limit_bytes: int):
+        if not (self.ROOT / "memory.limit_in_bytes").is_file():
+            raise SystemExit("--memory-cap needs the cgroup v1 memory controller at /sys/fs/cgroup/memory")
+        self.dir = self.ROOT / f"ftw-bench-{os.getpid()}"
+        self.dir.mkdir(exist_ok=True)
+        (self.dir / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        self.limit_bytes = limit_bytes
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv, started inside the group (the shell joins it, then becomes the stage)."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.dir / "cgroup.procs"), *argv]
+
+    def reset(self) -> None:
+        (self.dir / "memory.max_usage_in_bytes").write_text("0")
+
+    def peak(self) -> int:
+        return int((self.dir / "memory.max_usage_in_bytes").read_text())
+
+    def close(self) -> None:
+        self.dir.rmdir()
+
+
+CAP: MemoryCap | None = None
+
+
 def run_stage(argv: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run argv; sample its process tree every 50 ms; return peaks and wall time."""
+    """Run argv (inside CAP when set); sample its process tree every 50 ms; return peaks and wall time."""
     peak_rss = peak_anon = 0
+    if CAP:
+        CAP.reset()
+        argv = CAP.wrap(argv)
     with log.open("ab") as out:
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
@@ -248,7 +284,8 @@ def run_stage(argv: list[str], log: Path, env: dict | None = None) -> dict:
         seconds = time.perf_counter() - start
     if child.returncode != 0:
         raise SystemExit(f"stage failed ({child.returncode}): {' '.join(argv)}; see {log}")
-    return {"peak_rss_bytes": peak_rss, "peak_rss_anon_bytes": peak_anon, "seconds": round(seconds, 1)}
+    result = {"peak_rss_bytes": peak_rss, "peak_rss_anon_bytes": peak_anon, "seconds": round(seconds, 1)}
+    return result | ({"cgroup_peak_bytes": CAP.peak()} if CAP else {})
 
 
 def convert_argv(merged: Path, outfile: Path) -> list[str]:
@@ -399,11 +436,21 @@ def main() -> None:
         action="store_true",
         help="ftw's path as `ftw gguf --imatrix` runs it: llama-imatrix, then llama-quantize --imatrix.",
     )
+    parser.add_argument(
+        "--memory-cap",
+        type=float,
+        default=None,
+        help="Run every stage in a cgroup memory limit of this fraction of the model's size (page cache "
+        "included): does the path complete within it, and how much slower? (cgroup v1, as root)",
+    )
     parser.add_argument("--work", type=Path, default=CACHE / "work")
     args = parser.parse_args()
 
     model_dir, adapter_dir = prepare(args.shape, args.layers)
     model_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    global CAP
+    if args.memory_cap:
+        CAP = MemoryCap(int(args.memory_cap * model_bytes))
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "bench.log"
     log.unlink(missing_ok=True)
@@ -431,6 +478,7 @@ def main() -> None:
             "lora": {"r": RANK, "lora_alpha": ALPHA, "target_modules": list(LINEAR)},
         },
         "model_bf16_bytes": model_bytes,
+        **({"memory_cap_bytes": CAP.limit_bytes} if CAP else {}),
         "machine": {
             "cpus": os.cpu_count(),
             "memory_bytes": psutil.virtual_memory().total,
@@ -452,7 +500,9 @@ def main() -> None:
                 "ours_time_to_llamafactory": round(results["ours"]["seconds"] / results["llamafactory"]["seconds"], 3),
             }
         )
-    results_file = results_path(args.shape, args.layers, args.ours_only, args.imatrix)
+    if CAP:
+        CAP.close()
+    results_file = results_path(args.shape, args.layers, args.ours_only, args.imatrix, args.memory_cap)
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -474,12 +524,14 @@ def main() -> None:
     print(f"\nwrote {results_file}")
 
 
-def results_path(shape: str, layers: int | None, ours_only: bool, imatrix: bool = False) -> Path:
+def results_path(
+    shape: str, layers: int | None, ours_only: bool, imatrix: bool = False, cap: float | None = None
+) -> Path:
     """The default comparison keeps its historic name; other runs get their own file beside it."""
-    if shape == DEFAULT_SHAPE and not layers and not ours_only and not imatrix:
+    if shape == DEFAULT_SHAPE and not layers and not ours_only and not imatrix and not cap:
         return RESULTS
     suffix = f"-L{layers}" if layers else ""
-    options = ("-ours" if ours_only else "") + ("-imatrix" if imatrix else "")
+    options = ("-ours" if ours_only else "") + ("-imatrix" if imatrix else "") + (f"-cap{cap:g}" if cap else "")
     return RESULTS.with_name(f"export_memory-{shape}{suffix}{options}.json")
 
 

@@ -25,8 +25,21 @@ from wrapper.eval.report import compare_runs, print_tables, write_report
 @click.option(
     "--max-new-tokens", type=int, default=None, help="Longest greedy answer (default: eval.max_new_tokens, else 64)."
 )
-def eval_command(run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None) -> None:
+@click.option(
+    "--quant-loss/--no-quant-loss",
+    default=True,
+    show_default=True,
+    help="Measure each quantized GGUF's KL divergence from the f16 GGUF with llama-perplexity "
+    "(built on first use, a few minutes once: make tools).",
+)
+def eval_command(
+    run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None, quant_loss: bool
+) -> None:
     """Base vs merged vs Q4_K_M GGUF on control prompts, validation rows and general knowledge.
+
+    Also the quantization loss, llama.cpp's way: the KL divergence of each quantized GGUF from the
+    f16 GGUF on the validation rows (llama-perplexity, built on first use; skipped with the reason
+    where it can't be, or with --no-quant-loss).
 
     Writes runs/RUN/eval.json, report.md and report.html.
 
@@ -37,7 +50,9 @@ def eval_command(run: str, val_sample: int | None, limit: int | None, max_new_to
       ftw eval --run demo --limit 2
     """
     run_dir = run_dir_of(run)
-    result = evaluate(run_dir, val_sample=val_sample, limit=limit, max_new_tokens=max_new_tokens)
+    result = evaluate(
+        run_dir, val_sample=val_sample, limit=limit, max_new_tokens=max_new_tokens, measure_quant_loss=quant_loss
+    )
     print_tables(result)
     md, html = write_report(run_dir)
     done(f"{run_dir / EVAL_JSON}, {md}, {html}")

@@ -12,8 +12,11 @@ Q4_K_M GGUF in llama.cpp, the file users actually run. They answer three sets:
            contain: the forgetting check counts those the base knew and the tune lost
 
 Every answer is scored (wrapper/eval/metrics.py). Quantization fidelity: perplexity of the f16
-and Q4_K_M GGUFs on the reference answers of the val set (llama.cpp logits), and the
-share of control prompts whose greedy answer is the same tokens from merged HF and Q4_K_M.
+and Q4_K_M GGUFs on the reference answers of the val set (llama.cpp logits), the
+share of control prompts whose greedy answer is the same tokens from merged HF and Q4_K_M,
+and quantization loss measured llama.cpp's way, the KL divergence of every quantized GGUF
+from the f16 one on the validation rows in the training format (wrapper/eval/quant_loss.py;
+llama-perplexity is built on first use, and eval completes without it, saying why).
 
 Each scored row is appended to runs/RUN/eval/rows.jsonl and flushed at once; a re-run
 keeps the rows already there (keyed by model, set, row id and a hash of what was asked),
@@ -37,7 +40,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.gguf_io import gguf_key
 from wrapper.core.ui import console, stage_progress
-from wrapper.eval import metrics
+from wrapper.eval import metrics, quant_loss
 from wrapper.eval.sets import MODEL_TITLES, MODELS, SETS, EvalSets, Item, load_sets, recipe_eval
 from wrapper.prompts.chat_format import ChatFormat, chat_format
 from wrapper.serve.models import GgufModel, HfModel
@@ -203,7 +206,15 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
     result = {}
     for quant in ("f16", "Q4_K_M"):
         key = gguf_key(quant)
-        path = manifest.artifact(run_dir, key, "ftw gguf")
+        try:
+            path = manifest.artifact(run_dir, key, "ftw gguf --keep-intermediates")
+        except FtwError as error:
+            if quant != "f16":
+                raise
+            # the f16 file was deleted by hand, or the run converted to bf16: the rest of eval still runs
+            result[quant] = {"file": None, "rows": 0, "tokens": 0, "mean_nll": None, "perplexity": None}
+            result[quant]["skipped"] = str(error)
+            continue
         model_key = f"ppl_{quant.lower()}"
         todo = [e for e in encoded if e[0].key(model_key, 0) not in rows.done]
         if todo:
@@ -345,9 +356,14 @@ def check_intermediates_kept(run_dir: Path, run: str) -> None:
 
 
 def evaluate(
-    run_dir: Path, val_sample: int | None = None, limit: int | None = None, max_new_tokens: int | None = None
+    run_dir: Path,
+    val_sample: int | None = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    measure_quant_loss: bool = True,
 ) -> dict[str, Any]:
-    """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds."""
+    """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds.
+    `measure_quant_loss`: the KL divergence of the quantized GGUFs (builds llama-perplexity on first use)."""
     plan = manifest.plan_of(run_dir)
     check_intermediates_kept(run_dir, plan.run)
     settings, folder = recipe_eval(plan)
@@ -372,6 +388,10 @@ def evaluate(
     try:
         answer_all(run_dir, sets, rows, max_tokens)
         ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows)
+        if measure_quant_loss:
+            kld = quant_loss.measure(run_dir, plan, seed=int(settings.get("seed") or 0), threads=gguf_threads)
+        else:
+            kld = quant_loss.skipped("not asked for (--no-quant-loss)", f"ftw eval --run {plan.run}")
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/yellow]: {len(rows.done)} scored rows are kept in {rows.path}; "
@@ -403,6 +423,7 @@ def evaluate(
             "perplexity_ratio": q4 / f16 if f16 and q4 else None,
             "identical_greedy": summary["identical_greedy"],
         },
+        "quant_loss": kld.to_dict(),
         "rows": summary["rows"],
     }
     write_text_atomic(run_dir / EVAL_JSON, json.dumps(result, ensure_ascii=False, indent=2) + "\n")

@@ -26,6 +26,7 @@ from wrapper.eval.sets import MODEL_TITLES, MODELS, SETS, TABLE_METRICS
 
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452"}
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
+QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
 
 
 def load_eval(run_dir: Path) -> dict[str, Any]:
@@ -211,6 +212,66 @@ def language_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def quant_loss_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Per quant type: KL divergence from the f16 GGUF, beside llama.cpp's published Llama-3-8B figures."""
+    header = [
+        "quant",
+        "imatrix",
+        "size",
+        "mean KLD",
+        "99% KLD",
+        "same top",
+        "PPL(Q)/PPL(f16)",
+        "scored tokens",
+        "Llama-3-8B KLD",
+        "Llama-3-8B same top",
+    ]
+    body = []
+    for quant, q in (result.get("quant_loss") or {}).get("quants", {}).items():
+        published = q.get("published") or {}
+        same_top = published.get("compare_same_top_pct", None if q.get("imatrix") else published.get("same_top_pct"))
+        body.append(
+            [
+                quant,
+                "yes" if q.get("imatrix") else "no",
+                f"{q['size_bytes'] / 2**20:.0f} MiB",
+                f"{q['mean_kld']:.4f} ± {q['mean_kld_uncertainty']:.4f}",
+                f"{q['p99_kld']:.4f}",
+                f"{q['same_top_pct']:.1f}%",
+                f"{q.get('ppl_q_over_f16') or q['ppl_ratio']:.3f}",
+                str(q["tokens"]),
+                _f(published.get("compare_kld"), 4),
+                "—" if same_top is None else f"{same_top:.1f}%",
+            ]
+        )
+    return header, body
+
+
+def quant_loss_lines(result: dict) -> list[str]:
+    """What the KL-divergence table was measured on, or why it is missing (eval.json from before: nothing)."""
+    section = result.get("quant_loss")
+    if not section:
+        return []
+    lines = []
+    if section.get("reason"):
+        fix = f" To measure it: {section['fix']}" if section.get("fix") else ""
+        lines.append(f"KL divergence {section['status']}: {section['reason']}.{fix}")
+    text = section.get("text")
+    if section.get("quants") and text:
+        kind = "training rows (seen in training)" if text.get("seen_in_training") else "validation rows"
+        lines.append(
+            f"Measured with llama-perplexity on {text['rows']} {kind} in the training format ({text['tokens']} tokens, "
+            f"sha256 {text['sha256'][:12]}, from {text['source']}), context {section['ctx']}, against "
+            f"{Path(section['base']['file']).name}; the full output: {section['log']}."
+        )
+        lines.append(
+            "Published scale: " + section["published"]["source"] + "; there, f16 against its own stored "
+            f"logits reads {section['published']['floor_kld']} (the method's floor)."
+        )
+        lines += section.get("notes", [])
+    return lines
+
+
 def summary_lines(result: dict) -> list[str]:
     lines = []
     val = result["sets"].get("val", {})
@@ -304,6 +365,12 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     lang_header, lang_body = language_table(result)
     if lang_body:
         md += ["## Per language (mean per row)", "", _md_table(lang_header, lang_body), ""]
+    kld_header, kld_body = quant_loss_table(result)
+    kld_lines = quant_loss_lines(result)
+    if kld_body or kld_lines:
+        md += [f"## {QUANT_LOSS_TITLE}", ""]
+        md += [_md_table(kld_header, kld_body), ""] if kld_body else []
+        md += [f"- {line}" for line in kld_lines] + [""]
     lost = result["forgetting"].get("gguf", {}).get("forgotten_prompts", [])
     if lost:
         md += [
@@ -333,6 +400,11 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
             [[x["prompt"], x["expect"], x["base_answer"], x["answer"]] for x in lost],
         )
     per_language = "<h2>Per language (mean per row)</h2>" + _html_table(lang_header, lang_body) if lang_body else ""
+    quant_loss = ""
+    if kld_body or kld_lines:
+        quant_loss = f"<h2>{html.escape(QUANT_LOSS_TITLE)}</h2>"
+        quant_loss += _html_table(kld_header, kld_body) if kld_body else ""
+        quant_loss += "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in kld_lines) + "</ul>"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -348,6 +420,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 {_html_table(header, body)}
 <ul>{summary}</ul>
 {per_language}
+{quant_loss}
 {forgotten}
 <h2>Plots</h2>
 {images}
@@ -395,6 +468,8 @@ def comparison(
         ("perplexity f16", lambda r, log: r["quantization"]["perplexity"].get("f16", {}).get("perplexity")),
         ("perplexity Q4_K_M", lambda r, log: r["quantization"]["perplexity"].get("Q4_K_M", {}).get("perplexity")),
         ("identical greedy, control", lambda r, log: r["quantization"]["identical_greedy"]["control"].get("share")),
+        ("mean KLD Q4_K_M (llama.cpp)", lambda r, log: _kld(r, "Q4_K_M", "mean_kld")),
+        ("same top Q4_K_M, %", lambda r, log: _kld(r, "Q4_K_M", "same_top_pct")),
     ]
     header = ["", *(names or [r["run"] for r in results])]
     body = []
@@ -404,6 +479,10 @@ def comparison(
             continue
         body.append([label, *(_f(v) for v in values)])
     return header, body
+
+
+def _kld(result: dict, quant: str, name: str) -> float | None:
+    return ((result.get("quant_loss") or {}).get("quants") or {}).get(quant, {}).get(name)
 
 
 def compare_runs(run_dirs: list[Path], out: Path | None = None) -> tuple[list[str], list[list[str]]]:
@@ -481,3 +560,25 @@ def print_tables(result: dict[str, Any]) -> None:
         )
     if parts:
         console.print("Quantization: " + "; ".join(parts) + ".")
+    print_quant_loss(result)
+
+
+def print_quant_loss(result: dict[str, Any]) -> None:
+    header, body = quant_loss_table(result)
+    section = result.get("quant_loss") or {}
+    if body:
+        table = Table(title=QUANT_LOSS_TITLE)
+        for column in header:
+            table.add_column(column, justify="left" if column in ("quant", "imatrix") else "right")
+        for row in body:
+            table.add_row(*row)
+        console.print(table)
+        text = section.get("text") or {}
+        console.print(
+            f"  on {text.get('tokens')} tokens of {'training' if text.get('seen_in_training') else 'validation'} rows "
+            f"in the training format (chat markers read as text by llama-perplexity), context {section.get('ctx')}; "
+            "published: Llama-3-8B on Wikitext-2 (llama.cpp tools/perplexity/README.md)."
+        )
+    if section.get("reason"):
+        fix = f" To measure it: {section['fix']}" if section.get("fix") else ""
+        console.print(f"[yellow]KL divergence {section['status']}[/yellow]: {escape(section['reason'])}.{fix}")

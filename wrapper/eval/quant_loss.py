@@ -1,0 +1,517 @@
+"""Quantization loss measured llama.cpp's way: the KL divergence of each quantized GGUF's next-token
+distributions from the unquantized (f16) GGUF's, on the run's validation rows in the training format.
+
+    llama-perplexity -m RUN-f16.gguf    -f text --kl-divergence-base base.kld -c CTX --chunks N
+    llama-perplexity -m RUN-Q4_K_M.gguf --kl-divergence-base base.kld --kl-divergence -c CTX --chunks N
+
+The first pass saves the f16 model's log-probabilities of every scored position (16 bits each,
+the whole vocabulary: chunks x (CTX/2) x n_vocab x 2 bytes); the second compares the quantized
+model's with them and prints mean and percentile KLD, the share of positions whose most likely
+token is the same ("Same top p") and the perplexity ratio. Those lines are parsed
+(`parse_kld_output`); the whole output is in runs/RUN/logs/quant_loss.log. The same measurement
+as the scoreboard in llama.cpp's tools/perplexity/README.md, so the numbers read beside it
+(`PUBLISHED`), on a different model and text.
+
+The text: `wrapper/data/samples.py` (validation rows, else the training rows, flagged), capped at
+MAX_TOKENS, which keeps the f16 log-probability file under ~MAX_BASE_BYTES; the file lives in
+runs/RUN/eval/ only while the quantized files are compared, then is removed. A measurement is
+keyed on both GGUFs (digest, or size and mtime for big files), the text's sha256, the context and
+llama.cpp's commit (runs/RUN/eval/quant_loss.json): `ftw eval` again with nothing changed reuses it.
+
+llama-perplexity is built on first use (`wrapper/core/llama_tools.tool`, a few minutes once per
+llama.cpp commit; `make tools` does it ahead). Where it can't be built, or the f16 GGUF is gone,
+the section says why and what to run, and the rest of `ftw eval` is unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wrapper.core import llama_tools, manifest
+from wrapper.core import stage as stages
+from wrapper.core.disk import check_free_space
+from wrapper.core.errors import FtwError, StageError
+from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.gguf_io import QUANT_TYPES, gguf_key
+from wrapper.core.paths import llama_cpp_commit
+from wrapper.core.plan import RunPlan
+from wrapper.core.procs import run_with_status
+from wrapper.core.ui import console
+from wrapper.data.samples import SampleText, sample_text
+from wrapper.prompts.fidelity import training_format
+
+TOOL = "llama-perplexity"
+# The text: at most MAX_TOKENS tokens (the run's tokenizer), 8 chunks of 512 and 2,040 scored positions;
+# and at most as many chunks as keep the f16 log-probabilities under MAX_BASE_BYTES: one chunk of 512 holds
+# 255 positions x n_vocab x 2 bytes, 25 MB for SmolLM2's 49k vocabulary (8 chunks), 65 MB for Llama 3's
+# 128k (4 chunks), 77 MB for Qwen's 152k (3 chunks).
+MAX_TOKENS = 4096
+MAX_BASE_BYTES = 256 * 2**20
+CONTEXT = 512  # llama.cpp's default and the scoreboard's
+# llama-perplexity prints its final statistics only from 100 scored positions on (perplexity.cpp:
+# `if (kld.count < 100) return;`); each chunk scores its second half less one, so 2 chunks of 128 (126)
+# is the least it can work with, and it needs two chunks' worth of text.
+MIN_CONTEXT = 128
+MIN_POSITIONS = 100
+UNQUANTIZED = ("f16", "bf16")
+
+CACHE_FILE = Path("eval") / "quant_loss.json"
+TEXT_FILE = Path("eval") / "quant_loss.txt"
+BASE_FILE = Path("eval") / "quant_loss-base.kld"
+LOG_FILE = Path("logs") / "quant_loss.log"
+
+SPECIAL_TOKENS_NOTE = (
+    "llama-perplexity tokenizes the text without parsing special tokens (perplexity.cpp calls common_tokenize "
+    "without parse_special and has no --parse-special), so the chat markers of the training format are read as "
+    "plain text, several ordinary tokens each; they are scored with the rest, identically for both models."
+)
+PPL_RATIO_NOTE = (
+    "llama.cpp's ppl_ratio (Mean PPL(Q)/PPL(base)) divides by a PPL(base) computed from the f16 log-probabilities "
+    "as stored (16 bits, clipped 16 nats below the top logit), so very unlikely tokens (a chat marker read as text) "
+    "make it read high: the demo's f16 file against itself reads 1.007 on its rows. ppl_q_over_f16 divides by the "
+    "f16 pass's own perplexity on the same positions instead; the report shows that one."
+)
+
+PUBLISHED_SOURCE = (
+    "llama.cpp tools/perplexity/README.md (vendor/llama.cpp): 'LLaMA 3 8b Scoreboard' (KLD, imatrix 'WT 10m' = "
+    "an importance matrix from 10m Wikitext tokens) and 'LLaMA 2 vs. LLaMA 3 Quantization comparison' (column "
+    "L3 8b: Mean PPL ratio, Same top p); Llama-3-8B on the Wikitext-2 test set against its FP16 logits, CUDA, "
+    "llama.cpp revision f364eb6f"
+)
+# Per quant type as the README prints it; `_imatrix` from the scoreboard's "WT 10m" row.
+PUBLISHED: dict[str, dict[str, float]] = {
+    "Q8_0": {"mean_kld": 0.001355, "same_top_pct": 97.674, "ppl_ratio": 1.000425},
+    "Q6_K": {"mean_kld": 0.005452, "same_top_pct": 96.031, "ppl_ratio": 1.003490},
+    "Q5_K_M": {"mean_kld": 0.010762},
+    "Q5_K_S": {"mean_kld": 0.016595},
+    "Q4_K_M": {"mean_kld": 0.031273, "mean_kld_imatrix": 0.028152, "same_top_pct": 91.901, "ppl_ratio": 1.028160},
+    "Q4_K_S": {"mean_kld": 0.043136, "mean_kld_imatrix": 0.031951},
+    "IQ4_XS": {"mean_kld_imatrix": 0.036334},
+    "Q4_0": {"mean_kld": 0.071940},
+    "Q3_K_L": {"mean_kld": 0.087176, "mean_kld_imatrix": 0.073077},
+    "Q3_K_M": {"mean_kld": 0.101913, "mean_kld_imatrix": 0.084358},
+    "IQ3_M": {"mean_kld_imatrix": 0.102534},
+    "IQ3_XXS": {"mean_kld_imatrix": 0.183625},
+    "Q2_K": {"mean_kld": 0.445132, "mean_kld_imatrix": 0.332223, "same_top_pct": 71.138, "ppl_ratio": 1.564849},
+    "IQ2_M": {"mean_kld_imatrix": 0.325989},
+}
+# The scoreboard's f16 row: f16 against its own logits as stored in 16 bits, the floor of the method.
+PUBLISHED_FLOOR_KLD = 0.000551
+
+
+# ---------------------------------------------------------------------------------------
+# llama-perplexity's output
+
+
+@dataclass(frozen=True)
+class KldStats:
+    """The statistics `llama-perplexity --kl-divergence` prints at its end (perplexity.cpp, kl_divergence)."""
+
+    chunks: int
+    ctx: int
+    ppl_q: float
+    ppl_base: float
+    ppl_ratio: float
+    ppl_ratio_uncertainty: float
+    mean_kld: float
+    mean_kld_uncertainty: float
+    max_kld: float
+    p99_kld: float
+    median_kld: float
+    mean_delta_p_pct: float
+    rms_delta_p_pct: float
+    same_top_pct: float
+    same_top_uncertainty_pct: float
+
+    @property
+    def positions(self) -> int:
+        """Token positions scored: the second half of each chunk, less its last token."""
+        return self.chunks * (self.ctx - 1 - self.ctx // 2)
+
+
+_NUMBER = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
+_PATTERNS = {
+    "chunks_ctx": rf"kl_divergence: computing over {_NUMBER} chunks, n_ctx={_NUMBER}",
+    "ppl_q": rf"^Mean PPL\(Q\)\s*:\s*{_NUMBER}",
+    "ppl_base": rf"^Mean PPL\(base\)\s*:\s*{_NUMBER}",
+    "ppl_ratio": rf"^Mean PPL\(Q\)/PPL\(base\)\s*:\s*{_NUMBER}\s*±\s*{_NUMBER}",
+    "mean_kld": rf"^Mean\s+KLD:\s*{_NUMBER}\s*±\s*{_NUMBER}",
+    "max_kld": rf"^Maximum KLD:\s*{_NUMBER}",
+    "p99_kld": rf"^99\.0%\s+KLD:\s*{_NUMBER}",
+    "median_kld": rf"^Median\s+KLD:\s*{_NUMBER}",
+    "mean_delta_p": rf"^Mean\s+Δp:\s*{_NUMBER}\s*±\s*{_NUMBER}\s*%",
+    "rms_delta_p": rf"^RMS Δp\s*:\s*{_NUMBER}\s*±\s*{_NUMBER}\s*%",
+    "same_top": rf"^Same top p:\s*{_NUMBER}\s*±\s*{_NUMBER}\s*%",
+}
+
+
+def parse_kld_output(text: str) -> KldStats:
+    """The final statistics of one `llama-perplexity --kl-divergence` output; FtwError naming what is
+    missing when they aren't there (too little text: it prints none under 100 positions)."""
+    found: dict[str, tuple[float, ...]] = {}
+    for name, pattern in _PATTERNS.items():
+        matches = re.findall(pattern, text, flags=re.MULTILINE)
+        if matches:
+            last = matches[-1]
+            found[name] = tuple(float(x) for x in (last if isinstance(last, tuple) else (last,)))
+    missing = [name for name in _PATTERNS if name not in found]
+    if missing:
+        raise FtwError(
+            "llama-perplexity's output has no " + ", ".join(missing) + " line: it printed no final KL-divergence "
+            f"statistics (it prints none under {MIN_POSITIONS} scored positions, or it stopped on an error)"
+        )
+    return KldStats(
+        chunks=int(found["chunks_ctx"][0]),
+        ctx=int(found["chunks_ctx"][1]),
+        ppl_q=found["ppl_q"][0],
+        ppl_base=found["ppl_base"][0],
+        ppl_ratio=found["ppl_ratio"][0],
+        ppl_ratio_uncertainty=found["ppl_ratio"][1],
+        mean_kld=found["mean_kld"][0],
+        mean_kld_uncertainty=found["mean_kld"][1],
+        max_kld=found["max_kld"][0],
+        p99_kld=found["p99_kld"][0],
+        median_kld=found["median_kld"][0],
+        mean_delta_p_pct=found["mean_delta_p"][0],
+        rms_delta_p_pct=found["rms_delta_p"][0],
+        same_top_pct=found["same_top"][0],
+        same_top_uncertainty_pct=found["same_top"][1],
+    )
+
+
+def base_chunks(text: str) -> int | None:
+    """Chunks the f16 pass computed (`perplexity: calculating perplexity over N chunks`), if it says."""
+    match = re.search(r"calculating perplexity over (\d+) chunks", text)
+    return int(match.group(1)) if match else None
+
+
+def base_ppl(text: str) -> float | None:
+    """The f16 pass's own perplexity on the scored positions (`Final estimate: PPL = X +/- Y`)."""
+    match = re.search(r"Final estimate: PPL = ([0-9.]+)", text)
+    return float(match.group(1)) if match else None
+
+
+def base_failure(text: str) -> str | None:
+    """What llama-perplexity's f16 pass said when it wrote no log-probabilities (it exits 0 on too little text)."""
+    lines = [line.split(" E ", 1)[-1].strip() for line in text.splitlines() if "you need at least" in line]
+    lines += [line.split(" E ", 1)[-1].strip() for line in text.splitlines() if "tokenizes to only" in line]
+    return "; ".join(lines) or None
+
+
+# ---------------------------------------------------------------------------------------
+# the measurement
+
+
+@dataclass(frozen=True)
+class QuantLoss:
+    """One quantized GGUF against the f16 GGUF."""
+
+    quant: str
+    file: str
+    size_bytes: int
+    imatrix: bool
+    stats: KldStats
+    key: str
+    text_sha256: str
+    seconds: float
+    measured_at: str
+    ppl_f16: float | None = None  # the f16 pass's own perplexity on the same positions
+
+    @property
+    def ppl_q_over_f16(self) -> float | None:
+        return self.stats.ppl_q / self.ppl_f16 if self.ppl_f16 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        published = PUBLISHED.get(self.quant, {})
+        reference = published.get("mean_kld_imatrix" if self.imatrix else "mean_kld")
+        return {
+            "file": self.file,
+            "size_bytes": self.size_bytes,
+            "imatrix": self.imatrix,
+            **asdict(self.stats),
+            "ppl_f16": self.ppl_f16,
+            "ppl_q_over_f16": self.ppl_q_over_f16,
+            "tokens": self.stats.positions,
+            "text_sha256": self.text_sha256,
+            "seconds": self.seconds,
+            "measured_at": self.measured_at,
+            "key": self.key,
+            "published": {
+                **published,
+                "compare_kld": reference,
+                "compare_same_top_pct": None if self.imatrix else published.get("same_top_pct"),
+            }
+            if published
+            else None,
+        }
+
+    @classmethod
+    def from_dict(cls, quant: str, data: dict[str, Any]) -> QuantLoss:
+        names = {f for f in KldStats.__dataclass_fields__}
+        return cls(
+            quant=quant,
+            file=data["file"],
+            size_bytes=data["size_bytes"],
+            imatrix=data["imatrix"],
+            stats=KldStats(**{k: v for k, v in data.items() if k in names}),
+            key=data["key"],
+            text_sha256=data["text_sha256"],
+            seconds=data["seconds"],
+            measured_at=data["measured_at"],
+            ppl_f16=data.get("ppl_f16"),
+        )
+
+
+@dataclass
+class QuantLossResult:
+    """eval.json's `quant_loss` section."""
+
+    status: str  # measured | partial (some quant types could not be) | skipped
+    reason: str | None = None
+    fix: str | None = None
+    base: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    ctx: int | None = None
+    max_chunks: int | None = None
+    quants: dict[str, QuantLoss] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    log: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "fix": self.fix,
+            "method": "llama-perplexity --kl-divergence-base (f16) then --kl-divergence (each quant type)",
+            "base": self.base,
+            "text": self.text,
+            "ctx": self.ctx,
+            "max_chunks": self.max_chunks,
+            "quants": {name: q.to_dict() for name, q in self.quants.items()},
+            "reused": self.reused,
+            "log": self.log,
+            "notes": [SPECIAL_TOKENS_NOTE, PPL_RATIO_NOTE],
+            "published": {"source": PUBLISHED_SOURCE, "floor_kld": PUBLISHED_FLOOR_KLD, "quants": PUBLISHED},
+        }
+
+
+def skipped(reason: str, fix: str | None) -> QuantLossResult:
+    return QuantLossResult("skipped", reason=reason, fix=fix)
+
+
+def unquantized_gguf(run_dir: Path) -> tuple[str, Path] | None:
+    artifacts = manifest.load(run_dir).get("artifacts", {})
+    for kind in UNQUANTIZED:
+        value = artifacts.get(gguf_key(kind))
+        if value and Path(value).is_file():
+            return kind, Path(value)
+    return None
+
+
+def quantized_ggufs(run_dir: Path) -> dict[str, Path]:
+    artifacts = manifest.load(run_dir).get("artifacts", {})
+    found = {}
+    for quant in QUANT_TYPES:
+        value = artifacts.get(gguf_key(quant))
+        if value and Path(value).is_file():
+            found[quant] = Path(value)
+    return found
+
+
+def remake_command(run_dir: Path) -> str:
+    run = run_dir.name
+    if "merged" in manifest.removed_intermediates(run_dir):
+        return f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates"
+    return f"ftw gguf --run {run} --keep-intermediates"
+
+
+def uses_imatrix(run_dir: Path, quant: str) -> bool:
+    inputs = stages.recorded_inputs(run_dir, gguf_key(quant)) or {}
+    return "importance matrix" in inputs
+
+
+def context_for(tokens: int) -> int:
+    """CONTEXT, halved for a short text until it holds two chunks; never under MIN_CONTEXT."""
+    context = CONTEXT
+    while context > MIN_CONTEXT and tokens < 2 * context:
+        context //= 2
+    return context
+
+
+def log_prob_bytes(ctx: int, n_vocab: int) -> int:
+    """Bytes of one chunk in the f16 log-probability file (perplexity.cpp's process_logits)."""
+    return (ctx - 1 - ctx // 2) * (2 * ((n_vocab + 1) // 2) + 4) * 2 + ctx * 4
+
+
+def max_chunks(ctx: int, n_vocab: int) -> int:
+    return max(2, MAX_BASE_BYTES // log_prob_bytes(ctx, n_vocab))
+
+
+def measurement_key(base: Path, quant: Path, sample: SampleText, ctx: int, chunks: int) -> str:
+    return stages.value_digest(
+        {
+            "base": stages.file_digest(base),
+            "quant": stages.file_digest(quant),
+            "text": sample.sha256,
+            "ctx": ctx,
+            "chunks": chunks,
+            "llama.cpp": llama_cpp_commit(),
+        }
+    )
+
+
+def read_cache(run_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((run_dir / CACHE_FILE).read_text(encoding="utf-8")).get("quants", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def write_cache(run_dir: Path, entries: dict[str, dict]) -> None:
+    body = {"about": "ftw eval's KL-divergence measurements, reused while their key holds", "quants": entries}
+    write_text_atomic(run_dir / CACHE_FILE, json.dumps(body, ensure_ascii=False, indent=2) + "\n")
+
+
+def run_perplexity(argv: list[str], log: Path, what: str, writes_to: Path) -> str:
+    """Run llama-perplexity with its output appended to `log`; return this run's part of the log."""
+    start = log.stat().st_size if log.is_file() else 0
+    run_with_status(argv, log, TOOL, what, writes_to=writes_to)
+    with log.open("rb") as handle:
+        handle.seek(start)
+        return handle.read().decode("utf-8", errors="replace")
+
+
+def compare(
+    exe: Path, base: Path, quant: Path, base_file: Path, ctx: int, chunks: int, threads: int, log: Path
+) -> KldStats:
+    argv = [str(exe), "-m", str(quant), "--kl-divergence-base", str(base_file), "--kl-divergence"]
+    argv += ["-c", str(ctx), "--chunks", str(chunks), "-t", str(threads), "-tb", str(threads)]
+    output = run_perplexity(argv, log, f"KL divergence of {quant.name} from {base.name}", base_file.parent)
+    try:
+        return parse_kld_output(output)
+    except FtwError as error:
+        raise FtwError(f"{error}; the output: {log}") from None
+
+
+def save_base(
+    exe: Path, base: Path, text_file: Path, base_file: Path, ctx: int, chunks: int, threads: int, log: Path
+) -> float | None:
+    """The f16 pass: its log-probabilities into `base_file`; returns its perplexity on the scored positions."""
+    argv = [str(exe), "-m", str(base), "-f", str(text_file), "--kl-divergence-base", str(base_file)]
+    argv += ["-c", str(ctx), "--chunks", str(chunks), "-t", str(threads), "-tb", str(threads)]
+    output = run_perplexity(argv, log, f"{base.name}'s log-probabilities", base_file.parent)
+    if not base_file.is_file() or base_chunks(output) is None:
+        why = base_failure(output) or "it wrote no log-probability file"
+        raise FtwError(f"llama-perplexity's f16 pass failed: {why}; the output: {log}")
+    return base_ppl(output)
+
+
+def default_threads(path: Path) -> int:
+    return llama_tools.cpu_jobs()
+
+
+def measure(
+    run_dir: Path,
+    plan: RunPlan,
+    seed: int = 0,
+    threads: Callable[[Path], int] = default_threads,
+    max_tokens: int | None = None,
+) -> QuantLossResult:
+    """Every quantized GGUF of the run against its f16 GGUF; measurements whose key is unchanged are reused."""
+    found = unquantized_gguf(run_dir)
+    if found is None:
+        return skipped(
+            "the run's f16 GGUF is missing (`ftw gguf` removes it after quantizing unless told to keep it): "
+            "the KL divergence compares each quantized file with it",
+            remake_command(run_dir),
+        )
+    base_kind, base = found
+    quants = quantized_ggufs(run_dir)
+    if not quants:
+        return skipped("the run has no quantized GGUF", f"ftw gguf --run {run_dir.name} --keep-intermediates")
+    try:
+        merged = manifest.artifact(run_dir, "merged", "ftw export")
+        fmt = training_format(merged, plan.template, plan.system)
+        sample = sample_text(run_dir, plan, fmt, "val", max_tokens or MAX_TOKENS, seed, min_tokens=2 * MIN_CONTEXT)
+    except FtwError as error:
+        return skipped(str(error), "a larger validation split (the recipe's data.val_ratio, then ftw data prepare)")
+    ctx = context_for(sample.tokens)
+    chunks = max_chunks(ctx, len(fmt.tokenizer))
+    keys = {quant: measurement_key(base, path, sample, ctx, chunks) for quant, path in quants.items()}
+    cache = read_cache(run_dir)
+    result = QuantLossResult(
+        "measured",
+        base={"kind": base_kind, "file": str(base), "size_bytes": base.stat().st_size},
+        text={**sample.describe(), "file": str(run_dir / TEXT_FILE)},
+        ctx=ctx,
+        max_chunks=chunks,
+        log=str(run_dir / LOG_FILE),
+    )
+    todo = []
+    for quant in quants:
+        entry = cache.get(quant)
+        try:
+            if entry and entry.get("key") == keys[quant]:
+                result.quants[quant] = QuantLoss.from_dict(quant, entry)
+                result.reused.append(quant)
+                continue
+        except (KeyError, TypeError):  # written by another version: measured again
+            pass
+        todo.append(quant)
+    if result.reused:
+        console.print(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
+    if not todo:
+        return result
+    try:
+        exe = llama_tools.tool(TOOL)
+    except llama_tools.ToolsUnavailable as error:
+        result.status = "partial" if result.quants else "skipped"
+        result.reason = f"{', '.join(todo)} not measured: {error}"
+        result.fix = "make tools"
+        return result
+
+    text_file, base_file, log = run_dir / TEXT_FILE, run_dir / BASE_FILE, run_dir / LOG_FILE
+    console.print(
+        f"KL divergence of {', '.join(todo)} from {base.name}: {sample.tokens} tokens of "
+        f"{'training' if sample.seen_in_training else 'validation'} rows, context {ctx} (llama-perplexity; log: {log})"
+    )
+    try:
+        text_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(text_file, sample.text)
+        needs = {"f16 log-probabilities": log_prob_bytes(ctx, len(fmt.tokenizer)) * chunks}
+        check_free_space(text_file.parent, needs, "the KL-divergence measurement")
+        ppl_f16 = save_base(exe, base, text_file, base_file, ctx, chunks, threads(base), log)
+        for quant in todo:
+            started = time.perf_counter()
+            stats = compare(exe, base, quants[quant], base_file, ctx, chunks, threads(quants[quant]), log)
+            loss = QuantLoss(
+                quant=quant,
+                file=str(quants[quant]),
+                size_bytes=quants[quant].stat().st_size,
+                imatrix=uses_imatrix(run_dir, quant),
+                stats=stats,
+                key=keys[quant],
+                text_sha256=sample.sha256,
+                seconds=round(time.perf_counter() - started, 2),
+                measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                ppl_f16=ppl_f16,
+            )
+            result.quants[quant] = loss
+            cache[quant] = loss.to_dict()
+            write_cache(run_dir, cache)
+    except (StageError, FtwError) as error:
+        missing = [q for q in todo if q not in result.quants]
+        result.status = "partial" if result.quants else "skipped"
+        result.reason = f"{', '.join(missing)} not measured: {error}"
+        result.fix = f"see {log}; then ftw eval --run {run_dir.name}"
+    finally:
+        base_file.unlink(missing_ok=True)
+    result.quants = {q: result.quants[q] for q in quants if q in result.quants}
+    return result
