@@ -110,7 +110,8 @@ def test_imatrix_from_the_runs_training_rows_quantizes_and_still_answers(copied)
     run = copied.name
     before = (copied / "gguf" / f"{run}-Q4_K_M.gguf").read_bytes()
     # IQ2_M: a type llama.cpp refuses to make without the matrix
-    args = ("gguf", "--run", run, "--imatrix", "--quant", "Q4_K_M", "--quant", "IQ2_M", "--keep-intermediates")
+    args = ("gguf", "--run", run, "--imatrix", "--imatrix-tokens", "1024", "--quant", "Q4_K_M", "--quant", "IQ2_M")
+    args += ("--keep-intermediates",)
     result = run_ftw(copied.parent, *args)
     assert "importance matrix" in result.stdout, result.stdout
     assert (copied / "gguf" / f"{run}-IQ2_M.gguf").is_file()
@@ -125,14 +126,15 @@ def test_imatrix_from_the_runs_training_rows_quantizes_and_still_answers(copied)
 
     # The recorded sha256 is that of the calibration text: the run's rows in the training format.
     from wrapper.data.samples import sample_text
-    from wrapper.gguf.imatrix import DEFAULT_TOKENS, SEED
+    from wrapper.gguf.imatrix import SEED
     from wrapper.prompts.fidelity import training_format
 
     plan = manifest.plan_of(copied)
     fmt = training_format(copied / "merged", plan.template, plan.system)
-    sample = sample_text(copied, plan, fmt, "train", DEFAULT_TOKENS, SEED)
+    sample = sample_text(copied, plan, fmt, "train", 1024, SEED)
     assert inputs["calibration sha256"] == sample.sha256 == hashlib.sha256(sample.text.encode()).hexdigest()
     assert "<|im_start|>assistant\n" in sample.text and sample.text.count("<|im_end|>") >= 2 * sample.rows
+    assert sample.tokens <= 1024 and inputs["calibration"].startswith(f"{sample.rows} of {sample.of} rows")
 
     # llama-quantize records the matrix in the file; llama.cpp loads it and it still answers as trained.
     meta = gguf_metadata(quantized)

@@ -9,6 +9,7 @@ model will see.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def training_text(fmt: TrainingFormat, conversation: Conversation) -> str:
     turns = conversation.turns if conversation.turns[-1]["role"] == "assistant" else conversation.turns[:-1]
     if not turns:
         return ""
-    template = fmt.template
+    template = copy.copy(fmt.template)  # the run's default system, set on a copy as TrainingFormat.prompt does
     template.default_system = fmt.default_system
     pairs = template.encode_multiturn(TextTokenizer(fmt.tokenizer), turns, conversation.system)
     return "".join("".join(prompt) + "".join(answer) for prompt, answer in pairs)
