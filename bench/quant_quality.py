@@ -47,6 +47,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "quant_quality.json"
+# LLaMA-Factory's data/c4_demo.jsonl (in its repository, not its package): where this workplace keeps it;
+# --c4 names another copy, and without one the c4 cells are left out.
 C4 = Path("/work/shared/external/llamafactory-data/c4_demo.jsonl")
 RUN = "qq"
 FTW = [sys.executable, "-m", "wrapper.cli"]
@@ -84,19 +86,11 @@ def copy_run(source: Path, runs_dir: Path) -> Path:
     return copy
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def c4_text(tokenizer, max_tokens: int) -> dict | None:
-    if not C4.is_file():
+def c4_text(tokenizer, max_tokens: int, c4: Path = C4) -> dict | None:
+    if not c4.is_file():
         return None
     pieces, tokens = [], 0
-    for line in C4.read_text(encoding="utf-8").splitlines():
+    for line in c4.read_text(encoding="utf-8").splitlines():
         text = json.loads(line)["text"].strip() + "\n\n"
         count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if pieces and tokens + count > max_tokens:
@@ -109,7 +103,7 @@ def c4_text(tokenizer, max_tokens: int) -> dict | None:
         "rows": len(pieces),
         "tokens": tokens,
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        "source": f"{C4} (LLaMA-Factory's c4_demo.jsonl, the first documents)",
+        "source": f"{c4} (LLaMA-Factory's c4_demo.jsonl, the first documents)",
         "seen_in_training": False,
     }
 
@@ -119,9 +113,11 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None, help="A run folder to copy (default: train the demo).")
     parser.add_argument("--work", type=Path, default=None, help="Working folder (default: a temporary one).")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--c4", type=Path, default=C4, help="LLaMA-Factory's c4_demo.jsonl (general text).")
     args = parser.parse_args()
 
     from wrapper.core import llama_tools, manifest
+    from wrapper.core.fsutil import sha256_of
     from wrapper.data.samples import sample_text
     from wrapper.eval import quant_loss
     from wrapper.eval.evaluate import gguf_threads
@@ -169,13 +165,13 @@ def main() -> None:
     log = work / "bench.log"
     with log.open("a") as handle:
         subprocess.run([str(quantize), str(base), str(plain), "Q4_K_M"], stdout=handle, stderr=handle, check=True)
-    same_quantizer = sha256(plain) == sha256(Path(variants["Q4_K_M"]["file"]))
+    same_quantizer = sha256_of(plain) == sha256_of(Path(variants["Q4_K_M"]["file"]))
     plain.unlink()
 
     fmt = training_format(manifest.artifact(run_dir, "merged", "ftw export"), plan.template, plan.system)
     rows = sample_text(run_dir, plan, fmt, "val", quant_loss.MAX_TOKENS, 42, min_tokens=2 * quant_loss.MIN_CONTEXT)
     texts = {"rows": {"text": rows.text, **rows.describe()}}
-    c4 = c4_text(fmt.tokenizer, quant_loss.MAX_TOKENS)
+    c4 = c4_text(fmt.tokenizer, quant_loss.MAX_TOKENS, args.c4)
     if c4:
         texts["c4"] = c4
     exe = llama_tools.tool(quant_loss.TOOL)
@@ -215,7 +211,7 @@ def main() -> None:
             {
                 **entry,
                 "file_bytes": Path(cell["file"]).stat().st_size,
-                "sha256": sha256(Path(cell["file"])),
+                "sha256": sha256_of(Path(cell["file"])),
                 "by_text": measured[variant],
                 "published_llama3_8b": {
                     "mean_kld": published.get("mean_kld_imatrix" if cell["imatrix"] else "mean_kld"),
