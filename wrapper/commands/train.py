@@ -11,10 +11,12 @@ from rich.table import Table
 from wrapper.commands.options import data_option, profile_option, recipe_option, run_option, set_option
 from wrapper.config.gpu import resolve_profile
 from wrapper.config.planner import FIT_FRACTION
+from wrapper.core import service
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console
+from wrapper.train.board import DEFAULT_PORT, run_board
 from wrapper.train.plan_report import max_context_report, plan_report
 from wrapper.train.render import render as render_run
 from wrapper.train.stage import train as train_run
@@ -216,4 +218,33 @@ def train(run: str, force: bool, ignore_fit: bool) -> None:
     train_run(run_dir_of(run), force=force, ignore_fit=ignore_fit)
 
 
-COMMANDS = [render, plan, train]
+@click.command()
+@click.option(
+    "--run",
+    "runs",
+    required=True,
+    multiple=True,
+    help="Run name; give --run several times to compare runs side by side.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--host",
+    default=service.LOOPBACK,
+    show_default=True,
+    help="Where TensorBoard listens; 0.0.0.0 makes it reachable from other machines.",
+)
+def board(runs: tuple[str, ...], port: int, host: str) -> None:
+    """TensorBoard on the runs' training curves (loss, learning rate, eval loss), until Ctrl-C.
+
+    Training writes them by default (report_to: tensorboard), into runs/RUN/adapter/runs/;
+    TensorBoard reads them while training goes on. Nothing leaves the machine.
+
+    \b
+    Example:
+      ftw board --run demo
+      ftw board --run demo --run legal --port 6007
+    """
+    run_board(runs, host, port)
+
+
+COMMANDS = [render, plan, train, board]

@@ -49,7 +49,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "plot_loss": True,
     "overwrite_output_dir": False,
     "save_only_model": False,
-    "report_to": "none",
+    "report_to": "tensorboard",  # the curves in TensorBoard, on this machine (ftw board)
     "per_device_train_batch_size": 1,
     "gradient_accumulation_steps": 8,
     "learning_rate": 1.0e-4,

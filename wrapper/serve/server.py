@@ -14,28 +14,21 @@ it is bound to 127.0.0.1 unless another host is asked for, and it stops with ftw
 
 from __future__ import annotations
 
-import errno
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.config.ollama import check_parameters
-from wrapper.core import manifest
-from wrapper.core.errors import FtwError, StageError
+from wrapper.core import manifest, service
+from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import gguf_key, gguf_problem
 from wrapper.core.llama_tools import tool
-from wrapper.core.procs import child_env, die_with_parent, last_lines, stop_group
 from wrapper.core.ui import console, done
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080  # llama-server's own default (Ollama has 11434, LM Studio 1234)
 DEFAULT_CONTEXT = 4096  # as Ollama and `ftw chat`; llama-server's own default is the model's whole context
 LOG_NAME = "server.log"
-HEALTH_POLL_S = 0.25
 
 # Ollama's parameter (config/ollama.py) -> llama-server's flag. Ollama's names are the recipe's.
 SERVER_FLAGS = {
@@ -77,14 +70,12 @@ class ServerSettings:
     quant: str = "Q4_K_M"
 
     @property
-    def url_host(self) -> str:
-        """The host to put in a URL: the loopback address for "all interfaces", IPv6 in brackets."""
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"[{host}]" if ":" in host else host
+    def address(self) -> service.Address:
+        return service.Address(self.host, self.port, lambda host, port: self.command(port=port, host=host))
 
     @property
     def root(self) -> str:
-        return f"http://{self.url_host}:{self.port}"
+        return self.address.root
 
     @property
     def base_url(self) -> str:
@@ -99,7 +90,7 @@ class ServerSettings:
 
     @property
     def public(self) -> bool:
-        return self.host not in ("127.0.0.1", "localhost", "::1")
+        return self.address.public
 
     def argv(self, binary: Path) -> list[str]:
         argv = [str(binary), "--model", str(self.gguf), "--alias", self.model_name, "--jinja"]
@@ -153,40 +144,8 @@ def settings_for_run(
 
 
 def check_port(settings: ServerSettings) -> None:
-    """Bind host:port for a moment, as llama-server will (SO_REUSEADDR), so that a port in use is a clear
-    message now rather than a line in the server's log."""
-    host, port = settings.host, settings.port
-    try:
-        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
-        raise FtwError(
-            f"--host {host}: not an address or a name this machine can resolve ({exc.strerror}). "
-            f"Run: {settings.command(host=DEFAULT_HOST)}"
-        ) from None
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise port_error(exc, settings) from None
-
-
-def port_error(exc: OSError, settings: ServerSettings) -> FtwError:
-    host, port = settings.host, settings.port
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    other = settings.command(port=port + 1 if port < 65535 else DEFAULT_PORT)
-    if exc.errno == errno.EADDRINUSE:
-        return FtwError(
-            f"{where} is already in use (another server, or an earlier ftw serve). Run on another port: {other}"
-        )
-    if exc.errno == errno.EACCES:
-        return FtwError(f"{where}: not allowed to listen there (ports below 1024 need privileges). Run: {other}")
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return FtwError(
-            f"{where}: {host} is not an address of this machine. Use 127.0.0.1 (this machine only) or "
-            f"0.0.0.0 (every interface): {settings.command(host=DEFAULT_HOST)}"
-        )
-    return FtwError(f"can't listen on {where}: {exc.strerror}. Run on another port: {other}")
+    """A port in use is a clear message now rather than a line in the server's log."""
+    service.check_address(settings.address)
 
 
 def check_gguf(path: Path, run: str) -> None:
@@ -204,7 +163,11 @@ class Server:
     """A started llama-server: its settings and process. As a context manager it stops on exit."""
 
     settings: ServerSettings
-    process: subprocess.Popen
+    child: service.Service
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.child.process
 
     @property
     def url(self) -> str:
@@ -215,7 +178,7 @@ class Server:
         return self.settings.root
 
     def stop(self) -> None:
-        stop_group(self.process)
+        self.child.stop()
 
     def __enter__(self) -> Server:
         return self
@@ -224,71 +187,18 @@ class Server:
         self.stop()
 
 
-def spawn(settings: ServerSettings, binary: Path) -> subprocess.Popen:
-    """llama-server as a child in its own process group, its output appended to the log."""
-    argv = settings.argv(binary)
-    settings.log.parent.mkdir(parents=True, exist_ok=True)
-    with settings.log.open("ab") as log:
-        log.write(f"\n$ {' '.join(argv)}\n".encode())
-        log.flush()
-        return subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env(),
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-
-
-def healthy(root: str) -> bool:
-    """GET /health: 200 once the model is loaded (503 while it loads)."""
-    try:
-        with urllib.request.urlopen(f"{root}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def exited_error(server: Server, what: str) -> StageError:
-    """StageError's message reads "<what> (exit code N) failed. Last lines of the log: ..."."""
-    return StageError(
-        f"{what} (exit code {server.process.returncode})",
-        server.settings.log,
-        last_lines(server.settings.log),
-    )
-
-
-def wait_until_ready(server: Server, timeout_s: float | None = None) -> None:
-    """Until /health answers 200; the child exiting first is an error naming its log."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while not healthy(server.root):
-        if server.process.poll() is not None:
-            raise exited_error(server, "starting llama-server")
-        if deadline is not None and time.monotonic() > deadline:
-            raise FtwError(
-                f"llama-server did not answer {server.root}/health within {timeout_s:.0f} s; "
-                f"its log: {server.settings.log}"
-            )
-        time.sleep(HEALTH_POLL_S)
-
-
 def start(settings: ServerSettings, binary: Path | None = None, timeout_s: float | None = None) -> Server:
-    """Start llama-server and return it once /health answers; stopped again if that fails or is interrupted.
+    """Start llama-server and return it once /health answers (200 once the model is loaded); stopped
+    again if that fails or is interrupted.
 
     with start(settings_for_run(run_dir, port=8081)) as server:
         urllib.request.urlopen(f"{server.url}/models")
     """
     check_port(settings)
-    server = Server(settings, spawn(settings, binary or tool("llama-server")))
-    try:
-        with console.status(f"llama-server is loading {settings.gguf.name} (log: {settings.log})"):
-            wait_until_ready(server, timeout_s)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    argv = settings.argv(binary or tool("llama-server"))
+    status = f"llama-server is loading {settings.gguf.name} (log: {settings.log})"
+    child = service.start("llama-server", argv, settings.log, f"{settings.root}/health", status, timeout_s)
+    return Server(settings, child)
 
 
 # ---- `ftw serve` ---------------------------------------------------------------------
@@ -317,23 +227,6 @@ def show_usage(settings: ServerSettings) -> None:
     console.print(f"  full log: {settings.log}. Ctrl-C stops it.", soft_wrap=True)
 
 
-def wait(server: Server) -> None:
-    """Until the server exits (an error unless it exited cleanly) or Ctrl-C (stops it; a clean end)."""
-    try:
-        while server.process.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt as stop:
-        server.stop()
-        if type(stop) is not KeyboardInterrupt:  # SIGTERM/SIGHUP: ftw's own exit code for a signal
-            raise
-        console.print()
-        done("llama-server stopped")
-        return
-    if server.process.returncode != 0:
-        raise exited_error(server, "llama-server")
-    done(f"llama-server exited by itself; its log: {server.settings.log}")
-
-
 def serve(run_dir: Path, quant: str = "Q4_K_M", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     settings = settings_for_run(run_dir, quant, host, port)
     check_port(settings)  # before a first build of llama-server, which takes minutes
@@ -341,6 +234,6 @@ def serve(run_dir: Path, quant: str = "Q4_K_M", host: str = DEFAULT_HOST, port: 
     server = start(settings)
     try:
         show_usage(settings)
-        wait(server)
+        service.wait(server.child)
     finally:
         server.stop()
