@@ -7,6 +7,7 @@ fails, and a pipeline that still quantizes without an importance matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -170,3 +171,19 @@ def test_types_that_need_an_importance_matrix_ask_for_one():
     with pytest.raises(FtwError, match="--quant IQ3_M needs an importance matrix .*: add --imatrix"):
         check_quant_names(["q4_k_m", "iq3_m"])
     assert check_quant_names(["iq3_m", "Q8_0"], imatrix=True) == ["IQ3_M", "Q8_0"]
+
+
+def test_a_new_llama_cpp_commit_or_other_flags_mean_a_rebuild(tmp_path):
+    tree = tmp_path / "llama.cpp"
+    (tree / "build" / "bin").mkdir(parents=True)
+    (tree / "FTW_COMMIT").write_text("aaaa\nfrom the sdist\n")
+    for name in TOOLS:
+        (tree / "build" / "bin" / name).write_bytes(b"")
+    spec = llama_tools.wanted_spec(tree)
+    llama_tools.write_stamp(spec, "built", tree)
+    assert llama_tools.is_built(spec, tree) and llama_tools.built_tool("llama-server", tree)
+    (tree / "FTW_COMMIT").write_text("bbbb\nfrom a newer sdist\n")
+    assert not llama_tools.is_built(llama_tools.wanted_spec(tree), tree)
+    assert llama_tools.built_tool("llama-server", tree) is None
+    other_flags = dataclasses.replace(spec, flags=(*spec.flags, "-DGGML_CUDA=ON"))
+    assert not llama_tools.is_built(other_flags, tree)
