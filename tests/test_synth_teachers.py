@@ -184,8 +184,8 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     runs = tmp_path / "runs"
     result = run_ftw(
         runs,
-        "data", "synth", "--recipe", "demo-docs", "--docs", str(docs / "north.txt"), "--teacher", "smollm2:135m",
-        "--run", "local", "--limit", "3", *SETTINGS,
+        "data", "synth", "--recipe", "demo-docs", "--docs", str(docs / "gate.pdf"), "--teacher", "smollm2:135m",
+        "--run", "local", "--limit", "3", *SETTINGS,  # three pages of ~40 tokens: three chunks
         # lenient filters, so that pairs reach the judge: each is scored in a request of its own
         "--judge", "--set", "synth.min_grounding=0", "--set", "synth.min_answer_chars=1",
         env={"OLLAMA_MODELS": str(store)},
