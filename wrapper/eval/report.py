@@ -27,6 +27,7 @@ from wrapper.eval.sets import MODEL_TITLES, MODELS, SETS, TABLE_METRICS
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452"}
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
 QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
+TERMINAL_QUANT_COLUMNS = ("quant", "mean KLD", "99% KLD", "same top", "PPL(Q)/PPL(f16)", "Llama-3-8B KLD")
 
 
 def load_eval(run_dir: Path) -> dict[str, Any]:
@@ -568,10 +569,13 @@ def print_quant_loss(result: dict[str, Any]) -> None:
     section = result.get("quant_loss") or {}
     if body:
         table = Table(title=QUANT_LOSS_TITLE)
-        for column in header:
-            table.add_column(column, justify="left" if column in ("quant", "imatrix") else "right")
+        # the terminal gets the columns a person compares; report.md and report.html have them all
+        names = TERMINAL_QUANT_COLUMNS[:1] + (("imatrix",) if any(row[1] == "yes" for row in body) else ())
+        shown = [header.index(name) for name in names + TERMINAL_QUANT_COLUMNS[1:]]
+        for index in shown:
+            table.add_column(header[index], justify="left" if header[index] in ("quant", "imatrix") else "right")
         for row in body:
-            table.add_row(*row)
+            table.add_row(*(row[index] for index in shown))
         console.print(table)
         text = section.get("text") or {}
         console.print(
