@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from wrapper.commands.options import run_option
+from wrapper.commands.options import run_option, runs_option
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.ui import done
 from wrapper.eval.evaluate import EVAL_JSON, evaluate
@@ -59,13 +59,7 @@ def eval_command(
 
 
 @click.command()
-@click.option(
-    "--run",
-    "runs",
-    required=True,
-    multiple=True,
-    help="Run name; give --run several times to compare runs in one table.",
-)
+@runs_option("Run name; give --run several times to compare runs in one table.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -7,6 +7,13 @@ import click
 from wrapper.core.gguf_io import QUANT_TYPES
 
 run_option = click.option("--run", "run", required=True, help="Run name: the folder runs/RUN holds everything.")
+
+
+def runs_option(help: str):
+    """--run repeated: several runs side by side."""
+    return click.option("--run", "runs", required=True, multiple=True, help=help)
+
+
 force_option = click.option("--force", is_flag=True, help="Make it again even if it is up to date.")
 
 

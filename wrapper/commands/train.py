@@ -8,7 +8,14 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from wrapper.commands.options import data_option, profile_option, recipe_option, run_option, set_option
+from wrapper.commands.options import (
+    data_option,
+    profile_option,
+    recipe_option,
+    run_option,
+    runs_option,
+    set_option,
+)
 from wrapper.config.gpu import resolve_profile
 from wrapper.config.planner import FIT_FRACTION
 from wrapper.core import service
@@ -219,13 +226,7 @@ def train(run: str, force: bool, ignore_fit: bool) -> None:
 
 
 @click.command()
-@click.option(
-    "--run",
-    "runs",
-    required=True,
-    multiple=True,
-    help="Run name; give --run several times to compare runs side by side.",
-)
+@runs_option("Run name; give --run several times to compare runs side by side.")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option(
     "--host",

@@ -75,6 +75,26 @@ def disk_full_hint(folder: Path | None) -> str:
     )
 
 
+def popen_logged(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
+    """argv started in its own process group, its output appended to log_path after a `$ argv` line."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(f"\n$ {' '.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(env),
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+
 def run_logged(
     argv: list[str],
     log_path: Path,
@@ -86,30 +106,17 @@ def run_logged(
 ) -> None:
     """Run argv to completion, output appended to log_path; call poll() about twice a second.
     `writes_to`: where the child writes, to name a full disk as the cause if it fails."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        log.write(f"\n$ {' '.join(argv)}\n".encode())
-        log.flush()
-        child = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env(env),
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            while child.poll() is None:
-                if poll:
-                    poll()
-                time.sleep(0.5)
-        except BaseException:
-            stop_group(child)
-            raise
-        if poll:
-            poll()
+    child = popen_logged(argv, log_path, env=env, cwd=cwd)
+    try:
+        while child.poll() is None:
+            if poll:
+                poll()
+            time.sleep(0.5)
+    except BaseException:
+        stop_group(child)
+        raise
+    if poll:
+        poll()
     if child.returncode != 0:
         raise StageError(
             f"{what} (exit code {child.returncode})", log_path, last_lines(log_path), disk_full_hint(writes_to)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.core.errors import FtwError, StageError
-from wrapper.core.procs import child_env, die_with_parent, last_lines, stop_group
+from wrapper.core.procs import last_lines, popen_logged, stop_group
 from wrapper.core.ui import console, done
 
 LOOPBACK = "127.0.0.1"
@@ -116,19 +116,7 @@ class Service:
 
 def spawn(name: str, argv: list[str], log: Path) -> Service:
     """argv as a child in its own process group, its output appended to the log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        out.write(f"\n$ {' '.join(argv)}\n".encode())
-        out.flush()
-        process = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env(),
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+    process = popen_logged(argv, log)
     return Service(name, log, process)
 
 

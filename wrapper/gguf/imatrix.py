@@ -9,14 +9,13 @@ manifest), so the same data gives the same matrix and a change of data makes it 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.core import stage
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import gguf_key
-from wrapper.core.llama_tools import tool
+from wrapper.core.llama_tools import cpu_jobs, tool
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.data.samples import SampleText, sample_text
@@ -54,10 +53,6 @@ def calibration(run_dir: Path, plan: RunPlan, fmt: TrainingFormat, max_tokens: i
     return Calibration(sample, context_for(sample.tokens))
 
 
-def threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
 class ImatrixStage(stage.Stage):
     """gguf/RUN-imatrix.gguf, computed with the unquantized GGUF on the calibration text."""
 
@@ -87,7 +82,7 @@ class ImatrixStage(stage.Stage):
         text_file.write_text(self.calib.sample.text, encoding="utf-8")
         argv = [str(tool("llama-imatrix")), "-m", str(self.source), "-f", str(text_file), "-o", str(partial)]
         argv += ["--output-format", "gguf", "-c", str(self.calib.context), "--parse-special"]
-        argv += ["-t", str(threads()), "--no-ppl"]
+        argv += ["-t", str(cpu_jobs()), "--no-ppl"]
         what = f"importance matrix ({self.calib.chunks} chunks)"
         run_with_status(argv, self.log_path, "llama-imatrix", what, writes_to=partial.parent)
 

@@ -20,14 +20,14 @@ from wrapper.core import manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import NEEDS_IMATRIX, QUANT_BITS, QUANT_TYPES, ftype_of, gguf_key, verify_gguf
-from wrapper.core.llama_tools import tool
+from wrapper.core.llama_tools import cpu_jobs, tool
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights, read_header
 from wrapper.core.ui import console, done
 from wrapper.gguf.convert import check_end_tokens, ensure_training_template, run_converter
-from wrapper.gguf.imatrix import ImatrixStage, calibration, threads
+from wrapper.gguf.imatrix import ImatrixStage, calibration
 from wrapper.gguf.quantize import MAX_BUF_BYTES
 from wrapper.prompts.fidelity import training_format
 
@@ -116,7 +116,7 @@ class QuantizeStage(stage.Stage):
         if self.imatrix:
             argv = [str(tool("llama-quantize")), "--imatrix", str(self.imatrix.target)]
             argv += ["--max-buffer-size", str(MAX_BUF_BYTES // 2**20), str(self.source.target), str(partial)]
-            argv += [self.quant, str(threads())]
+            argv += [self.quant, str(cpu_jobs())]
         else:  # llama-cpp-python's own library: nothing to build
             argv = [sys.executable, "-m", "wrapper.gguf.quantize", str(self.source.target), str(partial)]
             argv += [str(ftype_of(self.quant))]
