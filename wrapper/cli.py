@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from wrapper.commands import data, evaluate, export, serve, train
+from wrapper.commands import data, evaluate, export, publish, serve, train
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import package_version, versions
 from wrapper.core.ui import console, error_console, quiet_libraries
@@ -63,7 +63,7 @@ def cli() -> None:
     """
 
 
-for module in (train, export, serve, evaluate, data):
+for module in (train, export, serve, evaluate, data, publish):
     for command in module.COMMANDS:
         cli.add_command(command)
 
