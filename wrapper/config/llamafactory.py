@@ -105,14 +105,6 @@ def check_keys_and_types(args: dict[str, Any], origins: dict[str, str], classes)
             )
 
 
-def _with_fresh_output_dir(args: dict[str, Any]) -> dict[str, Any]:
-    # The full check looks at output_dir (resume logic); point it at an empty folder so
-    # checking never depends on, or touches, what a run already has on disk.
-    checked = dict(args)
-    checked["output_dir"] = tempfile.mkdtemp(prefix="ftw-check-")
-    return checked
-
-
 def _rejection(yaml_name: str, exc: Exception, origins: dict[str, str]) -> FtwError:
     message = str(exc)
     # LLaMA-Factory's messages name the argument in backticks; point at where we set it.
@@ -128,9 +120,10 @@ MACHINE_DEPENDENT_KEYS = ("bf16", "fp16")
 LAUNCH_KEYS = ("ddp_backend",)
 
 
-def _in_process(args: dict[str, Any]) -> dict[str, Any]:
-    """What can be parsed in this process: a fresh output_dir, no launch-only keys."""
-    return {key: value for key, value in _with_fresh_output_dir(args).items() if key not in LAUNCH_KEYS}
+def _in_process(args: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """What can be parsed in this process: no launch-only keys, and an empty output_dir, so that the
+    check (it looks there for checkpoints to resume) never depends on, or touches, what a run has."""
+    return {key: value for key, value in args.items() if key not in LAUNCH_KEYS} | {"output_dir": output_dir}
 
 
 def check_train_args(args: dict[str, Any], origins: dict[str, str], yaml_name: str, full_check: bool) -> list[str]:
@@ -140,13 +133,14 @@ def check_train_args(args: dict[str, Any], origins: dict[str, str], yaml_name: s
 
     check_keys_and_types(args, origins, train_classes())
     try:
-        if full_check:
-            get_train_args(_in_process(args))
-            return []
-        # Without the GPU: parse into LLaMA-Factory's argument dataclasses (their own
-        # validation runs), with the precision flags off, and skip its machine checks.
-        parse_only = {**_in_process(args), **{key: False for key in MACHINE_DEPENDENT_KEYS}}
-        _parse_train_args(parse_only)
+        with tempfile.TemporaryDirectory(prefix="ftw-check-") as output_dir:
+            if full_check:
+                get_train_args(_in_process(args, output_dir))
+                return []
+            # Without the GPU: parse into LLaMA-Factory's argument dataclasses (their own
+            # validation runs), with the precision flags off, and skip its machine checks.
+            parse_only = {**_in_process(args, output_dir), **{key: False for key in MACHINE_DEPENDENT_KEYS}}
+            _parse_train_args(parse_only)
     except (ValueError, ImportError, RuntimeError) as exc:
         raise _rejection(yaml_name, exc, origins) from exc
     return [
