@@ -138,6 +138,14 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
     ftw("train", "--run", "bnb", cwd=tmp_path)
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
+    # The QLoRA as a GGUF adapter needs a base GGUF, and llama.cpp can't read the 4-bit one: asked for.
+    exe = str(FTW) if FTW.is_file() else shutil.which("ftw")
+    refused = subprocess.run([exe, "gguf", "--run", "bnb", "--adapter"], cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 2 and "bitsandbytes 4-bit checkpoint" in " ".join(
+        (refused.stdout + refused.stderr).split()
+    )
+    assert not (run_dir / "gguf" / "bnb-lora.gguf").exists()
+
     ftw("export", "--run", "bnb", cwd=tmp_path)
     dequantized, merged = run_dir / "base-dequantized", run_dir / "merged"
     for folder in (dequantized, merged):
@@ -178,5 +186,21 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
         assert prompt[0] == 151644 and 9707 in prompt  # <|im_start|> and "Hello" as Qwen2 encodes them
         token = next(llm.generate(prompt, top_k=1, temp=0.0))
         assert 0 <= token < llm.n_vocab()
+    finally:
+        llm.close()
+
+    # Now the adapter converts (given the 4-bit base's config without its quantization_config) and the
+    # base GGUF is made from the dequantized copy export left; llama.cpp applies the pair.
+    from wrapper.core.gguf_io import ModelShape
+
+    ftw("gguf", "--run", "bnb", "--adapter", cwd=tmp_path)
+    artifacts = read_manifest(run_dir)["artifacts"]
+    lora, base = Path(artifacts["gguf_lora"]), Path(artifacts["gguf_base_q4_k_m"])
+    shape = ModelShape.read(lora)
+    assert (shape.file_type, shape.architecture) == ("adapter", "qwen2") and shape.tensors > 0
+    assert (run_dir / "Modelfile.adapter").is_file()
+    llm = llama_cpp.Llama(str(base), lora_path=str(lora), n_ctx=256, n_threads=2, seed=0, verbose=False)
+    try:
+        assert 0 <= next(llm.generate(prompt, top_k=1, temp=0.0)) < llm.n_vocab()
     finally:
         llm.close()

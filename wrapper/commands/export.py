@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from wrapper.commands.options import force_option, quant_option, run_option
+from wrapper.core import manifest
+from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import gguf_key
 from wrapper.core.manifest import run_dir_of
+from wrapper.core.ui import console
 from wrapper.export.stage import export as export_run
+from wrapper.gguf import adapter as adapter_gguf
 from wrapper.gguf.imatrix import DEFAULT_TOKENS, MIN_CONTEXT
 from wrapper.gguf.stage import OUTTYPES, make_ggufs
+from wrapper.serve.modelfile import ollama_model_name, write_adapter_modelfile
 
 
 @click.command()
@@ -62,6 +70,27 @@ def export(run: str, weights_dtype: str, force: bool) -> None:
     show_default=True,
     help="The most calibration tokens: a seeded sample of whole training rows up to this many.",
 )
+@click.option(
+    "--adapter",
+    is_flag=True,
+    help="Instead of the merged model: the LoRA as a small GGUF adapter (gguf/RUN-lora.gguf) and "
+    "Modelfile.adapter, which applies it to a base model (FROM) at load time.",
+)
+@click.option(
+    "--base",
+    "base",
+    metavar="FILE.gguf|OLLAMA_NAME",
+    default=None,
+    help="With --adapter: the base it is served on, a GGUF file or an Ollama name (qwen3:8b), checked "
+    "against the run's base. Default: ftw makes gguf/RUN-base-QUANT.gguf from the run's base.",
+)
+@click.option(
+    "--adapter-outtype",
+    default="f16",
+    show_default=True,
+    type=click.Choice(adapter_gguf.OUTTYPES),
+    help="With --adapter: the adapter's precision (q8_0 halves it again).",
+)
 @force_option
 def gguf(
     run: str,
@@ -70,15 +99,29 @@ def gguf(
     keep_intermediates: bool,
     imatrix: bool,
     imatrix_tokens: int,
+    adapter: bool,
+    base: str | None,
+    adapter_outtype: str,
     force: bool,
 ) -> None:
-    """Convert the merged model to GGUF with llama.cpp and quantize it.
+    """Convert the merged model to GGUF with llama.cpp and quantize it; or, with --adapter, the LoRA
+    alone as a GGUF adapter (megabytes) to apply to its base model.
 
     \b
     Example:
       ftw gguf --run demo --quant Q4_K_M --quant Q8_0 --keep-intermediates
       ftw gguf --run demo --imatrix
+      ftw gguf --run demo --adapter
+      ftw gguf --run demo --adapter --base qwen3:8b
     """
+    if adapter:
+        gguf_adapter(run_dir_of(run), base, quants[0], adapter_outtype, force)
+        return
+    if base is not None:
+        raise FtwError(
+            f"--base names the base an adapter is served on: add --adapter "
+            f"(ftw gguf --adapter --run {run} --base {base})"
+        )
     make_ggufs(
         run_dir_of(run),
         list(quants),
@@ -87,6 +130,27 @@ def gguf(
         keep_intermediates=keep_intermediates,
         imatrix_tokens=imatrix_tokens if imatrix else None,
     )
+
+
+def gguf_adapter(run_dir: Path, base: str | None, quant: str, outtype: str, force: bool) -> None:
+    """The adapter GGUF (and the base it is served on), then Modelfile.adapter, then what to run."""
+    made = adapter_gguf.make_adapter(run_dir, base, quant, outtype, force)
+    modelfile = write_adapter_modelfile(
+        run_dir, made.lora, made.base.modelfile_from, made.base.gguf, made.header_gguf, force
+    )
+    merged = manifest.load(run_dir)["artifacts"].get(gguf_key(quant))
+    sizes = f"{made.lora.name} {adapter_gguf.size_text(made.lora)}"
+    if merged and Path(merged).is_file():
+        sizes += f", where the merged {quant} is {adapter_gguf.size_text(Path(merged))}"
+    if made.base.gguf is not None:
+        sizes += f"; it runs on {made.base.gguf.name} ({adapter_gguf.size_text(made.base.gguf)})"
+    console.print(f"Adapter: {sizes}.", soft_wrap=True)
+    if not made.base.checked:
+        console.print(f"  [yellow]base not checked here[/yellow]: {made.base.label} (see above)", soft_wrap=True)
+    name = ollama_model_name(run_dir.name) + "-lora"
+    console.print(f"  Ollama:    cd {run_dir} && ollama create {name} -f {modelfile.name}", soft_wrap=True)
+    if made.base.gguf is not None:
+        console.print(f"  llama.cpp: llama-cli -m {made.base.gguf} --lora {made.lora}", soft_wrap=True)
 
 
 COMMANDS = [export, gguf]

@@ -122,3 +122,15 @@ def model_config(base_model: str) -> dict:
         f"can't plan for {base_model}: its config.json is neither local nor in the Hugging Face cache "
         f"nor in recipes/models.yaml. Fetch it with: huggingface-cli download {base_model} config.json"
     )
+
+
+def local_model_dir(model: str) -> Path | None:
+    """A local folder for `model` (a path, or a hub id already in the Hugging Face cache)."""
+    if Path(model).is_dir():
+        return Path(model)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or no hub id): the caller says what then
+        return None

@@ -6,6 +6,7 @@ model) reads it through `read_gguf`, so a bad file gets the same diagnosis every
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.core.errors import FtwError
@@ -85,3 +86,63 @@ def verify_gguf(path: Path, expected_ftype: int) -> int:
     if file_type != expected_ftype:
         raise FtwError(f"{path}: general.file_type is {file_type}, expected {expected_ftype}")
     return len(reader.tensors)
+
+
+# ---- what an adapter needs of its base --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a LoRA adapter needs its base GGUF to share with the model it was trained on:
+    llama.cpp's architecture, the layer count and width, and the vocabulary, token by token."""
+
+    architecture: str | None
+    file_type: str  # general.type: "model", "adapter", ...
+    block_count: int | None
+    embedding_length: int | None
+    tokens: tuple[bytes, ...]
+    tensors: int
+
+    @classmethod
+    def read(cls, path: Path) -> ModelShape:
+        reader, problem = read_gguf(path)
+        if problem is not None:
+            raise FtwError(f"{path} {problem}")
+        arch = field_value(reader, "general.architecture")
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        return cls(
+            architecture=arch,
+            file_type=field_value(reader, "general.type") or "model",
+            block_count=field_value(reader, f"{arch}.block_count"),
+            embedding_length=field_value(reader, f"{arch}.embedding_length"),
+            tokens=tuple(bytes(tokens.parts[index]) for index in tokens.data) if tokens else (),
+            tensors=len(reader.tensors),
+        )
+
+    def differences(self, other: ModelShape) -> list[str]:
+        """How `other` differs from this one, one phrase each (this one's value first)."""
+        found = [
+            f"{name} {mine} vs {theirs}"
+            for name, mine, theirs in (
+                ("architecture", self.architecture, other.architecture),
+                ("layers", self.block_count, other.block_count),
+                ("width (embedding length)", self.embedding_length, other.embedding_length),
+            )
+            if mine != theirs
+        ]
+        if len(self.tokens) != len(other.tokens):
+            found.append(f"vocabulary {len(self.tokens)} tokens vs {len(other.tokens)}")
+        elif self.tokens != other.tokens:
+            differ = [i for i, (mine, theirs) in enumerate(zip(self.tokens, other.tokens)) if mine != theirs]
+            first = differ[0]
+            mine, theirs = (tokens[first].decode("utf-8", "replace") for tokens in (self.tokens, other.tokens))
+            found.append(
+                f"vocabulary: {len(differ)} of {len(self.tokens)} tokens differ (id {first}: {mine!r} vs {theirs!r})"
+            )
+        return found
+
+
+def field_value(reader, key: str):
+    """A scalar or string field of a GGUF header, or None."""
+    field = reader.fields.get(key)
+    return field.contents() if field is not None else None

@@ -92,6 +92,12 @@ def record_artifacts(run_dir: Path, **paths: Path) -> None:
     save(run_dir, data)
 
 
+def drop_artifact(run_dir: Path, key: str) -> None:
+    data = load(run_dir)
+    if data["artifacts"].pop(key, None) is not None:
+        save(run_dir, data)
+
+
 # Intermediates `ftw gguf` removed once the quantized files were verified: key -> what was freed.
 REMOVED = "removed_intermediates"
 
@@ -120,18 +126,26 @@ def record_end_tokens(run_dir: Path, key: str, entries: list[dict[str, Any]]) ->
 
 
 # Artifact keys in stage order; redoing a stage makes everything after it stale.
-STAGE_OUTPUTS = ("adapter", "merged", "gguf_", "modelfile")
+STAGE_OUTPUTS = ("adapter", "merged", "gguf_", "modelfile", "modelfile_adapter")
+# The adapter's own path (ftw gguf --adapter) is made from the adapter, not the merge: a new
+# training makes it stale, a new merge does not. The base's GGUFs depend on no stage of the run.
+FROM_ADAPTER = ("gguf_lora", "modelfile_adapter")
+FROM_BASE = ("gguf_base_", "gguf_vocab", "gguf_lora_base")
+
+
+def is_stale(key: str, stale: tuple[str, ...]) -> bool:
+    if key.startswith(FROM_BASE):
+        return False
+    if key in FROM_ADAPTER:
+        return "adapter" in stale
+    return any(key == s or (s.endswith("_") and key.startswith(s)) for s in stale)
 
 
 def forget_from(run_dir: Path, first: str) -> None:
     """Drop `first` and every later stage's artifacts from the manifest (their inputs are changing)."""
     stale = STAGE_OUTPUTS[STAGE_OUTPUTS.index(first) :]
     data = load(run_dir)
-    data["artifacts"] = {
-        key: value
-        for key, value in data["artifacts"].items()
-        if not any(key == s or (s.endswith("_") and key.startswith(s)) for s in stale)
-    }
+    data["artifacts"] = {key: value for key, value in data["artifacts"].items() if not is_stale(key, stale)}
     if "merged" in stale:  # a new merge brings the removed intermediates back
         data.pop(REMOVED, None)
     save(run_dir, data)

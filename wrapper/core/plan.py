@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The trained LoRA's own files in runs/RUN/adapter (its checkpoints and logs are not the adapter).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
 
 @dataclass
 class RunPlan:

@@ -2,7 +2,9 @@
 
 Three models answer, greedily and in the training format (LLaMA-Factory's template):
 the base model, the merged fine-tune (both transformers, float32 on the CPU) and the
-Q4_K_M GGUF in llama.cpp, the file users actually run. They answer three sets:
+Q4_K_M GGUF in llama.cpp, the file users actually run; a fourth when `ftw gguf --adapter` made
+the pair, the base GGUF with the LoRA adapter GGUF applied in llama.cpp ("lora": what the small
+download costs in quality beside the merged Q4_K_M). They answer three sets:
 
   control  the recipe's control prompts with reference answers (`eval.control`, JSONL)
   val      the run's validation split (runs/RUN/data/val.jsonl from `ftw data prepare`),
@@ -41,7 +43,8 @@ from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.gguf_io import gguf_key
 from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
-from wrapper.eval.sets import MODEL_TITLES, MODELS, SETS, EvalSets, Item, load_sets, recipe_eval
+from wrapper.eval.sets import ADAPTER_MODEL, MODEL_TITLES, MODELS, SETS, EvalSets, Item, load_sets, recipe_eval
+from wrapper.gguf import adapter as adapter_gguf
 from wrapper.prompts.chat_format import ChatFormat, chat_format
 from wrapper.serve.models import GgufModel, HfModel
 
@@ -85,11 +88,28 @@ def _format_for(fmt: ChatFormat, item: Item) -> ChatFormat:
     return replace(fmt, system=item.system) if item.system else fmt
 
 
+def adapter_pair(run_dir: Path) -> tuple[Path, Path] | None:
+    """(base GGUF, LoRA adapter GGUF) when `ftw gguf --adapter` made the pair and the base is here; else None."""
+    artifacts = manifest.load(run_dir)["artifacts"]
+    base, lora = artifacts.get(adapter_gguf.BASE_KEY), artifacts.get(adapter_gguf.KEY)
+    if base and lora and Path(base).is_file() and Path(lora).is_file():
+        return Path(base), Path(lora)
+    return None
+
+
+def model_kinds(run_dir: Path) -> tuple[str, ...]:
+    """The models that answer: base, merged, Q4_K_M, and the adapter pair when the run has one."""
+    return (*MODELS, ADAPTER_MODEL) if adapter_pair(run_dir) else MODELS
+
+
 def _load_model(kind: str, run_dir: Path, plan):
     if kind == "base":
         return HfModel(Path(plan.merge_base))
     if kind == "merged":
         return HfModel(manifest.artifact(run_dir, "merged", "ftw export"))
+    if kind == ADAPTER_MODEL:
+        base, lora = adapter_pair(run_dir)
+        return GgufModel(base, n_threads=gguf_threads(base), lora=lora)
     path = manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")
     return GgufModel(path, n_threads=gguf_threads(path))
 
@@ -112,12 +132,12 @@ def _threads_for(model) -> int:
     return before
 
 
-def answer_all(run_dir: Path, sets: EvalSets, rows: Rows, max_new_tokens: int) -> None:
+def answer_all(run_dir: Path, sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS) -> None:
     plan = manifest.plan_of(run_dir)
     merged_dir = manifest.artifact(run_dir, "merged", "ftw export")
     manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")
     formats = {}
-    for kind in MODELS:
+    for kind in kinds:
         todo = [(s, item) for s in SETS for item in sets.items[s] if item.key(kind, max_new_tokens) not in rows.done]
         total = sum(len(sets.items[s]) for s in SETS)
         if not todo:
@@ -129,7 +149,7 @@ def answer_all(run_dir: Path, sets: EvalSets, rows: Rows, max_new_tokens: int) -
         fmt = formats[str(tokenizer_dir)]
         with console.status(f"loading the {MODEL_TITLES[kind]} model"):
             model = _load_model(kind, run_dir, plan)
-        threads = _threads_for(model) if kind != "gguf" else None
+        threads = _threads_for(model) if isinstance(model, HfModel) else None
         kept = total - len(todo)
         if kept:
             console.print(
@@ -195,6 +215,7 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
 
 def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict]:
     from llama_cpp import Llama
+    from llama_cpp._utils import suppress_stdout_stderr
 
     plan = manifest.plan_of(run_dir)
     fmt = chat_format(manifest.artifact(run_dir, "merged", "ftw export"), plan.template, plan.system)
@@ -204,32 +225,39 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
         prompt, response = fmt.template.encode_oneturn(fmt.tokenizer, messages, item.system or plan.system)
         encoded.append((item, list(prompt), list(response)))
     result = {}
+    files: dict[str, tuple[Path, Path | None]] = {}
     for quant in ("f16", "Q4_K_M"):
         key = gguf_key(quant)
         try:
-            path = manifest.artifact(run_dir, key, "ftw gguf --keep-intermediates")
+            files[quant] = manifest.artifact(run_dir, key, "ftw gguf --keep-intermediates"), None
         except FtwError as error:
             if quant != "f16":
                 raise
             # the f16 file was deleted by hand, or the run converted to bf16: the rest of eval still runs
             result[quant] = {"file": None, "rows": 0, "tokens": 0, "mean_nll": None, "perplexity": None}
             result[quant]["skipped"] = str(error)
-            continue
-        model_key = f"ppl_{quant.lower()}"
+    if adapter_pair(run_dir):
+        files[ADAPTER_MODEL] = adapter_pair(run_dir)
+    for label, (path, lora) in files.items():
+        model_key = f"ppl_{label.lower()}"
         todo = [e for e in encoded if e[0].key(model_key, 0) not in rows.done]
         if todo:
             n_ctx = max(len(p) + len(r) for _, p, r in encoded) + 8
-            with console.status(f"perplexity of {path.name} on {len(todo)} reference answers"):
-                llm = Llama(
-                    model_path=str(path),
-                    n_ctx=n_ctx,
-                    n_batch=n_ctx,
-                    logits_all=True,
-                    n_threads=gguf_threads(path),
-                    n_threads_batch=gguf_threads(path),
-                    seed=0,
-                    verbose=False,
-                )
+            adapter = {"lora_path": str(lora)} if lora else {}
+            what = f"{path.name} + {lora.name}" if lora else path.name
+            with console.status(f"perplexity of {what} on {len(todo)} reference answers"):
+                with suppress_stdout_stderr(disable=not lora):  # llama.cpp logs each adapter tensor it applies
+                    llm = Llama(
+                        model_path=str(path),
+                        n_ctx=n_ctx,
+                        n_batch=n_ctx,
+                        logits_all=True,
+                        n_threads=gguf_threads(path),
+                        n_threads_batch=gguf_threads(path),
+                        seed=0,
+                        verbose=False,
+                        **adapter,
+                    )
                 try:
                     for item, prompt, response in todo:
                         nll, count = answer_nll(llm, prompt, response)
@@ -247,8 +275,8 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
                     llm.close()
         scored = [rows.done[e[0].key(model_key, 0)] for e in encoded]
         nll, count = sum(r["nll"] for r in scored), sum(r["tokens"] for r in scored)
-        result[quant] = {
-            "file": str(path),
+        result[label] = {
+            "file": str(lora or path),
             "rows": len(scored),
             "tokens": count,
             "mean_nll": nll / count if count else None,
@@ -261,12 +289,12 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
 # summary
 
 
-def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, Any]:
+def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS) -> dict[str, Any]:
     per_row: list[dict] = []
     aggregate: dict[str, dict] = {}
     for set_name in SETS:
         aggregate[set_name] = {}
-        for kind in MODELS:
+        for kind in kinds:
             scored = [rows.done[item.key(kind, max_new_tokens)] for item in sets.items[set_name]]
             per_row += scored
             aggregate[set_name][kind] = {
@@ -277,11 +305,11 @@ def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, Any]
     def by_id(kind: str, set_name: str) -> dict[str, dict]:
         return {item.id: rows.done[item.key(kind, max_new_tokens)] for item in sets.items[set_name]}
 
-    general = {kind: by_id(kind, "general") for kind in MODELS}
+    general = {kind: by_id(kind, "general") for kind in kinds}
     forgetting: dict[str, Any] = {"rows": len(sets.items["general"])}
     known = [i for i in sets.items["general"] if general["base"][i.id]["metrics"].get("contains")]
     forgetting["known_by_base"] = len(known)
-    for kind in ("merged", "gguf"):
+    for kind in kinds[1:]:
         lost = [i for i in known if not general[kind][i.id]["metrics"].get("contains")]
         forgetting[kind] = {
             "still_known": len(known) - len(lost),
@@ -299,25 +327,31 @@ def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, Any]
             ],
         }
 
-    same = {}
-    for set_name in ("control", "val"):
-        merged, gguf = by_id("merged", set_name), by_id("gguf", set_name)
-        identical = [i for i in merged if merged[i]["tokens"] == gguf[i]["tokens"]]
-        same[set_name] = {
-            "rows": len(merged),
-            "identical": len(identical),
-            "share": len(identical) / len(merged) if merged else None,
-        }
-    return {
+    def identical(kind: str, other: str) -> dict[str, dict]:
+        same = {}
+        for set_name in ("control", "val"):
+            answers, others = by_id(kind, set_name), by_id(other, set_name)
+            alike = [i for i in answers if answers[i]["tokens"] == others[i]["tokens"]]
+            same[set_name] = {
+                "rows": len(answers),
+                "identical": len(alike),
+                "share": len(alike) / len(answers) if answers else None,
+            }
+        return same
+
+    summary = {
         "aggregate": aggregate,
-        "by_language": by_language(sets, rows, max_new_tokens),
+        "by_language": by_language(sets, rows, max_new_tokens, kinds),
         "forgetting": forgetting,
-        "identical_greedy": same,
+        "identical_greedy": identical("merged", "gguf"),
         "rows": per_row,
     }
+    if ADAPTER_MODEL in kinds:
+        summary["adapter_identical_greedy"] = identical(ADAPTER_MODEL, "gguf")
+    return summary
 
 
-def by_language(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, dict]:
+def by_language(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS) -> dict[str, dict]:
     """Means per set, language and model, for the sets that hold more than one language
     (a Russian + Kazakh set is judged per language, not as one)."""
     found: dict[str, dict] = {}
@@ -336,9 +370,26 @@ def by_language(sets: EvalSets, rows: Rows, max_new_tokens: int) -> dict[str, di
                         for name in metrics.METRICS
                     },
                 }
-                for kind in MODELS
+                for kind in kinds
             }
     return found
+
+
+def adapter_section(pair: tuple[Path, Path], result: dict, same: dict) -> dict[str, Any]:
+    """The base + adapter path beside the merged Q4_K_M: sizes, perplexity, identical greedy answers."""
+    base, lora = pair
+    merged = Path(result["models"]["gguf"])
+    ppl = result["quantization"]["perplexity"]
+    q4, with_adapter = ppl["Q4_K_M"].get("perplexity"), ppl.get(ADAPTER_MODEL, {}).get("perplexity")
+    return {
+        "adapter_file": str(lora),
+        "base_file": str(base),
+        "adapter_bytes": lora.stat().st_size,
+        "base_bytes": base.stat().st_size,
+        "merged_gguf_bytes": merged.stat().st_size,
+        "perplexity_ratio_vs_gguf": with_adapter / q4 if q4 and with_adapter else None,
+        "identical_greedy_vs_gguf": same,
+    }
 
 
 def check_intermediates_kept(run_dir: Path, run: str) -> None:
@@ -379,14 +430,15 @@ def evaluate(
     if not any(sets.items.values()):
         raise FtwError(f"nothing to evaluate: {plan.recipe_file} has no `eval:` prompts and the run has no rows")
     count = {name: len(sets.items[name]) for name in SETS}
+    kinds = model_kinds(run_dir)
     console.print(
         f"Evaluating {plan.run}: control {count['control']}, val {count['val']}, general {count['general']} "
-        f"prompts x {len(MODELS)} models, greedy, at most {settings['max_new_tokens']} new tokens"
+        f"prompts x {len(kinds)} models, greedy, at most {settings['max_new_tokens']} new tokens"
     )
     rows = Rows(run_dir / EVAL_DIR / ROWS)
     max_tokens = int(settings["max_new_tokens"])
     try:
-        answer_all(run_dir, sets, rows, max_tokens)
+        answer_all(run_dir, sets, rows, max_tokens, kinds)
         ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows)
         if measure_quant_loss:
             kld = quant_loss.measure(run_dir, plan, seed=int(settings.get("seed") or 0), threads=gguf_threads)
@@ -400,7 +452,7 @@ def evaluate(
         raise
     finally:
         rows.close()
-    summary = summarize(sets, rows, max_tokens)
+    summary = summarize(sets, rows, max_tokens, kinds)
     f16, q4 = ppl["f16"].get("perplexity"), ppl["Q4_K_M"].get("perplexity")
     result = {
         "run": plan.run,
@@ -426,5 +478,9 @@ def evaluate(
         "quant_loss": kld.to_dict(),
         "rows": summary["rows"],
     }
+    pair = adapter_pair(run_dir)
+    if pair:
+        result["models"][ADAPTER_MODEL] = f"{pair[0]} + {pair[1]}"
+        result["adapter"] = adapter_section(pair, result, summary["adapter_identical_greedy"])
     write_text_atomic(run_dir / EVAL_JSON, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     return result

@@ -22,12 +22,17 @@ from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.ui import console
-from wrapper.eval.sets import MODEL_TITLES, MODELS, SETS, TABLE_METRICS
+from wrapper.eval.sets import ADAPTER_MODEL, ALL_MODELS, MODEL_TITLES, SETS, TABLE_METRICS
 
-COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452"}
+COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452", "lora": "#55a868"}
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
 QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
 TERMINAL_QUANT_COLUMNS = ("quant", "mean KLD", "99% KLD", "same top", "PPL(Q)/PPL(f16)", "Llama-3-8B KLD")
+
+
+def kinds_of(result: dict) -> list[str]:
+    """The models an eval.json scored: base, merged, gguf, and lora (the adapter pair) when the run had it."""
+    return [kind for kind in ALL_MODELS if kind in result.get("models", {})]
 
 
 def load_eval(run_dir: Path) -> dict[str, Any]:
@@ -116,12 +121,13 @@ def plot_distributions(result: dict) -> bytes | None:
     names = ("token_f1", "rouge_l", "key_info_recall")
     fig, axes = plt.subplots(1, len(names), figsize=(10, 3.2), sharey=True)
     bins = [i / 10 for i in range(11)]
+    kinds = kinds_of(result)
     for ax, name in zip(axes, names):
         data = [
             [r["metrics"][name] for r in rows if r["model"] == kind and r["metrics"].get(name) is not None]
-            for kind in MODELS
+            for kind in kinds
         ]
-        ax.hist(data, bins=bins, label=[MODEL_TITLES[k] for k in MODELS], color=[COLORS[k] for k in MODELS])
+        ax.hist(data, bins=bins, label=[MODEL_TITLES[k] for k in kinds], color=[COLORS[k] for k in kinds])
         ax.set_title(f"{name} (control + val rows)")
         ax.set_xlabel(name)
     axes[0].set_ylabel("rows")
@@ -131,20 +137,21 @@ def plot_distributions(result: dict) -> bytes | None:
 
 def plot_bars(result: dict) -> bytes | None:
     groups = []
+    kinds = kinds_of(result)
     for set_name in SETS:
         block = result["aggregate"].get(set_name, {})
         if not block.get("base", {}).get("rows"):
             continue
         for name in BAR_METRICS:
-            if any(block[k].get(name) is not None for k in MODELS):
-                groups.append((f"{set_name}\n{name}", [block[k].get(name) or 0.0 for k in MODELS]))
+            if any(block[k].get(name) is not None for k in kinds):
+                groups.append((f"{set_name}\n{name}", [block[k].get(name) or 0.0 for k in kinds]))
     if not groups:
         return None
     plt = _figure()
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups)), 3.6))
-    width = 0.27
-    for offset, kind in enumerate(MODELS):
-        xs = [i + (offset - 1) * width for i in range(len(groups))]
+    width = 0.8 / len(kinds)
+    for offset, kind in enumerate(kinds):
+        xs = [i + (offset - (len(kinds) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, [values[offset] for _, values in groups], width, label=MODEL_TITLES[kind], color=COLORS[kind])
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([label for label, _ in groups], fontsize=7)
@@ -176,7 +183,8 @@ def _f(value, digits: int = 3) -> str:
 
 
 def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["set", "metric", *(MODEL_TITLES[k] for k in MODELS)]
+    kinds = kinds_of(result)
+    header = ["set", "metric", *(MODEL_TITLES[k] for k in kinds)]
     body = []
     for set_name in SETS:
         block = result["aggregate"].get(set_name, {})
@@ -184,13 +192,13 @@ def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
             continue
         first = True
         for name in TABLE_METRICS:
-            if all(block[k].get(name) is None for k in MODELS):
+            if all(block[k].get(name) is None for k in kinds):
                 continue
             body.append(
                 [
                     f"{set_name} ({block['base']['rows']})" if first else "",
                     name,
-                    *(_f(block[k].get(name)) for k in MODELS),
+                    *(_f(block[k].get(name)) for k in kinds),
                 ]
             )
             first = False
@@ -199,16 +207,17 @@ def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
 
 def language_table(result: dict) -> tuple[list[str], list[list[str]]]:
     """Per set and language, for the sets with more than one (eval.json from before: none)."""
-    header = ["set", "language", "metric", *(MODEL_TITLES[k] for k in MODELS)]
+    kinds = kinds_of(result)
+    header = ["set", "language", "metric", *(MODEL_TITLES[k] for k in kinds)]
     body = []
     for set_name, langs in result.get("by_language", {}).items():
         for lang, block in langs.items():
             first = True
             for name in TABLE_METRICS:
-                if all(block[k].get(name) is None for k in MODELS):
+                if all(block[k].get(name) is None for k in kinds):
                     continue
                 label = [set_name, f"{lang} ({block['base']['rows']})"] if first else ["", ""]
-                body.append([*label, name, *(_f(block[k].get(name)) for k in MODELS)])
+                body.append([*label, name, *(_f(block[k].get(name)) for k in kinds)])
                 first = False
     return header, body
 
@@ -300,6 +309,42 @@ def summary_lines(result: dict) -> list[str]:
                 f"Identical greedy answers, merged HF vs Q4_K_M, {set_name}: "
                 f"{same[set_name]['identical']}/{same[set_name]['rows']} ({same[set_name]['share']:.0%})."
             )
+    return lines + adapter_lines(result)
+
+
+def adapter_lines(result: dict) -> list[str]:
+    """The base GGUF + LoRA adapter GGUF beside the merged Q4_K_M (eval.json without an adapter: nothing)."""
+    section = result.get("adapter")
+    if not section:
+        return []
+
+    def mib(size: int) -> str:
+        return f"{size / 2**20:.1f} MiB"
+
+    lines = [
+        f"{MODEL_TITLES[ADAPTER_MODEL]}: the adapter is {mib(section['adapter_bytes'])}, applied to "
+        f"{Path(section['base_file']).name} ({mib(section['base_bytes'])}); the merged Q4_K_M is "
+        f"{mib(section['merged_gguf_bytes'])}."
+    ]
+    ppl = result["quantization"]["perplexity"].get(ADAPTER_MODEL, {}).get("perplexity")
+    if ppl is not None and section.get("perplexity_ratio_vs_gguf"):
+        lines.append(
+            f"Perplexity of the reference answers with the adapter: {ppl:.3f} "
+            f"(x{section['perplexity_ratio_vs_gguf']:.3f} the merged Q4_K_M's)."
+        )
+    same = section["identical_greedy_vs_gguf"]
+    for set_name in ("control", "val"):
+        if same[set_name]["rows"]:
+            lines.append(
+                f"Identical greedy answers, {MODEL_TITLES[ADAPTER_MODEL]} vs merged Q4_K_M, {set_name}: "
+                f"{same[set_name]['identical']}/{same[set_name]['rows']} ({same[set_name]['share']:.0%})."
+            )
+    forgot = result["forgetting"].get(ADAPTER_MODEL)
+    if result["forgetting"].get("rows") and forgot:
+        lines.append(
+            f"Forgetting: the {MODEL_TITLES[ADAPTER_MODEL]} forgot {forgot['forgotten']} of the general "
+            "prompts the base knew."
+        )
     return lines
 
 
@@ -324,7 +369,8 @@ def answer_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     for row in result["rows"]:
         if row.get("set") in ("control", "general") and "answer" in row:
             by_key.setdefault((row["set"], row["id"]), {})[row["model"]] = row
-    header = ["set", "prompt", "reference", *(MODEL_TITLES[k] for k in MODELS), "ROUGE-L (GGUF)"]
+    kinds = kinds_of(result)
+    header = ["set", "prompt", "reference", *(MODEL_TITLES[k] for k in kinds), "ROUGE-L (GGUF)"]
     body = []
     for (set_name, _), models in by_key.items():
         first = next(iter(models.values()))
@@ -333,7 +379,7 @@ def answer_rows(result: dict) -> tuple[list[str], list[list[str]]]:
                 set_name,
                 first["prompt"],
                 first["reference"],
-                *(models.get(k, {}).get("answer", "") for k in MODELS),
+                *(models.get(k, {}).get("answer", "") for k in kinds),
                 _f(models.get("gguf", {}).get("metrics", {}).get("rouge_l")),
             ]
         )
@@ -509,7 +555,8 @@ def print_tables(result: dict[str, Any]) -> None:
     table = Table(title=f"{result['run']}: evaluation (greedy, training format; means per row)", show_lines=False)
     table.add_column("set")
     table.add_column("metric")
-    for kind in MODELS:
+    kinds = kinds_of(result)
+    for kind in kinds:
         table.add_column(MODEL_TITLES[kind], justify="right")
     for set_name in SETS:
         block = result["aggregate"][set_name]
@@ -517,9 +564,9 @@ def print_tables(result: dict[str, Any]) -> None:
             continue
         label = f"{set_name} ({block['base']['rows']})"
         for name in TABLE_METRICS:
-            if all(block[k][name] is None for k in MODELS):
+            if all(block[k][name] is None for k in kinds):
                 continue
-            table.add_row(label, name, *(_fmt(block[k][name]) for k in MODELS))
+            table.add_row(label, name, *(_fmt(block[k][name]) for k in kinds))
             label = ""
         table.add_section()
     console.print(table)
@@ -561,6 +608,8 @@ def print_tables(result: dict[str, Any]) -> None:
         )
     if parts:
         console.print("Quantization: " + "; ".join(parts) + ".")
+    for line in adapter_lines(result):
+        console.print(escape(line), soft_wrap=True)
     print_quant_loss(result)
 
 

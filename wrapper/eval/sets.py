@@ -20,7 +20,10 @@ from wrapper.core.ui import console
 from wrapper.data.samples import conversations
 
 MODELS = ("base", "merged", "gguf")
-MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": "Q4_K_M GGUF"}
+# The run's LoRA as a GGUF adapter on its base GGUF (ftw gguf --adapter): scored when the run has the pair.
+ADAPTER_MODEL = "lora"
+ALL_MODELS = (*MODELS, ADAPTER_MODEL)
+MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": "Q4_K_M GGUF", "lora": "base+LoRA GGUF"}
 SETS = ("control", "val", "general")
 # The metrics the tables show (terminal, report.md, report.html), in this order.
 TABLE_METRICS = ("contains", "exact_match", "token_f1", "rouge_l", "key_info_recall", "length_ratio")

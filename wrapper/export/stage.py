@@ -16,10 +16,12 @@ from pathlib import Path
 
 import yaml
 
+from wrapper.config.models import local_model_dir
 from wrapper.core import manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_BITS
+from wrapper.core.plan import ADAPTER_FILES
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights
 from wrapper.core.ui import console
@@ -48,19 +50,6 @@ STREAMING_EXPORT_KEYS = {
 }
 # Where the run's own folder is; the adapter's content is an input of its own.
 RUN_LOCATION_KEYS = {"adapter_name_or_path", "export_dir"}
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-def local_model_dir(model: str) -> Path | None:
-    """A local folder for `model` (a path, or a hub id already in the Hugging Face cache)."""
-    if Path(model).is_dir():
-        return Path(model)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the cache (or no hub id): LLaMA-Factory's export will fetch it
-        return None
 
 
 def export_needs(base_dir: Path) -> dict[str, int]:

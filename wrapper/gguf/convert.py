@@ -34,15 +34,22 @@ from wrapper.prompts.fidelity import (
 GGUF_PY_ENV = {"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}
 
 
-def run_converter(merged: Path, partial: Path, outtype: str, log_path: Path) -> None:
-    converter = LLAMA_CPP_DIR / "convert_hf_to_gguf.py"
-    if not converter.is_file():
-        raise FtwError(f"{converter} is missing. Run `make setup` (it unpacks llama.cpp into vendor/).")
+def llama_cpp_script(name: str) -> Path:
+    script = LLAMA_CPP_DIR / name
+    if not script.is_file():
+        raise FtwError(f"{script} is missing. Run `make setup` (it unpacks llama.cpp into vendor/).")
+    return script
+
+
+def run_converter(merged: Path, partial: Path, outtype: str, log_path: Path, vocab_only: bool = False) -> None:
+    """convert_hf_to_gguf.py; `vocab_only`: the header and vocabulary without the weights (seconds)."""
+    argv = [sys.executable, str(llama_cpp_script("convert_hf_to_gguf.py")), str(merged)]
+    argv += ["--vocab-only"] if vocab_only else ["--outtype", outtype]
     run_with_status(
-        [sys.executable, str(converter), str(merged), "--outtype", outtype, "--outfile", str(partial)],
+        [*argv, "--outfile", str(partial)],
         log_path,
         "convert_hf_to_gguf",
-        f"convert {outtype}",
+        "convert vocabulary" if vocab_only else f"convert {outtype}",
         env=GGUF_PY_ENV,
         writes_to=partial.parent,
     )
@@ -109,10 +116,10 @@ def ensure_training_template(
     done(f"chat template replaced by the training format ({source}; {count} tensors kept); it differed: {reason}")
 
 
-def check_end_tokens(partial: Path, merged: Path, fmt: TrainingFormat, run_dir: Path) -> None:
+def check_end_tokens(partial: Path, merged: Path, fmt: TrainingFormat, run_dir: Path, record_as: str = "gguf") -> None:
     """Refuse a GGUF that llama.cpp would not stop generating at one of the model's end tokens, and
     record each token and what llama.cpp makes of it in the manifest (end_tokens.gguf: the
-    quantized files copy this file's vocabulary and metadata)."""
+    quantized files copy this file's vocabulary and metadata; `record_as` another key for another file)."""
     ends = end_tokens(fmt, merged)
     gguf = GgufEnds.read(partial, [end.id for end in ends if end.id is not None])
     problems = gguf_end_problems(gguf, ends)
@@ -130,6 +137,6 @@ def check_end_tokens(partial: Path, merged: Path, fmt: TrainingFormat, run_dir: 
             f"of an answer. To fix it, {as_eos}if the model never ends an answer with id {end.id}, drop it from "
             f"{merged / 'generation_config.json'}; then: ftw gguf --run {run_dir.name}"
         )
-    manifest.record_end_tokens(run_dir, "gguf", gguf_end_records(gguf, ends))
+    manifest.record_end_tokens(run_dir, record_as, gguf_end_records(gguf, ends))
     stopping = ", ".join(end.describe() for end in ends if end.ends_generation)
     done(f"llama.cpp ends generation at each token the model ends an answer with: {stopping}")

@@ -37,6 +37,7 @@ HUB_TIMEOUT_S = 10
 LANGUAGE_SAMPLE_ROWS = 5000  # rows whose language is guessed where `ftw data prepare` counted none
 EVAL_SETS = ("control", "val", "general")
 EVAL_MODELS = ("base", "merged", "gguf")
+ADAPTER_MODEL = "lora"  # eval.json's base + adapter pair (`ftw gguf --adapter`), when the run has one
 EVAL_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall")
 
 
@@ -206,17 +207,19 @@ def eval_table(run_dir: Path, gguf: Path) -> EvalTable | None:
         "base": "base",
         "merged": "fine-tuned (HF)",
         "gguf": f"fine-tuned ({Path(result['models']['gguf']).name})",
+        ADAPTER_MODEL: "base GGUF + LoRA adapter GGUF",
     }
+    models = [model for model in (*EVAL_MODELS, ADAPTER_MODEL) if model in result["models"]]
     rows = []
     for set_name in EVAL_SETS:
         block = result.get("aggregate", {}).get(set_name, {})
         if not block.get("base", {}).get("rows"):
             continue
         for metric in EVAL_METRICS:
-            values = [block.get(model, {}).get(metric) for model in EVAL_MODELS]
+            values = [block.get(model, {}).get(metric) for model in models]
             if any(value is not None for value in values):
                 rows.append([f"{set_name} ({block['base']['rows']})", metric, *map(number, values)])
-    return EvalTable(["set (rows)", "metric", *(titles[m] for m in EVAL_MODELS)], rows, eval_notes(result))
+    return EvalTable(["set (rows)", "metric", *(titles[m] for m in models)], rows, eval_notes(result))
 
 
 def number(value) -> str:

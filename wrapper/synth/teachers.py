@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_TYPES
+from wrapper.core.ollama_store import ollama_blob
 from wrapper.core.paths import display_path
 
 TEACHER_FORMS = (
@@ -216,38 +217,6 @@ class GgufTeacher:
 
 
 # ---- where a teacher's GGUF is ----------------------------------------------------------------
-
-
-def ollama_models_dir() -> Path:
-    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models")
-
-
-def ollama_blob(name: str, store: Path | None = None) -> Path:
-    """The GGUF blob of a pulled Ollama model: its manifest (manifests/HOST/NAMESPACE/MODEL/TAG)
-    lists layers; the one of media type ...image.model is the weights, at blobs/sha256-<hex>."""
-    store = store or ollama_models_dir()
-    model, _, tag = name.partition(":")
-    parts = model.split("/")
-    host, namespace = "registry.ollama.ai", "library"
-    if len(parts) == 3:
-        host, namespace, model = parts
-    elif len(parts) == 2:
-        namespace, model = parts
-    manifest_path = store / "manifests" / host / namespace / model / (tag or "latest")
-    if not manifest_path.is_file():
-        raise FtwError(
-            f"Ollama model {name!r} is not in the local store ({manifest_path} not found). "
-            f"Pull it first: ollama pull {name}  (or set OLLAMA_MODELS to the store's folder)"
-        )
-    try:
-        layers = json.loads(manifest_path.read_text(encoding="utf-8"))["layers"]
-        digest = next(layer["digest"] for layer in layers if layer["mediaType"].endswith(".image.model"))
-    except (ValueError, KeyError, StopIteration, TypeError):
-        raise FtwError(f"{manifest_path}: not an Ollama model manifest with a model layer") from None
-    blob = store / "blobs" / digest.replace(":", "-")
-    if not blob.is_file():
-        raise FtwError(f"{manifest_path} names {digest}, but {blob} is missing: pull it again (ollama pull {name})")
-    return blob
 
 
 def run_gguf(run: str) -> Path:
