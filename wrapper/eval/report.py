@@ -302,14 +302,18 @@ def summary_lines(result: dict) -> list[str]:
             f"tokens): f16 GGUF {ppl['f16']['perplexity']:.3f}, Q4_K_M {ppl['Q4_K_M']['perplexity']:.3f} "
             f"(ratio {quant['perplexity_ratio']:.3f})."
         )
-    same = quant["identical_greedy"]
-    for set_name in ("control", "val"):
-        if same[set_name]["rows"]:
-            lines.append(
-                f"Identical greedy answers, merged HF vs Q4_K_M, {set_name}: "
-                f"{same[set_name]['identical']}/{same[set_name]['rows']} ({same[set_name]['share']:.0%})."
-            )
+    lines += identical_lines("merged HF vs Q4_K_M", quant["identical_greedy"])
     return lines + adapter_lines(result)
+
+
+def identical_lines(pair: str, same: dict) -> list[str]:
+    """How many greedy answers two models gave token for token, per set that has rows."""
+    return [
+        f"Identical greedy answers, {pair}, {set_name}: "
+        f"{same[set_name]['identical']}/{same[set_name]['rows']} ({same[set_name]['share']:.0%})."
+        for set_name in ("control", "val")
+        if same[set_name]["rows"]
+    ]
 
 
 def adapter_lines(result: dict) -> list[str]:
@@ -332,13 +336,7 @@ def adapter_lines(result: dict) -> list[str]:
             f"Perplexity of the reference answers with the adapter: {ppl:.3f} "
             f"(x{section['perplexity_ratio_vs_gguf']:.3f} the merged Q4_K_M's)."
         )
-    same = section["identical_greedy_vs_gguf"]
-    for set_name in ("control", "val"):
-        if same[set_name]["rows"]:
-            lines.append(
-                f"Identical greedy answers, {MODEL_TITLES[ADAPTER_MODEL]} vs merged Q4_K_M, {set_name}: "
-                f"{same[set_name]['identical']}/{same[set_name]['rows']} ({same[set_name]['share']:.0%})."
-            )
+    lines += identical_lines(f"{MODEL_TITLES[ADAPTER_MODEL]} vs merged Q4_K_M", section["identical_greedy_vs_gguf"])
     forgot = result["forgetting"].get(ADAPTER_MODEL)
     if result["forgetting"].get("rows") and forgot:
         lines.append(
