@@ -18,6 +18,11 @@ PARALLEL ?= 1
 KEEP_INTERMEDIATES ?=
 # IMATRIX=1: `make gguf` quantizes with an importance matrix from the run's training rows (builds llama.cpp's tools)
 IMATRIX ?=
+# `make adapter`: the base the LoRA adapter is served on (a .gguf or an Ollama name; default: ftw makes one)
+BASE    ?=
+# `make publish`: the Hugging Face repository (USER/NAME); DRY_RUN=1 builds and lists the folder only
+REPO    ?=
+DRY_RUN ?=
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -25,7 +30,7 @@ PY      := $(VENV)/bin/python
 FTW     := $(VENV)/bin/ftw
 DEPS_STAMP := $(VENV)/.ftw-deps
 
-.PHONY: setup tools demo data synth train gguf ollama chat lmstudio eval lint test test-fast clean-runs
+.PHONY: setup tools demo data synth train gguf adapter publish ollama chat lmstudio eval lint test test-fast clean-runs
 
 # Pinned packages into .venv (re-installed only when requirements change), then the
 # llama.cpp tree and the demo's offline base model (both skip themselves when present).
@@ -66,6 +71,14 @@ gguf: setup
 	$(FTW) gguf --run $(RUN) $(foreach q,$(QUANT),--quant $(q)) $(if $(KEEP_INTERMEDIATES),--keep-intermediates) $(if $(IMATRIX),--imatrix)
 	$(FTW) modelfile --run $(RUN) --quant $(firstword $(QUANT))
 	$(FTW) smoke --run $(RUN) --quant $(firstword $(QUANT))
+
+# The LoRA alone as a GGUF adapter (megabytes) and Modelfile.adapter on its base.
+adapter: setup
+	$(FTW) gguf --run $(RUN) --adapter $(if $(BASE),--base "$(BASE)") --quant $(firstword $(QUANT))
+
+# The quantized GGUF(s), Ollama's Hub files and a model card to a Hugging Face repository.
+publish: setup
+	$(FTW) publish --run $(RUN) --repo "$(REPO)" $(foreach q,$(QUANT),--quant $(q)) $(if $(DRY_RUN),--dry-run)
 
 ollama: setup
 	$(FTW) ollama --run $(RUN)
