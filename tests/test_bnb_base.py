@@ -191,12 +191,12 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
 
     # Now the adapter converts (given the 4-bit base's config without its quantization_config) and the
     # base GGUF is made from the dequantized copy export left; llama.cpp applies the pair.
-    from wrapper.core.gguf_io import ModelShape
+    from wrapper.core.gguf_io import GgufShape
 
     ftw("gguf", "--run", "bnb", "--adapter", cwd=tmp_path)
     artifacts = read_manifest(run_dir)["artifacts"]
     lora, base = Path(artifacts["gguf_lora"]), Path(artifacts["gguf_base_q4_k_m"])
-    shape = ModelShape.read(lora)
+    shape = GgufShape.read(lora)
     assert (shape.file_type, shape.architecture) == ("adapter", "qwen2") and shape.tensors > 0
     assert (run_dir / "Modelfile.adapter").is_file()
     llm = llama_cpp.Llama(str(base), lora_path=str(lora), n_ctx=256, n_threads=2, seed=0, verbose=False)

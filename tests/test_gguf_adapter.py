@@ -48,14 +48,14 @@ def greedy_answers(base: Path, lora: Path | None, tokenizer_dir: Path) -> list[s
 
 
 def test_the_adapter_is_small_and_teaches_the_base(adapter_run):
-    from wrapper.core.gguf_io import ModelShape
+    from wrapper.core.gguf_io import GgufShape
 
     run, found = adapter_run["run"], artifacts(adapter_run["run"])
     lora, base, merged = (Path(found[key]) for key in ("gguf_lora", "gguf_base_q4_k_m", "gguf_q4_k_m"))
     assert lora == run / "gguf" / "e2e-lora.gguf" and base == run / "gguf" / "e2e-base-Q4_K_M.gguf"
     assert found["gguf_lora_base"] == str(base) and found["modelfile_adapter"] == str(run / "Modelfile.adapter")
     assert lora.stat().st_size * 5 < merged.stat().st_size  # ~9 MiB against ~100 MiB
-    shape = ModelShape.read(lora)
+    shape = GgufShape.read(lora)
     assert (shape.file_type, shape.architecture) == ("adapter", "llama") and shape.tensors > 0
     assert not list((run / "gguf").glob("*.partial*"))
     out = " ".join(adapter_run["stdout"].split())

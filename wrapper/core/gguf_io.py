@@ -81,8 +81,7 @@ def verify_gguf(path: Path, expected_ftype: int) -> int:
         raise FtwError(f"{path} {problem}")
     if not reader.tensors:
         raise FtwError(f"{path} holds no tensors")
-    field = reader.fields.get("general.file_type")
-    file_type = int(field.parts[field.data[0]][0]) if field else None
+    file_type = field_value(reader, "general.file_type")
     if file_type != expected_ftype:
         raise FtwError(f"{path}: general.file_type is {file_type}, expected {expected_ftype}")
     return len(reader.tensors)
@@ -92,7 +91,7 @@ def verify_gguf(path: Path, expected_ftype: int) -> int:
 
 
 @dataclass(frozen=True)
-class ModelShape:
+class GgufShape:
     """What a LoRA adapter needs its base GGUF to share with the model it was trained on:
     llama.cpp's architecture, the layer count and width, and the vocabulary, token by token."""
 
@@ -104,7 +103,7 @@ class ModelShape:
     tensors: int
 
     @classmethod
-    def read(cls, path: Path) -> ModelShape:
+    def read(cls, path: Path) -> GgufShape:
         reader, problem = read_gguf(path)
         if problem is not None:
             raise FtwError(f"{path} {problem}")
@@ -119,7 +118,7 @@ class ModelShape:
             tensors=len(reader.tensors),
         )
 
-    def differences(self, other: ModelShape) -> list[str]:
+    def differences(self, other: GgufShape) -> list[str]:
         """How `other` differs from this one, one phrase each (this one's value first)."""
         found = [
             f"{name} {mine} vs {theirs}"

@@ -46,7 +46,7 @@ from wrapper.eval import metrics, quant_loss
 from wrapper.eval.sets import ADAPTER_MODEL, MODEL_TITLES, MODELS, SETS, EvalSets, Item, load_sets, recipe_eval
 from wrapper.gguf import adapter as adapter_gguf
 from wrapper.prompts.chat_format import ChatFormat, chat_format
-from wrapper.serve.models import GgufModel, HfModel
+from wrapper.serve.models import GgufModel, HfModel, load_llama
 
 EVAL_DIR = "eval"
 ROWS = "rows.jsonl"
@@ -214,9 +214,6 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
 
 
 def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict]:
-    from llama_cpp import Llama
-    from llama_cpp._utils import suppress_stdout_stderr
-
     plan = manifest.plan_of(run_dir)
     fmt = chat_format(manifest.artifact(run_dir, "merged", "ftw export"), plan.template, plan.system)
     encoded = []
@@ -236,28 +233,25 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
             # the f16 file was deleted by hand, or the run converted to bf16: the rest of eval still runs
             result[quant] = {"file": None, "rows": 0, "tokens": 0, "mean_nll": None, "perplexity": None}
             result[quant]["skipped"] = str(error)
-    if adapter_pair(run_dir):
-        files[ADAPTER_MODEL] = adapter_pair(run_dir)
+    pair = adapter_pair(run_dir)
+    if pair:
+        files[ADAPTER_MODEL] = pair
     for label, (path, lora) in files.items():
         model_key = f"ppl_{label.lower()}"
         todo = [e for e in encoded if e[0].key(model_key, 0) not in rows.done]
         if todo:
             n_ctx = max(len(p) + len(r) for _, p, r in encoded) + 8
-            adapter = {"lora_path": str(lora)} if lora else {}
             what = f"{path.name} + {lora.name}" if lora else path.name
             with console.status(f"perplexity of {what} on {len(todo)} reference answers"):
-                with suppress_stdout_stderr(disable=not lora):  # llama.cpp logs each adapter tensor it applies
-                    llm = Llama(
-                        model_path=str(path),
-                        n_ctx=n_ctx,
-                        n_batch=n_ctx,
-                        logits_all=True,
-                        n_threads=gguf_threads(path),
-                        n_threads_batch=gguf_threads(path),
-                        seed=0,
-                        verbose=False,
-                        **adapter,
-                    )
+                llm = load_llama(
+                    path,
+                    lora,
+                    n_ctx=n_ctx,
+                    n_batch=n_ctx,
+                    logits_all=True,
+                    n_threads=gguf_threads(path),
+                    n_threads_batch=gguf_threads(path),
+                )
                 try:
                     for item, prompt, response in todo:
                         nll, count = answer_nll(llm, prompt, response)

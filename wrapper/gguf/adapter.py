@@ -30,21 +30,14 @@ from pathlib import Path
 from wrapper.config.models import local_model_dir
 from wrapper.core import manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_TYPES, ModelShape, field_value, ftype_of, gguf_key, read_gguf, verify_gguf
+from wrapper.core.gguf_io import QUANT_TYPES, GgufShape, field_value, ftype_of, gguf_key, read_gguf, verify_gguf
 from wrapper.core.ollama_store import ollama_blob, ollama_manifest, ollama_models_dir
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import ADAPTER_FILES, RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import console, done
-from wrapper.gguf.convert import (
-    GGUF_PY_ENV,
-    check_end_tokens,
-    ensure_training_template,
-    llama_cpp_script,
-    run_converter,
-)
-from wrapper.gguf.stage import check_gguf_disk
-from wrapper.prompts.fidelity import training_format
+from wrapper.gguf.convert import GGUF_PY_ENV, convert_in_training_format, llama_cpp_script, run_converter
+from wrapper.gguf.stage import check_gguf_disk, quantizer_argv
 
 KEY = "gguf_lora"
 # The local GGUF the adapter was checked against and is served on (ftw eval loads the pair).
@@ -121,7 +114,7 @@ class VocabStage(stage.Stage):
         run_converter(self.source, partial, "f16", self.log_path, vocab_only=True)
 
     def verify(self, partial: Path) -> str:
-        shape = ModelShape.read(partial)
+        shape = GgufShape.read(partial)
         if not shape.tokens:
             raise FtwError(f"{partial} holds no vocabulary")
         return f"{shape.architecture}, {len(shape.tokens)} tokens"
@@ -157,15 +150,15 @@ def looks_like_path(spec: str) -> bool:
     return Path(spec).expanduser().exists() or spec.endswith(".gguf") or spec.startswith(("/", ".", "~"))
 
 
-def check_base(run_dir: Path, plan: RunPlan, gguf: Path, label: str, log_path: Path) -> ModelShape:
+def check_base(run_dir: Path, plan: RunPlan, gguf: Path, label: str, log_path: Path) -> GgufShape:
     """Refuse a base GGUF the run's adapter was not trained on (architecture, layers, width, vocabulary)."""
-    given = ModelShape.read(gguf)
+    given = GgufShape.read(gguf)
     again = f"ftw gguf --adapter --run {plan.run}"
     if given.file_type == "adapter":
         raise FtwError(
             f"{label} is a LoRA adapter, not a base model. Give the base model's GGUF, or leave --base out: {again}"
         )
-    ours = ModelShape.read(reference_gguf(run_dir, plan, log_path))
+    ours = GgufShape.read(reference_gguf(run_dir, plan, log_path))
     differences = ours.differences(given)
     if differences:
         raise FtwError(
@@ -210,20 +203,9 @@ class BaseGgufStage(stage.Stage):
         unquantized = partial.with_name(partial.name + ".f16")  # a helper of the partial: removed with it
         console.print(f"Converting the base model {self.source} with llama.cpp; full log: {self.log_path}")
         check_gguf_disk(self.source, partial.parent, "f16", [self.quant])
-        run_converter(self.source, unquantized, "f16", self.log_path)
-        fmt = training_format(self.source, plan.template, plan.system)
-        ensure_training_template(unquantized, fmt, plan.template, ftype_of("f16"), self.log_path)
-        check_end_tokens(unquantized, self.source, fmt, self.run_dir, record_as=self.key)
-        argv = [
-            sys.executable,
-            "-m",
-            "wrapper.gguf.quantize",
-            str(unquantized),
-            str(partial),
-            str(ftype_of(self.quant)),
-        ]
+        convert_in_training_format(self.source, unquantized, "f16", plan, self.run_dir, self.log_path, self.key)
         run_with_status(
-            argv,
+            quantizer_argv(unquantized, partial, self.quant),
             self.log_path,
             f"llama.cpp quantize {self.quant}",
             f"quantize base {self.quant}",

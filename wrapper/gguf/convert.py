@@ -19,8 +19,9 @@ from pathlib import Path
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import verify_gguf
+from wrapper.core.gguf_io import ftype_of, verify_gguf
 from wrapper.core.paths import LLAMA_CPP_DIR
+from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import console, done
 from wrapper.prompts.end_tokens import GgufEnds, end_tokens, gguf_end_problems, gguf_end_records
@@ -29,6 +30,7 @@ from wrapper.prompts.fidelity import (
     TrainingFormat,
     check_gguf_template,
     jinja_candidates,
+    training_format,
 )
 
 GGUF_PY_ENV = {"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}
@@ -140,3 +142,15 @@ def check_end_tokens(partial: Path, merged: Path, fmt: TrainingFormat, run_dir: 
     manifest.record_end_tokens(run_dir, record_as, gguf_end_records(gguf, ends))
     stopping = ", ".join(end.describe() for end in ends if end.ends_generation)
     done(f"llama.cpp ends generation at each token the model ends an answer with: {stopping}")
+
+
+def convert_in_training_format(
+    model_dir: Path, partial: Path, outtype: str, plan: RunPlan, run_dir: Path, log_path: Path, record_as: str = "gguf"
+) -> None:
+    """convert_hf_to_gguf, then the training format as the file's chat template and llama.cpp's end tokens
+    checked (recorded under `record_as` in the manifest's end_tokens)."""
+    run_converter(model_dir, partial, outtype, log_path)
+    verify_gguf(partial, ftype_of(outtype))
+    fmt = training_format(model_dir, plan.template, plan.system)
+    ensure_training_template(partial, fmt, plan.template, ftype_of(outtype), log_path)
+    check_end_tokens(partial, model_dir, fmt, run_dir, record_as=record_as)

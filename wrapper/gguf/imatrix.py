@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wrapper.core import stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import gguf_key
+from wrapper.core.gguf_io import field_value, gguf_key
 from wrapper.core.llama_tools import cpu_jobs, tool
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
@@ -99,8 +99,7 @@ def read_imatrix(path: Path) -> tuple[int, int]:
         reader = GGUFReader(path)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
         raise FtwError(f"{path} is not a readable imatrix GGUF: {error}") from error
-    field = reader.fields.get("imatrix.chunk_count")
-    chunks = int(field.parts[field.data[0]][0]) if field else 0
+    chunks = field_value(reader, "imatrix.chunk_count") or 0
     entries = sum(1 for tensor in reader.tensors if tensor.name.endswith(".in_sum2"))
     if not entries or not chunks:
         raise FtwError(f"{path} holds no importance data ({entries} tensors, {chunks} chunks)")

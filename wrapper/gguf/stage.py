@@ -26,7 +26,7 @@ from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights, read_header
 from wrapper.core.ui import console, done
-from wrapper.gguf.convert import check_end_tokens, ensure_training_template, run_converter
+from wrapper.gguf.convert import convert_in_training_format
 from wrapper.gguf.imatrix import ImatrixStage, calibration
 from wrapper.gguf.quantize import MAX_BUF_BYTES
 from wrapper.prompts.fidelity import training_format
@@ -76,11 +76,7 @@ class ConvertStage(stage.Stage):
         console.print(f"Converting {self.merged} with llama.cpp; full log: {self.log_path}")
         check_weights_suit(self.merged, self.outtype, self.plan.run)
         check_gguf_disk(self.merged, partial.parent, self.outtype, self.quants_to_make)
-        run_converter(self.merged, partial, self.outtype, self.log_path)
-        verify_gguf(partial, ftype_of(self.outtype))
-        fmt = training_format(self.merged, self.plan.template, self.plan.system)
-        ensure_training_template(partial, fmt, self.plan.template, ftype_of(self.outtype), self.log_path)
-        check_end_tokens(partial, self.merged, fmt, self.run_dir)
+        convert_in_training_format(self.merged, partial, self.outtype, self.plan, self.run_dir, self.log_path)
 
     def verify(self, partial: Path) -> str:
         return f"{verify_gguf(partial, ftype_of(self.outtype))} tensors, {mib(partial)}"
@@ -113,15 +109,8 @@ class QuantizeStage(stage.Stage):
         return stage.StageInputs(self.key, values)
 
     def make(self, partial: Path) -> None:
-        if self.imatrix:
-            argv = [str(tool("llama-quantize")), "--imatrix", str(self.imatrix.target)]
-            argv += ["--max-buffer-size", str(MAX_BUF_BYTES // 2**20), str(self.source.target), str(partial)]
-            argv += [self.quant, str(cpu_jobs())]
-        else:  # llama-cpp-python's own library: nothing to build
-            argv = [sys.executable, "-m", "wrapper.gguf.quantize", str(self.source.target), str(partial)]
-            argv += [str(ftype_of(self.quant))]
         run_with_status(
-            argv,
+            quantizer_argv(self.source.target, partial, self.quant, self.imatrix.target if self.imatrix else None),
             self.source.log_path,
             f"llama.cpp quantize {self.quant}",
             f"quantize {self.quant}",
@@ -130,6 +119,15 @@ class QuantizeStage(stage.Stage):
 
     def verify(self, partial: Path) -> str:
         return f"{verify_gguf(partial, ftype_of(self.quant))} tensors, {mib(partial)}"
+
+
+def quantizer_argv(source: Path, target: Path, quant: str, imatrix: Path | None = None) -> list[str]:
+    """The quantizer child: llama.cpp's llama-quantize with an importance matrix, else the library inside
+    llama-cpp-python (nothing to build)."""
+    if imatrix is None:
+        return [sys.executable, "-m", "wrapper.gguf.quantize", str(source), str(target), str(ftype_of(quant))]
+    argv = [str(tool("llama-quantize")), "--imatrix", str(imatrix), "--max-buffer-size", str(MAX_BUF_BYTES // 2**20)]
+    return argv + [str(source), str(target), quant, str(cpu_jobs())]
 
 
 def check_quant_names(quants: list[str], imatrix: bool = False) -> list[str]:

@@ -15,30 +15,28 @@ from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import gguf_problem
 
 
+def load_llama(path: Path, lora: Path | None = None, **settings):
+    """llama.cpp (llama-cpp-python's Llama) on a GGUF, quiet and seeded; with `lora`, a GGUF adapter
+    applied to it at load time."""
+    from llama_cpp import Llama
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    adapter = {"lora_path": str(lora)} if lora else {}
+    # llama.cpp logs a line per adapter tensor (even when quiet) while it applies an adapter
+    with suppress_stdout_stderr(disable=not lora):
+        return Llama(model_path=str(path), seed=0, verbose=False, **adapter, **settings)
+
+
 class GgufModel:
     """A GGUF in llama.cpp; with `lora`, a GGUF adapter applied to it at load time (ftw gguf --adapter)."""
 
     def __init__(self, path: Path, n_ctx: int = 1024, n_threads: int | None = None, lora: Path | None = None):
-        from llama_cpp import Llama
-        from llama_cpp._utils import suppress_stdout_stderr
-
         problem = gguf_problem(path)
         if problem is not None:  # llama.cpp would only say "failed to load model"
             run = Path(path).resolve().parent.parent.name  # runs/RUN/gguf/FILE
             raise FtwError(f"{path} {problem}. Make it again with: ftw gguf --run {run} --force")
         threads = n_threads or os.cpu_count()
-        adapter = {"lora_path": str(lora)} if lora else {}
-        # llama.cpp logs a line per adapter tensor (even when quiet) while it applies an adapter
-        with suppress_stdout_stderr(disable=not lora):
-            self.llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                seed=0,
-                verbose=False,
-                **adapter,
-            )
+        self.llm = load_llama(path, lora, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads)
 
     def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:
         out: list[int] = []
