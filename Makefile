@@ -108,9 +108,10 @@ lint: setup
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
-# Everything, with real LLaMA-Factory runs and real llama.cpp files: what CI runs.
+# Everything, with real LLaMA-Factory runs and real llama.cpp files: what CI runs. Plain `pytest`
+# runs only the fast tier (pyproject.toml's addopts); -m below selects every test.
 test: lint tools
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "slow or not slow" --durations=30 tests
 
 # The inner loop: unit and in-process CLI tests, no training or conversion (under 2 minutes).
 test-fast: lint

@@ -65,6 +65,7 @@ def test_a_failed_build_names_its_log_and_is_not_retried_on_use(fake_tree, monke
     assert llama_tools.built_tool("llama-server", fake_tree) is None
 
 
+@pytest.mark.slow  # needs `make tools` (minutes), which `make test` runs first
 def test_the_tools_are_built_from_the_vendored_commit():
     """`make tools` ran before the tests (Makefile): the stamp names this tree's commit, and each program runs."""
     spec = llama_tools.wanted_spec()
