@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from wrapper.core.cpu import FAST_BF16_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 FTW = [sys.executable, "-m", "wrapper.cli"]
+
+# Every training in the tests computes in float32, whatever this CPU offers: the suite takes the same time
+# and trains the same weights on every machine (where bfloat16 is slow, it would take hours). The choice
+# itself is tested with the detection set each way (tests/test_compute_dtype.py).
+os.environ[FAST_BF16_ENV] = "0"
 
 
 # Set for the shared demo run: no artifact of it may contain this (tests/test_pipeline.py).

@@ -114,7 +114,8 @@ def test_full_precision_base_is_the_merge_base(tmp_path, monkeypatch):
     export_args = yaml.safe_load((run_dir / "export.yaml").read_text(encoding="utf-8"))
     assert export_args["model_name_or_path"] == str(full)
     train_args = yaml.safe_load((run_dir / "train.yaml").read_text(encoding="utf-8"))
-    assert train_args["model_name_or_path"] == str(tiny_qwen2_bnb_dir().resolve())
+    assert plan["base_model"] == str(tiny_qwen2_bnb_dir().resolve())
+    assert train_args["model_name_or_path"] == str(run_dir / "base-float32")  # its config, in float32 on the CPU
     assert "quantization_bit" not in train_args  # the base is 4-bit already
 
 
@@ -133,7 +134,8 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
     assert plan["merge_base_source"].startswith("a dequantized copy")
     assert plan["merge_base"] == str(run_dir / "base-dequantized")
     train_args = yaml.safe_load((run_dir / "train.yaml").read_text(encoding="utf-8"))
-    assert train_args["model_name_or_path"] == str(bnb) and "quantization_bit" not in train_args
+    assert plan["base_model"] == str(bnb) and "quantization_bit" not in train_args
+    assert train_args["model_name_or_path"] == str(run_dir / "base-float32")
 
     ftw("train", "--run", "bnb", cwd=tmp_path)
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()

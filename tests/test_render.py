@@ -46,7 +46,9 @@ def minimal_recipe(folder: Path, extra: str = "", dataset: Path = DEMO_DATA, bas
 def test_demo_renders_and_validates(runs_dir):
     plan = render("demo", "cpu", "demo", [], [])
     train = yaml.safe_load((runs_dir / "demo" / "train.yaml").read_text())
-    assert train["model_name_or_path"] == str(DEMO_MODEL)
+    # the tests compute in float32 (conftest.py): the demo's bfloat16 base is loaded through its float32 config
+    assert train["model_name_or_path"] == str(runs_dir / "demo" / "base-float32")
+    assert plan.base_model == str(DEMO_MODEL)
     assert train["template"] == "smollm2"
     assert train["output_dir"] == str(runs_dir / "demo" / "adapter")
     assert train["bf16"] is False  # from the cpu profile

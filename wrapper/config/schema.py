@@ -29,6 +29,8 @@ from wrapper.core.paths import PROJECT_ROOT, display_path
 METHODS = ("lora", "qlora", "full")
 DEDUPE_MODES = ("exact", "near", "none")
 DEVICES = ("cpu", "cuda")
+# How a base is computed when it trains on a CPU (wrapper/config/compute_dtype.py).
+CPU_DTYPES = ("auto", "float32", "bfloat16")
 SYNTH_KINDS = ("qa", "cot")
 
 DEFAULT_ORIGIN = "ftw default (wrapper/config/schema.py)"
@@ -116,6 +118,12 @@ class ModelSection:
     )
     full_precision_base: str | None = key(
         None, help="for a pre-quantized (bitsandbytes) base: the full-precision model the LoRA is merged into"
+    )
+    cpu_dtype: str = key(
+        "auto",
+        choices=CPU_DTYPES,
+        help="training on a CPU: the dtype the base's weights are loaded and computed in; auto: float32 "
+        "unless the CPU has fast bfloat16 (avx512_bf16 or amx_bf16)",
     )
 
 

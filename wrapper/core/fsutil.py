@@ -53,3 +53,20 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def link_or_copy(source: Path, target: Path) -> str:
+    """`target` as a hard link to `source`, else a symbolic link, else a copy (another drive, Windows without
+    Developer Mode, a file system without links); says which. Gigabytes of weights are never copied where a
+    link will do."""
+    try:
+        os.link(source, target)
+        return "hard link"
+    except OSError:
+        pass
+    try:
+        target.symlink_to(source.resolve())
+        return "symbolic link"
+    except OSError:
+        shutil.copy2(source, target)
+        return "copy"

@@ -39,6 +39,9 @@ class RunPlan:
     ollama_parameters: dict[str, Any] = field(default_factory=dict)
     gpus: int = 1  # training processes: GPUs, or processes on the CPU
     device: str = "cuda"  # the profile's: cuda or cpu
+    # On a CPU: the dtype the base's weights are loaded and computed in, and why (wrapper/config/compute_dtype.py)
+    compute_dtype: str | None = None
+    compute_dtype_reason: str | None = None
     fit: dict | None = None  # the planner's verdict for a GPU profile
     skipped_checks: list[str] = field(default_factory=list)  # checks this machine can't run (LLaMA-Factory's, stops)
     end_of_turn: dict | None = None  # the token a sample answer ends with and trains on (wrapper/train/stops.py)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wrapper.config import planner
+from wrapper.config.compute_dtype import BYTES_PER_PARAM
 from wrapper.config.models import bnb_quantization, model_config, resolve_model
 from wrapper.config.profiles import load_profile, shipped_profiles
 from wrapper.config.recipes import load_recipe
@@ -86,13 +87,7 @@ def plan_report(recipe_name: str, profile_name: str, data_files: list[str], over
         "gguf_q4_k_m_gb": round(gguf_gb, 2),
     }
     if plan.fit is None:
-        report.update(
-            fits=True,
-            peak_vram_gb=0.0,
-            budget_gb=0.0,
-            epoch_hours=None,
-            notes=["cpu profile: no GPU memory to plan; training runs on the CPU"],
-        )
+        report.update(fits=True, peak_vram_gb=0.0, budget_gb=0.0, epoch_hours=None, notes=_cpu_notes(plan, shape))
         return report
     settings = planner.Settings(**plan.fit["settings"])
     tps, throughput_source = planner.tokens_per_second(shape, settings, planner.profile_facts(profile), plan.base_model)
@@ -111,6 +106,19 @@ def plan_report(recipe_name: str, profile_name: str, data_files: list[str], over
         deepspeed=plan.fit.get("deepspeed_template"),
     )
     return report
+
+
+def _cpu_notes(plan, shape: planner.ModelShape) -> list[str]:
+    if plan.device != "cpu":
+        return ["no memory plan for this profile (it names no GPU memory)"]
+    notes = ["cpu profile: no GPU memory to plan; training runs on the CPU"]
+    if plan.compute_dtype:
+        weights_gb = shape.params * BYTES_PER_PARAM[plan.compute_dtype] / 1024**3
+        notes.append(
+            f"the base is computed in {plan.compute_dtype} ({plan.compute_dtype_reason}): "
+            f"its weights take ~{weights_gb:.1f} GiB of RAM; model.cpu_dtype changes it"
+        )
+    return notes
 
 
 def max_context_report(recipe_name: str, profile_name: str | None, overrides: list[str]) -> dict:

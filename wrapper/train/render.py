@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from wrapper.config import llamafactory, planner, processes
+from wrapper.config import compute_dtype, llamafactory, planner, processes
 from wrapper.config.models import bnb_quantization, choose_merge_base, model_config, resolve_model
 from wrapper.config.profiles import load_profile
 from wrapper.config.recipes import load_recipe
@@ -38,7 +38,7 @@ from wrapper.core.plan import RunPlan
 from wrapper.core.templates import template_env
 from wrapper.data.datasets import DatasetFile, inspect_dataset
 from wrapper.data.prepared import PreparedData, load_prepared
-from wrapper.train import stops
+from wrapper.train import base_dtype, stops
 
 PLANNER_ORIGIN = "planner for profile {} (wrapper/config/planner.py)"
 
@@ -204,6 +204,9 @@ def build_plan(
         origins[key] = str(recipe.doc.origin(recipe_key)) if recipe_key else f"--run {run}"
     if prepared:
         origins["dataset"] = prepared.origin
+    dtype = compute_dtype.for_cpu(recipe.model.cpu_dtype) if profile.device == "cpu" else None
+    if dtype is not None:
+        _load_base_in(dtype, recipe, base_model, run_dir, args, origins)
     method = recipe.method
     if "quantization_bit" in args or (quantization and method == "lora"):
         method = "qlora"
@@ -233,10 +236,29 @@ def build_plan(
         ollama_parameters=recipe.ollama.parameters,
         gpus=profile.gpus,
         device=profile.device,
+        compute_dtype=dtype.dtype if dtype else None,
+        compute_dtype_reason=dtype.reason if dtype else None,
         fit=fit,
         prepared_data=prepared.summary() if prepared else None,
     )
     return plan, datasets
+
+
+def _load_base_in(
+    dtype: compute_dtype.ComputeDtype, recipe: Recipe, base_model: str, run_dir: Path, args: dict, origins: dict
+) -> None:
+    """On a CPU, LLaMA-Factory loads the base from a folder whose config.json says `dtype` when the base's own
+    says otherwise (wrapper/train/base_dtype.py; `ftw train` makes it)."""
+    try:
+        config = model_config(base_model)
+    except FtwError:  # a hub id not downloaded: `ftw train` downloads it, as LLaMA-Factory would
+        config = None
+    if not base_dtype.needs_folder(config, dtype.dtype):
+        return
+    args["model_name_or_path"] = str(base_dtype.folder_for(run_dir, dtype.dtype))
+    origins["model_name_or_path"] = (
+        f"{recipe.doc.origin('model.base')} with config.json's dtype set to {dtype.dtype} ({dtype.reason})"
+    )
 
 
 def _recipe_key_for(arg: str) -> str | None:

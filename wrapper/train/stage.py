@@ -23,6 +23,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_logged
 from wrapper.core.ui import console, stage_progress
+from wrapper.train import base_dtype
 
 FINISHED_MARKER = "train_results.json"  # written by LLaMA-Factory after the final save
 CHECKPOINT_STATE = "trainer_state.json"  # the last file transformers writes into a checkpoint
@@ -259,9 +260,11 @@ class TrainStage(stage.Stage):
         if resumable:
             console.print(f"Resuming from {resumable[-1].name} (LLaMA-Factory picks the newest checkpoint).")
         preflight(self.plan, resumable, self.ignore_fit)
+        base_dtype.ensure(self.plan)
         console.print(
-            f"Training [bold]{self.plan.run}[/bold]: {self.plan.recipe} on {self.plan.profile}; "
-            f"full log: {self.log_path}"
+            f"Training [bold]{self.plan.run}[/bold]: {self.plan.recipe} on {self.plan.profile}"
+            + (f", computed in {self.plan.compute_dtype}" if self.plan.compute_dtype else "")
+            + f"; full log: {self.log_path}"
         )
         with stage_progress() as progress:
             task = progress.add_task("train", total=None, status="loading model and data")
