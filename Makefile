@@ -95,7 +95,7 @@ demo: setup
 	$(MAKE) --no-print-directory train RECIPE=demo PROFILE=cpu RUN=demo
 	$(MAKE) --no-print-directory gguf RUN=demo KEEP_INTERMEDIATES=1
 	$(FTW) answers --run demo
-	$(FTW) eval --run demo
+	$(FTW) eval --run demo --no-build-tools
 
 # Base vs merged vs Q4_K_M on the recipe's control prompts, validation rows and general
 # knowledge; writes runs/RUN/eval.json, report.md and report.html. Re-running resumes.

@@ -32,8 +32,15 @@ from wrapper.eval.report import compare_runs, print_tables, write_report
     help="Measure each quantized GGUF's KL divergence from the f16 GGUF with llama-perplexity "
     "(built on first use, a few minutes once: make tools).",
 )
+@click.option(
+    "--build-tools/--no-build-tools",
+    default=True,
+    show_default=True,
+    help="Build llama.cpp's tools for the KL divergence when they aren't built yet; without, the KL divergence "
+    "is skipped until they are (make demo does this, so the demo's first run isn't spent compiling).",
+)
 def eval_command(
-    run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None, quant_loss: bool
+    run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None, quant_loss: bool, build_tools: bool
 ) -> None:
     """Base vs merged vs Q4_K_M GGUF on control prompts, validation rows and general knowledge.
 
@@ -51,7 +58,12 @@ def eval_command(
     """
     run_dir = run_dir_of(run)
     result = evaluate(
-        run_dir, val_sample=val_sample, limit=limit, max_new_tokens=max_new_tokens, measure_quant_loss=quant_loss
+        run_dir,
+        val_sample=val_sample,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        measure_quant_loss=quant_loss,
+        build_tools=build_tools,
     )
     print_tables(result)
     md, html = write_report(run_dir)

@@ -406,9 +406,11 @@ def evaluate(
     limit: int | None = None,
     max_new_tokens: int | None = None,
     measure_quant_loss: bool = True,
+    build_tools: bool = True,
 ) -> dict[str, Any]:
     """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds.
-    `measure_quant_loss`: the KL divergence of the quantized GGUFs (builds llama-perplexity on first use)."""
+    `measure_quant_loss`: the KL divergence of the quantized GGUFs (builds llama-perplexity on first use
+    unless not `build_tools`)."""
     plan = manifest.plan_of(run_dir)
     check_intermediates_kept(run_dir, plan.run)
     settings, folder = recipe_eval(plan)
@@ -435,7 +437,8 @@ def evaluate(
         answer_all(run_dir, sets, rows, max_tokens, kinds)
         ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows)
         if measure_quant_loss:
-            kld = quant_loss.measure(run_dir, plan, seed=int(settings.get("seed") or 0), threads=gguf_threads)
+            seed = int(settings.get("seed") or 0)
+            kld = quant_loss.measure(run_dir, plan, seed=seed, threads=gguf_threads, build_tools=build_tools)
         else:
             kld = quant_loss.skipped("not asked for (--no-quant-loss)", f"ftw eval --run {plan.run}")
     except KeyboardInterrupt:

@@ -423,8 +423,10 @@ def measure(
     seed: int = 0,
     threads: Callable[[Path], int] = default_threads,
     max_tokens: int | None = None,
+    build_tools: bool = True,
 ) -> QuantLossResult:
-    """Every quantized GGUF of the run against its f16 GGUF; measurements whose key is unchanged are reused."""
+    """Every quantized GGUF of the run against its f16 GGUF; measurements whose key is unchanged are reused.
+    Without `build_tools`, llama-perplexity is used only if it is built already."""
     found = unquantized_gguf(run_dir)
     if found is None:
         return skipped(
@@ -468,6 +470,14 @@ def measure(
     if result.reused:
         console.print(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
     if not todo:
+        return result
+    if not build_tools and llama_tools.built_tool(TOOL) is None:
+        result.status = "partial" if result.quants else "skipped"
+        result.reason = (
+            f"{', '.join(todo)} not measured: llama.cpp's tools are not built yet "
+            f"(a few minutes once on a CPU; this eval was told not to build them)"
+        )
+        result.fix = f"make tools (or ftw eval --run {run_dir.name}, which builds them)"
         return result
     try:
         exe = llama_tools.tool(TOOL)
