@@ -10,10 +10,15 @@ the path); here they are assembled, and every failure becomes a message and an e
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from wrapper.commands import data, evaluate, export, publish, serve, train
 from wrapper.core.errors import FtwError
@@ -102,7 +107,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+            unexpected(exc)
         where = f" while writing {exc.filename}" if exc.filename else ""
         console.print(
             f"[bold red]error:[/bold red] the disk is full{where} ({exc.strerror}). The unfinished file "
@@ -110,6 +115,28 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a bug of ftw's: one line for the user, the traceback in a file
+        unexpected(exc)
+
+
+def unexpected(exc: BaseException) -> None:
+    """No traceback reaches a user: it goes to a log, and the message names it. FTW_TRACEBACK=1 shows it here."""
+    if os.environ.get("FTW_TRACEBACK") == "1":
+        raise exc
+    text = "".join(traceback.format_exception(exc))
+    log = Path(tempfile.gettempdir()) / "ftw-error.log"
+    try:
+        with log.open("a", encoding="utf-8") as handle:
+            handle.write(f"--- ftw {' '.join(sys.argv[1:])}\n{text}\n")
+    except OSError:
+        log = None
+    error_console.print(
+        f"[bold red]error:[/bold red] ftw stopped on an unexpected {type(exc).__name__}: {escape(str(exc))}. "
+        + (f"The traceback is in {log}; " if log else "")
+        + "please report it with the command you ran.",
+        soft_wrap=True,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":

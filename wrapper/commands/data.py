@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
-from wrapper.commands.options import data_option, recipe_option, run_option, set_option
+from wrapper.commands.options import (
+    data_option,
+    not_empty,
+    recipe_option,
+    require_paths,
+    run_option,
+    set_option,
+)
 from wrapper.config.gpu import resolve_profile
+from wrapper.config.profiles import load_profile
 from wrapper.config.schema import SYNTH_KINDS
 from wrapper.core.paths import check_run_name, runs_dir
 from wrapper.core.ui import console, done
@@ -54,7 +62,7 @@ def data_check(files: tuple[str, ...], recipe: str, max_problems: int, report_pa
 @run_option
 @click.option(
     "--profile",
-    default=None,
+    callback=not_empty,
     help="Render the run with this profile afterwards (default: the one it was rendered with, "
     "if any; 'auto' detects the GPU).",
 )
@@ -69,11 +77,12 @@ def data_prepare(
       ftw data prepare --recipe demo --data data/samples/alpaca.jsonl --data data/samples/openai.jsonl --run mine
     """
     check_run_name(run)
+    chosen = resolve_profile(profile) if profile else None
+    if chosen:
+        load_profile(chosen)  # a wrong profile is said before the data is prepared, not after
     previous = previous_plan(runs_dir() / run)
     prepare(recipe, list(data_files), run, list(overrides))
-    rerender(
-        recipe, run, previous, resolve_profile(profile) if profile else None, run_overrides(previous, list(overrides))
-    )
+    rerender(recipe, run, previous, chosen, run_overrides(previous, list(overrides)))
 
 
 @data.command("synth")
@@ -83,9 +92,10 @@ def data_prepare(
     "docs",
     multiple=True,
     metavar="PATH",
+    callback=not_empty,
     help="Documents or folders (.pdf .docx .txt .md .html .srt .vtt); replace the recipe's synth.docs. Repeat.",
 )
-@click.option("--teacher", required=True, help=TEACHER_FORMS[0].upper() + TEACHER_FORMS[1:] + ".")
+@click.option("--teacher", required=True, callback=not_empty, help=TEACHER_FORMS[0].upper() + TEACHER_FORMS[1:] + ".")
 @click.option("--teacher-model", default=None, help="The model an endpoint serves (qwen3:8b for Ollama).")
 @run_option
 @click.option("--kind", type=click.Choice(SYNTH_KINDS), default=None, help="qa or cot (default: the recipe's).")
@@ -120,6 +130,7 @@ def data_synth(
       ftw data synth --recipe demo-docs --teacher http://127.0.0.1:11434/v1 --teacher-model qwen3:8b --run docs
     """
     check_run_name(run)
+    require_paths("--docs", docs)  # before the teacher is asked anything
     settings = {"kind": kind, "per_chunk": per_chunk, "judge": judge}
     extra = [f"synth.{key}={value}" for key, value in settings.items() if value is not None]
     synthesize_run(recipe, list(docs), teacher, teacher_model, run, parallel, limit, force, list(overrides) + extra)

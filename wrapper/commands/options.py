@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_TYPES
 
-run_option = click.option("--run", "run", required=True, help="Run name: the folder runs/RUN holds everything.")
+
+def not_empty(ctx: click.Context, param: click.Parameter, value):
+    """An empty value (`--run ""`, an unset shell variable) is refused by name, before anything reads it."""
+    values = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, str) and not v.strip() for v in values):
+        raise click.BadParameter("must not be empty", ctx=ctx, param=param)
+    return value
+
+
+def require_paths(option: str, paths: tuple[str, ...]) -> None:
+    """Files or folders the user names must be there: said with the option, before anything long starts.
+    (Not a parse-time callback: the documented commands are parsed by tests where their files don't exist.)"""
+    for path in paths:
+        if not Path(path).exists():
+            raise FtwError(f"{option} {path}: no such file or folder")
+
+
+run_option = click.option(
+    "--run", "run", required=True, callback=not_empty, help="Run name: the folder runs/RUN holds everything."
+)
 
 
 def runs_option(help: str):
     """--run repeated: several runs side by side."""
-    return click.option("--run", "runs", required=True, multiple=True, help=help)
+    return click.option("--run", "runs", required=True, multiple=True, callback=not_empty, help=help)
 
 
 force_option = click.option("--force", is_flag=True, help="Make it again even if it is up to date.")
@@ -22,7 +44,9 @@ def recipe_option(
     default: str | None = None,
     help: str = "Recipe name in recipes/ or a path to a recipe .yaml.",
 ):
-    return click.option("--recipe", required=required, default=default, show_default=default is not None, help=help)
+    # An explicit default=None counts as a default in click 8.3+, which then lets a required option go missing.
+    defaults = {"default": default, "show_default": True} if default is not None else {}
+    return click.option("--recipe", required=required, callback=not_empty, help=help, **defaults)
 
 
 def profile_option(
@@ -30,11 +54,11 @@ def profile_option(
     help: str = "Profile name or alias in recipes/profiles/, NAMExN for N GPUs (cpuxN: N processes on the CPU), "
     "a path to a .yaml, or 'auto' (detects the GPU).",
 ):
-    return click.option("--profile", required=required, default=None, help=help)
+    return click.option("--profile", required=required, callback=not_empty, help=help)
 
 
 def data_option(help: str = "Your data file(s); replace the recipe's dataset. Repeat for several."):
-    return click.option("--data", "data_files", multiple=True, metavar="FILE", help=help)
+    return click.option("--data", "data_files", multiple=True, metavar="FILE", callback=not_empty, help=help)
 
 
 set_option = click.option(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from wrapper.commands.options import run_option
+from wrapper.commands.options import not_empty, run_option
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
 from wrapper.publish.stage import PublishSettings
@@ -13,7 +13,9 @@ from wrapper.publish.stage import publish as publish_run
 
 @click.command()
 @run_option
-@click.option("--repo", "repo_id", required=True, metavar="USER/NAME", help="The model repository on the Hub.")
+@click.option(
+    "--repo", "repo_id", required=True, callback=not_empty, metavar="USER/NAME", help="The model repository on the Hub."
+)
 @click.option(
     "--quant",
     "quants",
