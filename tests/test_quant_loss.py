@@ -197,6 +197,13 @@ def test_an_unchanged_measurement_is_reused_without_the_tools(measured, monkeypa
     # another text is another measurement: it needs the tools again
     other = quant_loss.measure(run, measured["plan"], seed=42, threads=lambda path: 1, max_tokens=SMALL_TEXT + 200)
     assert other.status == "skipped" and other.reused == [] and asked == ["llama-perplexity"]
+    # told not to build them (make demo): nothing is built, and the fix names the build
+    monkeypatch.setattr(llama_tools, "built_tool", lambda name: None)
+    unbuilt = quant_loss.measure(
+        run, measured["plan"], seed=42, threads=lambda path: 1, max_tokens=SMALL_TEXT + 200, build_tools=False
+    )
+    assert unbuilt.status == "skipped" and "not built yet" in unbuilt.reason and unbuilt.fix.startswith("make tools")
+    assert asked == ["llama-perplexity"]
 
 
 def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f16(measured, monkeypatch):
