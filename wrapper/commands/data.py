@@ -13,6 +13,7 @@ from wrapper.commands.options import (
     require_paths,
     run_option,
     set_option,
+    writes_run,
 )
 from wrapper.config.gpu import resolve_profile
 from wrapper.config.profiles import load_profile
@@ -67,6 +68,7 @@ def data_check(files: tuple[str, ...], recipe: str, max_problems: int, report_pa
     "if any; 'auto' detects the GPU).",
 )
 @set_option
+@writes_run
 def data_prepare(
     recipe: str, data_files: tuple[str, ...], run: str, profile: str | None, overrides: tuple[str, ...]
 ) -> None:
@@ -107,6 +109,7 @@ def data_prepare(
 @click.option("--judge/--no-judge", default=None, help="The teacher also scores each row 1-5 (synth.min_score).")
 @click.option("--force", is_flag=True, help="Start over: drop the rows made so far (needed after a change).")
 @set_option
+@writes_run
 def data_synth(
     recipe: str,
     docs: tuple[str, ...],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from wrapper.commands.options import run_option, runs_option
+from wrapper.commands.options import run_option, runs_option, writes_run
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.ui import done
 from wrapper.eval.evaluate import EVAL_JSON, evaluate
@@ -39,6 +39,7 @@ from wrapper.eval.report import compare_runs, print_tables, write_report
     help="Build llama.cpp's tools for the KL divergence when they aren't built yet; without, the KL divergence "
     "is skipped until they are (make demo does this, so the demo's first run isn't spent compiling).",
 )
+@writes_run
 def eval_command(
     run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None, quant_loss: bool, build_tools: bool
 ) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from wrapper.commands.options import force_option, quant_option, run_option
+from wrapper.commands.options import force_option, quant_option, run_option, writes_run
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import gguf_key
@@ -31,6 +31,7 @@ from wrapper.serve.modelfile import ollama_model_name, write_adapter_modelfile
     "for using merged/ elsewhere or for ftw gguf --outtype bf16.",
 )
 @force_option
+@writes_run
 def export(run: str, weights_dtype: str, force: bool) -> None:
     """Merge the LoRA into the full-precision base (streaming, no GPU; else llamafactory-cli export).
 
@@ -92,6 +93,7 @@ def export(run: str, weights_dtype: str, force: bool) -> None:
     help="With --adapter: the adapter's precision (q8_0 halves it again).",
 )
 @force_option
+@writes_run
 def gguf(
     run: str,
     quants: tuple[str, ...],

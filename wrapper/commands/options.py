@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
 
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_TYPES
+from wrapper.core.runlock import run_lock
 
 
 def not_empty(ctx: click.Context, param: click.Parameter, value):
@@ -82,3 +84,15 @@ def quant_option(multiple: bool = False, help: str = "Which quantized GGUF to us
         type=click.Choice(QUANT_TYPES, case_sensitive=False),
         help=help,
     )
+
+
+def writes_run(command):
+    """For a command that writes into runs/RUN: it holds the run's lock (wrapper/core/runlock.py) while it
+    runs, so that a second writer is refused with the first one's pid and command. Put it under the options."""
+
+    @functools.wraps(command)
+    def locked(*args, **kwargs):
+        with run_lock(kwargs["run"]):
+            return command(*args, **kwargs)
+
+    return locked

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from wrapper.commands.options import not_empty, run_option
+from wrapper.commands.options import not_empty, run_option, writes_run
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
 from wrapper.publish.stage import PublishSettings
@@ -43,6 +43,7 @@ from wrapper.publish.stage import publish as publish_run
     default=None,
     help="The license identifier (apache-2.0, llama3.1, ...), where the base model's card can't be read.",
 )
+@writes_run
 def publish(
     run: str,
     repo_id: str,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from wrapper.commands.options import force_option, quant_option, run_option
+from wrapper.commands.options import force_option, quant_option, run_option, writes_run
 from wrapper.core.manifest import run_dir_of
 from wrapper.serve.chat import chat as chat_session
 from wrapper.serve.lmstudio import place
@@ -21,6 +21,7 @@ from wrapper.serve.smoke import smoke as smoke_run
 @run_option
 @quant_option(help="Which quantized GGUF the Modelfile uses.")
 @force_option
+@writes_run
 def modelfile(run: str, quant: str, force: bool) -> None:
     """Write an Ollama Modelfile for the run's quantized GGUF, checked with Go's text/template as Ollama renders it.
 
@@ -34,6 +35,7 @@ def modelfile(run: str, quant: str, force: bool) -> None:
 @click.command()
 @run_option
 @quant_option()
+@writes_run
 def smoke(run: str, quant: str) -> None:
     """Ask the recipe's check prompts to the quantized GGUF in llama.cpp.
 

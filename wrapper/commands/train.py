@@ -15,6 +15,7 @@ from wrapper.commands.options import (
     run_option,
     runs_option,
     set_option,
+    writes_run,
 )
 from wrapper.config.gpu import resolve_profile
 from wrapper.config.planner import FIT_FRACTION
@@ -36,6 +37,7 @@ from wrapper.train.stage import train as train_run
 @data_option()
 @set_option
 @click.option("--ignore-fit", is_flag=True, help="Render even if the planner says it won't fit the profile's GPU.")
+@writes_run
 def render(
     recipe: str, profile: str, run: str, data_files: tuple[str, ...], overrides: tuple[str, ...], ignore_fit: bool
 ) -> None:
@@ -215,6 +217,7 @@ def print_plan(report: dict) -> None:
 @run_option
 @click.option("--force", is_flag=True, help="Train again from the start, dropping the adapter and its checkpoints.")
 @click.option("--ignore-fit", is_flag=True, help="Start even if the GPU has less free memory than the plan needs.")
+@writes_run
 def train(run: str, force: bool, ignore_fit: bool) -> None:
     """Train with llamafactory-cli; re-running resumes from the last checkpoint (same settings and data only).
 
