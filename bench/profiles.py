@@ -523,7 +523,10 @@ def child_prepare(spec: dict) -> dict:
 
             free, _ = torch.cuda.mem_get_info()
             device = "cuda" if ModelShape.from_config(config).params * 2 * 1.2 < free else "cpu"
-        ensure_random_model(config, tokenizers[FAMILY_OF_MODEL_TYPE[config["model_type"]]], target, device)
+        # --cpu-smoke trains on the CPU, where bfloat16 weights take PyTorch's reference gemm unless the CPU has
+        # fast bfloat16 (wrapper/core/cpu.py): its tiny models are float32, since no number of it is a measurement.
+        dtype = "float32" if spec["smoke"] else "bfloat16"
+        ensure_random_model(config, tokenizers[FAMILY_OF_MODEL_TYPE[config["model_type"]]], target, device, dtype)
         info["models"][hub_id] = str(target)
     return info
 
@@ -606,10 +609,11 @@ def ensure_tokenizer(family: str, target: Path, vocab_dir: Path) -> Path:
     return target
 
 
-def ensure_random_model(config: dict, tokenizer_dir: Path, target: Path, device: str) -> Path:
+def ensure_random_model(config: dict, tokenizer_dir: Path, target: Path, device: str, dtype: str) -> Path:
     marker = target / "bench-profiles.json"
-    if target.is_dir() and (not marker.is_file() or json.loads(marker.read_text())["config"] != config):
-        shutil.rmtree(target)  # built from another config: rebuild
+    built = json.loads(marker.read_text()) if marker.is_file() else {}
+    if target.is_dir() and (built.get("config") != config or built.get("dtype", "bfloat16") != dtype):
+        shutil.rmtree(target)  # built from another config or dtype: rebuild
 
     def build(out: Path) -> None:
         import torch
@@ -628,11 +632,12 @@ def ensure_random_model(config: dict, tokenizer_dir: Path, target: Path, device:
         hf_config.pad_token_id = tokenizer.pad_token_id
         torch.manual_seed(0)
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=getattr(torch, dtype))
         model.save_pretrained(out, max_shard_size="5GB")
         del model
         tokenizer.save_pretrained(out)
-        (out / "bench-profiles.json").write_text(json.dumps({"config": config, "built_at": now()}) + "\n")
+        marker_text = json.dumps({"config": config, "dtype": dtype, "built_at": now()}) + "\n"
+        (out / "bench-profiles.json").write_text(marker_text)
 
     return staged(target, build)
 
