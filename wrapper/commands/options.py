@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_TYPES
+from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
 from wrapper.core.runlock import run_lock
 
 
@@ -79,7 +79,7 @@ def quant_option(multiple: bool = False, help: str = "Which quantized GGUF to us
         "--quant",
         "quants" if multiple else "quant",
         multiple=multiple,
-        default=("Q4_K_M",) if multiple else "Q4_K_M",
+        default=(DEFAULT_QUANT,) if multiple else DEFAULT_QUANT,
         show_default=True,
         type=click.Choice(QUANT_TYPES, case_sensitive=False),
         help=help,

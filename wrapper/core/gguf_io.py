@@ -34,6 +34,8 @@ QUANT_BITS = {
 }
 NEEDS_IMATRIX = frozenset({"IQ3_M", "IQ3_XXS", "IQ2_M"})
 QUANT_TYPES = tuple(QUANT_BITS)
+# The quantization a command uses when none is named: what Ollama's hf.co and llama.cpp's -hf take without a tag.
+DEFAULT_QUANT = "Q4_K_M"
 
 
 def ftype_of(kind: str) -> int:

@@ -30,7 +30,16 @@ from pathlib import Path
 from wrapper.config.models import local_model_dir
 from wrapper.core import manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_TYPES, GgufShape, field_value, ftype_of, gguf_key, read_gguf, verify_gguf
+from wrapper.core.gguf_io import (
+    DEFAULT_QUANT,
+    QUANT_TYPES,
+    GgufShape,
+    field_value,
+    ftype_of,
+    gguf_key,
+    read_gguf,
+    verify_gguf,
+)
 from wrapper.core.ollama_store import ollama_blob, ollama_manifest, ollama_models_dir
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import ADAPTER_FILES, RunPlan
@@ -322,7 +331,7 @@ class Adapter:
 
 
 def make_adapter(
-    run_dir: Path, base_spec: str | None = None, quant: str = "Q4_K_M", outtype: str = "f16", force: bool = False
+    run_dir: Path, base_spec: str | None = None, quant: str = DEFAULT_QUANT, outtype: str = "f16", force: bool = False
 ) -> Adapter:
     """The base (checked, or made), then the adapter GGUF; each only if not up to date."""
     if outtype not in OUTTYPES:

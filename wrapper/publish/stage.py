@@ -28,7 +28,7 @@ from pathlib import Path
 from wrapper.config.ollama import OLLAMA_PARAMETERS
 from wrapper.core import manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import GGUF_MAGIC, QUANT_TYPES, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC, QUANT_TYPES, gguf_key
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console, done
@@ -39,7 +39,6 @@ PUBLISH_DIR = "publish"
 README = "README.md"
 ADAPTER_FILE = "adapter/lora-adapter.gguf"
 DATA_DIR = "data"
-DEFAULT_QUANT = "Q4_K_M"  # what Ollama's hf.co and llama.cpp's -hf take without a tag
 
 
 @dataclass(frozen=True)

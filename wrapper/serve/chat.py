@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
 from wrapper.core.ui import console
 from wrapper.prompts.chat_format import ChatFormat, chat_format
 
@@ -116,7 +116,7 @@ def held_back(text: str, stops: list[str]) -> int:
     return max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
 
 
-def chat(run_dir: Path, quant: str = "Q4_K_M", temperature: float | None = None) -> None:
+def chat(run_dir: Path, quant: str = DEFAULT_QUANT, temperature: float | None = None) -> None:
     plan = manifest.plan_of(run_dir)
     gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
     merged = manifest.artifact(run_dir, "merged", "ftw export")

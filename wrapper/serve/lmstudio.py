@@ -16,7 +16,7 @@ from pathlib import Path
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
 from wrapper.core.ui import console, done
 
 PUBLISHER = "ftw"
@@ -40,7 +40,7 @@ def default_models_dir() -> Path | None:
     return None
 
 
-def place(run_dir: Path, quant: str = "Q4_K_M", models_dir: Path | None = None, copy: bool = False) -> Path | None:
+def place(run_dir: Path, quant: str = DEFAULT_QUANT, models_dir: Path | None = None, copy: bool = False) -> Path | None:
     gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf").resolve()
     relative = Path(PUBLISHER) / run_dir.name / gguf.name
     folder = models_dir or default_models_dir()

@@ -26,7 +26,7 @@ from wrapper.config.models import local_model_dir
 from wrapper.config.ollama import check_parameters, printable
 from wrapper.core import manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.templates import template_env
 from wrapper.core.ui import console, done
@@ -166,7 +166,7 @@ class ModelfileStage(stage.Stage):
     file_name = "Modelfile"
     written_by = "ftw modelfile"
 
-    def __init__(self, run_dir: Path, quant: str = "Q4_K_M"):
+    def __init__(self, run_dir: Path, quant: str = DEFAULT_QUANT):
         gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
         recorded = stage.recorded_digest(run_dir, gguf_key(quant)) or stage.file_digest(gguf)
         serves = Serves("./" + os.path.relpath(gguf, run_dir), f"{gguf.name} {recorded}", gguf)
@@ -326,7 +326,7 @@ def verify_modelfile(text: str, parts: dict) -> str:
     return f"{report.checked} conversations rendered by Go's text/template match the training format"
 
 
-def write_modelfile(run_dir: Path, quant: str = "Q4_K_M", force: bool = False) -> Path:
+def write_modelfile(run_dir: Path, quant: str = DEFAULT_QUANT, force: bool = False) -> Path:
     return stage.run(ModelfileStage(run_dir, quant), force)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from wrapper.config.ollama import check_parameters
 from wrapper.core import manifest, service
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import gguf_key, gguf_problem
+from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key, gguf_problem
 from wrapper.core.llama_tools import tool
 from wrapper.core.ui import console, done
 
@@ -67,7 +67,7 @@ class ServerSettings:
     flags: tuple[tuple[str, str], ...] = ()  # (flag, value) from the recipe's parameters, -c aside
     stops: tuple[str, ...] = ()  # the recipe's stop strings: no server flag, named in the output
     run: str = "RUN"
-    quant: str = "Q4_K_M"
+    quant: str = DEFAULT_QUANT
 
     @property
     def address(self) -> service.Address:
@@ -85,7 +85,7 @@ class ServerSettings:
     def command(self, port: int | None = None, host: str | None = None) -> str:
         """The `ftw serve` line for these settings, on another port or host."""
         port, host = port or self.port, host or self.host
-        line = f"ftw serve --run {self.run}" + (f" --quant {self.quant}" if self.quant != "Q4_K_M" else "")
+        line = f"ftw serve --run {self.run}" + (f" --quant {self.quant}" if self.quant != DEFAULT_QUANT else "")
         return line + (f" --host {host}" if host != DEFAULT_HOST else "") + f" --port {port}"
 
     @property
@@ -117,7 +117,7 @@ def parameter_flags(parameters: list[tuple[str, str]]) -> tuple[int, tuple[tuple
 
 
 def settings_for_run(
-    run_dir: Path, quant: str = "Q4_K_M", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+    run_dir: Path, quant: str = DEFAULT_QUANT, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 ) -> ServerSettings:
     """The server for a run's quantized GGUF, with the recipe's generation parameters."""
     plan = manifest.plan_of(run_dir)
@@ -227,7 +227,7 @@ def show_usage(settings: ServerSettings) -> None:
     console.print(f"  full log: {settings.log}. Ctrl-C stops it.", soft_wrap=True)
 
 
-def serve(run_dir: Path, quant: str = "Q4_K_M", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+def serve(run_dir: Path, quant: str = DEFAULT_QUANT, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     settings = settings_for_run(run_dir, quant, host, port)
     check_port(settings)  # before a first build of llama-server, which takes minutes
     check_gguf(settings.gguf, run_dir.name)

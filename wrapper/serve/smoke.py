@@ -13,7 +13,7 @@ from rich.table import Table
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
 from wrapper.core.ui import console, done
 from wrapper.prompts.chat_format import chat_format
 from wrapper.serve.models import GgufModel, HfModel
@@ -56,7 +56,7 @@ def ask_base(run_dir: Path) -> list[Answer]:
     ]
 
 
-def smoke(run_dir: Path, quant: str = "Q4_K_M") -> list[Answer]:
+def smoke(run_dir: Path, quant: str = DEFAULT_QUANT) -> list[Answer]:
     plan = manifest.plan_of(run_dir)
     if not plan.checks:
         console.print("The recipe has no check prompts (`checks:`); nothing to ask.")
@@ -78,7 +78,7 @@ def smoke(run_dir: Path, quant: str = "Q4_K_M") -> list[Answer]:
     return answers
 
 
-def compare_with_base(run_dir: Path, quant: str = "Q4_K_M") -> None:
+def compare_with_base(run_dir: Path, quant: str = DEFAULT_QUANT) -> None:
     plan = manifest.plan_of(run_dir)
     if not plan.checks:
         raise FtwError(f"{plan.recipe_file} has no check prompts (`checks:`) to compare on")
