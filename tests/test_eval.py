@@ -155,3 +155,56 @@ def test_rows_written_after_a_cut_off_line_survive_the_next_resume(tmp_path):
     rows.add({"key": "c", "answer": "3"})
     rows.close()
     assert set(Rows(path).done) == {"a", "c"}
+
+
+def test_eval_reads_its_settings_from_the_plan_not_the_recipe(runs_dir, tmp_path):
+    """--set eval.… at render is kept, and a recipe edited (or gone) afterwards changes nothing."""
+    from wrapper.core import manifest
+    from wrapper.core.paths import RECIPES_DIR
+    from wrapper.eval.sets import plan_eval
+    from wrapper.train.render import render
+
+    recipe = tmp_path / "mine.yaml"
+    text = (RECIPES_DIR / "demo.yaml").read_text(encoding="utf-8")
+    recipe.write_text(
+        text.replace("../data/", f"{RECIPES_DIR.parent}/data/").replace("../models/", f"{RECIPES_DIR.parent}/models/"),
+        encoding="utf-8",
+    )
+    render(str(recipe), "cpu", "planned", [], ["eval.val_sample=3", "eval.max_new_tokens=7"])
+    recipe.unlink()
+    settings = plan_eval(manifest.plan_of(runs_dir / "planned"))
+    assert settings["val_sample"] == 3 and settings["max_new_tokens"] == 7
+    assert settings["control"] == str(RECIPES_DIR.parent / "data" / "eval" / "demo.jsonl")
+    sources = "".join(p.read_text(encoding="utf-8") for p in (RECIPES_DIR.parent / "wrapper" / "eval").glob("*.py"))
+    assert "load_recipe" not in sources and "config.recipes" not in sources
+
+
+@pytest.fixture(scope="module")
+def q8_only(demo_run, tmp_path_factory):
+    """A copy of the demo run with a Q8_0 GGUF and no Q4_K_M one."""
+    from wrapper.core import manifest
+
+    from conftest import copy_run
+
+    run = copy_run(demo_run, tmp_path_factory.mktemp("q8") / "runs")
+    run_ftw(run.parent, "gguf", "--run", RUN, "--quant", "Q8_0", "--keep-intermediates")
+    data = manifest.load(run)
+    (run / "gguf" / f"{RUN}-Q4_K_M.gguf").unlink()
+    del data["artifacts"]["gguf_q4_k_m"]
+    manifest.save(run, data)
+    return run
+
+
+def test_a_q8_0_only_run_is_evaluated_on_its_q8_0(q8_only):
+    runs_dir = q8_only.parent
+    asked = run_ftw(runs_dir, "eval", "--run", RUN, "--quant", "q8_0", "--limit", "1", "--val-sample", "1")
+    result = json.loads((q8_only / "eval.json").read_text(encoding="utf-8"))
+    assert result["gguf_quant"] == "Q8_0" and result["models"]["gguf"].endswith(f"{RUN}-Q8_0.gguf")
+    assert result["aggregate"]["control"]["gguf"]["rows"] == 1
+    assert result["quantization"]["perplexity"]["Q8_0"]["perplexity"] >= 1.0
+    assert "Q8_0 GGUF" in asked.stdout and "Q4_K_M" not in (q8_only / "report.md").read_text(encoding="utf-8")
+    # without --quant: the run's only quantized GGUF; a quant it lacks: exit 2 with the command
+    run_ftw(runs_dir, "eval", "--run", RUN, "--limit", "1", "--val-sample", "1", "--no-quant-loss")
+    assert json.loads((q8_only / "eval.json").read_text(encoding="utf-8"))["gguf_quant"] == "Q8_0"
+    missing = run_ftw(runs_dir, "eval", "--run", RUN, "--quant", "Q5_K_M", check=False)
+    assert missing.returncode == 2 and "ftw gguf --run e2e --quant Q5_K_M" in missing.stdout + missing.stderr

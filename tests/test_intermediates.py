@@ -63,9 +63,26 @@ def test_a_new_quant_or_eval_without_intermediates_says_how_to_get_them(copied_r
     assert new_quant.returncode == 2
     assert "ftw export --run e2e --force" in new_quant.stdout + new_quant.stderr
     assert not (run / "gguf" / f"{RUN}-Q8_0.gguf").exists()
-    evaluated = run_ftw(runs_dir, "eval", "--run", RUN, check=False)
-    assert evaluated.returncode == 2
-    assert "--keep-intermediates" in evaluated.stdout + evaluated.stderr
+
+
+def test_eval_after_a_plain_gguf_scores_what_is_left_and_names_the_rest(copied_run):
+    """The default path removes the merged weights and the f16 GGUF: eval still scores the base and the
+    quantized GGUF, and says what it left out with the command that brings it back."""
+    run, runs_dir = copied_run, copied_run.parent
+    if "removed_intermediates" not in manifest_of(run):
+        run_ftw(runs_dir, "gguf", "--run", RUN)
+    evaluated = run_ftw(runs_dir, "eval", "--run", RUN, "--limit", "1", "--val-sample", "1")
+    output = " ".join((evaluated.stdout + evaluated.stderr).split())
+    fix = f"ftw export --run {RUN} --force && ftw gguf --run {RUN} --keep-intermediates"
+    assert "left out" in output.lower() and fix in output
+    result = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+    assert set(result["models"]) == {"base", "gguf"} and result["gguf_quant"] == "Q4_K_M"
+    assert set(result["skipped"]) == {"merged", "f16"} and result["skipped"]["merged"]["fix"] == fix
+    assert result["aggregate"]["control"]["gguf"]["rows"] == 1 and "merged" not in result["aggregate"]["control"]
+    assert result["quantization"]["perplexity"]["Q4_K_M"]["perplexity"] >= 1.0
+    assert result["quant_loss"]["status"] == "skipped" and "f16 GGUF is missing" in result["quant_loss"]["reason"]
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "Left out: merged" in report and "merged HF" not in report
 
 
 def test_a_bf16_gguf_asks_for_weights_in_the_base_dtype_first(demo_run, tmp_path):

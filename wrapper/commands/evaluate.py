@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from wrapper.commands.options import run_option, runs_option, writes_run
+from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.ui import done
 from wrapper.eval.evaluate import EVAL_JSON, evaluate
@@ -19,11 +20,11 @@ from wrapper.eval.report import compare_runs, print_tables, write_report
     "--val-sample",
     type=int,
     default=None,
-    help="Validation rows to answer (default: the recipe's eval.val_sample, else 30; 0: none).",
+    help="Validation rows to answer (default: the run's eval.val_sample, else 30; 0: none).",
 )
 @click.option("--limit", type=int, default=None, help="At most N prompts of each set (a quick look).")
 @click.option(
-    "--max-new-tokens", type=int, default=None, help="Longest greedy answer (default: eval.max_new_tokens, else 64)."
+    "--max-new-tokens", type=int, default=None, help="Longest greedy answer (default: the run's eval.max_new_tokens)."
 )
 @click.option(
     "--quant-loss/--no-quant-loss",
@@ -39,11 +40,27 @@ from wrapper.eval.report import compare_runs, print_tables, write_report
     help="Build llama.cpp's tools for the KL divergence when they aren't built yet; without, the KL divergence "
     "is skipped until they are (make demo does this, so the demo's first run isn't spent compiling).",
 )
+@click.option(
+    "--quant",
+    type=click.Choice(QUANT_TYPES, case_sensitive=False),
+    default=None,
+    help=f"The quantized GGUF to score (default: {DEFAULT_QUANT} if the run has it, else the one it has).",
+)
 @writes_run
 def eval_command(
-    run: str, val_sample: int | None, limit: int | None, max_new_tokens: int | None, quant_loss: bool, build_tools: bool
+    run: str,
+    val_sample: int | None,
+    limit: int | None,
+    max_new_tokens: int | None,
+    quant_loss: bool,
+    build_tools: bool,
+    quant: str | None,
 ) -> None:
-    """Base vs merged vs Q4_K_M GGUF on control prompts, validation rows and general knowledge.
+    """Base vs merged vs quantized GGUF on control prompts, validation rows and general knowledge.
+
+    The settings are the ones the run was rendered with (its plan); the recipe file isn't read again.
+    What the run no longer has (the merged weights and the f16 GGUF, which `ftw gguf` removes unless
+    --keep-intermediates) is left out, and the output names the command that brings it back.
 
     Also the quantization loss, llama.cpp's way: the KL divergence of each quantized GGUF from the
     f16 GGUF on the validation rows (llama-perplexity, built on first use; skipped with the reason
@@ -56,6 +73,7 @@ def eval_command(
     \b
     Example:
       ftw eval --run demo --limit 2
+      ftw eval --run demo --quant Q8_0
     """
     run_dir = run_dir_of(run)
     result = evaluate(
@@ -65,6 +83,7 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         measure_quant_loss=quant_loss,
         build_tools=build_tools,
+        quant=quant,
     )
     print_tables(result)
     md, html = write_report(run_dir)

@@ -47,6 +47,9 @@ class RunPlan:
     end_of_turn: dict | None = None  # the token a sample answer ends with and trains on (wrapper/train/stops.py)
     prepared_data: dict | None = None  # runs/RUN/data from `ftw data prepare`, when the run uses it
     overrides: list[str] = field(default_factory=list)  # --set, so that a re-render keeps them
+    # `ftw eval`'s settings (the recipe's eval: section with --set applied, its files as absolute paths):
+    # eval reads these, never the recipe. None in a plan rendered before they were kept here.
+    eval: dict[str, Any] | None = None
 
     @property
     def dir(self) -> Path:

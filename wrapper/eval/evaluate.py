@@ -40,10 +40,20 @@ from typing import Any
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
-from wrapper.core.gguf_io import gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
 from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
-from wrapper.eval.sets import ADAPTER_MODEL, MODEL_TITLES, MODELS, SETS, EvalSets, Item, load_sets, recipe_eval
+from wrapper.eval.sets import (
+    ADAPTER_MODEL,
+    MODELS,
+    SETS,
+    EvalSets,
+    Item,
+    load_sets,
+    model_titles,
+    plan_eval,
+    row_model,
+)
 from wrapper.gguf import adapter as adapter_gguf
 from wrapper.prompts.chat_format import ChatFormat, chat_format
 from wrapper.serve.models import GgufModel, HfModel, load_llama
@@ -97,12 +107,62 @@ def adapter_pair(run_dir: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def merged_weights_kept(run_dir: Path) -> bool:
+    """`ftw gguf` removes the merged weights after quantizing unless told to keep them (the folder stays)."""
+    return "merged" in manifest.load(run_dir)["artifacts"] and "merged" not in manifest.removed_intermediates(run_dir)
+
+
 def model_kinds(run_dir: Path) -> tuple[str, ...]:
-    """The models that answer: base, merged, Q4_K_M, and the adapter pair when the run has one."""
-    return (*MODELS, ADAPTER_MODEL) if adapter_pair(run_dir) else MODELS
+    """The models that answer: base, merged (while its weights are kept), the quantized GGUF, and the adapter
+    pair when the run has one."""
+    kinds = [kind for kind in MODELS if kind != "merged" or merged_weights_kept(run_dir)]
+    return (*kinds, ADAPTER_MODEL) if adapter_pair(run_dir) else tuple(kinds)
 
 
-def _load_model(kind: str, run_dir: Path, plan):
+def choose_quant(run_dir: Path, quant: str | None) -> tuple[str, Path]:
+    """The quantized GGUF scored as the "gguf" model: the one asked for, else the default one when the run has it,
+    else the run's first."""
+    found = quant_loss.quantized_ggufs(run_dir)
+    run = run_dir.name
+    if not found:
+        raise FtwError(f"run {run} has no quantized GGUF to evaluate yet. Make one: ftw gguf --run {run}")
+    if quant is not None:
+        quant = next((q for q in found if q.lower() == quant.lower()), quant)
+        if quant not in found:
+            raise FtwError(
+                f"run {run} has no {quant} GGUF (it has {', '.join(found)}). Make it: ftw export --run {run} && "
+                f"ftw gguf --run {run} --quant {quant}, or evaluate one it has: ftw eval --run {run} --quant "
+                f"{next(iter(found))}"
+            )
+        return quant, found[quant]
+    chosen = DEFAULT_QUANT if DEFAULT_QUANT in found else next(iter(found))
+    return chosen, found[chosen]
+
+
+def skipped_models(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """What this evaluation leaves out of what a full one scores, why, and the command that brings it back."""
+    skipped = {}
+    run = run_dir.name
+    if "merged" not in kinds:
+        skipped["merged"] = {
+            "reason": "the merged weights were removed by `ftw gguf` after quantizing, to free disk",
+            "fix": f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates",
+        }
+    if not manifest.load(run_dir)["artifacts"].get(gguf_key("f16")):
+        skipped["f16"] = {
+            "reason": "the f16 GGUF was removed after quantizing (its perplexity and the KL divergence need it)",
+            "fix": f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates",
+        }
+    return skipped
+
+
+def tokenizer_dir(run_dir: Path, plan) -> Path:
+    """The fine-tune's tokenizer: merged/ keeps it when its weights are removed; the merge base's otherwise."""
+    merged = manifest.load(run_dir)["artifacts"].get("merged")
+    return Path(merged) if merged and Path(merged).is_dir() else Path(plan.merge_base)
+
+
+def _load_model(kind: str, run_dir: Path, plan, gguf: Path):
     if kind == "base":
         return HfModel(Path(plan.merge_base))
     if kind == "merged":
@@ -110,8 +170,7 @@ def _load_model(kind: str, run_dir: Path, plan):
     if kind == ADAPTER_MODEL:
         base, lora = adapter_pair(run_dir)
         return GgufModel(base, n_threads=gguf_threads(base), lora=lora)
-    path = manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")
-    return GgufModel(path, n_threads=gguf_threads(path))
+    return GgufModel(gguf, n_threads=gguf_threads(gguf))
 
 
 def gguf_threads(path: Path) -> int:
@@ -132,33 +191,40 @@ def _threads_for(model) -> int:
     return before
 
 
-def answer_all(run_dir: Path, sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS) -> None:
+def answer_all(
+    run_dir: Path,
+    sets: EvalSets,
+    rows: Rows,
+    max_new_tokens: int,
+    kinds: tuple[str, ...],
+    gguf: tuple[str, Path],
+) -> None:
     plan = manifest.plan_of(run_dir)
-    merged_dir = manifest.artifact(run_dir, "merged", "ftw export")
-    manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")
+    quant, gguf_path = gguf
+    titles = model_titles(quant)
+    tuned_tokenizer = tokenizer_dir(run_dir, plan)
     formats = {}
     for kind in kinds:
-        todo = [(s, item) for s in SETS for item in sets.items[s] if item.key(kind, max_new_tokens) not in rows.done]
+        keyed = row_model(kind, quant)
+        todo = [(s, item) for s in SETS for item in sets.items[s] if item.key(keyed, max_new_tokens) not in rows.done]
         total = sum(len(sets.items[s]) for s in SETS)
         if not todo:
-            console.print(f"  {MODEL_TITLES[kind]}: all {total} rows already scored (in {rows.path})")
+            console.print(f"  {titles[kind]}: all {total} rows already scored (in {rows.path})")
             continue
-        tokenizer_dir = plan.merge_base if kind == "base" else merged_dir
-        if str(tokenizer_dir) not in formats:
-            formats[str(tokenizer_dir)] = chat_format(tokenizer_dir, plan.template, plan.system)
-        fmt = formats[str(tokenizer_dir)]
-        with console.status(f"loading the {MODEL_TITLES[kind]} model"):
-            model = _load_model(kind, run_dir, plan)
+        tokenizer = plan.merge_base if kind == "base" else tuned_tokenizer
+        if str(tokenizer) not in formats:
+            formats[str(tokenizer)] = chat_format(tokenizer, plan.template, plan.system)
+        fmt = formats[str(tokenizer)]
+        with console.status(f"loading the {titles[kind]} model"):
+            model = _load_model(kind, run_dir, plan, gguf_path)
         threads = _threads_for(model) if isinstance(model, HfModel) else None
         kept = total - len(todo)
         if kept:
-            console.print(
-                f"  {MODEL_TITLES[kind]}: {kept} rows kept from before (in {rows.path}), {len(todo)} to answer"
-            )
+            console.print(f"  {titles[kind]}: {kept} rows kept from before (in {rows.path}), {len(todo)} to answer")
         try:
             with stage_progress() as progress:
                 task = progress.add_task(
-                    f"{MODEL_TITLES[kind]:>12}",
+                    f"{titles[kind]:>12}",
                     total=total,
                     completed=kept,
                     status=f"{kept} kept from before" if kept else "",
@@ -171,7 +237,7 @@ def answer_all(run_dir: Path, sets: EvalSets, rows: Rows, max_new_tokens: int, k
                     answer = item_fmt.decode(tokens)
                     rows.add(
                         {
-                            "key": item.key(kind, max_new_tokens),
+                            "key": item.key(keyed, max_new_tokens),
                             "model": kind,
                             "set": set_name,
                             "id": item.id,
@@ -213,9 +279,9 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
     return float((log_z - chosen).sum()), len(response)
 
 
-def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict]:
+def perplexities(run_dir: Path, items: list[Item], rows: Rows, gguf: tuple[str, Path]) -> dict[str, dict]:
     plan = manifest.plan_of(run_dir)
-    fmt = chat_format(manifest.artifact(run_dir, "merged", "ftw export"), plan.template, plan.system)
+    fmt = chat_format(tokenizer_dir(run_dir, plan), plan.template, plan.system)
     encoded = []
     for item in items:
         messages = item.messages + [{"role": "assistant", "content": item.reference}]
@@ -223,16 +289,14 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
         encoded.append((item, list(prompt), list(response)))
     result = {}
     files: dict[str, tuple[Path, Path | None]] = {}
-    for quant in ("f16", "Q4_K_M"):
-        key = gguf_key(quant)
-        try:
-            files[quant] = manifest.artifact(run_dir, key, "ftw gguf --keep-intermediates"), None
-        except FtwError as error:
-            if quant != "f16":
-                raise
-            # the f16 file was deleted by hand, or the run converted to bf16: the rest of eval still runs
-            result[quant] = {"file": None, "rows": 0, "tokens": 0, "mean_nll": None, "perplexity": None}
-            result[quant]["skipped"] = str(error)
+    try:
+        files["f16"] = manifest.artifact(run_dir, gguf_key("f16"), "ftw gguf --keep-intermediates"), None
+    except FtwError as error:
+        # removed after quantizing, deleted by hand, or the run converted to bf16: the rest of eval still runs
+        result["f16"] = {"file": None, "rows": 0, "tokens": 0, "mean_nll": None, "perplexity": None}
+        result["f16"]["skipped"] = str(error)
+    quant, path = gguf
+    files[quant] = path, None
     pair = adapter_pair(run_dir)
     if pair:
         files[ADAPTER_MODEL] = pair
@@ -283,13 +347,15 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows) -> dict[str, dict
 # summary
 
 
-def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS) -> dict[str, Any]:
+def summarize(
+    sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
+) -> dict[str, Any]:
     per_row: list[dict] = []
     aggregate: dict[str, dict] = {}
     for set_name in SETS:
         aggregate[set_name] = {}
         for kind in kinds:
-            scored = [rows.done[item.key(kind, max_new_tokens)] for item in sets.items[set_name]]
+            scored = [rows.done[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]]
             per_row += scored
             aggregate[set_name][kind] = {
                 "rows": len(scored),
@@ -297,7 +363,7 @@ def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str,
             }
 
     def by_id(kind: str, set_name: str) -> dict[str, dict]:
-        return {item.id: rows.done[item.key(kind, max_new_tokens)] for item in sets.items[set_name]}
+        return {item.id: rows.done[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]}
 
     general = {kind: by_id(kind, "general") for kind in kinds}
     forgetting: dict[str, Any] = {"rows": len(sets.items["general"])}
@@ -335,9 +401,9 @@ def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str,
 
     summary = {
         "aggregate": aggregate,
-        "by_language": by_language(sets, rows, max_new_tokens, kinds),
+        "by_language": by_language(sets, rows, max_new_tokens, kinds, quant),
         "forgetting": forgetting,
-        "identical_greedy": identical("merged", "gguf"),
+        "identical_greedy": identical("merged", "gguf") if "merged" in kinds else None,
         "rows": per_row,
     }
     if ADAPTER_MODEL in kinds:
@@ -345,7 +411,9 @@ def summarize(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str,
     return summary
 
 
-def by_language(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS) -> dict[str, dict]:
+def by_language(
+    sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
+) -> dict[str, dict]:
     """Means per set, language and model, for the sets that hold more than one language
     (a Russian + Kazakh set is judged per language, not as one)."""
     found: dict[str, dict] = {}
@@ -360,7 +428,9 @@ def by_language(sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[st
                 kind: {
                     "rows": len(items),
                     **{
-                        name: metrics.mean(rows.done[i.key(kind, max_new_tokens)]["metrics"].get(name) for i in items)
+                        name: metrics.mean(
+                            rows.done[i.key(row_model(kind, quant), max_new_tokens)]["metrics"].get(name) for i in items
+                        )
                         for name in metrics.METRICS
                     },
                 }
@@ -374,7 +444,7 @@ def adapter_section(pair: tuple[Path, Path], result: dict, same: dict) -> dict[s
     base, lora = pair
     merged = Path(result["models"]["gguf"])
     ppl = result["quantization"]["perplexity"]
-    q4, with_adapter = ppl["Q4_K_M"].get("perplexity"), ppl.get(ADAPTER_MODEL, {}).get("perplexity")
+    q4, with_adapter = ppl[result["gguf_quant"]].get("perplexity"), ppl.get(ADAPTER_MODEL, {}).get("perplexity")
     return {
         "adapter_file": str(lora),
         "base_file": str(base),
@@ -386,20 +456,6 @@ def adapter_section(pair: tuple[Path, Path], result: dict, same: dict) -> dict[s
     }
 
 
-def check_intermediates_kept(run_dir: Path, run: str) -> None:
-    """The merged model and the f16 GGUF are two of the models compared; `ftw gguf` removes them by default."""
-    removed = manifest.removed_intermediates(run_dir)
-    if removed:
-        what = " and ".join(
-            "the merged weights" if key == "merged" else f"the {key.removeprefix('gguf_')} GGUF" for key in removed
-        )
-        raise FtwError(
-            f"ftw eval compares the merged model and the f16 GGUF with the Q4_K_M file, and `ftw gguf` "
-            f"removed {what} after quantizing, to free disk. Make them again and keep them: "
-            f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates"
-        )
-
-
 def evaluate(
     run_dir: Path,
     val_sample: int | None = None,
@@ -407,18 +463,20 @@ def evaluate(
     max_new_tokens: int | None = None,
     measure_quant_loss: bool = True,
     build_tools: bool = True,
+    quant: str | None = None,
 ) -> dict[str, Any]:
     """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds.
     `measure_quant_loss`: the KL divergence of the quantized GGUFs (builds llama-perplexity on first use
-    unless not `build_tools`)."""
+    unless not `build_tools`). `quant`: the quantized GGUF scored (default: Q4_K_M if the run has it).
+    What the run no longer has (the merged weights, the f16 GGUF) is left out and named with its command."""
     plan = manifest.plan_of(run_dir)
-    check_intermediates_kept(run_dir, plan.run)
-    settings, folder = recipe_eval(plan)
+    settings = plan_eval(plan)
+    gguf = choose_quant(run_dir, quant)
     if val_sample is not None:
         settings["val_sample"] = val_sample
     if max_new_tokens is not None:
         settings["max_new_tokens"] = max_new_tokens
-    sets = load_sets(run_dir, settings, folder)
+    sets = load_sets(run_dir, settings)
     if limit is not None:
         for name in SETS:
             sets.items[name] = sets.items[name][:limit]
@@ -427,15 +485,19 @@ def evaluate(
         raise FtwError(f"nothing to evaluate: {plan.recipe_file} has no `eval:` prompts and the run has no rows")
     count = {name: len(sets.items[name]) for name in SETS}
     kinds = model_kinds(run_dir)
+    skipped = skipped_models(run_dir, kinds)
     console.print(
         f"Evaluating {plan.run}: control {count['control']}, val {count['val']}, general {count['general']} "
-        f"prompts x {len(kinds)} models, greedy, at most {settings['max_new_tokens']} new tokens"
+        f"prompts x {len(kinds)} models ({', '.join(model_titles(gguf[0])[k] for k in kinds)}), greedy, "
+        f"at most {settings['max_new_tokens']} new tokens"
     )
+    for what, why in skipped.items():
+        console.print(f"  [yellow]left out[/yellow]: {what}: {why['reason']}. To score it: {why['fix']}")
     rows = Rows(run_dir / EVAL_DIR / ROWS)
     max_tokens = int(settings["max_new_tokens"])
     try:
-        answer_all(run_dir, sets, rows, max_tokens, kinds)
-        ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows)
+        answer_all(run_dir, sets, rows, max_tokens, kinds, gguf)
+        ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows, gguf)
         if measure_quant_loss:
             seed = int(settings.get("seed") or 0)
             kld = quant_loss.measure(run_dir, plan, seed=seed, threads=gguf_threads, build_tools=build_tools)
@@ -449,8 +511,8 @@ def evaluate(
         raise
     finally:
         rows.close()
-    summary = summarize(sets, rows, max_tokens, kinds)
-    f16, q4 = ppl["f16"].get("perplexity"), ppl["Q4_K_M"].get("perplexity")
+    summary = summarize(sets, rows, max_tokens, kinds, gguf[0])
+    f16, q4 = ppl["f16"].get("perplexity"), ppl[gguf[0]].get("perplexity")
     result = {
         "run": plan.run,
         "recipe": plan.recipe,
@@ -459,9 +521,11 @@ def evaluate(
         "settings": {**settings, "limit": limit, "decoding": "greedy", "format": plan.template, "system": plan.system},
         "models": {
             "base": str(plan.merge_base),
-            "merged": str(manifest.artifact(run_dir, "merged", "ftw export")),
-            "gguf": str(manifest.artifact(run_dir, gguf_key("Q4_K_M"), "ftw gguf")),
+            **({"merged": str(manifest.artifact(run_dir, "merged", "ftw export"))} if "merged" in kinds else {}),
+            "gguf": str(gguf[1]),
         },
+        "gguf_quant": gguf[0],
+        "skipped": skipped,
         "sets": sets.sources,
         "aggregate": summary["aggregate"],
         "by_language": summary["by_language"],

@@ -2,7 +2,7 @@
 runs/RUN/report.html (plots embedded as base64 PNGs), and a comparison of several runs.
 
 Plots (matplotlib, Agg): training and eval loss and learning rate from LLaMA-Factory's
-trainer_log.jsonl, distributions of the per-row metrics, and base vs merged vs Q4_K_M bars.
+trainer_log.jsonl, distributions of the per-row metrics, and base vs merged vs quantized GGUF bars.
 report.md links the same PNGs, written to runs/RUN/report/.
 """
 
@@ -21,8 +21,9 @@ from rich.table import Table
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console
-from wrapper.eval.sets import ADAPTER_MODEL, ALL_MODELS, MODEL_TITLES, SETS, TABLE_METRICS
+from wrapper.eval.sets import ADAPTER_MODEL, ALL_MODELS, SETS, TABLE_METRICS, model_titles
 
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452", "lora": "#55a868"}
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
@@ -31,8 +32,18 @@ TERMINAL_QUANT_COLUMNS = ("quant", "mean KLD", "99% KLD", "same top", "PPL(Q)/PP
 
 
 def kinds_of(result: dict) -> list[str]:
-    """The models an eval.json scored: base, merged, gguf, and lora (the adapter pair) when the run had it."""
+    """The models an eval.json scored: base, merged (unless its weights were removed), gguf, and lora (the adapter
+    pair) when the run had it."""
     return [kind for kind in ALL_MODELS if kind in result.get("models", {})]
+
+
+def quant_of(result: dict) -> str:
+    """The quantization of the GGUF an eval.json scored (eval.json from before --quant: Q4_K_M)."""
+    return result.get("gguf_quant", DEFAULT_QUANT)
+
+
+def titles_of(result: dict) -> dict[str, str]:
+    return model_titles(quant_of(result))
 
 
 def load_eval(run_dir: Path) -> dict[str, Any]:
@@ -127,7 +138,7 @@ def plot_distributions(result: dict) -> bytes | None:
             [r["metrics"][name] for r in rows if r["model"] == kind and r["metrics"].get(name) is not None]
             for kind in kinds
         ]
-        ax.hist(data, bins=bins, label=[MODEL_TITLES[k] for k in kinds], color=[COLORS[k] for k in kinds])
+        ax.hist(data, bins=bins, label=[titles_of(result)[k] for k in kinds], color=[COLORS[k] for k in kinds])
         ax.set_title(f"{name} (control + val rows)")
         ax.set_xlabel(name)
     axes[0].set_ylabel("rows")
@@ -152,7 +163,8 @@ def plot_bars(result: dict) -> bytes | None:
     width = 0.8 / len(kinds)
     for offset, kind in enumerate(kinds):
         xs = [i + (offset - (len(kinds) - 1) / 2) * width for i in range(len(groups))]
-        ax.bar(xs, [values[offset] for _, values in groups], width, label=MODEL_TITLES[kind], color=COLORS[kind])
+        label = titles_of(result)[kind]
+        ax.bar(xs, [values[offset] for _, values in groups], width, label=label, color=COLORS[kind])
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([label for label, _ in groups], fontsize=7)
     ax.set_ylim(0, 1.05)
@@ -184,7 +196,7 @@ def _f(value, digits: int = 3) -> str:
 
 def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
     kinds = kinds_of(result)
-    header = ["set", "metric", *(MODEL_TITLES[k] for k in kinds)]
+    header = ["set", "metric", *(titles_of(result)[k] for k in kinds)]
     body = []
     for set_name in SETS:
         block = result["aggregate"].get(set_name, {})
@@ -208,7 +220,7 @@ def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
 def language_table(result: dict) -> tuple[list[str], list[list[str]]]:
     """Per set and language, for the sets with more than one (eval.json from before: none)."""
     kinds = kinds_of(result)
-    header = ["set", "language", "metric", *(MODEL_TITLES[k] for k in kinds)]
+    header = ["set", "language", "metric", *(titles_of(result)[k] for k in kinds)]
     body = []
     for set_name, langs in result.get("by_language", {}).items():
         for lang, block in langs.items():
@@ -282,27 +294,37 @@ def quant_loss_lines(result: dict) -> list[str]:
     return lines
 
 
+def skipped_lines(result: dict) -> list[str]:
+    """What the evaluation left out because the run no longer has it, and the command that brings it back."""
+    return [
+        f"Left out: {what}: {why['reason']}. To score it: {why['fix']}"
+        for what, why in (result.get("skipped") or {}).items()
+    ]
+
+
 def summary_lines(result: dict) -> list[str]:
-    lines = []
+    lines = skipped_lines(result)
+    q = quant_of(result)
     val = result["sets"].get("val", {})
     if val.get("rows"):
         lines.append(f"Validation rows: {val['rows']} of {val.get('of')} from {val.get('file')}: {val.get('note')}.")
     forgetting = result["forgetting"]
     if forgetting.get("rows"):
+        merged = f"the merged fine-tune forgot {forgetting['merged']['forgotten']}, " if "merged" in forgetting else ""
         lines.append(
             f"Forgetting: the base model knew {forgetting['known_by_base']} of {forgetting['rows']} general "
-            f"prompts; the merged fine-tune forgot {forgetting['merged']['forgotten']}, the Q4_K_M GGUF "
-            f"forgot {forgetting['gguf']['forgotten']}."
+            f"prompts; {merged}the {q} GGUF forgot {forgetting['gguf']['forgotten']}."
         )
     quant = result["quantization"]
     ppl = quant["perplexity"]
     if ppl.get("f16", {}).get("perplexity") is not None:
         lines.append(
             f"Perplexity of the reference answers ({quant['perplexity_set']} set, {ppl['f16']['tokens']} "
-            f"tokens): f16 GGUF {ppl['f16']['perplexity']:.3f}, Q4_K_M {ppl['Q4_K_M']['perplexity']:.3f} "
+            f"tokens): f16 GGUF {ppl['f16']['perplexity']:.3f}, {q} {ppl[q]['perplexity']:.3f} "
             f"(ratio {quant['perplexity_ratio']:.3f})."
         )
-    lines += identical_lines("merged HF vs Q4_K_M", quant["identical_greedy"])
+    if quant.get("identical_greedy"):
+        lines += identical_lines(f"merged HF vs {q}", quant["identical_greedy"])
     return lines + adapter_lines(result)
 
 
@@ -325,24 +347,22 @@ def adapter_lines(result: dict) -> list[str]:
     def mib(size: int) -> str:
         return f"{size / 2**20:.1f} MiB"
 
+    title, q = titles_of(result)[ADAPTER_MODEL], quant_of(result)
     lines = [
-        f"{MODEL_TITLES[ADAPTER_MODEL]}: the adapter is {mib(section['adapter_bytes'])}, applied to "
-        f"{Path(section['base_file']).name} ({mib(section['base_bytes'])}); the merged Q4_K_M is "
+        f"{title}: the adapter is {mib(section['adapter_bytes'])}, applied to "
+        f"{Path(section['base_file']).name} ({mib(section['base_bytes'])}); the merged {q} is "
         f"{mib(section['merged_gguf_bytes'])}."
     ]
     ppl = result["quantization"]["perplexity"].get(ADAPTER_MODEL, {}).get("perplexity")
     if ppl is not None and section.get("perplexity_ratio_vs_gguf"):
         lines.append(
             f"Perplexity of the reference answers with the adapter: {ppl:.3f} "
-            f"(x{section['perplexity_ratio_vs_gguf']:.3f} the merged Q4_K_M's)."
+            f"(x{section['perplexity_ratio_vs_gguf']:.3f} the merged {q}'s)."
         )
-    lines += identical_lines(f"{MODEL_TITLES[ADAPTER_MODEL]} vs merged Q4_K_M", section["identical_greedy_vs_gguf"])
+    lines += identical_lines(f"{title} vs merged {q}", section["identical_greedy_vs_gguf"])
     forgot = result["forgetting"].get(ADAPTER_MODEL)
     if result["forgetting"].get("rows") and forgot:
-        lines.append(
-            f"Forgetting: the {MODEL_TITLES[ADAPTER_MODEL]} forgot {forgot['forgotten']} of the general "
-            "prompts the base knew."
-        )
+        lines.append(f"Forgetting: the {title} forgot {forgot['forgotten']} of the general prompts the base knew.")
     return lines
 
 
@@ -368,7 +388,7 @@ def answer_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         if row.get("set") in ("control", "general") and "answer" in row:
             by_key.setdefault((row["set"], row["id"]), {})[row["model"]] = row
     kinds = kinds_of(result)
-    header = ["set", "prompt", "reference", *(MODEL_TITLES[k] for k in kinds), "ROUGE-L (GGUF)"]
+    header = ["set", "prompt", "reference", *(titles_of(result)[k] for k in kinds), "ROUGE-L (GGUF)"]
     body = []
     for (set_name, _), models in by_key.items():
         first = next(iter(models.values()))
@@ -401,8 +421,9 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     intro = (
         f"Recipe `{result['recipe']}`, profile `{result['profile']}`, evaluated {result['evaluated_at']}; "
         f"greedy decoding in the training format ({result['settings']['format']}), at most "
-        f"{result['settings']['max_new_tokens']} new tokens. Models: base `{result['models']['base']}`, merged "
-        f"`{result['models']['merged']}`, GGUF `{result['models']['gguf']}`. Every number is in eval.json."
+        f"{result['settings']['max_new_tokens']} new tokens. Models: "
+        + ", ".join(f"{titles_of(result)[k]} `{result['models'][k]}`" for k in kinds_of(result))
+        + ". Every number is in eval.json."
     )
 
     md = [f"# {title}", "", intro, "", "## Metrics (mean per row)", "", _md_table(header, body), ""]
@@ -419,7 +440,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     lost = result["forgetting"].get("gguf", {}).get("forgotten_prompts", [])
     if lost:
         md += [
-            "## Forgotten by the fine-tune (Q4_K_M GGUF)",
+            f"## Forgotten by the fine-tune ({titles_of(result)['gguf']})",
             "",
             _md_table(
                 ["prompt", "expected", "base", "GGUF"],
@@ -440,7 +461,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(result))
     forgotten = ""
     if lost:
-        forgotten = "<h2>Forgotten by the fine-tune (Q4_K_M GGUF)</h2>" + _html_table(
+        forgotten = f"<h2>Forgotten by the fine-tune ({html.escape(titles_of(result)['gguf'])})</h2>" + _html_table(
             ["prompt", "expected", "base", "GGUF"],
             [[x["prompt"], x["expect"], x["base_answer"], x["answer"]] for x in lost],
         )
@@ -503,18 +524,22 @@ def comparison(
             for kind in ("base", "gguf"):
                 lines.append(
                     (
-                        f"{set_name} {name} ({MODEL_TITLES[kind]})",
+                        f"{set_name} {name} ({'base' if kind == 'base' else 'quantized GGUF'})",
                         lambda r, log, s=set_name, n=name, k=kind: agg(r, s, k, n),
                     )
                 )
     lines += [
         ("general prompts known by base", lambda r, log: r["forgetting"].get("known_by_base")),
-        ("forgotten by Q4_K_M GGUF", lambda r, log: r["forgetting"].get("gguf", {}).get("forgotten")),
+        ("quantized GGUF", lambda r, log: quant_of(r)),
+        ("forgotten by the GGUF", lambda r, log: r["forgetting"].get("gguf", {}).get("forgotten")),
         ("perplexity f16", lambda r, log: r["quantization"]["perplexity"].get("f16", {}).get("perplexity")),
-        ("perplexity Q4_K_M", lambda r, log: r["quantization"]["perplexity"].get("Q4_K_M", {}).get("perplexity")),
-        ("identical greedy, control", lambda r, log: r["quantization"]["identical_greedy"]["control"].get("share")),
-        ("mean KLD Q4_K_M (llama.cpp)", lambda r, log: _kld(r, "Q4_K_M", "mean_kld")),
-        ("same top Q4_K_M, %", lambda r, log: _kld(r, "Q4_K_M", "same_top_pct")),
+        ("perplexity GGUF", lambda r, log: r["quantization"]["perplexity"].get(quant_of(r), {}).get("perplexity")),
+        (
+            "identical greedy, control",
+            lambda r, log: ((r["quantization"]["identical_greedy"] or {}).get("control") or {}).get("share"),
+        ),
+        ("mean KLD of the GGUF (llama.cpp)", lambda r, log: _kld(r, quant_of(r), "mean_kld")),
+        ("same top of the GGUF, %", lambda r, log: _kld(r, quant_of(r), "same_top_pct")),
     ]
     header = ["", *(names or [r["run"] for r in results])]
     body = []
@@ -554,8 +579,9 @@ def print_tables(result: dict[str, Any]) -> None:
     table.add_column("set")
     table.add_column("metric")
     kinds = kinds_of(result)
+    titles = titles_of(result)
     for kind in kinds:
-        table.add_column(MODEL_TITLES[kind], justify="right")
+        table.add_column(titles[kind], justify="right")
     for set_name in SETS:
         block = result["aggregate"][set_name]
         if not block["base"]["rows"]:
@@ -572,19 +598,20 @@ def print_tables(result: dict[str, Any]) -> None:
     if lang_body:
         per_language = Table(title="per language (means per row)")
         for column in lang_header:
-            per_language.add_column(column, justify="right" if column in MODEL_TITLES.values() else "left")
+            per_language.add_column(column, justify="right" if column in titles.values() else "left")
         for row in lang_body:
             per_language.add_row(*row)
         console.print(per_language)
     if result["sets"]["val"].get("seen_in_training"):
         console.print(f"  val: {result['sets']['val']['note']}")
     forgetting = result["forgetting"]
+    q = quant_of(result)
     if forgetting["rows"]:
         gguf = forgetting["gguf"]
+        merged = f" (merged HF: {forgetting['merged']['forgotten']})" if "merged" in forgetting else ""
         console.print(
             f"Forgetting: the base model knew {forgetting['known_by_base']} of {forgetting['rows']} "
-            f"general prompts; the Q4_K_M GGUF forgot {gguf['forgotten']} of them "
-            f"(merged HF: {forgetting['merged']['forgotten']})."
+            f"general prompts; the {q} GGUF forgot {gguf['forgotten']} of them{merged}."
         )
         for lost in gguf["forgotten_prompts"]:
             console.print(
@@ -593,19 +620,19 @@ def print_tables(result: dict[str, Any]) -> None:
             )
     quant = result["quantization"]
     ppl = quant["perplexity"]
-    same = quant["identical_greedy"]["control"]
+    same = (quant.get("identical_greedy") or {}).get("control") or {"rows": 0}
     parts = []
     if ppl.get("f16", {}).get("perplexity") is not None:
         parts.append(
             f"perplexity on {ppl['f16']['rows']} reference answers: f16 {ppl['f16']['perplexity']:.3f}, "
-            f"Q4_K_M {ppl['Q4_K_M']['perplexity']:.3f} (x{quant['perplexity_ratio']:.3f})"
+            f"{q} {ppl[q]['perplexity']:.3f} (x{quant['perplexity_ratio']:.3f})"
         )
     if same["rows"]:
-        parts.append(
-            f"identical greedy answers merged HF vs Q4_K_M: {same['identical']}/{same['rows']} control prompts"
-        )
+        parts.append(f"identical greedy answers merged HF vs {q}: {same['identical']}/{same['rows']} control prompts")
     if parts:
         console.print("Quantization: " + "; ".join(parts) + ".")
+    for line in skipped_lines(result):
+        console.print(f"[yellow]{escape(line)}[/yellow]", soft_wrap=True)
     for line in adapter_lines(result):
         console.print(escape(line), soft_wrap=True)
     print_quant_loss(result)

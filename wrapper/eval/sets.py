@@ -10,11 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import EvalSettings
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.paths import PROJECT_ROOT
+from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console
 from wrapper.data.samples import conversations
@@ -23,8 +22,20 @@ MODELS = ("base", "merged", "gguf")
 # The run's LoRA as a GGUF adapter on its base GGUF (ftw gguf --adapter): scored when the run has the pair.
 ADAPTER_MODEL = "lora"
 ALL_MODELS = (*MODELS, ADAPTER_MODEL)
-MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": "Q4_K_M GGUF", "lora": "base+LoRA GGUF"}
+MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": f"{DEFAULT_QUANT} GGUF", "lora": "base+LoRA GGUF"}
 SETS = ("control", "val", "general")
+
+
+def model_titles(quant: str = DEFAULT_QUANT) -> dict[str, str]:
+    """Each model's column title; the quantized GGUF's names its quantization (eval.json's gguf_quant)."""
+    return {**MODEL_TITLES, "gguf": f"{quant} GGUF"}
+
+
+def row_model(kind: str, quant: str = DEFAULT_QUANT) -> str:
+    """The model part of a scored row's key: a GGUF of another quantization is another model."""
+    return kind if kind != "gguf" or quant == DEFAULT_QUANT else f"gguf-{quant}"
+
+
 # The metrics the tables show (terminal, report.md, report.html), in this order.
 TABLE_METRICS = ("contains", "exact_match", "token_f1", "rouge_l", "key_info_recall", "length_ratio")
 
@@ -60,21 +71,16 @@ class EvalSets:
 # the sets
 
 
-def recipe_eval(plan: RunPlan) -> tuple[dict[str, Any], Path | None]:
-    """The recipe's `eval:` settings (paths are relative to the recipe's folder) and that folder."""
-    candidates = [Path(plan.recipe_file)]
-    if not candidates[0].is_absolute():
-        candidates.append(PROJECT_ROOT / plan.recipe_file)
-    for path in candidates:
-        if path.is_file():
-            recipe = load_recipe(str(path.resolve()))
-            return asdict(recipe.eval), recipe.folder
-    try:
-        recipe = load_recipe(plan.recipe)
-        return asdict(recipe.eval), recipe.folder
-    except FtwError:
-        console.print(f"[yellow]note[/yellow]: recipe {plan.recipe_file} not found; no control or general prompts")
-        return asdict(EvalSettings()), None
+def plan_eval(plan: RunPlan) -> dict[str, Any]:
+    """The eval settings render kept in the run's plan (never the recipe: a run is what it was rendered with)."""
+    if plan.eval is not None:
+        return dict(plan.eval)
+    console.print(
+        f"[yellow]note[/yellow]: run {plan.run} was rendered before ftw kept the eval settings in its plan, so it has "
+        f"no control or general prompts here. To use {plan.recipe_file}'s: ftw render --recipe {plan.recipe_file} "
+        f"--profile {plan.profile} --run {plan.run}"
+    )
+    return asdict(EvalSettings())
 
 
 def read_prompt_file(path: Path, set_name: str) -> list[Item]:
@@ -121,13 +127,12 @@ def conversation_rows(path: Path) -> list[tuple[list[dict], str, str | None, str
     return rows
 
 
-def load_sets(run_dir: Path, settings: dict[str, Any], folder: Path | None) -> EvalSets:
+def load_sets(run_dir: Path, settings: dict[str, Any]) -> EvalSets:
     plan = manifest.plan_of(run_dir)
     sets = EvalSets()
     for name in ("control", "general"):
         if settings.get(name):
             path = Path(settings[name])
-            path = path if path.is_absolute() or folder is None else (folder / path)
             sets.items[name] = read_prompt_file(path.resolve(), name)
             sets.sources[name] = {"file": str(path.resolve()), "rows": len(sets.items[name])}
         else:

@@ -230,9 +230,10 @@ def eval_notes(result: dict) -> list[str]:
     notes = [f"Evaluated {result.get('evaluated_at', '')[:10]} with greedy decoding."]
     forgetting = result.get("forgetting", {})
     if forgetting.get("known_by_base"):
+        merged = f"{forgetting['merged']['forgotten']} (HF) and " if "merged" in forgetting else ""
         notes.append(
             f"Forgetting: of {forgetting['known_by_base']} general prompts the base model answered, the fine-tune "
-            f"forgot {forgetting['merged']['forgotten']} (HF) and {forgetting['gguf']['forgotten']} (GGUF)."
+            f"forgot {merged}{forgetting['gguf']['forgotten']} (GGUF)."
         )
     return notes
 

@@ -240,8 +240,19 @@ def build_plan(
         compute_dtype_reason=dtype.reason if dtype else None,
         fit=fit,
         prepared_data=prepared.summary() if prepared else None,
+        eval=eval_settings(recipe),
     )
     return plan, datasets
+
+
+def eval_settings(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's eval: section as `ftw eval` reads it from the plan: its prompt files as absolute paths."""
+    settings = asdict(recipe.eval)
+    for name in ("control", "general"):
+        if settings[name]:
+            path = Path(settings[name]).expanduser()
+            settings[name] = str(path if path.is_absolute() else (recipe.folder / path).resolve())
+    return settings
 
 
 def _load_base_in(
