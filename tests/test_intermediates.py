@@ -53,6 +53,11 @@ def test_gguf_removes_merged_weights_and_f16_after_verifying(copied_run):
     assert "Converting" not in again.stdout and "up to date" in again.stdout
     exported = run_ftw(runs_dir, "export", "--run", RUN)
     assert "merged model up to date" in exported.stdout and "weights were removed" in exported.stdout
+    # ftw status tells removed intermediates from what is missing: nothing is left to make for them
+    from wrapper.commands.status import run_status
+
+    shown = {a.key: a.state for a in run_status(run).artifacts}
+    assert shown["merged"] == shown["gguf_f16"] == "removed" and shown["gguf_q4_k_m"] == shown["modelfile"] == "made"
 
 
 def test_a_new_quant_or_eval_without_intermediates_says_how_to_get_them(copied_run):

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from wrapper.commands import data, evaluate, export, publish, serve, train
+from wrapper.commands import data, evaluate, export, publish, serve, status, train
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import package_version, versions
 from wrapper.core.ui import console, error_console, quiet_libraries
@@ -68,7 +68,7 @@ def cli() -> None:
     """
 
 
-for module in (train, export, serve, evaluate, data, publish):
+for module in (train, export, serve, evaluate, data, publish, status):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -1,0 +1,201 @@
+"""`ftw status`: where a run stands, read from its manifest: each artifact made, stale (and why),
+removed or missing, its size, and the next command to run. Reads only; takes no lock."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from wrapper.commands.options import not_empty
+from wrapper.core import manifest, stage
+from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import QUANT_TYPES, gguf_key
+from wrapper.core.paths import runs_dir
+from wrapper.core.ui import console
+from wrapper.train.stage import TrainStage, checkpoints
+
+EVAL_JSON = "eval.json"
+
+
+@dataclass
+class Artifact:
+    key: str
+    title: str
+    state: str  # made | stale | removed | under way | missing
+    path: str | None = None
+    bytes: int | None = None
+    why: str | None = None  # stale or removed: what happened
+    command: str | None = None  # what makes it (again)
+
+
+@dataclass
+class RunStatus:
+    run: str
+    recipe: str
+    profile: str
+    artifacts: list[Artifact] = field(default_factory=list)
+    next_command: str | None = None
+
+
+def size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _made(key: str, title: str, path: Path, command: str) -> Artifact:
+    return Artifact(key, title, "made", str(path), size_of(path), command=command)
+
+
+def adapter_status(run_dir: Path, artifacts: dict, run: str) -> Artifact:
+    command = f"ftw train --run {run}"
+    train = TrainStage(run_dir)
+    changes = train.inputs().changes_from(stage.recorded_inputs(run_dir, "adapter"))
+    if changes:
+        return Artifact(
+            "adapter",
+            "adapter (LoRA)",
+            "stale",
+            artifacts.get("adapter"),
+            why="the run was rendered again with other settings or data: " + stage.describe(changes),
+            command=f"ftw train --run {run} --force",
+        )
+    if "adapter" in artifacts and Path(artifacts["adapter"]).exists():
+        return _made("adapter", "adapter (LoRA)", Path(artifacts["adapter"]), command)
+    found = checkpoints(train.target)
+    if found:
+        return Artifact(
+            "adapter", "adapter (LoRA)", "under way", str(found[-1]), why="resumes from it", command=command
+        )
+    return Artifact("adapter", "adapter (LoRA)", "missing", command=command)
+
+
+def file_status(key: str, title: str, artifacts: dict, removed: dict, command: str) -> Artifact:
+    if key in removed:
+        return Artifact(
+            key, title, "removed", why="removed by `ftw gguf` after quantizing, to free disk", command=command
+        )
+    value = artifacts.get(key)
+    if value and Path(value).exists():
+        return _made(key, title, Path(value), command)
+    return Artifact(key, title, "missing", command=command)
+
+
+def eval_status(run_dir: Path, artifacts: dict, run: str) -> Artifact:
+    command = f"ftw eval --run {run}"
+    path = run_dir / EVAL_JSON
+    if not path.is_file():
+        return Artifact("eval", "evaluation (eval.json)", "missing", command=command)
+    newer = [
+        Path(value).name
+        for key, value in artifacts.items()
+        if key.startswith("gguf_") and Path(value).is_file() and Path(value).stat().st_mtime > path.stat().st_mtime
+    ]
+    if newer:
+        why = f"older than {', '.join(newer)}"
+        return Artifact("eval", "evaluation (eval.json)", "stale", str(path), path.stat().st_size, why, command)
+    return _made("eval", "evaluation (eval.json)", path, command)
+
+
+def run_status(run_dir: Path) -> RunStatus:
+    data = manifest.load(run_dir)
+    plan = manifest.plan_of(run_dir)
+    artifacts, removed, run = data.get("artifacts", {}), manifest.removed_intermediates(run_dir), plan.run
+    status = RunStatus(run, plan.recipe, plan.profile)
+    merged_weights = "merged" in removed
+    rows = [
+        adapter_status(run_dir, artifacts, run),
+        file_status("merged", "merged model", artifacts, removed, f"ftw export --run {run}"),
+        file_status(gguf_key("f16"), "f16 GGUF", artifacts, removed, f"ftw gguf --run {run} --keep-intermediates"),
+    ]
+    if merged_weights:
+        rows[1].state, rows[1].why = "removed", "its weights were removed by `ftw gguf` after quantizing"
+        rows[1].command = f"ftw export --run {run} --force"
+    quants = [q for q in QUANT_TYPES if gguf_key(q) in artifacts]
+    for quant in quants or ["Q4_K_M"]:
+        rows.append(file_status(gguf_key(quant), f"{quant} GGUF", artifacts, removed, f"ftw gguf --run {run}"))
+    rows.append(file_status("modelfile", "Ollama Modelfile", artifacts, removed, f"ftw modelfile --run {run}"))
+    rows.append(eval_status(run_dir, artifacts, run))
+    for key, title, command in (
+        ("gguf_lora", "LoRA as a GGUF adapter", f"ftw gguf --run {run} --adapter"),
+        ("publish", "folder for the Hub", f"ftw publish --run {run} --repo USER/NAME --dry-run"),
+    ):
+        if key in artifacts:
+            rows.append(file_status(key, title, artifacts, removed, command))
+    status.artifacts = rows
+    status.next_command = next_command(rows)
+    return status
+
+
+def next_command(rows: list[Artifact]) -> str | None:
+    """The first thing to do along the path: what is stale, missing or under way (removed intermediates are not
+    needed again)."""
+    for row in rows:
+        if row.state in ("stale", "missing", "under way") and row.command:
+            return row.command
+    return None
+
+
+def all_runs() -> list[Path]:
+    folder = runs_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if (p / manifest.MANIFEST).is_file())
+
+
+STATE_STYLE = {"made": "green", "stale": "yellow", "removed": "dim", "under way": "cyan", "missing": "red"}
+
+
+def print_run(status: RunStatus) -> None:
+    table = Table(title=f"{status.run}: {status.recipe} on {status.profile}")
+    for column in ("artifact", "state", "size", "path or why"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for row in status.artifacts:
+        size = f"{row.bytes / 2**20:,.1f} MiB" if row.bytes is not None else ""
+        detail = row.why if row.state in ("stale", "removed", "under way") else (row.path or "")
+        style = STATE_STYLE[row.state]
+        table.add_row(row.title, f"[{style}]{row.state}[/{style}]", size, escape(detail or ""))
+    console.print(table)
+    console.print(f"next: {status.next_command}" if status.next_command else "next: nothing left to make")
+
+
+@click.command()
+@click.option("--run", "run", default=None, callback=not_empty, help="One run; without it, every run in one line each.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
+def status(run: str | None, as_json: bool) -> None:
+    """Where a run stands: each artifact made, stale (and why), removed or missing, and the next command.
+
+    \b
+    Example:
+      ftw status --run demo
+      ftw status
+    """
+    if run:
+        found = [run_status(manifest.run_dir_of(run))]
+    else:
+        found = [run_status(path) for path in all_runs()]
+        if not found and not as_json:
+            raise FtwError(
+                f"no runs under {runs_dir()} yet. Start one: ftw render --recipe demo --profile cpu --run demo"
+            )
+    if as_json:
+        click.echo(json.dumps([asdict(s) for s in found] if not run else asdict(found[0]), indent=2))
+        return
+    if run:
+        print_run(found[0])
+        return
+    table = Table(title=f"runs in {runs_dir()}")
+    for column in ("run", "recipe", "profile", "made", "next"):
+        table.add_column(column)
+    for each in found:
+        made = [a.title for a in each.artifacts if a.state == "made"]
+        table.add_row(each.run, each.recipe, each.profile, str(len(made)), each.next_command or "—")
+    console.print(table)
+
+
+COMMANDS = [status]
