@@ -102,11 +102,13 @@ demo: setup
 eval: setup
 	$(FTW) eval --run $(RUN)
 
-# Style (ruff), formatting (ruff format) and the import layers of ARCHITECTURE.md (import-linter).
+# Style (ruff), formatting (ruff format), the import layers of ARCHITECTURE.md (import-linter) and
+# the types of the layers every stage hands its results through (mypy over core/ and config/).
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m mypy
 
 # Everything, with real LLaMA-Factory runs and real llama.cpp files: what CI runs. Plain `pytest`
 # runs only the fast tier (pyproject.toml's addopts); -m below selects every test.

@@ -23,7 +23,7 @@ BNB_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit")
 
 def resolve_model(ref: str, recipe: Recipe, key: str) -> str:
     """A local model folder (relative to the recipe file) as an absolute path, or a hub id as is."""
-    origin = recipe.doc.origin(key)
+    origin = recipe.origin(key)
     candidate = (recipe.folder / Path(ref).expanduser()).resolve()
     looks_local = ref.startswith(("/", "./", "../", "~")) or candidate.exists() or not HUB_ID.fullmatch(ref)
     if not looks_local:
@@ -80,7 +80,7 @@ def choose_merge_base(recipe: Recipe, base_model: str, quantization: str | None,
         return base_model, "the base model"
     if recipe.method == "full":
         raise FtwError(
-            f"{recipe.doc.origin('method')}: full fine-tuning needs full-precision weights, but "
+            f"{recipe.origin('method')}: full fine-tuning needs full-precision weights, but "
             f"{base_model} is a pre-quantized {quantization} checkpoint. "
             "Use method: qlora, or its full-precision model."
         )

@@ -29,6 +29,7 @@ import importlib.util
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from wrapper.config.schema import Profile
 from wrapper.core.errors import FtwError
@@ -145,6 +146,10 @@ class Memory:
 def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
     """Peak GPU memory (GiB) of one training step on one GPU."""
     tokens = s.tokens_per_micro_batch
+    weights: float
+    trainable: float
+    gradients: float
+    optimizer: float
     if s.method == "qlora":
         weights = shape.decoder_linear_params * NF4_BYTES_PER_PARAM + (shape.params - shape.decoder_linear_params) * 2
     else:
@@ -408,7 +413,7 @@ def plan_for_profile(shape: ModelShape, args: dict, method: str, profile: Profil
     # use_unsloth_gc set by the recipe or the profile is their choice; unset, the planner decides.
     offload_checkpoints = base.offload_checkpoints if "use_unsloth_gc" in args else None
     stages = [(0, False)] if profile.gpus == 1 else [(2, False), (2, True), (3, False), (3, True)]
-    choice = None
+    choice: Choice | None = None
     for zero_stage, offload in stages:
         if zero_stage == 3 and method == "qlora":
             break  # bitsandbytes 4-bit weights can't be partitioned by ZeRO-3 here
@@ -416,12 +421,13 @@ def plan_for_profile(shape: ModelShape, args: dict, method: str, profile: Profil
         choice = choose(shape, staged, facts, upgrade, micro, checkpointing, offload_checkpoints)
         if choice.fits:
             break
+    assert choice is not None  # the first stage is never skipped
     return choice
 
 
 def args_for(choice: Choice, base_method: str) -> dict:
     s = choice.settings
-    args = {"per_device_train_batch_size": s.micro_batch, "gradient_accumulation_steps": s.grad_accum}
+    args: dict[str, Any] = {"per_device_train_batch_size": s.micro_batch, "gradient_accumulation_steps": s.grad_accum}
     if not s.checkpointing:
         args["disable_gradient_checkpointing"] = True
     if s.method == "qlora" and base_method != "qlora":

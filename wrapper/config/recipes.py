@@ -3,6 +3,8 @@ against the schema (wrapper/config/schema.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import yaml
 
 from wrapper.config.schema import Recipe, keys_of, parse
@@ -18,7 +20,7 @@ def shipped_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml") if path.name != MODEL_CONFIGS)
 
 
-def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     """A shipped recipe by name, or a recipe file by path, with `--set` overrides applied."""
     path = find_named(name_or_path, RECIPES_DIR, "recipe")
     doc = load_yaml(path)

@@ -19,6 +19,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wrapper.config.ollama import check_parameters
@@ -275,8 +276,19 @@ class Recipe:
     doc: YamlDoc | None = internal()
 
     @property
-    def folder(self):
-        return self.doc.path.parent
+    def folder(self) -> Path:
+        return self.yaml.path.parent
+
+    @property
+    def yaml(self) -> YamlDoc:
+        """The YAML document it was read from (every loaded recipe has one)."""
+        if self.doc is None:
+            raise ValueError("this recipe was not read from a file")
+        return self.doc
+
+    def origin(self, key: str):
+        """Where `key` came from (file:line, or a --set), for messages."""
+        return self.yaml.origin(key)
 
 
 # ---- profile sections -------------------------------------------------------------------
