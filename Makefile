@@ -32,8 +32,9 @@ DEPS_STAMP := $(VENV)/.ftw-deps
 
 .PHONY: setup tools demo data synth train gguf adapter publish ollama chat lmstudio eval lint test test-fast clean-runs
 
-# Pinned packages into .venv (re-installed only when requirements change), then the
-# llama.cpp tree and the demo's offline base model (both skip themselves when present).
+# Pinned packages into .venv (re-installed only when requirements change; llama-cpp-python compiles
+# without the CPU kernels that crash on this CPU, then must generate a token), then the llama.cpp tree
+# and the demo's offline base model (both skip themselves when present).
 setup: $(DEPS_STAMP)
 	@$(PY) -m wrapper.setup.llama_cpp
 	@TQDM_DISABLE=1 $(PY) -m wrapper.setup.demo_model
@@ -41,8 +42,10 @@ setup: $(DEPS_STAMP)
 $(DEPS_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	flags="$$($(PY) -m wrapper.core.cpu)"; CFLAGS="$$CFLAGS $$flags" CXXFLAGS="$$CXXFLAGS $$flags" \
+		$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m wrapper.setup.llama_cpp_python
 	touch $@
 
 # llama.cpp's own programs (llama-quantize, -imatrix, -perplexity, -server) from vendor/llama.cpp, built

@@ -172,3 +172,15 @@ def test_llamafactory_really_holds_the_frozen_weights_in_the_chosen_dtype(runs_d
     assert result.returncode == 0, result.stderr[-3000:]
     dtypes = json.loads(result.stdout.strip().splitlines()[-1])
     assert dtypes == {"frozen": [frozen], "trainable": ["torch.float32"]}
+
+
+def test_llama_cpp_is_built_without_amx_kernels_where_the_cpu_has_amx(cpu_reports):
+    """ggml's AMX kernels stopped llama.cpp with a general protection fault on an AMX Xeon (wrapper/core/cpu.py):
+    the tools' build and llama-cpp-python's rebuild leave them out there, and only there."""
+    from wrapper.core import llama_tools
+
+    cpu_reports(SAPPHIRE_FLAGS)
+    assert cpu.native_build_cflags() == cpu.NO_AMX_FLAGS
+    assert "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in llama_tools.cpu_flags_args()
+    cpu_reports(EPYC_FLAGS)
+    assert cpu.native_build_cflags() == () and llama_tools.cpu_flags_args() == ()

@@ -77,3 +77,20 @@ def bf16_support() -> Bf16Support:
 
 def _flag_words() -> str:
     return " or ".join(FAST_BF16_FLAGS)
+
+
+# ggml's AMX kernels, compiled in wherever -march=native finds AMX, stopped llama.cpp with a general protection
+# fault (ldtilecfg in ggml_backend_amx_mul_mat, llama.cpp 0c1e570) on a Xeon whose AMX works for a plain program.
+# Builds here leave them out on such CPUs: the AVX-512 kernels (VNNI, BF16) stay.
+NO_AMX_FLAGS = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
+
+
+def native_build_cflags() -> tuple[str, ...]:
+    """C/C++ flags for llama.cpp built with -march=native on this machine (GCC or Clang; MSVC takes none)."""
+    if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return ()
+    return NO_AMX_FLAGS if "amx_tile" in (cpu_flags() or set()) else ()
+
+
+if __name__ == "__main__":  # the Makefile's C/C++ flags for compiling llama-cpp-python here
+    print(" ".join(native_build_cflags()))

@@ -20,6 +20,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wrapper.core.cpu import native_build_cflags
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.paths import LLAMA_CPP_DIR, llama_cpp_commit
@@ -87,7 +88,13 @@ def wanted_spec(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> BuildSpec:
     commit = llama_cpp_commit(llama_cpp_dir)
     if not commit:
         raise ToolsUnavailable("vendor/llama.cpp is not unpacked yet; run: make setup")
-    return BuildSpec(commit, BASE_FLAGS + accelerator_flags())
+    return BuildSpec(commit, BASE_FLAGS + accelerator_flags() + cpu_flags_args())
+
+
+def cpu_flags_args() -> tuple[str, ...]:
+    """-march=native without the kernels that crash on this CPU (wrapper/core/cpu.py)."""
+    flags = " ".join(native_build_cflags())
+    return (f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}") if flags else ()
 
 
 def read_stamp(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> dict:

