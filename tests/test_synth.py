@@ -14,10 +14,11 @@ from test_data import ftw
 
 from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import SynthSettings
+from wrapper.core.journal import read_entries
 from wrapper.data.documents import read_documents
 from wrapper.data.scan import recipe_chunker, recipe_counter
 from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
-from wrapper.synth.job import assistant_text, chunks_of, read_journal
+from wrapper.synth.job import assistant_text, chunks_of
 from wrapper.synth.prompts import Prompts, pairs_schema
 from wrapper.synth.teachers import ollama_blob
 
@@ -216,7 +217,7 @@ def test_an_ollama_model_name_resolves_to_its_weights_blob(tmp_path, monkeypatch
 def test_a_torn_journal_line_is_dropped_and_cut_off(tmp_path):
     journal = tmp_path / "journal.jsonl"
     journal.write_text('{"chunk": "a:0", "status": "done"}\n{"chunk": "a:1", "sta', encoding="utf-8")
-    assert list(read_journal(journal)) == ["a:0"]
+    assert list(read_entries(journal, "chunk")) == ["a:0"]
     assert journal.read_text(encoding="utf-8") == '{"chunk": "a:0", "status": "done"}\n'
 
 

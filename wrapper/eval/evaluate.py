@@ -41,6 +41,7 @@ from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
+from wrapper.core.journal import Journal
 from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
 from wrapper.eval.sets import (
@@ -65,33 +66,6 @@ EVAL_JSON = "eval.json"
 
 # ---------------------------------------------------------------------------------------
 # answering
-
-
-class Rows:
-    """runs/RUN/eval/rows.jsonl: every scored row, appended and flushed one by one."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.done: dict[str, dict] = {}
-        text = path.read_text(encoding="utf-8") if path.is_file() else ""
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by an interruption
-            self.done[row["key"]] = row
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("a", encoding="utf-8")
-        if text and not text.endswith("\n"):
-            self.handle.write("\n")  # end the cut-off line, or the next row would join it and be lost
-
-    def add(self, row: dict) -> None:
-        self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.handle.flush()
-        self.done[row["key"]] = row
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 def _format_for(fmt: ChatFormat, item: Item) -> ChatFormat:
@@ -194,7 +168,7 @@ def _threads_for(model) -> int:
 def answer_all(
     run_dir: Path,
     sets: EvalSets,
-    rows: Rows,
+    rows: Journal,
     max_new_tokens: int,
     kinds: tuple[str, ...],
     gguf: tuple[str, Path],
@@ -206,7 +180,9 @@ def answer_all(
     formats = {}
     for kind in kinds:
         keyed = row_model(kind, quant)
-        todo = [(s, item) for s in SETS for item in sets.items[s] if item.key(keyed, max_new_tokens) not in rows.done]
+        todo = [
+            (s, item) for s in SETS for item in sets.items[s] if item.key(keyed, max_new_tokens) not in rows.entries
+        ]
         total = sum(len(sets.items[s]) for s in SETS)
         if not todo:
             console.print(f"  {titles[kind]}: all {total} rows already scored (in {rows.path})")
@@ -235,7 +211,7 @@ def answer_all(
                     started = time.perf_counter()
                     tokens = model.greedy(ids, item_fmt.stop_ids(), max_tokens=max_new_tokens)
                     answer = item_fmt.decode(tokens)
-                    rows.add(
+                    rows.append(
                         {
                             "key": item.key(keyed, max_new_tokens),
                             "model": kind,
@@ -279,7 +255,7 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
     return float((log_z - chosen).sum()), len(response)
 
 
-def perplexities(run_dir: Path, items: list[Item], rows: Rows, gguf: tuple[str, Path]) -> dict[str, dict]:
+def perplexities(run_dir: Path, items: list[Item], rows: Journal, gguf: tuple[str, Path]) -> dict[str, dict]:
     plan = manifest.plan_of(run_dir)
     fmt = chat_format(tokenizer_dir(run_dir, plan), plan.template, plan.system)
     encoded = []
@@ -302,7 +278,7 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows, gguf: tuple[str, 
         files[ADAPTER_MODEL] = pair
     for label, (path, lora) in files.items():
         model_key = f"ppl_{label.lower()}"
-        todo = [e for e in encoded if e[0].key(model_key, 0) not in rows.done]
+        todo = [e for e in encoded if e[0].key(model_key, 0) not in rows.entries]
         if todo:
             n_ctx = max(len(p) + len(r) for _, p, r in encoded) + 8
             what = f"{path.name} + {lora.name}" if lora else path.name
@@ -319,7 +295,7 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows, gguf: tuple[str, 
                 try:
                     for item, prompt, response in todo:
                         nll, count = answer_nll(llm, prompt, response)
-                        rows.add(
+                        rows.append(
                             {
                                 "key": item.key(model_key, 0),
                                 "model": model_key,
@@ -331,7 +307,7 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows, gguf: tuple[str, 
                         )
                 finally:
                     llm.close()
-        scored = [rows.done[e[0].key(model_key, 0)] for e in encoded]
+        scored = [rows.entries[e[0].key(model_key, 0)] for e in encoded]
         nll, count = sum(r["nll"] for r in scored), sum(r["tokens"] for r in scored)
         result[label] = {
             "file": str(lora or path),
@@ -348,14 +324,14 @@ def perplexities(run_dir: Path, items: list[Item], rows: Rows, gguf: tuple[str, 
 
 
 def summarize(
-    sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
+    sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
 ) -> dict[str, Any]:
     per_row: list[dict] = []
     aggregate: dict[str, dict] = {}
     for set_name in SETS:
         aggregate[set_name] = {}
         for kind in kinds:
-            scored = [rows.done[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]]
+            scored = [rows.entries[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]]
             per_row += scored
             aggregate[set_name][kind] = {
                 "rows": len(scored),
@@ -363,7 +339,9 @@ def summarize(
             }
 
     def by_id(kind: str, set_name: str) -> dict[str, dict]:
-        return {item.id: rows.done[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]}
+        return {
+            item.id: rows.entries[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]
+        }
 
     general = {kind: by_id(kind, "general") for kind in kinds}
     forgetting: dict[str, Any] = {"rows": len(sets.items["general"])}
@@ -412,7 +390,7 @@ def summarize(
 
 
 def by_language(
-    sets: EvalSets, rows: Rows, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
+    sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
 ) -> dict[str, dict]:
     """Means per set, language and model, for the sets that hold more than one language
     (a Russian + Kazakh set is judged per language, not as one)."""
@@ -429,7 +407,8 @@ def by_language(
                     "rows": len(items),
                     **{
                         name: metrics.mean(
-                            rows.done[i.key(row_model(kind, quant), max_new_tokens)]["metrics"].get(name) for i in items
+                            rows.entries[i.key(row_model(kind, quant), max_new_tokens)]["metrics"].get(name)
+                            for i in items
                         )
                         for name in metrics.METRICS
                     },
@@ -493,7 +472,7 @@ def evaluate(
     )
     for what, why in skipped.items():
         console.print(f"  [yellow]left out[/yellow]: {what}: {why['reason']}. To score it: {why['fix']}")
-    rows = Rows(run_dir / EVAL_DIR / ROWS)
+    rows = Journal(run_dir / EVAL_DIR / ROWS, "key")
     max_tokens = int(settings["max_new_tokens"])
     try:
         answer_all(run_dir, sets, rows, max_tokens, kinds, gguf)
@@ -505,7 +484,7 @@ def evaluate(
             kld = quant_loss.skipped("not asked for (--no-quant-loss)", f"ftw eval --run {plan.run}")
     except KeyboardInterrupt:
         console.print(
-            f"[yellow]interrupted[/yellow]: {len(rows.done)} scored rows are kept in {rows.path}; "
+            f"[yellow]interrupted[/yellow]: {len(rows.entries)} scored rows are kept in {rows.path}; "
             f"`ftw eval --run {plan.run}` continues from there."
         )
         raise

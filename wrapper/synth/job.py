@@ -16,7 +16,6 @@ Everything a run of it makes lives in runs/RUN/synth/:
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -32,6 +31,7 @@ from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import Recipe, SynthSettings
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.journal import Journal
 from wrapper.core.paths import SYNTH_ROWS, display_path, runs_dir
 from wrapper.core.stage import StageInputs, short_value
 from wrapper.core.ui import console, done
@@ -155,38 +155,6 @@ def check_inputs(job: Job, inputs: StageInputs, force: bool) -> None:
 def start_over(job: Job) -> None:
     for name in (INPUTS, JOURNAL, REJECTS, SUMMARY, SYNTH_ROWS.name):
         (job.folder / name).unlink(missing_ok=True)
-
-
-# ---- the journal --------------------------------------------------------------------------------
-
-
-def read_journal(path: Path) -> dict[str, dict]:
-    """Finished chunks by id. A last line without its newline was torn by a kill: dropped and cut off."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(len(complete))
-    entries = {}
-    for line in complete.splitlines():
-        entry = json.loads(line)
-        entries[entry["chunk"]] = entry
-    return entries
-
-
-class Journal:
-    def __init__(self, path: Path):
-        self.handle = path.open("ab")
-
-    def append(self, entry: dict) -> None:
-        self.handle.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 # ---- one chunk ----------------------------------------------------------------------------------
@@ -454,8 +422,8 @@ def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> T
         start_over(job)
     write_text_atomic(job.folder / INPUTS, json.dumps(inputs.values, ensure_ascii=False, indent=2) + "\n")
     scope = chunks[: job.limit] if job.limit else chunks
-    entries = read_journal(job.folder / JOURNAL)
-    todo = [chunk for chunk in scope if chunk.id not in entries]
+    journal = Journal(job.folder / JOURNAL, "chunk")
+    todo = [chunk for chunk in scope if chunk.id not in journal]
     langs = Counter(chunk.lang for chunk in chunks)
     console.print(
         f"{len(documents)} document(s), {len(chunks)} chunk(s) of ≤{job.settings.chunk_tokens} tokens "
@@ -464,12 +432,11 @@ def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> T
         + f"{len(todo)} to ask {escape(job.teacher.where)}"
         + (f" (--limit {job.limit})" if job.limit else "")
     )
-    journal = Journal(job.folder / JOURNAL)
     try:
         generate(job, todo, journal)
     finally:
         journal.close()
-    entries = read_journal(job.folder / JOURNAL)
+    entries = journal.entries
     tally = assemble(job, scope, entries, doc_rejects)
     summary = summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally)
     write_text_atomic(job.folder / SUMMARY, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
