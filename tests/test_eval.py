@@ -126,10 +126,11 @@ def test_report_compares_two_runs(evaluated, tmp_path):
         shutil.copy(run / name, other / name)
     out = tmp_path / "compare.md"
     result = run_ftw(run.parent, "report", "--run", RUN, "--run", "e2e-copy", "--out", str(out))
-    assert "perplexity Q4_K_M" in result.stdout
+    assert "perplexity GGUF" in result.stdout
     table = out.read_text(encoding="utf-8")
     assert "|  | e2e | e2e-copy |" in table
-    assert "forgotten by Q4_K_M GGUF" in table
+    assert "| quantized GGUF | Q4_K_M | Q4_K_M |" in table  # each run names the GGUF it scored
+    assert "forgotten by the GGUF" in table
     shutil.rmtree(other)
 
 
@@ -146,15 +147,25 @@ def test_shipped_chat_recipes_come_with_a_ru_en_forgetting_check(recipe_name):
 
 
 def test_rows_written_after_a_cut_off_line_survive_the_next_resume(tmp_path):
-    from wrapper.eval.evaluate import Rows
+    from wrapper.core.journal import Journal
 
     path = tmp_path / "rows.jsonl"
     path.write_text('{"key": "a", "answer": "1"}\n{"key": "b", "ans', encoding="utf-8")  # killed mid-write
-    rows = Rows(path)
-    assert set(rows.done) == {"a"}
-    rows.add({"key": "c", "answer": "3"})
-    rows.close()
-    assert set(Rows(path).done) == {"a", "c"}
+    with Journal(path, "key") as rows:
+        assert set(rows.entries) == {"a"}
+        rows.append({"key": "c", "answer": "3"})
+    assert set(Journal(path, "key").entries) == {"a", "c"}
+    assert path.read_text(encoding="utf-8").count("\n") == 2  # the torn line was cut off, not kept as junk
+
+
+def test_a_journal_line_changed_by_hand_is_named_not_skipped(tmp_path):
+    from wrapper.core.errors import FtwError
+    from wrapper.core.journal import Journal
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"chunk": "a"}\nnot json\n{"chunk": "b"}\n', encoding="utf-8")
+    with pytest.raises(FtwError, match=r"journal.jsonl:2: not a journal entry"):
+        Journal(path, "chunk")
 
 
 def test_eval_reads_its_settings_from_the_plan_not_the_recipe(runs_dir, tmp_path):
@@ -204,7 +215,8 @@ def test_a_q8_0_only_run_is_evaluated_on_its_q8_0(q8_only):
     assert result["quantization"]["perplexity"]["Q8_0"]["perplexity"] >= 1.0
     assert "Q8_0 GGUF" in asked.stdout and "Q4_K_M" not in (q8_only / "report.md").read_text(encoding="utf-8")
     # without --quant: the run's only quantized GGUF; a quant it lacks: exit 2 with the command
-    run_ftw(runs_dir, "eval", "--run", RUN, "--limit", "1", "--val-sample", "1", "--no-quant-loss")
-    assert json.loads((q8_only / "eval.json").read_text(encoding="utf-8"))["gguf_quant"] == "Q8_0"
+    from wrapper.eval.evaluate import choose_quant
+
+    assert choose_quant(q8_only, None) == ("Q8_0", q8_only / "gguf" / f"{RUN}-Q8_0.gguf")
     missing = run_ftw(runs_dir, "eval", "--run", RUN, "--quant", "Q5_K_M", check=False)
     assert missing.returncode == 2 and "ftw gguf --run e2e --quant Q5_K_M" in missing.stdout + missing.stderr
