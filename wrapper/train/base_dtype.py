@@ -73,11 +73,19 @@ def make(source: Path, folder: Path, dtype: str) -> None:
         (staging / CONFIG).write_bytes(text.encode("utf-8"))  # `\n` on every system
 
 
+def folder_in_use(plan: RunPlan) -> Path | None:
+    """The folder train.yaml names as model_name_or_path when it is this run's base in its compute dtype."""
+    folder = Path(plan.train_args["model_name_or_path"])
+    if not plan.compute_dtype or folder != folder_for(plan.dir, plan.compute_dtype):
+        return None
+    return folder
+
+
 def ensure(plan: RunPlan) -> Path | None:
     """The folder train.yaml names as model_name_or_path, made or brought up to date; None when the run
     loads the base as it is."""
-    folder = Path(plan.train_args["model_name_or_path"])
-    if not plan.compute_dtype or folder != folder_for(plan.dir, plan.compute_dtype):
+    folder = folder_in_use(plan)
+    if folder is None:
         return None
     source = source_dir(plan.base_model)
     if not is_current(folder, source, plan.compute_dtype):

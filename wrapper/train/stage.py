@@ -224,11 +224,15 @@ class TrainStage(stage.Stage):
 
     def inputs(self) -> stage.StageInputs:
         """The settings and data a run trains on; a resume must use the same."""
+        args = dict(self.plan.train_args)
+        if base_dtype.folder_in_use(self.plan):
+            # the folder in the run's compute dtype says where the run is, not what it trains: its base does
+            args["model_name_or_path"] = self.plan.base_model
         values = {
-            f"train.yaml {key}": stage.short_value(value)
-            for key, value in self.plan.train_args.items()
-            if key not in RESUME_SAFE_KEYS
+            f"train.yaml {key}": stage.short_value(value) for key, value in args.items() if key not in RESUME_SAFE_KEYS
         }
+        if self.plan.compute_dtype:
+            values["compute dtype"] = self.plan.compute_dtype
         for dataset in self.plan.datasets:
             values[f"data {Path(dataset['path']).name}"] = "sha256 " + dataset["sha256"][:16]
         return stage.StageInputs("adapter", values)
