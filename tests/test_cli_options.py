@@ -60,6 +60,7 @@ def argv(path: tuple[str, ...], command: click.Command, args: dict[str, str], mi
 def run_main(words: list[str], monkeypatch, capsys) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["ftw", *words])
     monkeypatch.setattr(ftw_cli, "stop_on_signals", lambda: None)  # the test process keeps its own handlers
+    monkeypatch.setattr(ftw_cli, "quiet_libraries", lambda: None)  # and its environment, which later ftw runs inherit
     with pytest.raises(SystemExit) as stopped:
         ftw_cli.main()
     captured = capsys.readouterr()
