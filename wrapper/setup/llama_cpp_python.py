@@ -37,7 +37,8 @@ def generates() -> tuple[bool, str]:
         return True, ""
     if result.returncode < 0:
         return False, f"killed by {signal.Signals(-result.returncode).name}"
-    return False, f"exit {result.returncode}: {result.stderr.strip().splitlines()[-1:] or ''}"
+    last = result.stderr.strip().splitlines()[-1:]
+    return False, f"exit {result.returncode}" + (f": {last[0]}" if last else "")
 
 
 def rebuild(cflags: tuple[str, ...]) -> None:
