@@ -14,7 +14,7 @@ from rich.table import Table
 from wrapper.commands.options import not_empty
 from wrapper.core import manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_TYPES, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES, gguf_key
 from wrapper.core.paths import runs_dir
 from wrapper.core.ui import console
 from wrapper.train.stage import TrainStage, checkpoints
@@ -75,11 +75,14 @@ def adapter_status(run_dir: Path, artifacts: dict, run: str) -> Artifact:
     return Artifact("adapter", "adapter (LoRA)", "missing", command=command)
 
 
-def file_status(key: str, title: str, artifacts: dict, removed: dict, command: str) -> Artifact:
+REMOVED_WHY = "removed by `ftw gguf` after quantizing, to free disk"
+
+
+def file_status(
+    key: str, title: str, artifacts: dict, removed: dict, command: str, removed_why: str = REMOVED_WHY
+) -> Artifact:
     if key in removed:
-        return Artifact(
-            key, title, "removed", why="removed by `ftw gguf` after quantizing, to free disk", command=command
-        )
+        return Artifact(key, title, "removed", why=removed_why, command=command)
     value = artifacts.get(key)
     if value and Path(value).exists():
         return _made(key, title, Path(value), command)
@@ -105,19 +108,18 @@ def eval_status(run_dir: Path, artifacts: dict, run: str) -> Artifact:
 def run_status(run_dir: Path) -> RunStatus:
     data = manifest.load(run_dir)
     plan = manifest.plan_of(run_dir)
-    artifacts, removed, run = data.get("artifacts", {}), manifest.removed_intermediates(run_dir), plan.run
+    artifacts, removed, run = data.get("artifacts", {}), data.get(manifest.REMOVED, {}), plan.run
     status = RunStatus(run, plan.recipe, plan.profile)
-    merged_weights = "merged" in removed
+    # the merged folder stays (its tokenizer serves later stages); only its weights go
+    merged_command = f"ftw export --run {run}" + (" --force" if "merged" in removed else "")
+    merged_why = "its weights were removed by `ftw gguf` after quantizing"
     rows = [
         adapter_status(run_dir, artifacts, run),
-        file_status("merged", "merged model", artifacts, removed, f"ftw export --run {run}"),
+        file_status("merged", "merged model", artifacts, removed, merged_command, merged_why),
         file_status(gguf_key("f16"), "f16 GGUF", artifacts, removed, f"ftw gguf --run {run} --keep-intermediates"),
     ]
-    if merged_weights:
-        rows[1].state, rows[1].why = "removed", "its weights were removed by `ftw gguf` after quantizing"
-        rows[1].command = f"ftw export --run {run} --force"
     quants = [q for q in QUANT_TYPES if gguf_key(q) in artifacts]
-    for quant in quants or ["Q4_K_M"]:
+    for quant in quants or [DEFAULT_QUANT]:
         rows.append(file_status(gguf_key(quant), f"{quant} GGUF", artifacts, removed, f"ftw gguf --run {run}"))
     rows.append(file_status("modelfile", "Ollama Modelfile", artifacts, removed, f"ftw modelfile --run {run}"))
     rows.append(eval_status(run_dir, artifacts, run))
