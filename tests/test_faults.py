@@ -1,9 +1,10 @@
 """Fault injection on the real stages: a stopped or crashed child, a full disk, a GPU that is
 already busy. Each fault must leave nothing that looks finished, and the re-run must finish.
 
-Training runs the demo recipe (SmolLM2-135M, 2 epochs); conversion and quantization run on a
-copy of the shared demo run. A full disk is a real one: a small tmpfs mounted in a private
-mount namespace (`unshare -rm`, no root needed), filled while the converter writes.
+Conversion and quantization run on a copy of the shared demo run; a stopped training run is
+tests/test_multi_process.py's (one run there is stopped, refused and resumed in each mode).
+A full disk is a real one: a small tmpfs mounted in a private mount namespace (`unshare -rm`,
+no root needed), filled while the converter writes.
 """
 
 from __future__ import annotations
@@ -78,39 +79,6 @@ def assert_valid_gguf(path: Path, quant: str) -> None:
 
 
 # --- training ----------------------------------------------------------------------------
-
-
-def test_stopped_training_resumes_to_the_same_final_step_and_refuses_changed_settings(tmp_path):
-    runs_dir = tmp_path / "runs"
-    run = runs_dir / "killed"
-    render = ("render", "--recipe", "demo", "--profile", "cpu", "--run", "killed", "--set", "num_train_epochs=2")
-    run_ftw(runs_dir, *render)
-    adapter = run / "adapter"
-    child = start_ftw(runs_dir, "train", "--run", "killed")
-    wait_for(lambda: (adapter / "checkpoint-10" / "trainer_state.json").is_file(), "the first checkpoint", child)
-    planned = [json.loads(line) for line in (adapter / "trainer_log.jsonl").read_text().splitlines()][-1]["total_steps"]
-    child.send_signal(signal.SIGTERM)
-    output = child.communicate(timeout=60)[0]
-    assert child.returncode == 128 + signal.SIGTERM, output
-    assert "interrupted" in output and "Re-run the same command" in output
-    assert processes_mentioning(str(run / "train.yaml")) == [], "llamafactory-cli outlived ftw"
-    assert not (adapter / "train_results.json").exists()
-
-    # Changed settings: the resume is refused, with the difference.
-    run_ftw(runs_dir, *render, "--set", "learning_rate=5e-4")
-    refused = run_ftw(runs_dir, "train", "--run", "killed", check=False)
-    assert refused.returncode == 2
-    assert "learning_rate: 0.001 -> 0.0005" in refused.stdout and "--force" in refused.stdout
-    assert not (adapter / "train_results.json").exists()
-
-    # The same settings again: it resumes and ends where an uninterrupted run ends.
-    run_ftw(runs_dir, *render)
-    resumed = run_ftw(runs_dir, "train", "--run", "killed", env={"LLAMAFACTORY_VERBOSITY": "INFO"})
-    assert "Resuming from checkpoint-" in resumed.stdout
-    assert "Resuming training from checkpoint" in (run / "logs" / "train.log").read_text(encoding="utf-8")
-    state = json.loads((adapter / "trainer_state.json").read_text())
-    assert state["global_step"] == planned == 16
-    assert "adapter" in manifest_of(run)["artifacts"]
 
 
 def test_a_checkpoint_cut_off_while_saving_is_dropped_before_resuming(tmp_path):

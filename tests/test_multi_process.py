@@ -6,6 +6,8 @@ lore in 16 steps) is stopped after its first checkpoint, resumed, merged, conver
 asked the recipe's questions. A one-process run of the same settings is the reference: both
 see the same rows in each optimizer step, so their losses must agree step for step until
 the end of the first epoch, where the two processes' uneven share of the last rows differs.
+The reference is stopped too, refuses to resume under changed settings, and resumes under the
+same ones: the one-process resume is checked on it rather than on a third training run.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def runs(tmp_path_factory) -> dict:
     left_behind = processes_mentioning(str(two / "train.yaml"))  # torchrun's agent and workers stop with ftw
     unfinished = (two / "adapter" / "train_results.json").exists()
     resumed = run_ftw(runs_dir, "train", "--run", "two").stdout
-    run_ftw(runs_dir, "train", "--run", "one")
+    one_process = stop_refuse_and_resume(runs_dir, one)
     for stage in ("export", "gguf"):
         run_ftw(runs_dir, stage, "--run", "two")
     return {
@@ -71,8 +73,32 @@ def runs(tmp_path_factory) -> dict:
         "left_behind": left_behind,
         "unfinished": unfinished,
         "resumed": resumed,
+        "one_process": one_process,
         "answers": ask_gguf(two, "Q4_K_M"),  # what `ftw smoke` asks
     }
+
+
+def stop_refuse_and_resume(runs_dir: Path, run: Path) -> dict:
+    """The one-process run: stopped after its first checkpoint, then `ftw train` under a changed learning
+    rate (refused), then under the same settings again (resumed to the end)."""
+    from wrapper.train.render import render
+
+    stopped = train_stopped_after_a_checkpoint(runs_dir, run)
+    planned = [json.loads(line) for line in (run / "adapter" / "trainer_log.jsonl").open(encoding="utf-8")]
+    found = {
+        "stopped": stopped,
+        "planned": planned[-1]["total_steps"],
+        "left_behind": processes_mentioning(str(run / "train.yaml")),
+        "unfinished": (run / "adapter" / "train_results.json").exists(),
+    }
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FTW_RUNS_DIR", str(runs_dir))
+        render("demo", "cpu", run.name, [], [*SETTINGS, "learning_rate=5e-4"])
+        found["refused"] = run_ftw(runs_dir, "train", "--run", run.name, check=False)
+        found["unfinished_after_refusal"] = (run / "adapter" / "train_results.json").exists()
+        render("demo", "cpu", run.name, [], SETTINGS)
+    found["resumed"] = run_ftw(runs_dir, "train", "--run", run.name).stdout
+    return found
 
 
 def test_two_ranks_share_the_recipes_effective_batch_over_gloo(runs):
@@ -126,3 +152,19 @@ def test_export_and_gguf_answer_like_the_one_process_demo(runs):
     assert Path(artifacts["gguf_q4_k_m"]).is_file()
     answers = runs["answers"]
     assert len(answers) == 4 and all(answer.passed for answer in answers), [(a.prompt, a.text) for a in answers]
+
+
+def test_one_process_run_stopped_refuses_changed_settings_then_resumes_to_the_planned_step(runs):
+    found, run = runs["one_process"], runs["one"]
+    assert "interrupted" in found["stopped"] and "Re-run the same command" in found["stopped"]
+    assert found["left_behind"] == [], "llamafactory-cli outlived ftw"
+    assert not found["unfinished"]
+    refused = found["refused"]
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "learning_rate: 0.003 -> 0.0005" in refused.stdout and "--force" in refused.stdout
+    assert not found["unfinished_after_refusal"]
+    assert f"Resuming from checkpoint-{STOP_AFTER}" in found["resumed"]
+    assert "Resuming training from checkpoint" in (run / "logs" / "train.log").read_text(encoding="utf-8")
+    state = json.loads((run / "adapter" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["global_step"] == found["planned"] == STEPS
+    assert "adapter" in json.loads((run / "manifest.json").read_text(encoding="utf-8"))["artifacts"]
