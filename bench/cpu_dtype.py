@@ -7,7 +7,9 @@ Two measurements, each in a fresh process:
           back to a reference gemm for both half types
   demo    `ftw render` + `ftw train` of the demo recipe on the cpu profile with model.cpu_dtype forced
           to each dtype: seconds per step (from LLaMA-Factory's trainer_log.jsonl), the whole training,
-          and the dtype transformers reports loading the base in (train.log)
+          and the dtype transformers reports loading the base in (train.log); with --checkpointing,
+          each dtype also with gradient checkpointing on (LLaMA-Factory's default, which the cpu
+          profile turns off)
 
 The CPU's flags (avx512*, amx*) and model name are recorded with the results, since the answer
 depends on them. Writes bench/results/cpu_dtype-<cpu>.json and prints a Markdown table.
@@ -21,6 +23,7 @@ such a CPU, not one: its float32 is still this CPU's cores at AVX2.
                                                            # where bfloat16 is fast; see README for slow CPUs)
     .venv/bin/python bench/cpu_dtype.py --max-steps 4      # where bfloat16 is slow: a few steps are enough
     .venv/bin/python bench/cpu_dtype.py --emulate-avx2 --max-steps 4
+    .venv/bin/python bench/cpu_dtype.py --emulate-avx2 --max-steps 8 --dtypes float32 --checkpointing
 """
 
 from __future__ import annotations
@@ -98,9 +101,10 @@ def ftw(runs_dir: Path, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def train_demo(runs_dir: Path, dtype: str, max_steps: int | None) -> dict:
-    run = f"dtype-{dtype}"
+def train_demo(runs_dir: Path, dtype: str, max_steps: int | None, checkpointing: bool = False) -> dict:
+    run = f"dtype-{dtype}" + ("-checkpointing" if checkpointing else "")
     overrides = ["--set", f"model.cpu_dtype={dtype}"]
+    overrides += ["--set", f"train.disable_gradient_checkpointing={str(not checkpointing).lower()}"]
     if max_steps:
         overrides += ["--set", f"train.max_steps={max_steps}"]
     ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", run, *overrides)
@@ -119,6 +123,7 @@ def train_demo(runs_dir: Path, dtype: str, max_steps: int | None) -> dict:
     trainer_seconds = h * 3600 + m * 60 + s
     return {
         "dtype": dtype,
+        "gradient_checkpointing": "Gradient checkpointing enabled" in log,
         "steps": last["current_steps"],
         "final_loss": next((e["loss"] for e in reversed(entries) if "loss" in e), None),
         "trainer_seconds": trainer_seconds,
@@ -143,12 +148,14 @@ def table(results: dict) -> str:
             else ""
         ),
         "",
-        "| base computed in | loaded as (train.log) | steps | s/step | training | `ftw train` wall | final loss |",
-        "|---|---|---|---|---|---|---|",
+        "| base computed in | loaded as (train.log) | gradient checkpointing | steps | s/step | training "
+        "| `ftw train` wall | final loss |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["demo"]:
         lines.append(
-            f"| {row['dtype']} | {row['transformers_loaded']} | {row['steps']} | {row['seconds_per_step']} | "
+            f"| {row['dtype']} | {row['transformers_loaded']} | {'on' if row.get('gradient_checkpointing') else 'off'} "
+            f"| {row['steps']} | {row['seconds_per_step']} | "
             f"{row['trainer_seconds']} s | {row['ftw_train_seconds']} s | {row['final_loss']} |"
         )
     return "\n".join(lines)
@@ -161,6 +168,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--emulate-avx2", action="store_true", help="cap PyTorch's kernels at AVX2 (see above)")
+    parser.add_argument("--checkpointing", action="store_true", help="also train each dtype with it on")
     args = parser.parse_args()
 
     if args.emulate_avx2:
@@ -174,9 +182,11 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="ftw-cpu-dtype-") as tmp:
         for dtype in args.dtypes:
-            results["demo"].append(train_demo(Path(tmp) / "runs", dtype, args.max_steps))
+            for checkpointing in (False, True) if args.checkpointing else (False,):
+                results["demo"].append(train_demo(Path(tmp) / "runs", dtype, args.max_steps, checkpointing))
     name = "amx" if "amx_bf16" in results["cpu"]["flags"] else ("avx512" if results["cpu"]["fast_bf16"] else "nobf16")
     name += "-as-avx2" if args.emulate_avx2 else ""
+    name += "-checkpointing" if args.checkpointing else ""
     out = args.out or RESULTS_DIR / f"cpu_dtype-{name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))
