@@ -36,10 +36,17 @@ def run_ftw(
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Everything that reads the shared demo run is slow (it trains, merges and converts once per session)."""
+    """Everything that reads the shared demo run is slow (it trains, merges and converts once per session).
+
+    Under `pytest -n N --dist loadgroup` (make test), a group runs in one worker: the tests that read the
+    shared demo run form one group, so it is built once; every other module is a group of its own, so
+    its module-scoped fixtures are too."""
     for item in items:
         if "demo_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("demo_run"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @pytest.fixture

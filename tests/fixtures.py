@@ -80,21 +80,22 @@ ALPACA_ROWS = [
 
 def cached(name: str, build: Callable[[Path], None]) -> Path:
     """CACHE_DIR/name, built by build(tmp_dir) into a temporary folder and renamed into place."""
+    from filelock import FileLock
+
     target = CACHE_DIR / name
     if target.is_dir():
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE_DIR))
-    try:
-        build(staging)
+    with FileLock(CACHE_DIR / f".{name}.lock"):  # two test workers wanting it: one builds, the other waits
+        if target.is_dir():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE_DIR))
         try:
+            build(staging)
             os.rename(staging, target)
-        except OSError:
-            if not target.is_dir():  # another process finished first: keep theirs
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
     return target
 
 
