@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from wrapper.config.ollama import OLLAMA_PARAMETERS
+from wrapper.core import artifacts
 from wrapper.core.errors import StageError
 from wrapper.core.llama_tools import ToolsUnavailable, tool
 from wrapper.core.paths import LLAMA_CPP_DIR
@@ -243,7 +244,7 @@ def demo_format(demo_run):
     from wrapper.prompts.fidelity import training_format
 
     plan = manifest.plan_of(demo_run)
-    return training_format(manifest.artifact(demo_run, "merged", "ftw export"), plan.template, plan.system)
+    return training_format(manifest.artifact(demo_run, artifacts.MERGED), plan.template, plan.system)
 
 
 def test_llama_server_renders_the_training_prompt_byte_for_byte(demo_server: Server, demo_format):
@@ -275,7 +276,7 @@ def test_llama_server_greedy_answers_are_llama_cpp_pythons(demo_server: Server, 
     from wrapper.serve.models import GgufModel
 
     plan = manifest.plan_of(demo_run)
-    fmt = chat_format(manifest.artifact(demo_run, "merged", "ftw export"), plan.template, plan.system)
+    fmt = chat_format(manifest.artifact(demo_run, artifacts.MERGED), plan.template, plan.system)
     model = GgufModel(demo_server.settings.gguf, n_ctx=1024)
     try:
         expected = {}

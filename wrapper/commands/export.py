@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from wrapper.commands.options import force_option, quant_option, run_option, writes_run
-from wrapper.core import manifest
+from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import gguf_key
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.ui import console
 from wrapper.export.stage import export as export_run
@@ -140,7 +139,7 @@ def gguf_adapter(run_dir: Path, base: str | None, quant: str, outtype: str, forc
     modelfile = write_adapter_modelfile(
         run_dir, made.lora, made.base.modelfile_from, made.base.gguf, made.header_gguf, force
     )
-    merged = manifest.load(run_dir)["artifacts"].get(gguf_key(quant))
+    merged = manifest.load(run_dir)["artifacts"].get(artifacts.gguf(quant))
     sizes = f"{made.lora.name} {adapter_gguf.size_text(made.lora)}"
     if merged and Path(merged).is_file():
         sizes += f", where the merged {quant} is {adapter_gguf.size_text(Path(merged))}"

@@ -12,9 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from wrapper.commands.options import not_empty
-from wrapper.core import manifest, stage
+from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
 from wrapper.core.paths import runs_dir
 from wrapper.core.ui import console
 from wrapper.train.stage import TrainStage, checkpoints
@@ -52,83 +52,84 @@ def _made(key: str, title: str, path: Path, command: str) -> Artifact:
     return Artifact(key, title, "made", str(path), size_of(path), command=command)
 
 
-def adapter_status(run_dir: Path, artifacts: dict, run: str) -> Artifact:
-    command = f"ftw train --run {run}"
+def adapter_status(run_dir: Path, recorded: dict, run: str) -> Artifact:
+    adapter = artifacts.declared(artifacts.ADAPTER)
+    command = adapter.command_for(run)
     train = TrainStage(run_dir)
-    changes = train.inputs().changes_from(stage.recorded_inputs(run_dir, "adapter"))
+    changes = train.inputs().changes_from(stage.recorded_inputs(run_dir, adapter.key))
     if changes:
         return Artifact(
-            "adapter",
-            "adapter (LoRA)",
+            adapter.key,
+            adapter.title,
             "stale",
-            artifacts.get("adapter"),
+            recorded.get(adapter.key),
             why="the run was rendered again with other settings or data: " + stage.describe(changes),
-            command=f"ftw train --run {run} --force",
+            command=f"{command} --force",
         )
-    if "adapter" in artifacts and Path(artifacts["adapter"]).exists():
-        return _made("adapter", "adapter (LoRA)", Path(artifacts["adapter"]), command)
+    if adapter.key in recorded and Path(recorded[adapter.key]).exists():
+        return _made(adapter.key, adapter.title, Path(recorded[adapter.key]), command)
     found = checkpoints(train.target)
     if found:
-        return Artifact(
-            "adapter", "adapter (LoRA)", "under way", str(found[-1]), why="resumes from it", command=command
-        )
-    return Artifact("adapter", "adapter (LoRA)", "missing", command=command)
+        return Artifact(adapter.key, adapter.title, "under way", str(found[-1]), why="resumes from it", command=command)
+    return Artifact(adapter.key, adapter.title, "missing", command=command)
 
 
 REMOVED_WHY = "removed by `ftw gguf` after quantizing, to free disk"
 
 
 def file_status(
-    key: str, title: str, artifacts: dict, removed: dict, command: str, removed_why: str = REMOVED_WHY
+    key: str, recorded: dict, removed: dict, run: str, command: str | None = None, removed_why: str = REMOVED_WHY
 ) -> Artifact:
+    declared = artifacts.declared(key)
+    command = command or declared.command_for(run)
     if key in removed:
-        return Artifact(key, title, "removed", why=removed_why, command=command)
-    value = artifacts.get(key)
+        return Artifact(key, declared.title, "removed", why=removed_why, command=command)
+    value = recorded.get(key)
     if value and Path(value).exists():
-        return _made(key, title, Path(value), command)
-    return Artifact(key, title, "missing", command=command)
+        return _made(key, declared.title, Path(value), command)
+    return Artifact(key, declared.title, "missing", command=command)
 
 
-def eval_status(run_dir: Path, artifacts: dict, run: str) -> Artifact:
-    command = f"ftw eval --run {run}"
+def eval_status(run_dir: Path, recorded: dict, run: str) -> Artifact:
+    declared = artifacts.declared(artifacts.EVAL)
+    command = declared.command_for(run)
     path = run_dir / EVAL_JSON
     if not path.is_file():
-        return Artifact("eval", "evaluation (eval.json)", "missing", command=command)
+        return Artifact(declared.key, declared.title, "missing", command=command)
     newer = [
         Path(value).name
-        for key, value in artifacts.items()
-        if key.startswith("gguf_") and Path(value).is_file() and Path(value).stat().st_mtime > path.stat().st_mtime
+        for key, value in recorded.items()
+        if key.startswith(artifacts.GGUF_PREFIX)  # the quantized files, the adapter pair: what eval scores
+        and Path(value).is_file()
+        and Path(value).stat().st_mtime > path.stat().st_mtime
     ]
     if newer:
         why = f"older than {', '.join(newer)}"
-        return Artifact("eval", "evaluation (eval.json)", "stale", str(path), path.stat().st_size, why, command)
-    return _made("eval", "evaluation (eval.json)", path, command)
+        return Artifact(declared.key, declared.title, "stale", str(path), path.stat().st_size, why, command)
+    return _made(declared.key, declared.title, path, command)
 
 
 def run_status(run_dir: Path) -> RunStatus:
     data = manifest.load(run_dir)
     plan = manifest.plan_of(run_dir)
-    artifacts, removed, run = data.get("artifacts", {}), data.get(manifest.REMOVED, {}), plan.run
+    recorded, removed, run = data.get("artifacts", {}), data.get(manifest.REMOVED, {}), plan.run
     status = RunStatus(run, plan.recipe, plan.profile)
     # the merged folder stays (its tokenizer serves later stages); only its weights go
-    merged_command = f"ftw export --run {run}" + (" --force" if "merged" in removed else "")
+    merged_command = f"ftw export --run {run}" + (" --force" if artifacts.MERGED in removed else "")
     merged_why = "its weights were removed by `ftw gguf` after quantizing"
     rows = [
-        adapter_status(run_dir, artifacts, run),
-        file_status("merged", "merged model", artifacts, removed, merged_command, merged_why),
-        file_status(gguf_key("f16"), "f16 GGUF", artifacts, removed, f"ftw gguf --run {run} --keep-intermediates"),
+        adapter_status(run_dir, recorded, run),
+        file_status(artifacts.MERGED, recorded, removed, run, merged_command, merged_why),
+        file_status(artifacts.gguf("f16"), recorded, removed, run),
     ]
-    quants = [q for q in QUANT_TYPES if gguf_key(q) in artifacts]
+    quants = [q for q in QUANT_TYPES if artifacts.gguf(q) in recorded]
     for quant in quants or [DEFAULT_QUANT]:
-        rows.append(file_status(gguf_key(quant), f"{quant} GGUF", artifacts, removed, f"ftw gguf --run {run}"))
-    rows.append(file_status("modelfile", "Ollama Modelfile", artifacts, removed, f"ftw modelfile --run {run}"))
-    rows.append(eval_status(run_dir, artifacts, run))
-    for key, title, command in (
-        ("gguf_lora", "LoRA as a GGUF adapter", f"ftw gguf --run {run} --adapter"),
-        ("publish", "folder for the Hub", f"ftw publish --run {run} --repo USER/NAME --dry-run"),
-    ):
-        if key in artifacts:
-            rows.append(file_status(key, title, artifacts, removed, command))
+        rows.append(file_status(artifacts.gguf(quant), recorded, removed, run, f"ftw gguf --run {run}"))
+    rows.append(file_status(artifacts.MODELFILE, recorded, removed, run))
+    rows.append(eval_status(run_dir, recorded, run))
+    for key in (artifacts.GGUF_LORA, artifacts.PUBLISH):
+        if key in recorded:
+            rows.append(file_status(key, recorded, removed, run))
     status.artifacts = rows
     status.next_command = next_command(rows)
     return status

@@ -45,11 +45,6 @@ def ftype_of(kind: str) -> int:
     return int(LlamaFileType[f"MOSTLY_{kind.upper()}"])
 
 
-def gguf_key(kind: str) -> str:
-    """The manifest's artifact key of a run's GGUF of this kind ('f16', 'Q4_K_M': gguf_q4_k_m)."""
-    return f"gguf_{kind.lower()}"
-
-
 def read_gguf(path: Path):
     """(the gguf library's reader, None) for a readable GGUF; else (None, what the file is instead, in words)."""
     from gguf import GGUFReader

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from wrapper.core import artifacts
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.paths import llama_cpp_commit, runs_dir
@@ -110,7 +111,7 @@ def record_removed(run_dir: Path, key: str, what: dict[str, Any]) -> None:
     """Note that artifact `key` was removed as an intermediate; a removed file is no longer an artifact."""
     data = load(run_dir)
     data.setdefault(REMOVED, {})[key] = what
-    if key != "merged":  # the merged folder stays: its tokenizer and config serve the later stages
+    if key != artifacts.MERGED:  # the merged folder stays: its tokenizer and config serve the later stages
         data["artifacts"].pop(key, None)
     save(run_dir, data)
 
@@ -125,38 +126,24 @@ def record_end_tokens(run_dir: Path, key: str, entries: list[dict[str, Any]]) ->
     save(run_dir, data)
 
 
-# Artifact keys in stage order; redoing a stage makes everything after it stale.
-STAGE_OUTPUTS = ("adapter", "merged", "gguf_", "modelfile", "modelfile_adapter")
-# The adapter's own path (ftw gguf --adapter) is made from the adapter, not the merge: a new
-# training makes it stale, a new merge does not. The base's GGUFs depend on no stage of the run.
-FROM_ADAPTER = ("gguf_lora", "modelfile_adapter")
-FROM_BASE = ("gguf_base_", "gguf_vocab", "gguf_lora_base")
-
-
-def is_stale(key: str, stale: tuple[str, ...]) -> bool:
-    if key.startswith(FROM_BASE):
-        return False
-    if key in FROM_ADAPTER:
-        return "adapter" in stale
-    return any(key == s or (s.endswith("_") and key.startswith(s)) for s in stale)
-
-
-def forget_from(run_dir: Path, first: str) -> None:
-    """Drop `first` and every later stage's artifacts from the manifest (their inputs are changing)."""
-    stale = STAGE_OUTPUTS[STAGE_OUTPUTS.index(first) :]
+def forget_from(run_dir: Path, made_again: str) -> None:
+    """Drop `made_again` and every artifact made from it from the manifest (their inputs are changing);
+    what is made from what is declared in wrapper/core/artifacts.py."""
     data = load(run_dir)
-    data["artifacts"] = {key: value for key, value in data["artifacts"].items() if not is_stale(key, stale)}
-    if "merged" in stale:  # a new merge brings the removed intermediates back
+    data["artifacts"] = {
+        key: value for key, value in data["artifacts"].items() if not artifacts.depends_on(key, made_again)
+    }
+    if artifacts.depends_on(artifacts.MERGED, made_again):  # a new merge brings the removed intermediates back
         data.pop(REMOVED, None)
     save(run_dir, data)
 
 
-def artifact(run_dir: Path, key: str, made_by: str) -> Path:
-    """The path of a finished artifact, or a message naming the stage that makes it."""
-    data = load(run_dir)
-    value = data["artifacts"].get(key)
+def artifact(run_dir: Path, key: str) -> Path:
+    """The path of a finished artifact, or a message naming the command that makes it."""
+    value = load(run_dir)["artifacts"].get(key)
     if not value or not Path(value).exists():
-        raise FtwError(f"run {run_dir.name} has no {key} yet. Run `{made_by} --run {run_dir.name}` first.")
+        made_by = artifacts.declared(key).command_for(run_dir.name)
+        raise FtwError(f"run {run_dir.name} has no {artifacts.declared(key).title} yet. Run `{made_by}` first.")
     return Path(value)
 
 

@@ -137,7 +137,10 @@ class Stage:
     title = "artifact"  # how messages name it: "merged model", "Q4_K_M GGUF"
     force_says = "makes it again"  # what --force would do, said when the artifact is up to date
     resumable = False  # see the module docstring
-    forgets: str | None = None  # a manifest.STAGE_OUTPUTS key: it and the later artifacts go stale when made
+    # Making it again makes what is made from it stale (wrapper/core/artifacts.py): those are dropped
+    # from the manifest first. Only the expensive stages (train, export) need it: the others are
+    # checked against their recorded inputs by whoever needs them.
+    makes_others_stale = False
 
     def __init__(self, run_dir: Path, key: str, target: Path):
         self.run_dir = run_dir
@@ -213,8 +216,8 @@ def build(stage: Stage, inputs: StageInputs, changes: list[str] | None = None) -
     partial = stage.partial
     if not stage.resumable:
         remove_partials(partial)
-    if stage.forgets:
-        manifest.forget_from(stage.run_dir, stage.forgets)
+    if stage.makes_others_stale:
+        manifest.forget_from(stage.run_dir, stage.key)
     if stage.resumable:
         record_inputs(stage.run_dir, inputs)
     try:

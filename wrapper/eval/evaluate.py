@@ -37,10 +37,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wrapper.core import manifest
+from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
-from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.journal import Journal
 from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
@@ -55,7 +55,6 @@ from wrapper.eval.sets import (
     plan_eval,
     row_model,
 )
-from wrapper.gguf import adapter as adapter_gguf
 from wrapper.prompts.chat_format import ChatFormat, chat_format
 from wrapper.serve.models import GgufModel, HfModel, load_llama
 
@@ -74,8 +73,8 @@ def _format_for(fmt: ChatFormat, item: Item) -> ChatFormat:
 
 def adapter_pair(run_dir: Path) -> tuple[Path, Path] | None:
     """(base GGUF, LoRA adapter GGUF) when `ftw gguf --adapter` made the pair and the base is here; else None."""
-    artifacts = manifest.load(run_dir)["artifacts"]
-    base, lora = artifacts.get(adapter_gguf.BASE_KEY), artifacts.get(adapter_gguf.KEY)
+    recorded = manifest.load(run_dir)["artifacts"]
+    base, lora = recorded.get(artifacts.GGUF_LORA_BASE), recorded.get(artifacts.GGUF_LORA)
     if base and lora and Path(base).is_file() and Path(lora).is_file():
         return Path(base), Path(lora)
     return None
@@ -122,7 +121,7 @@ def skipped_models(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, dict[str,
             "reason": "the merged weights were removed by `ftw gguf` after quantizing, to free disk",
             "fix": f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates",
         }
-    if not manifest.load(run_dir)["artifacts"].get(gguf_key("f16")):
+    if not manifest.load(run_dir)["artifacts"].get(artifacts.gguf("f16")):
         skipped["f16"] = {
             "reason": "the f16 GGUF was removed after quantizing (its perplexity and the KL divergence need it)",
             "fix": f"ftw export --run {run} --force && ftw gguf --run {run} --keep-intermediates",
@@ -132,7 +131,7 @@ def skipped_models(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, dict[str,
 
 def tokenizer_dir(run_dir: Path, plan) -> Path:
     """The fine-tune's tokenizer: merged/ keeps it when its weights are removed; the merge base's otherwise."""
-    merged = manifest.load(run_dir)["artifacts"].get("merged")
+    merged = manifest.load(run_dir)["artifacts"].get(artifacts.MERGED)
     return Path(merged) if merged and Path(merged).is_dir() else Path(plan.merge_base)
 
 
@@ -140,7 +139,7 @@ def _load_model(kind: str, run_dir: Path, plan, gguf: Path):
     if kind == "base":
         return HfModel(Path(plan.merge_base))
     if kind == "merged":
-        return HfModel(manifest.artifact(run_dir, "merged", "ftw export"))
+        return HfModel(manifest.artifact(run_dir, artifacts.MERGED))
     if kind == ADAPTER_MODEL:
         base, lora = adapter_pair(run_dir)
         return GgufModel(base, n_threads=gguf_threads(base), lora=lora)
@@ -266,7 +265,7 @@ def perplexities(run_dir: Path, items: list[Item], rows: Journal, gguf: tuple[st
     result = {}
     files: dict[str, tuple[Path, Path | None]] = {}
     try:
-        files["f16"] = manifest.artifact(run_dir, gguf_key("f16"), "ftw gguf --keep-intermediates"), None
+        files["f16"] = manifest.artifact(run_dir, artifacts.gguf("f16")), None
     except FtwError as error:
         # removed after quantizing, deleted by hand, or the run converted to bf16: the rest of eval still runs
         result["f16"] = {"file": None, "rows": 0, "tokens": 0, "mean_nll": None, "perplexity": None}
@@ -500,7 +499,7 @@ def evaluate(
         "settings": {**settings, "limit": limit, "decoding": "greedy", "format": plan.template, "system": plan.system},
         "models": {
             "base": str(plan.merge_base),
-            **({"merged": str(manifest.artifact(run_dir, "merged", "ftw export"))} if "merged" in kinds else {}),
+            **({"merged": str(manifest.artifact(run_dir, artifacts.MERGED))} if "merged" in kinds else {}),
             "gguf": str(gguf[1]),
         },
         "gguf_quant": gguf[0],

@@ -34,12 +34,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wrapper.core import llama_tools, manifest
+from wrapper.core import artifacts, llama_tools, manifest
 from wrapper.core import stage as stages
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
-from wrapper.core.gguf_io import QUANT_TYPES, gguf_key
+from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
@@ -307,19 +307,19 @@ def skipped(reason: str, fix: str | None) -> QuantLossResult:
 
 
 def unquantized_gguf(run_dir: Path) -> tuple[str, Path] | None:
-    artifacts = manifest.load(run_dir).get("artifacts", {})
+    recorded = manifest.load(run_dir).get("artifacts", {})
     for kind in UNQUANTIZED:
-        value = artifacts.get(gguf_key(kind))
+        value = recorded.get(artifacts.gguf(kind))
         if value and Path(value).is_file():
             return kind, Path(value)
     return None
 
 
 def quantized_ggufs(run_dir: Path) -> dict[str, Path]:
-    artifacts = manifest.load(run_dir).get("artifacts", {})
+    recorded = manifest.load(run_dir).get("artifacts", {})
     found = {}
     for quant in QUANT_TYPES:
-        value = artifacts.get(gguf_key(quant))
+        value = recorded.get(artifacts.gguf(quant))
         if value and Path(value).is_file():
             found[quant] = Path(value)
     return found
@@ -333,7 +333,7 @@ def remake_command(run_dir: Path) -> str:
 
 
 def uses_imatrix(run_dir: Path, quant: str) -> bool:
-    inputs = stages.recorded_inputs(run_dir, gguf_key(quant)) or {}
+    inputs = stages.recorded_inputs(run_dir, artifacts.gguf(quant)) or {}
     return "importance matrix" in inputs
 
 
@@ -439,7 +439,7 @@ def measure(
     if not quants:
         return skipped("the run has no quantized GGUF", f"ftw gguf --run {run_dir.name} --keep-intermediates")
     try:
-        merged = manifest.artifact(run_dir, "merged", "ftw export")
+        merged = manifest.artifact(run_dir, artifacts.MERGED)
         fmt = training_format(merged, plan.template, plan.system)
         sample = sample_text(run_dir, plan, fmt, "val", max_tokens or MAX_TOKENS, seed, min_tokens=2 * MIN_CONTEXT)
     except FtwError as error:

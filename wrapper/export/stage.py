@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from wrapper.config.models import local_model_dir
-from wrapper.core import manifest, stage
+from wrapper.core import artifacts, manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_BITS
@@ -61,13 +61,13 @@ def export_needs(base_dir: Path) -> dict[str, int]:
 class ExportStage(stage.Stage):
     title = "merged model"
     force_says = "merges again"
-    forgets = "merged"
+    makes_others_stale = True
 
     def __init__(self, run_dir: Path, weights_dtype: str = "f16"):
         self.plan = manifest.plan_of(run_dir)
-        super().__init__(run_dir, "merged", self.plan.merged_dir)
+        super().__init__(run_dir, artifacts.MERGED, self.plan.merged_dir)
         self.weights_dtype = weights_dtype
-        self.adapter = manifest.artifact(run_dir, "adapter", "ftw train")
+        self.adapter = manifest.artifact(run_dir, artifacts.ADAPTER)
         self.export_yaml = self.plan.dir / "export.yaml"
         self.args = yaml.safe_load(self.export_yaml.read_text(encoding="utf-8")) or {}
         self.log_path = run_dir / "logs" / "export.log"
@@ -97,7 +97,7 @@ class ExportStage(stage.Stage):
         return "Merging again: changed since the last merge"
 
     def also_records(self) -> dict[str, Path]:
-        return {"export_log": self.log_path}
+        return {artifacts.EXPORT_LOG: self.log_path}
 
     def streaming_base(self) -> Path:
         """The base folder the streaming merge reads; raises NotStreamable when LLaMA-Factory must merge."""

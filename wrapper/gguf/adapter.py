@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.config.models import local_model_dir
-from wrapper.core import manifest, stage
+from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import (
     DEFAULT_QUANT,
@@ -36,7 +36,6 @@ from wrapper.core.gguf_io import (
     GgufShape,
     field_value,
     ftype_of,
-    gguf_key,
     read_gguf,
     verify_gguf,
 )
@@ -48,15 +47,7 @@ from wrapper.core.ui import console, done
 from wrapper.gguf.convert import GGUF_PY_ENV, convert_in_training_format, llama_cpp_script, run_converter
 from wrapper.gguf.stage import check_gguf_disk, quantizer_argv
 
-KEY = "gguf_lora"
-# The local GGUF the adapter was checked against and is served on (ftw eval loads the pair).
-BASE_KEY = "gguf_lora_base"
-VOCAB_KEY = "gguf_vocab"
 OUTTYPES = ("f16", "bf16", "q8_0")
-
-
-def base_gguf_key(quant: str) -> str:
-    return f"gguf_base_{quant.lower()}"
 
 
 def size_text(path: Path) -> str:
@@ -111,7 +102,7 @@ class VocabStage(stage.Stage):
     title = "vocabulary GGUF of the run's base"
 
     def __init__(self, run_dir: Path, plan: RunPlan, log_path: Path):
-        super().__init__(run_dir, VOCAB_KEY, run_dir / "gguf" / f"{plan.run}-vocab.gguf")
+        super().__init__(run_dir, artifacts.GGUF_VOCAB, run_dir / "gguf" / f"{plan.run}-vocab.gguf")
         self.source, self.log_path = trained_on_dir(plan), log_path
 
     def inputs(self) -> stage.StageInputs:
@@ -132,12 +123,12 @@ class VocabStage(stage.Stage):
 def reference_gguf(run_dir: Path, plan: RunPlan, log_path: Path) -> Path:
     """A GGUF of the run's own model to hold a given base against: one the run has (its base GGUF, or the
     merged model's, which keeps the base's shape and vocabulary), else a vocabulary-only conversion."""
-    artifacts = manifest.load(run_dir)["artifacts"]
-    keys = [key for key in artifacts if key.startswith("gguf_base_")]
-    keys += [gguf_key(kind) for kind in ("f16", "bf16", *QUANT_TYPES)]
+    recorded = manifest.load(run_dir)["artifacts"]
+    keys = [key for key in recorded if key.startswith("gguf_base_")]
+    keys += [artifacts.gguf(kind) for kind in ("f16", "bf16", *QUANT_TYPES)]
     for key in keys:
-        if artifacts.get(key) and Path(artifacts[key]).is_file():
-            return Path(artifacts[key])
+        if recorded.get(key) and Path(recorded[key]).is_file():
+            return Path(recorded[key])
     return stage.run(VocabStage(run_dir, plan, log_path))
 
 
@@ -191,7 +182,7 @@ class BaseGgufStage(stage.Stage):
     """gguf/RUN-base-QUANT.gguf: the run's base model as llama.cpp serves it, for the adapter to be applied to."""
 
     def __init__(self, run_dir: Path, plan: RunPlan, quant: str, log_path: Path):
-        super().__init__(run_dir, base_gguf_key(quant), run_dir / "gguf" / f"{plan.run}-base-{quant}.gguf")
+        super().__init__(run_dir, artifacts.base_gguf(quant), run_dir / "gguf" / f"{plan.run}-base-{quant}.gguf")
         self.plan, self.quant, self.log_path = plan, quant, log_path
         self.source = full_precision_dir(plan)
         self.title = f"base {quant} GGUF"
@@ -265,9 +256,9 @@ class AdapterStage(stage.Stage):
     """gguf/RUN-lora.gguf: the run's LoRA in llama.cpp's adapter format."""
 
     def __init__(self, run_dir: Path, plan: RunPlan, outtype: str, log_path: Path):
-        super().__init__(run_dir, KEY, run_dir / "gguf" / f"{plan.run}-lora.gguf")
+        super().__init__(run_dir, artifacts.GGUF_LORA, run_dir / "gguf" / f"{plan.run}-lora.gguf")
         self.plan, self.outtype, self.log_path = plan, outtype, log_path
-        self.adapter = manifest.artifact(run_dir, "adapter", "ftw train")
+        self.adapter = manifest.artifact(run_dir, artifacts.ADAPTER)
         self.trained_on = trained_on_dir(plan)
         self.title = f"LoRA adapter GGUF ({outtype})"
         self.architecture: str | None = None  # the base's, when known: the adapter must name the same
@@ -284,7 +275,7 @@ class AdapterStage(stage.Stage):
         )
 
     def also_records(self) -> dict[str, Path]:
-        return {"gguf_log": self.log_path}
+        return {artifacts.GGUF_LOG: self.log_path}
 
     def make(self, partial: Path) -> None:
         config_dir = partial.with_name(partial.name + ".base")  # a helper of the partial: removed with it
@@ -344,8 +335,8 @@ def make_adapter(
     adapter.architecture = base.architecture
     lora = stage.run(adapter, force)
     if base.gguf is not None:
-        manifest.record_artifacts(run_dir, **{BASE_KEY: base.gguf})
+        manifest.record_artifacts(run_dir, **{artifacts.GGUF_LORA_BASE: base.gguf})
     else:
-        manifest.drop_artifact(run_dir, BASE_KEY)  # an Ollama name not here: nothing local to load
+        manifest.drop_artifact(run_dir, artifacts.GGUF_LORA_BASE)  # an Ollama name not here: nothing local to load
     header = base.gguf or reference_gguf(run_dir, plan, log_path)
     return Adapter(lora, base, header)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrapper.core import stage
+from wrapper.core import artifacts, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import field_value, gguf_key
+from wrapper.core.gguf_io import field_value
 from wrapper.core.llama_tools import cpu_jobs, tool
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
@@ -27,7 +27,6 @@ DEFAULT_TOKENS = 64 * 512
 CONTEXT = 512
 MIN_CONTEXT = 64  # shorter chunks say little about attention; fewer rows than 2 of them is refused
 SEED = 0
-KEY = gguf_key("imatrix")
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class ImatrixStage(stage.Stage):
     def __init__(
         self, run_dir: Path, plan: RunPlan, source: Path, source_digest: str, calib: Calibration, log_path: Path
     ):
-        super().__init__(run_dir, KEY, run_dir / "gguf" / f"{plan.run}-imatrix.gguf")
+        super().__init__(run_dir, artifacts.IMATRIX, run_dir / "gguf" / f"{plan.run}-imatrix.gguf")
         self.source, self.source_digest, self.calib, self.log_path = source, source_digest, calib, log_path
         self.title = "importance matrix"
 

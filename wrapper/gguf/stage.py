@@ -16,10 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from wrapper.core import manifest, stage
+from wrapper.core import artifacts, manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import NEEDS_IMATRIX, QUANT_BITS, QUANT_TYPES, ftype_of, gguf_key, verify_gguf
+from wrapper.core.gguf_io import NEEDS_IMATRIX, QUANT_BITS, QUANT_TYPES, ftype_of, verify_gguf
 from wrapper.core.llama_tools import cpu_jobs, tool
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
@@ -45,7 +45,7 @@ class ConvertStage(stage.Stage):
     """The unquantized GGUF, with the training format as its chat template."""
 
     def __init__(self, run_dir: Path, plan: RunPlan, merged: Path, outtype: str):
-        super().__init__(run_dir, gguf_key(outtype), run_dir / "gguf" / f"{plan.run}-{outtype}.gguf")
+        super().__init__(run_dir, artifacts.gguf(outtype), run_dir / "gguf" / f"{plan.run}-{outtype}.gguf")
         self.plan, self.merged, self.outtype = plan, merged, outtype
         self.title = f"{outtype} GGUF"
         self.log_path = run_dir / "logs" / "gguf.log"
@@ -65,7 +65,7 @@ class ConvertStage(stage.Stage):
         )
 
     def also_records(self) -> dict[str, Path]:
-        return {"gguf_log": self.log_path}
+        return {artifacts.GGUF_LOG: self.log_path}
 
     def make(self, partial: Path) -> None:
         if "merged" in manifest.removed_intermediates(self.run_dir):
@@ -94,7 +94,7 @@ class QuantizeStage(stage.Stage):
         quant: str,
         imatrix: ImatrixStage | None = None,
     ):
-        super().__init__(run_dir, gguf_key(quant), run_dir / "gguf" / f"{plan.run}-{quant}.gguf")
+        super().__init__(run_dir, artifacts.gguf(quant), run_dir / "gguf" / f"{plan.run}-{quant}.gguf")
         self.source, self.source_inputs, self.quant, self.imatrix = source, source_inputs, quant, imatrix
         self.title = f"{quant} GGUF" + (" (importance matrix)" if imatrix else "")
 
@@ -198,7 +198,7 @@ def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, 
         for path in weights:
             path.unlink()
     if full.is_file():
-        key = gguf_key(outtype)
+        key = artifacts.gguf(outtype)
         freed[key] = full.stat().st_size
         manifest.record_removed(run_dir, key, {"file": str(full), "bytes": freed[key]})
         full.unlink()
@@ -223,7 +223,7 @@ def make_ggufs(
     if outtype not in OUTTYPES:
         raise FtwError(f"--outtype {outtype}: choose {' or '.join(OUTTYPES)}")
     plan = manifest.plan_of(run_dir)
-    merged = manifest.artifact(run_dir, "merged", "ftw export")
+    merged = manifest.artifact(run_dir, artifacts.MERGED)
     (run_dir / "gguf").mkdir(exist_ok=True)
     full = ConvertStage(run_dir, plan, merged, outtype)
     full_inputs = full.inputs()

@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from wrapper.config.ollama import OLLAMA_PARAMETERS
-from wrapper.core import manifest, stage
+from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC, QUANT_TYPES, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC, QUANT_TYPES
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console, done
@@ -55,8 +55,8 @@ class PublishSettings:
 
 def run_quants(run_dir: Path) -> list[str]:
     """The quantized GGUFs the run has, by quant name, in QUANT_TYPES' order (Q4_K_M first)."""
-    artifacts = manifest.load(run_dir)["artifacts"]
-    return [quant for quant in QUANT_TYPES if gguf_key(quant) in artifacts]
+    recorded = manifest.load(run_dir)["artifacts"]
+    return [quant for quant in QUANT_TYPES if artifacts.gguf(quant) in recorded]
 
 
 def chosen_quants(run_dir: Path, asked: tuple[str, ...]) -> list[str]:
@@ -76,12 +76,12 @@ def chosen_quants(run_dir: Path, asked: tuple[str, ...]) -> list[str]:
 def run_modelfile(run_dir: Path, plan: RunPlan) -> Path:
     """The run's Modelfile, made from the GGUF, template and parameters the run has now (the inputs `ftw
     modelfile` recorded), else the Hub would serve a template nobody checked against this model."""
-    path = manifest.artifact(run_dir, "modelfile", "ftw modelfile")
-    recorded = stage.recorded_inputs(run_dir, "modelfile") or {}
+    path = manifest.artifact(run_dir, artifacts.MODELFILE)
+    recorded = stage.recorded_inputs(run_dir, artifacts.MODELFILE) or {}
     name, _, digest = recorded.get("GGUF", "").partition(" ")
     quant = name.removeprefix(f"{run_dir.name}-").removesuffix(".gguf")
     now = {
-        "GGUF": stage.recorded_digest(run_dir, gguf_key(quant)),
+        "GGUF": stage.recorded_digest(run_dir, artifacts.gguf(quant)),
         "chat template": stage.value_digest([plan.template, plan.system]),
         "ollama parameters": stage.short_value(plan.ollama_parameters),
     }
@@ -113,12 +113,12 @@ class PublishStage(stage.Stage):
     title = "publish folder"
 
     def __init__(self, run_dir: Path, settings: PublishSettings):
-        super().__init__(run_dir, "publish", run_dir / PUBLISH_DIR)
+        super().__init__(run_dir, artifacts.PUBLISH, run_dir / PUBLISH_DIR)
         self.settings = settings
         self.quants = chosen_quants(run_dir, settings.quants)
         self.plan = manifest.plan_of(run_dir)
         self.default_quant = DEFAULT_QUANT if DEFAULT_QUANT in self.quants else self.quants[0]
-        self.ggufs = {quant: manifest.artifact(run_dir, gguf_key(quant), "ftw gguf") for quant in self.quants}
+        self.ggufs = {quant: manifest.artifact(run_dir, artifacts.gguf(quant)) for quant in self.quants}
         self.modelfile = run_modelfile(run_dir, self.plan)
         self.adapter = adapter_gguf(run_dir)
         self.base = card.base_of(self.plan, settings.base_model, settings.license)
@@ -141,7 +141,9 @@ class PublishStage(stage.Stage):
             "ftw templates": stage.file_digest(TEMPLATES_DIR / card.CARD_TEMPLATE),
         }
         for quant, path in self.ggufs.items():
-            values[f"GGUF {quant}"] = stage.recorded_digest(self.run_dir, gguf_key(quant)) or stage.file_digest(path)
+            values[f"GGUF {quant}"] = stage.recorded_digest(self.run_dir, artifacts.gguf(quant)) or stage.file_digest(
+                path
+            )
         if self.adapter:
             values["adapter GGUF"] = stage.file_digest(self.adapter)
         return stage.StageInputs(self.key, values)
@@ -233,7 +235,7 @@ class PublishStage(stage.Stage):
 
 def adapter_gguf(run_dir: Path) -> Path | None:
     """The LoRA adapter as a GGUF (`ftw gguf --adapter`, manifest key gguf_lora), when the run has one."""
-    path = manifest.load(run_dir)["artifacts"].get("gguf_lora")
+    path = manifest.load(run_dir)["artifacts"].get(artifacts.GGUF_LORA)
     return Path(path) if path and Path(path).is_file() else None
 
 

@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wrapper.core import manifest
+from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console
 from wrapper.prompts.chat_format import ChatFormat, chat_format
 
@@ -118,8 +118,8 @@ def held_back(text: str, stops: list[str]) -> int:
 
 def chat(run_dir: Path, quant: str = DEFAULT_QUANT, temperature: float | None = None) -> None:
     plan = manifest.plan_of(run_dir)
-    gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
-    merged = manifest.artifact(run_dir, "merged", "ftw export")
+    gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
+    merged = manifest.artifact(run_dir, artifacts.MERGED)
     with console.status(f"loading {gguf.name}"):
         session = Chat(
             gguf,

@@ -14,9 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
-from wrapper.core import manifest
+from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console, done
 
 PUBLISHER = "ftw"
@@ -41,7 +41,7 @@ def default_models_dir() -> Path | None:
 
 
 def place(run_dir: Path, quant: str = DEFAULT_QUANT, models_dir: Path | None = None, copy: bool = False) -> Path | None:
-    gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf").resolve()
+    gguf = manifest.artifact(run_dir, artifacts.gguf(quant)).resolve()
     relative = Path(PUBLISHER) / run_dir.name / gguf.name
     folder = models_dir or default_models_dir()
     if folder is None:

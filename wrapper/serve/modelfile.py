@@ -24,9 +24,9 @@ from pathlib import Path
 
 from wrapper.config.models import local_model_dir
 from wrapper.config.ollama import check_parameters, printable
-from wrapper.core import manifest, stage
+from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.templates import template_env
 from wrapper.core.ui import console, done
@@ -167,10 +167,10 @@ class ModelfileStage(stage.Stage):
     written_by = "ftw modelfile"
 
     def __init__(self, run_dir: Path, quant: str = DEFAULT_QUANT):
-        gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
-        recorded = stage.recorded_digest(run_dir, gguf_key(quant)) or stage.file_digest(gguf)
+        gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
+        recorded = stage.recorded_digest(run_dir, artifacts.gguf(quant)) or stage.file_digest(gguf)
         serves = Serves("./" + os.path.relpath(gguf, run_dir), f"{gguf.name} {recorded}", gguf)
-        self.setup(run_dir, "modelfile", serves, manifest.artifact(run_dir, "merged", "ftw export"))
+        self.setup(run_dir, artifacts.MODELFILE, serves, manifest.artifact(run_dir, artifacts.MERGED))
 
     def setup(self, run_dir: Path, key: str, serves: Serves, tokenizer_dir: Path) -> None:
         super().__init__(run_dir, key, run_dir / self.file_name)
@@ -239,7 +239,7 @@ class AdapterModelfileStage(ModelfileStage):
 
 def training_tokenizer_dir(run_dir: Path) -> Path:
     """The merged model's folder (its tokenizer is the one training saved), else the run's base."""
-    merged = manifest.load(run_dir)["artifacts"].get("merged")
+    merged = manifest.load(run_dir)["artifacts"].get(artifacts.MERGED)
     if merged and (Path(merged) / "tokenizer_config.json").is_file():
         return Path(merged)
     plan = manifest.plan_of(run_dir)
@@ -337,7 +337,7 @@ def write_adapter_modelfile(
 
 
 def ollama_create(run_dir: Path) -> None:
-    path = manifest.artifact(run_dir, "modelfile", "ftw modelfile")
+    path = manifest.artifact(run_dir, artifacts.MODELFILE)
     name = ollama_model_name(run_dir.name)
     argv = ["ollama", "create", name, "-f", str(path)]
     if shutil.which("ollama") is None:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.config.ollama import check_parameters
-from wrapper.core import manifest, service
+from wrapper.core import artifacts, manifest, service
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key, gguf_problem
+from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_problem
 from wrapper.core.llama_tools import tool
 from wrapper.core.ui import console, done
 
@@ -121,7 +121,7 @@ def settings_for_run(
 ) -> ServerSettings:
     """The server for a run's quantized GGUF, with the recipe's generation parameters."""
     plan = manifest.plan_of(run_dir)
-    gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
+    gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
     parameters = check_parameters(
         plan.ollama_parameters, lambda key: f"{plan.recipe_file} (key 'ollama.parameters.{key}')"
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from wrapper.core import manifest
+from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_key
+from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console, done
 from wrapper.prompts.chat_format import chat_format
 from wrapper.serve.models import GgufModel, HfModel
@@ -32,8 +32,8 @@ class Answer:
 
 def ask_gguf(run_dir: Path, quant: str) -> list[Answer]:
     plan = manifest.plan_of(run_dir)
-    gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
-    merged = manifest.artifact(run_dir, "merged", "ftw export")
+    gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
+    merged = manifest.artifact(run_dir, artifacts.MERGED)
     fmt = chat_format(merged, plan.template, plan.system)
     model = GgufModel(gguf)
     try:
@@ -91,7 +91,7 @@ def compare_with_base(run_dir: Path, quant: str = DEFAULT_QUANT) -> None:
         table.add_row(after.prompt, before.text, after.text, "✓" if after.passed else "✗")
     console.print(table)
     passed = sum(a.passed for a in tuned)
-    gguf = manifest.artifact(run_dir, gguf_key(quant), "ftw gguf")
+    gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
     console.print(
         f"{passed}/{len(tuned)} trained answers reproduced by {gguf.name}"
         f" (base model: {sum(b.passed for b in base)}/{len(base)})."

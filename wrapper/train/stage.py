@@ -17,7 +17,7 @@ from pathlib import Path
 from wrapper.config.gpu import free_vram_gib
 from wrapper.config.models import model_config
 from wrapper.config.planner import ModelShape
-from wrapper.core import manifest, stage
+from wrapper.core import artifacts, manifest, stage
 from wrapper.core.disk import check_free_space, folder_bytes
 from wrapper.core.errors import FtwError
 from wrapper.core.plan import RunPlan
@@ -213,11 +213,11 @@ class TrainStage(stage.Stage):
     title = "adapter"
     force_says = "trains again from the start"
     resumable = True
-    forgets = "adapter"
+    makes_others_stale = True
 
     def __init__(self, run_dir: Path, ignore_fit: bool = False):
         self.plan = manifest.plan_of(run_dir)
-        super().__init__(run_dir, "adapter", self.plan.adapter_dir)
+        super().__init__(run_dir, artifacts.ADAPTER, self.plan.adapter_dir)
         self.ignore_fit = ignore_fit
         self.log_path = run_dir / "logs" / "train.log"
         self.steps: dict = {}
@@ -254,7 +254,7 @@ class TrainStage(stage.Stage):
         )
 
     def also_records(self) -> dict[str, Path]:
-        return {"train_log": self.log_path}
+        return {artifacts.TRAIN_LOG: self.log_path}
 
     def make(self, adapter_dir: Path) -> None:
         resumable = drop_incomplete_checkpoints(adapter_dir)
