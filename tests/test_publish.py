@@ -236,21 +236,30 @@ def test_upload_creates_the_repo_and_uploads_the_staged_folder(demo_run, tmp_pat
     assert FAKE_HF_TOKEN not in json.dumps(published)
 
 
-def test_a_missing_or_stale_modelfile_says_to_write_it(demo_run, tmp_path):
+def test_a_missing_or_stale_modelfile_is_written_again_before_publishing(demo_run, tmp_path):
+    """The Modelfile takes seconds to make: publish makes it again rather than asking for `ftw modelfile`."""
     run_dir = light_copy(demo_run, tmp_path / "runs")
+    # the Modelfile stage reads the merged model's tokenizer and config, not its weights
+    shutil.copytree(demo_run / "merged", run_dir / "merged", ignore=shutil.ignore_patterns("*.safetensors"))
     manifest_path = run_dir / "manifest.json"
     data = json.loads(manifest_path.read_text(encoding="utf-8"))
     args = ("publish", "--run", "e2e", "--repo", "alice/e2e-lore", "--dry-run")
     data["stages"]["modelfile"]["inputs"]["chat template"] = "sha256 0000000000000000"  # re-rendered since
     manifest_path.write_text(json.dumps(data), encoding="utf-8")
-    result = run_ftw(run_dir.parent, *args, check=False, env=OFFLINE)
-    assert result.returncode == 2
-    assert "earlier chat template" in result.stdout and "ftw modelfile --run e2e" in result.stdout
+    result = run_ftw(run_dir.parent, *args, env=OFFLINE)
+    assert "made from an earlier chat template: writing it again" in " ".join(result.stdout.split())
+    recorded = json.loads(manifest_path.read_text(encoding="utf-8"))["stages"]["modelfile"]["inputs"]
+    assert recorded["chat template"] != "sha256 0000000000000000"  # made again from what the run has now
+    assert (run_dir / "publish" / "Modelfile").is_file()
+
+    shutil.rmtree(run_dir / "publish")
+    data = json.loads(manifest_path.read_text(encoding="utf-8"))
     del data["artifacts"]["modelfile"]
+    (run_dir / "Modelfile").unlink()
     manifest_path.write_text(json.dumps(data), encoding="utf-8")
-    result = run_ftw(run_dir.parent, *args, check=False, env=OFFLINE)
-    assert result.returncode == 2 and "ftw modelfile --run e2e" in result.stdout
-    assert not (run_dir / "publish").exists()
+    result = run_ftw(run_dir.parent, *args, env=OFFLINE)
+    assert "No Modelfile yet: writing it (ftw modelfile --run e2e)" in " ".join(result.stdout.split())
+    assert (run_dir / "Modelfile").is_file() and (run_dir / "publish" / "Modelfile").is_file()
 
 
 # ---- bad input: refused with exit 2 before anything is staged or uploaded ------------------

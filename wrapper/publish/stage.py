@@ -73,24 +73,30 @@ def chosen_quants(run_dir: Path, asked: tuple[str, ...]) -> list[str]:
     return [quant for quant in have if quant in asked] if asked else have
 
 
-def run_modelfile(run_dir: Path, plan: RunPlan) -> Path:
-    """The run's Modelfile, made from the GGUF, template and parameters the run has now (the inputs `ftw
-    modelfile` recorded), else the Hub would serve a template nobody checked against this model."""
-    path = manifest.artifact(run_dir, artifacts.MODELFILE)
+def modelfile_changes(run_dir: Path, plan: RunPlan) -> tuple[str, list[str]]:
+    """(the quant the run's Modelfile serves, what it was made from that differs now: the GGUF, the chat
+    template, the Ollama parameters, as `ftw modelfile` recorded them)."""
     recorded = stage.recorded_inputs(run_dir, artifacts.MODELFILE) or {}
     name, _, digest = recorded.get("GGUF", "").partition(" ")
-    quant = name.removeprefix(f"{run_dir.name}-").removesuffix(".gguf")
+    quant = name.removeprefix(f"{run_dir.name}-").removesuffix(".gguf") or DEFAULT_QUANT
     now = {
         "GGUF": stage.recorded_digest(run_dir, artifacts.gguf(quant)),
         "chat template": stage.value_digest([plan.template, plan.system]),
         "ollama parameters": stage.short_value(plan.ollama_parameters),
     }
     before = {"GGUF": digest or None, **{key: recorded.get(key) for key in now if key != "GGUF"}}
-    changed = [key for key, value in before.items() if value is not None and value != now[key]]
+    return quant, [key for key, value in before.items() if value is not None and value != now[key]]
+
+
+def run_modelfile(run_dir: Path, plan: RunPlan) -> Path:
+    """The run's Modelfile, made from the GGUF, template and parameters the run has now (`ftw publish` remakes
+    it first when it isn't), else the Hub would serve a template nobody checked against this model."""
+    path = manifest.artifact(run_dir, artifacts.MODELFILE)
+    quant, changed = modelfile_changes(run_dir, plan)
     if changed:
         raise FtwError(
             f"{path} was made from an earlier {' and '.join(changed)}; the Hub would serve a template nobody "
-            f"checked. Write it again: ftw modelfile --run {run_dir.name} --quant {quant or 'Q4_K_M'}"
+            f"checked. Write it again: ftw modelfile --run {run_dir.name} --quant {quant}"
         )
     return path
 
