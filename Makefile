@@ -77,7 +77,7 @@ gguf: setup
 
 # The LoRA alone as a GGUF adapter (megabytes) and Modelfile.adapter on its base.
 adapter: setup
-	$(FTW) gguf --run $(RUN) --adapter $(if $(BASE),--base "$(BASE)") --quant $(firstword $(QUANT))
+	$(FTW) adapter --run $(RUN) $(if $(BASE),--base "$(BASE)") --quant $(firstword $(QUANT))
 
 # The quantized GGUF(s), Ollama's Hub files and a model card to a Hugging Face repository.
 publish: setup

@@ -1,8 +1,8 @@
-"""`ftw gguf --adapter`: the demo's LoRA as a GGUF adapter on a base GGUF (wrapper/gguf/adapter.py),
+"""`ftw adapter`: the demo's LoRA as a GGUF adapter on a base GGUF (wrapper/gguf/adapter.py),
 Modelfile.adapter (wrapper/serve/modelfile.py), a base of another model refused, an Ollama name as
 the base, and `ftw eval` scoring the pair beside the merged Q4_K_M.
 
-The demo run is conftest's demo_run, copied before anything writes into it. `ftw gguf --adapter`
+The demo run is conftest's demo_run, copied before anything writes into it. `ftw adapter`
 runs once per module (the base GGUF ftw makes: a conversion and a quantization of SmolLM2-135M).
 """
 
@@ -31,7 +31,7 @@ def artifacts(run: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def adapter_run(demo_run, tmp_path_factory) -> dict:
     run = copy_run(demo_run, tmp_path_factory.mktemp("adapter") / "runs")
-    done = run_ftw(run.parent, "gguf", "--run", run.name, "--adapter")
+    done = run_ftw(run.parent, "adapter", "--run", run.name)
     return {"run": run, "stdout": done.stdout}
 
 
@@ -79,7 +79,7 @@ def test_modelfile_adapter_reads_back_with_the_modelfiles_template(adapter_run):
     assert read["model"] == "./gguf/e2e-base-Q4_K_M.gguf" and read["adapter"] == "./gguf/e2e-lora.gguf"
     assert [c for c in adapter if c[0] not in ("model", "adapter")] == [c for c in plain if c[0] != "model"]
     assert "Ollama requires the base to be the same" in text and "ollama create e2e-lora" in text
-    again = run_ftw(run.parent, "gguf", "--run", run.name, "--adapter")
+    again = run_ftw(run.parent, "gguf", "--run", run.name, "--adapter")  # the old spelling, kept as an alias
     assert again.stdout.count("up to date") == 3, again.stdout
 
 
@@ -93,10 +93,10 @@ def test_modelfile_adapter_reads_back_with_the_modelfiles_template(adapter_run):
 def test_a_base_of_another_model_is_refused_before_anything_is_written(demo_run, tmp_path, base, says):
     run = copy_run(demo_run, tmp_path / "runs")
     before = sorted(path.name for path in run.rglob("*"))
-    done = run_ftw(run.parent, "gguf", "--run", run.name, "--adapter", "--base", str(base), check=False)
+    done = run_ftw(run.parent, "adapter", "--run", run.name, "--base", str(base), check=False)
     message = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, done.stdout + done.stderr
-    assert says in message and "smollm2-135m-instruct" in message and "ftw gguf --adapter --run e2e" in message
+    assert says in message and "smollm2-135m-instruct" in message and "ftw adapter --run e2e" in message
     assert sorted(path.name for path in run.rglob("*")) == before
     assert "gguf_lora" not in artifacts(run) and "modelfile_adapter" not in artifacts(run)
 
@@ -123,17 +123,17 @@ def test_an_ollama_name_is_checked_in_the_local_store_or_said_unchecked(adapter_
     ollama_store(store, {"smollm2:135m": base, "qwen3:8b": QWEN2_VOCAB})
     env = {"OLLAMA_MODELS": str(store)}
 
-    done = run_ftw(run.parent, "gguf", "--run", run.name, "--adapter", "--base", "smollm2:135m", env=env)
+    done = run_ftw(run.parent, "adapter", "--run", run.name, "--base", "smollm2:135m", env=env)
     assert "Ollama's smollm2:135m" in done.stdout and "matches the run's base" in done.stdout
     assert dict(gorender.parse_modelfile((run / "Modelfile.adapter").read_text()))["model"] == "smollm2:135m"
     assert artifacts(run)["gguf_lora_base"].startswith(str(store / "blobs"))
 
-    refused = run_ftw(run.parent, "gguf", "--run", run.name, "--adapter", "--base", "qwen3:8b", env=env, check=False)
+    refused = run_ftw(run.parent, "adapter", "--run", run.name, "--base", "qwen3:8b", env=env, check=False)
     assert refused.returncode == 2 and "architecture llama vs qwen2" in " ".join(
         (refused.stdout + refused.stderr).split()
     )
 
-    unchecked = run_ftw(run.parent, "gguf", "--run", run.name, "--adapter", "--base", "llama3.2:1b", env=env)
+    unchecked = run_ftw(run.parent, "adapter", "--run", run.name, "--base", "llama3.2:1b", env=env)
     out = " ".join(unchecked.stdout.split())
     assert "not checked" in out and "ollama pull llama3.2:1b" in out
     assert dict(gorender.parse_modelfile((run / "Modelfile.adapter").read_text()))["model"] == "llama3.2:1b"

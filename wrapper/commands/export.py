@@ -1,4 +1,5 @@
-"""`ftw export`, `ftw gguf`: from the adapter to the merged model and the GGUF files."""
+"""`ftw export`, `ftw gguf`, `ftw adapter`: from the adapter to the merged model and the GGUF files, or to
+the LoRA alone as a GGUF adapter."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from wrapper.commands.options import force_option, quant_option, run_option, writes_run
+from wrapper.commands.options import force_option, not_empty, quant_option, require_paths, run_option, writes_run
 from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import run_dir_of
@@ -70,26 +71,14 @@ def export(run: str, weights_dtype: str, force: bool) -> None:
     show_default=True,
     help="The most calibration tokens: a seeded sample of whole training rows up to this many.",
 )
-@click.option(
-    "--adapter",
-    is_flag=True,
-    help="Instead of the merged model: the LoRA as a small GGUF adapter (gguf/RUN-lora.gguf) and "
-    "Modelfile.adapter, which applies it to a base model (FROM) at load time.",
-)
-@click.option(
-    "--base",
-    "base",
-    metavar="FILE.gguf|OLLAMA_NAME",
-    default=None,
-    help="With --adapter: the base it is served on, a GGUF file or an Ollama name (qwen3:8b), checked "
-    "against the run's base. Default: ftw makes gguf/RUN-base-QUANT.gguf from the run's base.",
-)
+@click.option("--adapter", is_flag=True, help="The same as `ftw adapter` (kept for a while): see ftw adapter --help.")
+@click.option("--base", "base", metavar="FILE.gguf|OLLAMA_NAME", default=None, help="With --adapter: see ftw adapter.")
 @click.option(
     "--adapter-outtype",
     default="f16",
     show_default=True,
     type=click.Choice(adapter_gguf.OUTTYPES),
-    help="With --adapter: the adapter's precision (q8_0 halves it again).",
+    help="With --adapter: see ftw adapter's --outtype.",
 )
 @force_option
 @writes_run
@@ -105,23 +94,20 @@ def gguf(
     adapter_outtype: str,
     force: bool,
 ) -> None:
-    """Convert the merged model to GGUF with llama.cpp and quantize it; or, with --adapter, the LoRA
-    alone as a GGUF adapter (megabytes) to apply to its base model.
+    """Convert the merged model to GGUF with llama.cpp and quantize it (`ftw adapter` makes the LoRA
+    alone as a GGUF adapter instead; `--adapter` here does the same).
 
     \b
     Example:
       ftw gguf --run demo --quant Q4_K_M --quant Q8_0 --keep-intermediates
       ftw gguf --run demo --imatrix
-      ftw gguf --run demo --adapter
-      ftw gguf --run demo --adapter --base qwen3:8b
     """
     if adapter:
         gguf_adapter(run_dir_of(run), base, quants[0], adapter_outtype, force)
         return
     if base is not None:
         raise FtwError(
-            f"--base names the base an adapter is served on: add --adapter "
-            f"(ftw gguf --adapter --run {run} --base {base})"
+            f"--base names the base an adapter is served on, for ftw adapter (ftw adapter --run {run} --base {base})"
         )
     make_ggufs(
         run_dir_of(run),
@@ -131,6 +117,41 @@ def gguf(
         keep_intermediates=keep_intermediates,
         imatrix_tokens=imatrix_tokens if imatrix else None,
     )
+
+
+@click.command()
+@run_option
+@click.option(
+    "--base",
+    "base",
+    metavar="FILE.gguf|OLLAMA_NAME",
+    default=None,
+    callback=not_empty,
+    help="The base it is served on, a GGUF file or an Ollama name (qwen3:8b), checked against the run's "
+    "base. Default: ftw makes gguf/RUN-base-QUANT.gguf from the run's base.",
+)
+@quant_option(help="The quantization of the base GGUF ftw makes when no --base is given.")
+@click.option(
+    "--outtype",
+    default="f16",
+    show_default=True,
+    type=click.Choice(adapter_gguf.OUTTYPES),
+    help="The adapter's precision (q8_0 halves it again).",
+)
+@force_option
+@writes_run
+def adapter(run: str, base: str | None, quant: str, outtype: str, force: bool) -> None:
+    """The LoRA alone as a GGUF adapter (megabytes, gguf/RUN-lora.gguf) and Modelfile.adapter, which applies
+    it to its base model (FROM) at load time, instead of a merged GGUF of the whole model.
+
+    \b
+    Example:
+      ftw adapter --run demo
+      ftw adapter --run demo --base qwen3:8b
+    """
+    if base is not None and adapter_gguf.looks_like_path(base):
+        require_paths("--base", (str(Path(base).expanduser()),))
+    gguf_adapter(run_dir_of(run), base, quant.upper(), outtype, force)
 
 
 def gguf_adapter(run_dir: Path, base: str | None, quant: str, outtype: str, force: bool) -> None:
@@ -154,4 +175,4 @@ def gguf_adapter(run_dir: Path, base: str | None, quant: str, outtype: str, forc
         console.print(f"  llama.cpp: llama-cli -m {made.base.gguf} --lora {made.lora}", soft_wrap=True)
 
 
-COMMANDS = [export, gguf]
+COMMANDS = [export, gguf, adapter]

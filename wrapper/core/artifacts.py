@@ -72,11 +72,11 @@ FIXED = {
         Artifact(ADAPTER, "adapter (LoRA)", "ftw train"),
         Artifact(MERGED, "merged model", "ftw export", needs=(ADAPTER,)),
         Artifact(IMATRIX, "importance matrix", "ftw gguf --imatrix", needs=(MERGED,)),
-        Artifact(GGUF_LORA, "LoRA as a GGUF adapter", "ftw gguf --adapter", needs=(ADAPTER,)),
-        Artifact(GGUF_VOCAB, "base vocabulary GGUF", "ftw gguf --adapter"),
-        Artifact(GGUF_LORA_BASE, "base GGUF the adapter runs on", "ftw gguf --adapter"),
+        Artifact(GGUF_LORA, "LoRA as a GGUF adapter", "ftw adapter", needs=(ADAPTER,)),
+        Artifact(GGUF_VOCAB, "base vocabulary GGUF", "ftw adapter"),
+        Artifact(GGUF_LORA_BASE, "base GGUF the adapter runs on", "ftw adapter"),
         Artifact(MODELFILE, "Ollama Modelfile", "ftw modelfile", needs=(GGUF_PREFIX,), cheap=True),
-        Artifact(MODELFILE_ADAPTER, "Ollama Modelfile.adapter", "ftw gguf --adapter", needs=(GGUF_LORA,)),
+        Artifact(MODELFILE_ADAPTER, "Ollama Modelfile.adapter", "ftw adapter", needs=(GGUF_LORA,)),
         Artifact(PUBLISH, "folder for the Hub", "ftw publish --repo USER/NAME --dry-run", needs=(MODELFILE,)),
         Artifact(EVAL, "evaluation (eval.json)", "ftw eval", needs=(GGUF_PREFIX,)),
         Artifact(TRAIN_LOG, "training log", "ftw train"),
@@ -92,7 +92,7 @@ def declared(key: str) -> Artifact:
         return FIXED[key]
     if key.startswith(BASE_GGUF_PREFIX):
         quant = key.removeprefix(BASE_GGUF_PREFIX).upper()
-        return Artifact(key, f"base {quant} GGUF (for the adapter)", "ftw gguf --adapter")
+        return Artifact(key, f"base {quant} GGUF (for the adapter)", "ftw adapter")
     if key.startswith(GGUF_PREFIX):
         kind = key.removeprefix(GGUF_PREFIX)
         if kind in UNQUANTIZED:

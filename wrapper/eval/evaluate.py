@@ -2,7 +2,7 @@
 
 Three models answer, greedily and in the training format (LLaMA-Factory's template):
 the base model, the merged fine-tune (both transformers, float32 on the CPU) and the
-Q4_K_M GGUF in llama.cpp, the file users actually run; a fourth when `ftw gguf --adapter` made
+Q4_K_M GGUF in llama.cpp, the file users actually run; a fourth when `ftw adapter` made
 the pair, the base GGUF with the LoRA adapter GGUF applied in llama.cpp ("lora": what the small
 download costs in quality beside the merged Q4_K_M). They answer three sets:
 
@@ -72,7 +72,7 @@ def _format_for(fmt: ChatFormat, item: Item) -> ChatFormat:
 
 
 def adapter_pair(run_dir: Path) -> tuple[Path, Path] | None:
-    """(base GGUF, LoRA adapter GGUF) when `ftw gguf --adapter` made the pair and the base is here; else None."""
+    """(base GGUF, LoRA adapter GGUF) when `ftw adapter` made the pair and the base is here; else None."""
     recorded = manifest.load(run_dir)["artifacts"]
     base, lora = recorded.get(artifacts.GGUF_LORA_BASE), recorded.get(artifacts.GGUF_LORA)
     if base and lora and Path(base).is_file() and Path(lora).is_file():

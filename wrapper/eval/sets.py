@@ -19,7 +19,7 @@ from wrapper.core.ui import console
 from wrapper.data.samples import conversations
 
 MODELS = ("base", "merged", "gguf")
-# The run's LoRA as a GGUF adapter on its base GGUF (ftw gguf --adapter): scored when the run has the pair.
+# The run's LoRA as a GGUF adapter on its base GGUF (ftw adapter): scored when the run has the pair.
 ADAPTER_MODEL = "lora"
 ALL_MODELS = (*MODELS, ADAPTER_MODEL)
 MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": f"{DEFAULT_QUANT} GGUF", "lora": "base+LoRA GGUF"}

@@ -1,4 +1,4 @@
-"""`ftw gguf --adapter`: the run's LoRA as a small GGUF adapter that llama.cpp and Ollama
+"""`ftw adapter`: the run's LoRA as a small GGUF adapter that llama.cpp and Ollama
 apply to a base model when they load it, instead of a merged copy of the whole model.
 
 Stages of the contract (wrapper/core/stage.py), all in runs/RUN/gguf/ and logged in logs/gguf.log:
@@ -8,7 +8,7 @@ Stages of the contract (wrapper/core/stage.py), all in runs/RUN/gguf/ and logged
   weights but refuses a bitsandbytes config, and a QLoRA's base is one.
 - RUN-base-Q4_K_M.gguf (`gguf_base_q4_k_m`), when no --base is given: the run's base model converted
   and quantized as the merged model is, with the training format as its chat template, so that
-  `ftw gguf --adapter` alone gives a pair to serve and `ftw eval` a base to score.
+  `ftw adapter` alone gives a pair to serve and `ftw eval` a base to score.
 - RUN-vocab.gguf (`gguf_vocab`): what the converter makes of the base's header and vocabulary, no
   weights (seconds). Made only to check a given base when the run has no GGUF of its own yet.
 
@@ -74,7 +74,7 @@ def trained_on_dir(plan: RunPlan) -> Path:
     raise FtwError(
         f"the run's base {plan.base_model} is not on this disk, and its config.json is needed to convert the "
         f"adapter. Fetch it: huggingface-cli download {plan.base_model} config.json; then: "
-        f"ftw gguf --adapter --run {plan.run}"
+        f"ftw adapter --run {plan.run}"
     )
 
 
@@ -86,13 +86,13 @@ def full_precision_dir(plan: RunPlan) -> Path:
     if Path(plan.merge_base) == plan.dequantized_base_dir:
         raise FtwError(
             f"the run's base {plan.base_model} is a bitsandbytes 4-bit checkpoint, which llama.cpp can't read. "
-            f"Give a GGUF of the original model: ftw gguf --adapter --run {plan.run} --base FILE.gguf (or an Ollama "
+            f"Give a GGUF of the original model: ftw adapter --run {plan.run} --base FILE.gguf (or an Ollama "
             f"name, such as qwen3:8b); or make the dequantized copy first (ftw export --run {plan.run} makes it), "
-            f"then: ftw gguf --adapter --run {plan.run}"
+            f"then: ftw adapter --run {plan.run}"
         )
     raise FtwError(
         f"the run's base {plan.merge_base} is not on this disk. Give a GGUF of it: "
-        f"ftw gguf --adapter --run {plan.run} --base FILE.gguf (or an Ollama name)"
+        f"ftw adapter --run {plan.run} --base FILE.gguf (or an Ollama name)"
     )
 
 
@@ -153,7 +153,7 @@ def looks_like_path(spec: str) -> bool:
 def check_base(run_dir: Path, plan: RunPlan, gguf: Path, label: str, log_path: Path) -> GgufShape:
     """Refuse a base GGUF the run's adapter was not trained on (architecture, layers, width, vocabulary)."""
     given = GgufShape.read(gguf)
-    again = f"ftw gguf --adapter --run {plan.run}"
+    again = f"ftw adapter --run {plan.run}"
     if given.file_type == "adapter":
         raise FtwError(
             f"{label} is a LoRA adapter, not a base model. Give the base model's GGUF, or leave --base out: {again}"
@@ -229,7 +229,7 @@ def resolve_base(
         if not path.is_file():
             raise FtwError(
                 f"--base {spec}: no such file. Give a GGUF of {plan.base_model}, an Ollama name (qwen3:8b), or leave "
-                f"--base out and ftw makes one: ftw gguf --adapter --run {plan.run}"
+                f"--base out and ftw makes one: ftw adapter --run {plan.run}"
             )
         path = path.resolve()
         shape = check_base(run_dir, plan, path, str(path), log_path)
@@ -240,7 +240,7 @@ def resolve_base(
             f"[yellow]not checked[/yellow]: the Ollama model {name} is not in the local store here "
             f"({ollama_models_dir()}), so ftw could not check that it is {plan.base_model}, the model the adapter "
             f"was trained on (Ollama needs exactly that one). To check it: ollama pull {name}, then run again: "
-            f"ftw gguf --adapter --run {plan.run} --base {name}",
+            f"ftw adapter --run {plan.run} --base {name}",
             soft_wrap=True,
         )
         return AdapterBase(name, None, f"Ollama's {name}", False)
@@ -313,7 +313,7 @@ class AdapterStage(stage.Stage):
 
 @dataclass(frozen=True)
 class Adapter:
-    """What `ftw gguf --adapter` made: the adapter GGUF, the base it is served on, and a GGUF with
+    """What `ftw adapter` made: the adapter GGUF, the base it is served on, and a GGUF with
     that base's tokenizer header (the base itself, or the run's own) for the Modelfile's checks."""
 
     lora: Path
@@ -326,7 +326,7 @@ def make_adapter(
 ) -> Adapter:
     """The base (checked, or made), then the adapter GGUF; each only if not up to date."""
     if outtype not in OUTTYPES:
-        raise FtwError(f"--adapter-outtype {outtype}: choose from {', '.join(OUTTYPES)}")
+        raise FtwError(f"--outtype {outtype}: choose from {', '.join(OUTTYPES)}")
     plan = manifest.plan_of(run_dir)
     log_path = run_dir / "logs" / "gguf.log"
     adapter = AdapterStage(run_dir, plan, outtype, log_path)  # no adapter or base config: said before any work

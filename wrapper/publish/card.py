@@ -37,7 +37,7 @@ HUB_TIMEOUT_S = 10
 LANGUAGE_SAMPLE_ROWS = 5000  # rows whose language is guessed where `ftw data prepare` counted none
 EVAL_SETS = ("control", "val", "general")
 EVAL_MODELS = ("base", "merged", "gguf")
-ADAPTER_MODEL = "lora"  # eval.json's base + adapter pair (`ftw gguf --adapter`), when the run has one
+ADAPTER_MODEL = "lora"  # eval.json's base + adapter pair (`ftw adapter`), when the run has one
 EVAL_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall")
 
 

@@ -5,7 +5,7 @@
     template, system, params   what Ollama reads from a Hub repository (ollama_files.py)
     Modelfile             the run's verified Modelfile, FROM the GGUF beside it
     README.md             the model card (card.py)
-    adapter/lora-adapter.gguf  the LoRA as a GGUF, when `ftw gguf --adapter` made one (a name with
+    adapter/lora-adapter.gguf  the LoRA as a GGUF, when `ftw adapter` made one (a name with
                           no quant label: no tag can pick it)
     data/                 the training files, only with --include-data
 
@@ -240,7 +240,7 @@ class PublishStage(stage.Stage):
 
 
 def adapter_gguf(run_dir: Path) -> Path | None:
-    """The LoRA adapter as a GGUF (`ftw gguf --adapter`, manifest key gguf_lora), when the run has one."""
+    """The LoRA adapter as a GGUF (`ftw adapter`, manifest key gguf_lora), when the run has one."""
     path = manifest.load(run_dir)["artifacts"].get(artifacts.GGUF_LORA)
     return Path(path) if path and Path(path).is_file() else None
 

@@ -10,7 +10,7 @@ prompt or else the template's default (the one training used), and the recipe's
 Modelfile grammar and its TEMPLATE rendered with Go's text/template on a set of
 conversations (wrapper/prompts/fidelity.py); any difference from the training prompt stops it.
 
-Modelfile.adapter (after `ftw gguf --adapter`) is the same file made by the same code, with FROM the
+Modelfile.adapter (after `ftw adapter`) is the same file made by the same code, with FROM the
 base model (a GGUF relative to the run folder, or an Ollama name) and ADAPTER the run's LoRA GGUF.
 """
 
@@ -227,7 +227,7 @@ class AdapterModelfileStage(ModelfileStage):
 
     title = "Modelfile.adapter"
     file_name = "Modelfile.adapter"
-    written_by = "ftw gguf --adapter"
+    written_by = "ftw adapter"
 
     def __init__(self, run_dir: Path, lora: Path, base_from: str, base_gguf: Path | None, header_gguf: Path):
         """`base_from`: the FROM value; `base_gguf`: that base's file here (None: an Ollama name not pulled here)."""

@@ -28,7 +28,7 @@ def load_llama(path: Path, lora: Path | None = None, **settings):
 
 
 class GgufModel:
-    """A GGUF in llama.cpp; with `lora`, a GGUF adapter applied to it at load time (ftw gguf --adapter)."""
+    """A GGUF in llama.cpp; with `lora`, a GGUF adapter applied to it at load time (ftw adapter)."""
 
     def __init__(self, path: Path, n_ctx: int = 1024, n_threads: int | None = None, lora: Path | None = None):
         problem = gguf_problem(path)
