@@ -214,7 +214,7 @@ def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f
     run = measured["run"]
     monkeypatch.setattr(quant_loss, "MAX_TOKENS", SMALL_TEXT)
     result = evaluate(run, val_sample=1, limit=1, max_new_tokens=2)  # the KLD is reused from above
-    section = result["quant_loss"]
+    section = result.quant_loss
     assert section["status"] == "measured" and section["ctx"] == 256
     q4 = section["quants"]["Q4_K_M"]
     assert 0 < q4["mean_kld"] < 1 and q4["tokens"] >= 100 and q4["text_sha256"] == section["text"]["sha256"]
@@ -233,9 +233,9 @@ def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f
 
     monkeypatch.setattr(llama_tools, "tool", unavailable)
     result = evaluate(run, val_sample=1, limit=1, max_new_tokens=2)
-    section = result["quant_loss"]
+    section = result.quant_loss
     assert section["status"] == "skipped" and "need cmake" in section["reason"] and section["fix"] == "make tools"
-    assert section["quants"] == {} and result["aggregate"]["control"]["gguf"]["rows"] == 1
+    assert section["quants"] == {} and result.aggregate["control"]["gguf"]["rows"] == 1
     md, _ = write_report(run)
     assert "KL divergence skipped" in md.read_text(encoding="utf-8")
 
@@ -244,12 +244,12 @@ def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f
     del data["artifacts"]["gguf_f16"], data["artifacts"]["gguf_q8_0"]
     manifest.save(run, data)
     result = evaluate(run, val_sample=1, limit=1, max_new_tokens=2)
-    section = result["quant_loss"]
+    section = result.quant_loss
     assert section["status"] == "skipped" and "f16 GGUF is missing" in section["reason"]
     assert section["fix"] == f"ftw gguf --run {run.name} --keep-intermediates"
-    assert result["quantization"]["perplexity"]["Q4_K_M"]["perplexity"] >= 1.0
+    assert result.quantization["perplexity"]["Q4_K_M"]["perplexity"] >= 1.0
     print_tables(result)
     assert "f16 GGUF is missing" in write_report(run)[0].read_text(encoding="utf-8")
     # asked not to: nothing measured, nothing built
     result = evaluate(run, val_sample=1, limit=1, max_new_tokens=2, measure_quant_loss=False)
-    assert result["quant_loss"]["status"] == "skipped" and "--no-quant-loss" in result["quant_loss"]["reason"]
+    assert result.quant_loss["status"] == "skipped" and "--no-quant-loss" in result.quant_loss["reason"]

@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from wrapper.commands.options import run_option, runs_option, writes_run
+from wrapper.core.eval_result import EVAL_JSON
 from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.ui import done
-from wrapper.eval.evaluate import EVAL_JSON, evaluate
+from wrapper.eval.evaluate import evaluate
 from wrapper.eval.report import compare_runs, print_tables, write_report
 
 

@@ -14,12 +14,11 @@ from rich.table import Table
 from wrapper.commands.options import not_empty
 from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
+from wrapper.core.eval_result import EVAL_JSON
 from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
 from wrapper.core.paths import runs_dir
 from wrapper.core.ui import console
 from wrapper.train.stage import TrainStage, checkpoints
-
-EVAL_JSON = "eval.json"
 
 
 @dataclass

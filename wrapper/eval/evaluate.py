@@ -28,7 +28,6 @@ then report.md and report.html (wrapper/eval/report.py).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -39,7 +38,7 @@ from typing import Any
 
 from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.eval_result import EvalResult
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.journal import Journal
 from wrapper.core.ui import console, stage_progress
@@ -60,7 +59,6 @@ from wrapper.serve.models import GgufModel, HfModel, load_llama
 
 EVAL_DIR = "eval"
 ROWS = "rows.jsonl"
-EVAL_JSON = "eval.json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -417,12 +415,12 @@ def by_language(
     return found
 
 
-def adapter_section(pair: tuple[Path, Path], result: dict, same: dict) -> dict[str, Any]:
+def adapter_section(pair: tuple[Path, Path], result: EvalResult, same: dict) -> dict[str, Any]:
     """The base + adapter path beside the merged Q4_K_M: sizes, perplexity, identical greedy answers."""
     base, lora = pair
-    merged = Path(result["models"]["gguf"])
-    ppl = result["quantization"]["perplexity"]
-    q4, with_adapter = ppl[result["gguf_quant"]].get("perplexity"), ppl.get(ADAPTER_MODEL, {}).get("perplexity")
+    merged = Path(result.models["gguf"])
+    ppl = result.quantization["perplexity"]
+    q4, with_adapter = ppl[result.gguf_quant].get("perplexity"), ppl.get(ADAPTER_MODEL, {}).get("perplexity")
     return {
         "adapter_file": str(lora),
         "base_file": str(base),
@@ -442,7 +440,7 @@ def evaluate(
     measure_quant_loss: bool = True,
     build_tools: bool = True,
     quant: str | None = None,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds.
     `measure_quant_loss`: the KL divergence of the quantized GGUFs (builds llama-perplexity on first use
     unless not `build_tools`). `quant`: the quantized GGUF scored (default: Q4_K_M if the run has it).
@@ -491,35 +489,35 @@ def evaluate(
         rows.close()
     summary = summarize(sets, rows, max_tokens, kinds, gguf[0])
     f16, q4 = ppl["f16"].get("perplexity"), ppl[gguf[0]].get("perplexity")
-    result = {
-        "run": plan.run,
-        "recipe": plan.recipe,
-        "profile": plan.profile,
-        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {**settings, "limit": limit, "decoding": "greedy", "format": plan.template, "system": plan.system},
-        "models": {
+    result = EvalResult(
+        run=plan.run,
+        recipe=plan.recipe,
+        profile=plan.profile,
+        evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        settings={**settings, "limit": limit, "decoding": "greedy", "format": plan.template, "system": plan.system},
+        models={
             "base": str(plan.merge_base),
             **({"merged": str(manifest.artifact(run_dir, artifacts.MERGED))} if "merged" in kinds else {}),
             "gguf": str(gguf[1]),
         },
-        "gguf_quant": gguf[0],
-        "skipped": skipped,
-        "sets": sets.sources,
-        "aggregate": summary["aggregate"],
-        "by_language": summary["by_language"],
-        "forgetting": summary["forgetting"],
-        "quantization": {
+        gguf_quant=gguf[0],
+        skipped=skipped,
+        sets=sets.sources,
+        aggregate=summary["aggregate"],
+        by_language=summary["by_language"],
+        forgetting=summary["forgetting"],
+        quantization={
             "perplexity": ppl,
             "perplexity_set": "val" if sets.items["val"] else "control",
             "perplexity_ratio": q4 / f16 if f16 and q4 else None,
             "identical_greedy": summary["identical_greedy"],
         },
-        "quant_loss": kld.to_dict(),
-        "rows": summary["rows"],
-    }
+        quant_loss=kld.to_dict(),
+        rows=summary["rows"],
+    )
     pair = adapter_pair(run_dir)
     if pair:
-        result["models"][ADAPTER_MODEL] = f"{pair[0]} + {pair[1]}"
-        result["adapter"] = adapter_section(pair, result, summary["adapter_identical_greedy"])
-    write_text_atomic(run_dir / EVAL_JSON, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+        result.models[ADAPTER_MODEL] = f"{pair[0]} + {pair[1]}"
+        result.adapter = adapter_section(pair, result, summary["adapter_identical_greedy"])
+    result.save(run_dir)
     return result

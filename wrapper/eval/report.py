@@ -20,37 +20,15 @@ from rich.table import Table
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
+from wrapper.core.eval_result import EvalResult
 from wrapper.core.fsutil import write_text_atomic
-from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console
-from wrapper.eval.sets import ADAPTER_MODEL, ALL_MODELS, SETS, TABLE_METRICS, model_titles
+from wrapper.eval.sets import ADAPTER_MODEL, SETS, TABLE_METRICS
 
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452", "lora": "#55a868"}
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
 QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
 TERMINAL_QUANT_COLUMNS = ("quant", "mean KLD", "99% KLD", "same top", "PPL(Q)/PPL(f16)", "Llama-3-8B KLD")
-
-
-def kinds_of(result: dict) -> list[str]:
-    """The models an eval.json scored: base, merged (unless its weights were removed), gguf, and lora (the adapter
-    pair) when the run had it."""
-    return [kind for kind in ALL_MODELS if kind in result.get("models", {})]
-
-
-def quant_of(result: dict) -> str:
-    """The quantization of the GGUF an eval.json scored (eval.json from before --quant: Q4_K_M)."""
-    return result.get("gguf_quant", DEFAULT_QUANT)
-
-
-def titles_of(result: dict) -> dict[str, str]:
-    return model_titles(quant_of(result))
-
-
-def load_eval(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "eval.json"
-    if not path.is_file():
-        raise FtwError(f"run {run_dir.name} has no eval.json yet. Run `ftw eval --run {run_dir.name}` first.")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def trainer_log(run_dir: Path) -> list[dict]:
@@ -124,21 +102,21 @@ def plot_lr(log: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def plot_distributions(result: dict) -> bytes | None:
-    rows = [r for r in result["rows"] if r.get("set") in ("control", "val") and "metrics" in r]
+def plot_distributions(result: EvalResult) -> bytes | None:
+    rows = [r for r in result.rows if r.get("set") in ("control", "val") and "metrics" in r]
     if not rows:
         return None
     plt = _figure()
     names = ("token_f1", "rouge_l", "key_info_recall")
     fig, axes = plt.subplots(1, len(names), figsize=(10, 3.2), sharey=True)
     bins = [i / 10 for i in range(11)]
-    kinds = kinds_of(result)
+    kinds = result.kinds
     for ax, name in zip(axes, names):
         data = [
             [r["metrics"][name] for r in rows if r["model"] == kind and r["metrics"].get(name) is not None]
             for kind in kinds
         ]
-        ax.hist(data, bins=bins, label=[titles_of(result)[k] for k in kinds], color=[COLORS[k] for k in kinds])
+        ax.hist(data, bins=bins, label=[result.titles[k] for k in kinds], color=[COLORS[k] for k in kinds])
         ax.set_title(f"{name} (control + val rows)")
         ax.set_xlabel(name)
     axes[0].set_ylabel("rows")
@@ -146,11 +124,11 @@ def plot_distributions(result: dict) -> bytes | None:
     return _png(fig)
 
 
-def plot_bars(result: dict) -> bytes | None:
+def plot_bars(result: EvalResult) -> bytes | None:
     groups = []
-    kinds = kinds_of(result)
+    kinds = result.kinds
     for set_name in SETS:
-        block = result["aggregate"].get(set_name, {})
+        block = result.aggregate.get(set_name, {})
         if not block.get("base", {}).get("rows"):
             continue
         for name in BAR_METRICS:
@@ -163,7 +141,7 @@ def plot_bars(result: dict) -> bytes | None:
     width = 0.8 / len(kinds)
     for offset, kind in enumerate(kinds):
         xs = [i + (offset - (len(kinds) - 1) / 2) * width for i in range(len(groups))]
-        label = titles_of(result)[kind]
+        label = result.titles[kind]
         ax.bar(xs, [values[offset] for _, values in groups], width, label=label, color=COLORS[kind])
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([label for label, _ in groups], fontsize=7)
@@ -175,7 +153,7 @@ def plot_bars(result: dict) -> bytes | None:
     return _png(fig)
 
 
-def make_plots(run_dir: Path, result: dict) -> dict[str, bytes]:
+def make_plots(run_dir: Path, result: EvalResult) -> dict[str, bytes]:
     log = trainer_log(run_dir)
     plots = {
         "loss": plot_loss(log),
@@ -194,12 +172,12 @@ def _f(value, digits: int = 3) -> str:
     return "—" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
-def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
-    kinds = kinds_of(result)
-    header = ["set", "metric", *(titles_of(result)[k] for k in kinds)]
+def metric_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
+    kinds = result.kinds
+    header = ["set", "metric", *(result.titles[k] for k in kinds)]
     body = []
     for set_name in SETS:
-        block = result["aggregate"].get(set_name, {})
+        block = result.aggregate.get(set_name, {})
         if not block.get("base", {}).get("rows"):
             continue
         first = True
@@ -217,12 +195,12 @@ def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def language_table(result: dict) -> tuple[list[str], list[list[str]]]:
+def language_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
     """Per set and language, for the sets with more than one (eval.json from before: none)."""
-    kinds = kinds_of(result)
-    header = ["set", "language", "metric", *(titles_of(result)[k] for k in kinds)]
+    kinds = result.kinds
+    header = ["set", "language", "metric", *(result.titles[k] for k in kinds)]
     body = []
-    for set_name, langs in result.get("by_language", {}).items():
+    for set_name, langs in result.by_language.items():
         for lang, block in langs.items():
             first = True
             for name in TABLE_METRICS:
@@ -234,7 +212,7 @@ def language_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def quant_loss_table(result: dict) -> tuple[list[str], list[list[str]]]:
+def quant_loss_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
     """Per quant type: KL divergence from the f16 GGUF, beside llama.cpp's published Llama-3-8B figures."""
     header = [
         "quant",
@@ -249,7 +227,7 @@ def quant_loss_table(result: dict) -> tuple[list[str], list[list[str]]]:
         "Llama-3-8B same top",
     ]
     body = []
-    for quant, q in (result.get("quant_loss") or {}).get("quants", {}).items():
+    for quant, q in (result.quant_loss).get("quants", {}).items():
         published = q.get("published") or {}
         same_top = published.get("compare_same_top_pct", None if q.get("imatrix") else published.get("same_top_pct"))
         body.append(
@@ -269,9 +247,9 @@ def quant_loss_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def quant_loss_lines(result: dict) -> list[str]:
+def quant_loss_lines(result: EvalResult) -> list[str]:
     """What the KL-divergence table was measured on, or why it is missing (eval.json from before: nothing)."""
-    section = result.get("quant_loss")
+    section = result.quant_loss
     if not section:
         return []
     lines = []
@@ -294,28 +272,25 @@ def quant_loss_lines(result: dict) -> list[str]:
     return lines
 
 
-def skipped_lines(result: dict) -> list[str]:
+def skipped_lines(result: EvalResult) -> list[str]:
     """What the evaluation left out because the run no longer has it, and the command that brings it back."""
-    return [
-        f"Left out: {what}: {why['reason']}. To score it: {why['fix']}"
-        for what, why in (result.get("skipped") or {}).items()
-    ]
+    return [f"Left out: {what}: {why['reason']}. To score it: {why['fix']}" for what, why in (result.skipped).items()]
 
 
-def summary_lines(result: dict) -> list[str]:
+def summary_lines(result: EvalResult) -> list[str]:
     lines = skipped_lines(result)
-    q = quant_of(result)
-    val = result["sets"].get("val", {})
+    q = result.gguf_quant
+    val = result.sets.get("val", {})
     if val.get("rows"):
         lines.append(f"Validation rows: {val['rows']} of {val.get('of')} from {val.get('file')}: {val.get('note')}.")
-    forgetting = result["forgetting"]
+    forgetting = result.forgetting
     if forgetting.get("rows"):
         merged = f"the merged fine-tune forgot {forgetting['merged']['forgotten']}, " if "merged" in forgetting else ""
         lines.append(
             f"Forgetting: the base model knew {forgetting['known_by_base']} of {forgetting['rows']} general "
             f"prompts; {merged}the {q} GGUF forgot {forgetting['gguf']['forgotten']}."
         )
-    quant = result["quantization"]
+    quant = result.quantization
     ppl = quant["perplexity"]
     if ppl.get("f16", {}).get("perplexity") is not None:
         lines.append(
@@ -338,30 +313,30 @@ def identical_lines(pair: str, same: dict) -> list[str]:
     ]
 
 
-def adapter_lines(result: dict) -> list[str]:
+def adapter_lines(result: EvalResult) -> list[str]:
     """The base GGUF + LoRA adapter GGUF beside the merged Q4_K_M (eval.json without an adapter: nothing)."""
-    section = result.get("adapter")
+    section = result.adapter
     if not section:
         return []
 
     def mib(size: int) -> str:
         return f"{size / 2**20:.1f} MiB"
 
-    title, q = titles_of(result)[ADAPTER_MODEL], quant_of(result)
+    title, q = result.titles[ADAPTER_MODEL], result.gguf_quant
     lines = [
         f"{title}: the adapter is {mib(section['adapter_bytes'])}, applied to "
         f"{Path(section['base_file']).name} ({mib(section['base_bytes'])}); the merged {q} is "
         f"{mib(section['merged_gguf_bytes'])}."
     ]
-    ppl = result["quantization"]["perplexity"].get(ADAPTER_MODEL, {}).get("perplexity")
+    ppl = result.quantization["perplexity"].get(ADAPTER_MODEL, {}).get("perplexity")
     if ppl is not None and section.get("perplexity_ratio_vs_gguf"):
         lines.append(
             f"Perplexity of the reference answers with the adapter: {ppl:.3f} "
             f"(x{section['perplexity_ratio_vs_gguf']:.3f} the merged {q}'s)."
         )
     lines += identical_lines(f"{title} vs merged {q}", section["identical_greedy_vs_gguf"])
-    forgot = result["forgetting"].get(ADAPTER_MODEL)
-    if result["forgetting"].get("rows") and forgot:
+    forgot = result.forgetting.get(ADAPTER_MODEL)
+    if result.forgetting.get("rows") and forgot:
         lines.append(f"Forgetting: the {title} forgot {forgot['forgotten']} of the general prompts the base knew.")
     return lines
 
@@ -381,14 +356,14 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def answer_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+def answer_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
     """Each prompt of the control and general sets with the three answers side by side."""
     by_key: dict[tuple[str, str], dict[str, dict]] = {}
-    for row in result["rows"]:
+    for row in result.rows:
         if row.get("set") in ("control", "general") and "answer" in row:
             by_key.setdefault((row["set"], row["id"]), {})[row["model"]] = row
-    kinds = kinds_of(result)
-    header = ["set", "prompt", "reference", *(titles_of(result)[k] for k in kinds), "ROUGE-L (GGUF)"]
+    kinds = result.kinds
+    header = ["set", "prompt", "reference", *(result.titles[k] for k in kinds), "ROUGE-L (GGUF)"]
     body = []
     for (set_name, _), models in by_key.items():
         first = next(iter(models.values()))
@@ -409,7 +384,7 @@ def answer_rows(result: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
-    result = load_eval(run_dir)
+    result = EvalResult.load(run_dir)
     plots = make_plots(run_dir, result)
     images_dir = run_dir / "report"
     images_dir.mkdir(exist_ok=True)
@@ -417,12 +392,12 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
         (images_dir / f"{name}.png").write_bytes(png)
     header, body = metric_table(result)
     answers_header, answers_body = answer_rows(result)
-    title = f"ftw evaluation: {result['run']}"
+    title = f"ftw evaluation: {result.run}"
     intro = (
-        f"Recipe `{result['recipe']}`, profile `{result['profile']}`, evaluated {result['evaluated_at']}; "
-        f"greedy decoding in the training format ({result['settings']['format']}), at most "
-        f"{result['settings']['max_new_tokens']} new tokens. Models: "
-        + ", ".join(f"{titles_of(result)[k]} `{result['models'][k]}`" for k in kinds_of(result))
+        f"Recipe `{result.recipe}`, profile `{result.profile}`, evaluated {result.evaluated_at}; "
+        f"greedy decoding in the training format ({result.settings['format']}), at most "
+        f"{result.settings['max_new_tokens']} new tokens. Models: "
+        + ", ".join(f"{result.titles[k]} `{result.models[k]}`" for k in result.kinds)
         + ". Every number is in eval.json."
     )
 
@@ -437,10 +412,10 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
         md += [f"## {QUANT_LOSS_TITLE}", ""]
         md += [_md_table(kld_header, kld_body), ""] if kld_body else []
         md += [f"- {line}" for line in kld_lines] + [""]
-    lost = result["forgetting"].get("gguf", {}).get("forgotten_prompts", [])
+    lost = result.forgetting.get("gguf", {}).get("forgotten_prompts", [])
     if lost:
         md += [
-            f"## Forgotten by the fine-tune ({titles_of(result)['gguf']})",
+            f"## Forgotten by the fine-tune ({result.titles['gguf']})",
             "",
             _md_table(
                 ["prompt", "expected", "base", "GGUF"],
@@ -461,7 +436,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(result))
     forgotten = ""
     if lost:
-        forgotten = f"<h2>Forgotten by the fine-tune ({html.escape(titles_of(result)['gguf'])})</h2>" + _html_table(
+        forgotten = f"<h2>Forgotten by the fine-tune ({html.escape(result.titles['gguf'])})</h2>" + _html_table(
             ["prompt", "expected", "base", "GGUF"],
             [[x["prompt"], x["expect"], x["base_answer"], x["answer"]] for x in lost],
         )
@@ -500,10 +475,8 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 
 
 def comparison(
-    results: list[dict], logs: list[list[dict]], names: list[str] | None = None
+    results: list[EvalResult], logs: list[list[dict]], names: list[str] | None = None
 ) -> tuple[list[str], list[list[str]]]:
-    def agg(result, set_name, kind, name):
-        return result["aggregate"].get(set_name, {}).get(kind, {}).get(name)
 
     def last_loss(log):
         losses = [e["loss"] for e in log if e.get("loss") is not None]
@@ -514,8 +487,8 @@ def comparison(
         return losses[-1] if losses else None
 
     lines: list[tuple[str, Any]] = [
-        ("recipe", lambda r, log: r["recipe"]),
-        ("profile", lambda r, log: r["profile"]),
+        ("recipe", lambda r, log: r.recipe),
+        ("profile", lambda r, log: r.profile),
         ("final training loss", lambda r, log: last_loss(log)),
         ("final eval loss", lambda r, log: last_eval_loss(log)),
     ]
@@ -525,23 +498,23 @@ def comparison(
                 lines.append(
                     (
                         f"{set_name} {name} ({'base' if kind == 'base' else 'quantized GGUF'})",
-                        lambda r, log, s=set_name, n=name, k=kind: agg(r, s, k, n),
+                        lambda r, log, s=set_name, n=name, k=kind: r.metric(s, k, n),
                     )
                 )
     lines += [
-        ("general prompts known by base", lambda r, log: r["forgetting"].get("known_by_base")),
-        ("quantized GGUF", lambda r, log: quant_of(r)),
-        ("forgotten by the GGUF", lambda r, log: r["forgetting"].get("gguf", {}).get("forgotten")),
-        ("perplexity f16", lambda r, log: r["quantization"]["perplexity"].get("f16", {}).get("perplexity")),
-        ("perplexity GGUF", lambda r, log: r["quantization"]["perplexity"].get(quant_of(r), {}).get("perplexity")),
+        ("general prompts known by base", lambda r, log: r.forgetting.get("known_by_base")),
+        ("quantized GGUF", lambda r, log: r.gguf_quant),
+        ("forgotten by the GGUF", lambda r, log: r.forgetting.get("gguf", {}).get("forgotten")),
+        ("perplexity f16", lambda r, log: r.quantization["perplexity"].get("f16", {}).get("perplexity")),
+        ("perplexity GGUF", lambda r, log: r.quantization["perplexity"].get(r.gguf_quant, {}).get("perplexity")),
         (
             "identical greedy, control",
-            lambda r, log: ((r["quantization"]["identical_greedy"] or {}).get("control") or {}).get("share"),
+            lambda r, log: ((r.quantization["identical_greedy"] or {}).get("control") or {}).get("share"),
         ),
-        ("mean KLD of the GGUF (llama.cpp)", lambda r, log: _kld(r, quant_of(r), "mean_kld")),
-        ("same top of the GGUF, %", lambda r, log: _kld(r, quant_of(r), "same_top_pct")),
+        ("mean KLD of the GGUF (llama.cpp)", lambda r, log: r.kld(r.gguf_quant, "mean_kld")),
+        ("same top of the GGUF, %", lambda r, log: r.kld(r.gguf_quant, "same_top_pct")),
     ]
-    header = ["", *(names or [r["run"] for r in results])]
+    header = ["", *(names or [r.run for r in results])]
     body = []
     for label, get in lines:
         values = [get(r, log) for r, log in zip(results, logs)]
@@ -551,12 +524,8 @@ def comparison(
     return header, body
 
 
-def _kld(result: dict, quant: str, name: str) -> float | None:
-    return ((result.get("quant_loss") or {}).get("quants") or {}).get(quant, {}).get(name)
-
-
 def compare_runs(run_dirs: list[Path], out: Path | None = None) -> tuple[list[str], list[list[str]]]:
-    results = [load_eval(d) for d in run_dirs]
+    results = [EvalResult.load(d) for d in run_dirs]
     header, body = comparison(results, [trainer_log(d) for d in run_dirs], [d.name for d in run_dirs])
     table = Table(title="ftw: runs compared (eval.json of each)")
     for column in header:
@@ -574,16 +543,16 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def print_tables(result: dict[str, Any]) -> None:
-    table = Table(title=f"{result['run']}: evaluation (greedy, training format; means per row)", show_lines=False)
+def print_tables(result: EvalResult) -> None:
+    table = Table(title=f"{result.run}: evaluation (greedy, training format; means per row)", show_lines=False)
     table.add_column("set")
     table.add_column("metric")
-    kinds = kinds_of(result)
-    titles = titles_of(result)
+    kinds = result.kinds
+    titles = result.titles
     for kind in kinds:
         table.add_column(titles[kind], justify="right")
     for set_name in SETS:
-        block = result["aggregate"][set_name]
+        block = result.aggregate[set_name]
         if not block["base"]["rows"]:
             continue
         label = f"{set_name} ({block['base']['rows']})"
@@ -602,10 +571,10 @@ def print_tables(result: dict[str, Any]) -> None:
         for row in lang_body:
             per_language.add_row(*row)
         console.print(per_language)
-    if result["sets"]["val"].get("seen_in_training"):
-        console.print(f"  val: {result['sets']['val']['note']}")
-    forgetting = result["forgetting"]
-    q = quant_of(result)
+    if result.sets["val"].get("seen_in_training"):
+        console.print(f"  val: {result.sets['val']['note']}")
+    forgetting = result.forgetting
+    q = result.gguf_quant
     if forgetting["rows"]:
         gguf = forgetting["gguf"]
         merged = f" (merged HF: {forgetting['merged']['forgotten']})" if "merged" in forgetting else ""
@@ -618,7 +587,7 @@ def print_tables(result: dict[str, Any]) -> None:
                 f"  [red]forgot[/red] {escape(lost['prompt'])}  base: {escape(lost['base_answer'])!s}  "
                 f"→ GGUF: {escape(lost['answer'])}"
             )
-    quant = result["quantization"]
+    quant = result.quantization
     ppl = quant["perplexity"]
     same = (quant.get("identical_greedy") or {}).get("control") or {"rows": 0}
     parts = []
@@ -638,9 +607,9 @@ def print_tables(result: dict[str, Any]) -> None:
     print_quant_loss(result)
 
 
-def print_quant_loss(result: dict[str, Any]) -> None:
+def print_quant_loss(result: EvalResult) -> None:
     header, body = quant_loss_table(result)
-    section = result.get("quant_loss") or {}
+    section = result.quant_loss
     if body:
         table = Table(title=QUANT_LOSS_TITLE)
         # the terminal gets the columns a person compares; report.md and report.html have them all

@@ -13,22 +13,16 @@ from typing import Any
 from wrapper.config.schema import EvalSettings
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
+from wrapper.core.eval_result import MODEL_KINDS
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console
 from wrapper.data.samples import conversations
 
-MODELS = ("base", "merged", "gguf")
+ALL_MODELS = MODEL_KINDS
+MODELS = MODEL_KINDS[:3]  # base, merged, gguf
 # The run's LoRA as a GGUF adapter on its base GGUF (ftw adapter): scored when the run has the pair.
 ADAPTER_MODEL = "lora"
-ALL_MODELS = (*MODELS, ADAPTER_MODEL)
-MODEL_TITLES = {"base": "base", "merged": "merged HF", "gguf": f"{DEFAULT_QUANT} GGUF", "lora": "base+LoRA GGUF"}
-SETS = ("control", "val", "general")
-
-
-def model_titles(quant: str = DEFAULT_QUANT) -> dict[str, str]:
-    """Each model's column title; the quantized GGUF's names its quantization (eval.json's gguf_quant)."""
-    return {**MODEL_TITLES, "gguf": f"{quant} GGUF"}
 
 
 def row_model(kind: str, quant: str = DEFAULT_QUANT) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from wrapper.config.models import HUB_ID
 from wrapper.core.errors import FtwError
+from wrapper.core.eval_result import EVAL_JSON, MODEL_KINDS, SETS, EvalResult
 from wrapper.core.plan import RunPlan
 from wrapper.core.templates import template_env
 from wrapper.core.ui import console
@@ -35,9 +36,9 @@ PIPELINE_TAG = "text-generation"
 LIBRARY_NAME = "gguf"
 HUB_TIMEOUT_S = 10
 LANGUAGE_SAMPLE_ROWS = 5000  # rows whose language is guessed where `ftw data prepare` counted none
-EVAL_SETS = ("control", "val", "general")
-EVAL_MODELS = ("base", "merged", "gguf")
-ADAPTER_MODEL = "lora"  # eval.json's base + adapter pair (`ftw adapter`), when the run has one
+EVAL_SETS = SETS
+EVAL_MODELS = MODEL_KINDS[:3]  # base, merged, gguf
+ADAPTER_MODEL = MODEL_KINDS[3]  # eval.json's base + adapter pair (`ftw adapter`), when the run has one
 EVAL_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall")
 
 
@@ -192,7 +193,7 @@ class EvalTable:
 
 def eval_table(run_dir: Path, gguf: Path) -> EvalTable | None:
     """The aggregate table of eval.json (no rows, no answers), or None without a current eval.json."""
-    path = run_dir / "eval.json"
+    path = run_dir / EVAL_JSON
     if not path.is_file():
         return None
     if path.stat().st_mtime < gguf.stat().st_mtime:
@@ -202,17 +203,17 @@ def eval_table(run_dir: Path, gguf: Path) -> EvalTable | None:
             soft_wrap=True,
         )
         return None
-    result = json.loads(path.read_text(encoding="utf-8"))
+    result = EvalResult.load(run_dir)
     titles = {
         "base": "base",
         "merged": "fine-tuned (HF)",
-        "gguf": f"fine-tuned ({Path(result['models']['gguf']).name})",
+        "gguf": f"fine-tuned ({Path(result.models['gguf']).name})",
         ADAPTER_MODEL: "base GGUF + LoRA adapter GGUF",
     }
-    models = [model for model in (*EVAL_MODELS, ADAPTER_MODEL) if model in result["models"]]
+    models = [model for model in (*EVAL_MODELS, ADAPTER_MODEL) if model in result.models]
     rows = []
     for set_name in EVAL_SETS:
-        block = result.get("aggregate", {}).get(set_name, {})
+        block = result.aggregate.get(set_name, {})
         if not block.get("base", {}).get("rows"):
             continue
         for metric in EVAL_METRICS:
@@ -226,9 +227,9 @@ def number(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def eval_notes(result: dict) -> list[str]:
-    notes = [f"Evaluated {result.get('evaluated_at', '')[:10]} with greedy decoding."]
-    forgetting = result.get("forgetting", {})
+def eval_notes(result: EvalResult) -> list[str]:
+    notes = [f"Evaluated {result.evaluated_at[:10]} with greedy decoding."]
+    forgetting = result.forgetting
     if forgetting.get("known_by_base"):
         merged = f"{forgetting['merged']['forgotten']} (HF) and " if "merged" in forgetting else ""
         notes.append(

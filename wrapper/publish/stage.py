@@ -28,6 +28,7 @@ from pathlib import Path
 from wrapper.config.ollama import OLLAMA_PARAMETERS
 from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
+from wrapper.core.eval_result import EVAL_JSON
 from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC, QUANT_TYPES
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.plan import RunPlan
@@ -246,7 +247,7 @@ def adapter_gguf(run_dir: Path) -> Path | None:
 
 
 def eval_digest(run_dir: Path) -> str:
-    path = run_dir / "eval.json"
+    path = run_dir / EVAL_JSON
     return stage.file_digest(path) if path.is_file() else "none"
 
 
