@@ -1,4 +1,4 @@
-"""What this machine's CPU offers for bfloat16, as the CPU itself reports it.
+"""What this machine's CPU offers: the cores this process may use, and bfloat16, as the CPU itself reports it.
 
 PyTorch computes bfloat16 (and float16) matmuls on a CPU quickly only where the CPU has
 instructions for them (AVX512-BF16, AMX-BF16); elsewhere it falls back to a reference gemm
@@ -22,6 +22,14 @@ FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 # "1" or "0": what the detection answers, whatever the CPU (tests and benchmarks set it).
 FAST_BF16_ENV = "FTW_CPU_FAST_BF16"
+
+
+def cpu_jobs() -> int:
+    """The cores this process may run on (a container's or taskset's limit), not all the machine has: every
+    thread count ftw gives llama.cpp, PyTorch processes and builds comes from here."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

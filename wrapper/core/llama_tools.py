@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from wrapper.core.cpu import native_build_cflags
+from wrapper.core.cpu import cpu_jobs, native_build_cflags
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.paths import LLAMA_CPP_DIR, llama_cpp_commit
@@ -128,10 +128,6 @@ def missing_build_tools() -> list[str]:
     if not any(shutil.which(name) for name in compilers):
         missing.append("compiler")
     return missing
-
-
-def cpu_jobs() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec:

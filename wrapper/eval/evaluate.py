@@ -29,7 +29,6 @@ then report.md and report.html (wrapper/eval/report.py).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapper.core import artifacts, manifest
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.eval_result import EvalResult
 from wrapper.core.gguf_io import DEFAULT_QUANT
@@ -147,7 +147,7 @@ def _load_model(kind: str, run_dir: Path, plan, gguf: Path):
 def gguf_threads(path: Path) -> int:
     """llama.cpp threads: one for a small file. Its threads spin-wait for each other, and on 2 busy
     cores two threads took 3.5 s per token of the demo's Q4_K_M where one took 0.013 s."""
-    return 1 if path.stat().st_size < 1 << 30 else (os.cpu_count() or 1)
+    return 1 if path.stat().st_size < 1 << 30 else cpu_jobs()
 
 
 def _threads_for(model) -> int:

@@ -36,6 +36,7 @@ from typing import Any
 
 from wrapper.core import artifacts, llama_tools, manifest
 from wrapper.core import stage as stages
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
@@ -414,7 +415,7 @@ def save_base(
 
 
 def default_threads(path: Path) -> int:
-    return llama_tools.cpu_jobs()
+    return cpu_jobs()
 
 
 def measure(

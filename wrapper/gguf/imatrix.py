@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.core import artifacts, stage
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import field_value
-from wrapper.core.llama_tools import cpu_jobs, tool
+from wrapper.core.llama_tools import tool
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.data.samples import SampleText, sample_text

@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 from wrapper.core import artifacts, manifest, stage
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import NEEDS_IMATRIX, QUANT_BITS, QUANT_TYPES, ftype_of, verify_gguf
-from wrapper.core.llama_tools import cpu_jobs, tool
+from wrapper.core.llama_tools import tool
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status

@@ -10,12 +10,12 @@ the ones it doesn't set. Tokens are printed as they come.
 from __future__ import annotations
 
 import codecs
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrapper.core import artifacts, manifest
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console
@@ -60,7 +60,7 @@ class Chat:
             self.llm = Llama(
                 model_path=str(gguf),
                 n_ctx=sampling.num_ctx,
-                n_threads=os.cpu_count(),
+                n_threads=cpu_jobs(),
                 seed=sampling.seed if sampling.seed >= 0 else 0xFFFFFFFF,
                 verbose=False,
             )

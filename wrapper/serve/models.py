@@ -8,9 +8,9 @@ template would send.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import gguf_problem
 
@@ -35,7 +35,7 @@ class GgufModel:
         if problem is not None:  # llama.cpp would only say "failed to load model"
             run = Path(path).resolve().parent.parent.name  # runs/RUN/gguf/FILE
             raise FtwError(f"{path} {problem}. Make it again with: ftw gguf --run {run} --force")
-        threads = n_threads or os.cpu_count()
+        threads = n_threads or cpu_jobs()
         self.llm = load_llama(path, lora, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads)
 
     def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:

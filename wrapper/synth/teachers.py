@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wrapper.core import manifest
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.ollama_store import ollama_blob
@@ -180,7 +181,7 @@ class GgufTeacher:
         self.id = f"gguf {label} size {path.stat().st_size}"
         self.lock = threading.Lock()
         try:
-            self.llm = Llama(model_path=str(path), n_ctx=GGUF_CONTEXT, n_threads=os.cpu_count(), verbose=False)
+            self.llm = Llama(model_path=str(path), n_ctx=GGUF_CONTEXT, n_threads=cpu_jobs(), verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise FtwError(f"{self.where}: llama.cpp can't load this GGUF ({_one_line(exc)})") from None
         self.grammars: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from wrapper.config.gpu import free_vram_gib
 from wrapper.config.models import model_config
 from wrapper.config.planner import ModelShape
 from wrapper.core import artifacts, manifest, stage
+from wrapper.core.cpu import cpu_jobs
 from wrapper.core.disk import check_free_space, folder_bytes
 from wrapper.core.errors import FtwError
 from wrapper.core.plan import RunPlan
@@ -125,15 +126,8 @@ def cpu_processes_env(processes: int) -> dict[str, str]:
     to `cpu:0`. torchrun gives each process 1 thread; share the cores instead."""
     env = {"CUDA_VISIBLE_DEVICES": "", "ACCELERATE_TORCH_DEVICE": "cpu"}
     if "OMP_NUM_THREADS" not in os.environ:  # the user's choice wins
-        env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // processes))
+        env["OMP_NUM_THREADS"] = str(max(1, cpu_jobs() // processes))
     return env
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's or taskset's limit), not all the machine has."""
-    if hasattr(os, "sched_getaffinity"):  # Linux
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def train_needs(plan: RunPlan, existing_bytes: int = 0) -> dict[str, int]:
