@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from wrapper.commands.options import not_empty, run_option, writes_run
-from wrapper.core import artifacts, manifest
-from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
+from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
-from wrapper.core.ui import console
-from wrapper.publish.stage import PublishSettings, modelfile_changes, run_quants
+from wrapper.publish.stage import PublishSettings
 from wrapper.publish.stage import publish as publish_run
 from wrapper.serve.modelfile import write_modelfile
 
@@ -79,24 +75,7 @@ def publish(
         license=license_id,
     )
     run_dir = run_dir_of(run)
-    current_modelfile(run_dir)
-    publish_run(run_dir, settings, dry_run=dry_run)
-
-
-def current_modelfile(run_dir: Path) -> None:
-    """The Modelfile takes seconds to make (artifacts.MODELFILE is cheap): where it is missing, or was made
-    from an earlier GGUF, template or parameters, it is made again here rather than asked for."""
-    declared = artifacts.declared(artifacts.MODELFILE)
-    path = manifest.load(run_dir)["artifacts"].get(declared.key)
-    if path and Path(path).is_file():
-        quant, changed = modelfile_changes(run_dir, manifest.plan_of(run_dir))
-        if not changed:
-            return
-        console.print(f"The Modelfile was made from an earlier {' and '.join(changed)}: writing it again.")
-    else:
-        quant = next(iter(run_quants(run_dir)), DEFAULT_QUANT)
-        console.print(f"No Modelfile yet: writing it ({declared.command_for(run_dir.name)}).")
-    write_modelfile(run_dir, quant)
+    publish_run(run_dir, settings, dry_run=dry_run, remake_modelfile=lambda quant: write_modelfile(run_dir, quant))
 
 
 COMMANDS = [publish]

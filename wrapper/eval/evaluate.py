@@ -38,22 +38,12 @@ from typing import Any
 from wrapper.core import artifacts, manifest
 from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
-from wrapper.core.eval_result import EvalResult
+from wrapper.core.eval_result import SETS, EvalResult, model_titles
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.journal import Journal
 from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
-from wrapper.eval.sets import (
-    ADAPTER_MODEL,
-    MODELS,
-    SETS,
-    EvalSets,
-    Item,
-    load_sets,
-    model_titles,
-    plan_eval,
-    row_model,
-)
+from wrapper.eval.sets import ADAPTER_MODEL, MODELS, EvalSets, Item, load_sets, plan_eval, row_model
 from wrapper.prompts.chat_format import ChatFormat, chat_format
 from wrapper.serve.models import GgufModel, HfModel, load_llama
 

@@ -20,10 +20,10 @@ from rich.table import Table
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.eval_result import EvalResult
+from wrapper.core.eval_result import SETS, EvalResult
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.ui import console
-from wrapper.eval.sets import ADAPTER_MODEL, SETS, TABLE_METRICS
+from wrapper.eval.sets import ADAPTER_MODEL, TABLE_METRICS
 
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452", "lora": "#55a868"}
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")

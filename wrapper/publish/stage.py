@@ -21,6 +21,7 @@ import json
 import mmap
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +37,8 @@ from wrapper.core.ui import console, done
 from wrapper.publish import card, hub
 from wrapper.publish.ollama_files import MODELFILE, PARAMS_FILE, SYSTEM_FILE, TEMPLATE_FILE, OllamaFiles, repo_modelfile
 
+# Makes the run's Modelfile for a quant (ftw modelfile's stage), handed in by the command.
+Remake = Callable[[str], Path]
 PUBLISH_DIR = "publish"
 README = "README.md"
 ADAPTER_FILE = "adapter/lora-adapter.gguf"
@@ -89,17 +92,27 @@ def modelfile_changes(run_dir: Path, plan: RunPlan) -> tuple[str, list[str]]:
     return quant, [key for key, value in before.items() if value is not None and value != now[key]]
 
 
-def run_modelfile(run_dir: Path, plan: RunPlan) -> Path:
-    """The run's Modelfile, made from the GGUF, template and parameters the run has now (`ftw publish` remakes
-    it first when it isn't), else the Hub would serve a template nobody checked against this model."""
-    path = manifest.artifact(run_dir, artifacts.MODELFILE)
+def run_modelfile(run_dir: Path, plan: RunPlan, default_quant: str, remake: Remake | None = None) -> Path:
+    """The run's Modelfile, made from the GGUF, template and parameters the run has now, else the Hub would
+    serve a template nobody checked against this model. A missing or stale one is made again by `remake`
+    (`ftw modelfile`'s stage: seconds) when given; else refused with the command."""
+    declared = artifacts.declared(artifacts.MODELFILE)
+    path = manifest.load(run_dir)["artifacts"].get(declared.key)
+    if not path or not Path(path).is_file():
+        if remake is None:
+            return manifest.artifact(run_dir, declared.key)  # raises, naming the command
+        console.print(f"No Modelfile yet: writing it ({declared.command_for(run_dir.name)}).", soft_wrap=True)
+        return remake(default_quant)
     quant, changed = modelfile_changes(run_dir, plan)
-    if changed:
+    if not changed:
+        return Path(path)
+    if remake is None:
         raise FtwError(
             f"{path} was made from an earlier {' and '.join(changed)}; the Hub would serve a template nobody "
             f"checked. Write it again: ftw modelfile --run {run_dir.name} --quant {quant}"
         )
-    return path
+    console.print(f"The Modelfile was made from an earlier {' and '.join(changed)}: writing it again.", soft_wrap=True)
+    return remake(quant)
 
 
 def data_names(datasets: list[dict]) -> list[tuple[Path, str]]:
@@ -119,14 +132,14 @@ class PublishStage(stage.Stage):
 
     title = "publish folder"
 
-    def __init__(self, run_dir: Path, settings: PublishSettings):
+    def __init__(self, run_dir: Path, settings: PublishSettings, remake_modelfile: Remake | None = None):
         super().__init__(run_dir, artifacts.PUBLISH, run_dir / PUBLISH_DIR)
         self.settings = settings
         self.quants = chosen_quants(run_dir, settings.quants)
         self.plan = manifest.plan_of(run_dir)
         self.default_quant = DEFAULT_QUANT if DEFAULT_QUANT in self.quants else self.quants[0]
         self.ggufs = {quant: manifest.artifact(run_dir, artifacts.gguf(quant)) for quant in self.quants}
-        self.modelfile = run_modelfile(run_dir, self.plan)
+        self.modelfile = run_modelfile(run_dir, self.plan, self.default_quant, remake_modelfile)
         self.adapter = adapter_gguf(run_dir)
         self.base = card.base_of(self.plan, settings.base_model, settings.license)
         self.languages = card.training_languages(run_dir, self.plan)
@@ -326,13 +339,19 @@ def human_size(size: int) -> str:
 # ---- the command -----------------------------------------------------------------------
 
 
-def publish(run_dir: Path, settings: PublishSettings, dry_run: bool = False) -> Path:
-    """Check the repository id and the token, stage runs/RUN/publish, show it, and upload it unless dry_run."""
+def check_repo_ids(settings: PublishSettings) -> None:
     hub.check_repo_id(settings.repo_id)
     if settings.base_model:
         hub.check_repo_id(settings.base_model, "--base-model")
+
+
+def publish(
+    run_dir: Path, settings: PublishSettings, dry_run: bool = False, remake_modelfile: Remake | None = None
+) -> Path:
+    """Check the repository id and the token, stage runs/RUN/publish, show it, and upload it unless dry_run."""
+    check_repo_ids(settings)
     token = None if dry_run else hub.require_token()
-    publish_stage = PublishStage(run_dir, settings)
+    publish_stage = PublishStage(run_dir, settings, remake_modelfile)
     for note in card.base_notes(publish_stage.base, run_dir.name, settings.repo_id):
         console.print(f"  note: {note}", soft_wrap=True)
     folder = stage.run(publish_stage)
