@@ -116,11 +116,11 @@ lint: setup
 # Everything, with real LLaMA-Factory runs and real llama.cpp files: what CI runs. Plain `pytest`
 # runs only the fast tier (pyproject.toml's addopts); -m below selects every test. Two pytest
 # processes: a test spends much of its time in one-threaded work (starting Python children,
-# converting, reading files back), so the second core is idle otherwise. Tests that share a
-# fixture run in one process (tests/conftest.py groups them).
+# converting, reading files back), so the second core is idle otherwise. Each process keeps to its
+# share of the cores, a module runs in one process, the longest modules first (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: lint tools
-	$(PY) -m pytest -q -m "slow or not slow" --durations=40 -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -m "slow or not slow" --durations=40 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The inner loop: unit and in-process CLI tests, no training or conversion (under 2 minutes).
 test-fast: lint

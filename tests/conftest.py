@@ -21,6 +21,25 @@ FTW = [sys.executable, "-m", "wrapper.cli"]
 os.environ[FAST_BF16_ENV] = "0"
 
 
+def _keep_to_this_workers_cores() -> None:
+    """Under `pytest -n N` (make test), worker gwK runs on its own 1/N of the cores, and so does every
+    process it starts: ftw reads its thread counts from the cores it may use (core/cpu.cpu_jobs), so two
+    workers' trainings and llama.cpp runs never fight over one core (on 2 cores that fight doubled the
+    CPU time of the suite: bench/README.md)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // count)
+    first = int(worker.removeprefix("gw")) * share % len(cores)
+    mine = cores[first : first + share]
+    os.sched_setaffinity(0, mine)
+    os.environ["OMP_NUM_THREADS"] = str(len(mine))  # PyTorch in this process counts all cores otherwise
+
+
+_keep_to_this_workers_cores()
+
+
 # Set for the shared demo run: no artifact of it may contain this (tests/test_pipeline.py).
 FAKE_HF_TOKEN = "hf_ftwFakeTokenNeverWrittenAnywhere0123"
 
@@ -35,18 +54,34 @@ def run_ftw(
     return result
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """Everything that reads the shared demo run is slow (it trains, merges and converts once per session).
+# Modules that take minutes, longest first: `make test` hands modules to its workers in this order
+# (--dist loadfile --no-loadscope-reorder), so that no long one is left to run alone at the end.
+# test_pipeline comes first because its first test builds the shared demo run that many others read.
+LONGEST_MODULES = (
+    "test_pipeline",
+    "test_multi_process",
+    "test_eval",
+    "test_bnb_base",
+    "test_faults",
+    "test_board",
+    "test_gguf_adapter",
+    "test_bench_profiles",
+    "test_synth_teachers",
+    "test_merge",
+    "test_fidelity",
+    "test_serving_gguf",
+    "test_stages",
+)
 
-    Under `pytest -n N --dist loadgroup` (make test), a group runs in one worker: the tests that read the
-    shared demo run form one group, so it is built once; every other module is a group of its own, so
-    its module-scoped fixtures are too."""
+
+def pytest_collection_modifyitems(items) -> None:
+    """Everything that reads the shared demo run is slow (it trains, merges and converts once per session);
+    the longest modules run first."""
     for item in items:
         if "demo_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("demo_run"))
-        else:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture
@@ -59,22 +94,54 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """One real run of the demo recipe (train, merge, GGUF, Modelfile), shared by every test
-    that only reads it: about 3 minutes of CPU, paid once per test session. Its folder's
-    path has a space and Cyrillic letters."""
+    that only reads it: about 3 minutes of CPU, paid once per test session, by whichever
+    pytest-xdist worker asks first (the others wait for it). Its folder's path has a space and
+    Cyrillic letters."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one folder for all workers
     # Spaces and non-ASCII letters in the path, as in a user's home folder: every stage must cope.
-    runs_dir = tmp_path_factory.mktemp("demo") / "мои прогоны" / "runs"
+    runs_dir = shared / "demo" / "мои прогоны" / "runs"
+    finished = shared / "demo" / "finished"
+    with FileLock(shared / "demo.lock"):
+        if not finished.exists():
+            if runs_dir.exists():
+                pytest.fail(f"building the shared demo run failed in another worker: {runs_dir}")
+            _build_demo_run(runs_dir)
+            finished.touch()
+    return runs_dir / "e2e"
+
+
+def _build_demo_run(runs_dir: Path) -> None:
     secret = {"HF_TOKEN": FAKE_HF_TOKEN, "HUGGING_FACE_HUB_TOKEN": FAKE_HF_TOKEN}
     run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", "e2e", env=secret)
     for stage in ("train", "export", "gguf", "modelfile"):
         extra = ("--keep-intermediates",) if stage == "gguf" else ()  # the tests compare merged, f16 and Q4_K_M
         run_ftw(runs_dir, stage, "--run", "e2e", *extra, env=secret)
-    return runs_dir / "e2e"
 
 
 def copy_run(run: Path, runs_dir: Path) -> Path:
     """A copy of `run` under another runs folder, its manifest's paths pointed at the copy."""
     copy = runs_dir / run.name
     shutil.copytree(run, copy, symlinks=True)
+    manifest = copy / "manifest.json"
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")
+    return copy
+
+
+def linked_copy(run: Path, runs_dir: Path) -> Path:
+    """The run's folder with its weights and GGUFs linked, not copied; its manifest pointed at the copy.
+    For tests that write into a run (`ftw eval`) without writing into the shared demo run."""
+    copy = runs_dir / run.name
+    copy.mkdir(parents=True)
+    for entry in run.iterdir():
+        if entry.name in ("merged", "gguf", "adapter"):
+            (copy / entry.name).symlink_to(entry, target_is_directory=True)
+        elif entry.is_dir():
+            shutil.copytree(entry, copy / entry.name)
+        else:
+            shutil.copy2(entry, copy / entry.name)
     manifest = copy / "manifest.json"
     manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")
     return copy

@@ -1,4 +1,5 @@
-"""`ftw eval` and `ftw report` on the real demo run (conftest's demo_run; nothing is trained here).
+"""`ftw eval` and `ftw report` on the real demo run (a linked copy of conftest's demo_run; nothing is
+trained here).
 
 The evaluation runs twice: first with --limit 2 (a short, partial evaluation), then in full;
 the second must keep the first one's rows (resume), not answer them again.
@@ -14,25 +15,24 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import run_ftw
+from conftest import linked_copy, run_ftw
 
 RUN = "e2e"
 
 
 @pytest.fixture(scope="module")
-def evaluated(demo_run) -> dict:
-    rows_file = demo_run / "eval" / "rows.jsonl"
-    if rows_file.exists():
-        rows_file.unlink()
-    run_ftw(demo_run.parent, "eval", "--run", RUN, "--limit", "2")
+def evaluated(demo_run, tmp_path_factory) -> dict:
+    run = linked_copy(demo_run, tmp_path_factory.mktemp("eval") / "runs")  # the shared run stays as it was
+    rows_file = run / "eval" / "rows.jsonl"
+    run_ftw(run.parent, "eval", "--run", RUN, "--limit", "2")
     first = rows_file.read_text(encoding="utf-8").splitlines()
-    result = run_ftw(demo_run.parent, "eval", "--run", RUN)
+    result = run_ftw(run.parent, "eval", "--run", RUN)
     return {
-        "run": demo_run,
+        "run": run,
         "first": first,
         "stdout": result.stdout,
         "all": rows_file.read_text(encoding="utf-8").splitlines(),
-        "eval": json.loads((demo_run / "eval.json").read_text(encoding="utf-8")),
+        "eval": json.loads((run / "eval.json").read_text(encoding="utf-8")),
     }
 
 

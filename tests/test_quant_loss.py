@@ -9,7 +9,6 @@ so that nothing here writes into it; a small text cap keeps each llama-perplexit
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,8 @@ from wrapper.core import llama_tools
 from wrapper.core.errors import FtwError
 from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.eval import quant_loss
+
+from conftest import linked_copy
 
 # A real `llama-perplexity --kl-divergence` output: the demo's Q4_K_M against its f16 GGUF on 649
 # tokens of its rows in the training format, context 256 (llama.cpp 0c1e570, the vendored tree), from its
@@ -118,22 +119,6 @@ def test_the_published_figures_are_the_readmes():
             assert f"{value:.{digits}f} ±" in readme, (quant, name, value)
     assert f"{quant_loss.PUBLISHED_FLOOR_KLD:.6f} ±" in readme
     assert "f364eb6f" in readme and "f364eb6f" in quant_loss.PUBLISHED_SOURCE
-
-
-def linked_copy(run: Path, runs_dir: Path) -> Path:
-    """The run's folder with its weights and GGUFs linked, not copied; its manifest pointed at the copy."""
-    copy = runs_dir / run.name
-    copy.mkdir(parents=True)
-    for entry in run.iterdir():
-        if entry.name in ("merged", "gguf", "adapter"):
-            (copy / entry.name).symlink_to(entry, target_is_directory=True)
-        elif entry.is_dir():
-            shutil.copytree(entry, copy / entry.name)
-        else:
-            shutil.copy2(entry, copy / entry.name)
-    manifest = copy / "manifest.json"
-    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")
-    return copy
 
 
 @pytest.fixture(scope="module")
