@@ -48,3 +48,13 @@ def test_what_is_saved_reads_back_the_same(tmp_path):
 def test_a_run_without_eval_json_names_the_command(tmp_path):
     with pytest.raises(FtwError, match=f"Run `ftw eval --run {tmp_path.name}` first"):
         EvalResult.load(tmp_path)
+
+
+@pytest.mark.parametrize("text", ['{"models": {}}', '{"run": "e2e", "models": {', "[]"])
+def test_an_incomplete_or_cut_eval_json_names_the_file_and_the_command(tmp_path, text):
+    run_dir = tmp_path / "e2e"
+    run_dir.mkdir()
+    (run_dir / EVAL_JSON).write_text(text, encoding="utf-8")
+    with pytest.raises(FtwError) as raised:
+        EvalResult.load(run_dir)
+    assert str(run_dir / EVAL_JSON) in str(raised.value) and "ftw eval --run e2e" in str(raised.value)

@@ -47,6 +47,10 @@ def write_eval(run_dir: Path) -> None:
     gguf = run_dir / "gguf" / f"{run_dir.name}-Q4_K_M.gguf"
     block = {"rows": 4, "contains": 0.75, "token_f1": 0.612, "rouge_l": 0.5, "key_info_recall": None}
     result = {
+        "run": run_dir.name,
+        "recipe": "demo",
+        "profile": "cpu",
+        "settings": {"max_new_tokens": 40},
         "evaluated_at": "2026-12-03T06:00:00+00:00",
         "models": {"base": "base", "merged": "merged", "gguf": str(gguf)},
         "aggregate": {"control": {"base": {**block, "contains": 0.0}, "merged": block, "gguf": block}},

@@ -77,7 +77,13 @@ class EvalResult:
         path = run_dir / EVAL_JSON
         if not path.is_file():
             raise FtwError(f"run {run_dir.name} has no eval.json yet. Run `ftw eval --run {run_dir.name}` first.")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, AttributeError) as unreadable:  # not JSON, not an object, keys missing
+            raise FtwError(
+                f"{path} is not an evaluation ftw can read ({unreadable}). "
+                f"Run `ftw eval --run {run_dir.name}` to write it again."
+            ) from None
 
     def save(self, run_dir: Path) -> Path:
         path = run_dir / EVAL_JSON
