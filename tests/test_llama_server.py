@@ -188,7 +188,8 @@ def test_a_server_that_exits_before_it_is_ready_names_its_log(tmp_path, server_b
 def test_ftw_serve_prints_the_url_answers_and_stops_on_ctrl_c(runs_dir, server_binary):
     run = fake_run(runs_dir, "tiny", gguf=small_gguf(), parameters={"temperature": 0.2, "num_ctx": 1024})
     port = free_port()
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200")
+    # PYTHONFAULTHANDLER: if ftw hangs on the way out, SIGABRT prints where every thread of it stands.
+    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", PYTHONFAULTHANDLER="1")
     child = subprocess.Popen(
         [*FTW, "serve", "--run", "tiny", "--port", str(port)],
         cwd=REPO,
@@ -213,7 +214,11 @@ def test_ftw_serve_prints_the_url_answers_and_stops_on_ctrl_c(runs_dir, server_b
         server_pids = servers_of(run / "gguf" / "tiny-Q4_K_M.gguf")
         assert len(server_pids) == 1
         child.send_signal(signal.SIGINT)
-        rest = child.communicate(timeout=60)[0]
+        try:
+            rest = child.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)
+            pytest.fail(f"ftw serve still running 60 s after Ctrl-C; its output:\n{out}{child.communicate()[0]}")
     finally:
         if child.poll() is None:
             child.kill()
