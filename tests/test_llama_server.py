@@ -184,6 +184,15 @@ def test_a_server_that_exits_before_it_is_ready_names_its_log(tmp_path, server_b
     assert servers_of(bad) == []
 
 
+def ctrl_c_as_from_a_terminal() -> None:
+    """In the child, before exec: SIGINT unblocked and at its default, as a shell started from a terminal
+    gives it. Under make test's workers, something earlier in the same worker process left SIGINT ignored
+    or blocked, which a child inherits: ftw then slept through the test's Ctrl-C (its stack, printed by
+    the fault handler, was in service.wait's sleep)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @slow
 def test_ftw_serve_prints_the_url_answers_and_stops_on_ctrl_c(runs_dir, server_binary):
     run = fake_run(runs_dir, "tiny", gguf=small_gguf(), parameters={"temperature": 0.2, "num_ctx": 1024})
@@ -197,6 +206,7 @@ def test_ftw_serve_prints_the_url_answers_and_stops_on_ctrl_c(runs_dir, server_b
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     url = f"http://127.0.0.1:{port}/v1"
     seen: list[str] = []
