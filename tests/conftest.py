@@ -125,8 +125,7 @@ def copy_run(run: Path, runs_dir: Path) -> Path:
     """A copy of `run` under another runs folder, its manifest's paths pointed at the copy."""
     copy = runs_dir / run.name
     shutil.copytree(run, copy, symlinks=True)
-    manifest = copy / "manifest.json"
-    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")
+    point_manifest_at(copy, run)
     return copy
 
 
@@ -142,6 +141,11 @@ def linked_copy(run: Path, runs_dir: Path) -> Path:
             shutil.copytree(entry, copy / entry.name)
         else:
             shutil.copy2(entry, copy / entry.name)
+    point_manifest_at(copy, run)
+    return copy
+
+
+def point_manifest_at(copy: Path, run: Path) -> None:
+    """A copied run's manifest names the original's folder: make it name the copy."""
     manifest = copy / "manifest.json"
     manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")
-    return copy

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import FAKE_HF_TOKEN, run_ftw
+from conftest import FAKE_HF_TOKEN, point_manifest_at, run_ftw
 
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # The Hub is unreachable here: nothing may wait on it (the license comes from --license or stays unknown).
@@ -30,8 +30,7 @@ def light_copy(run: Path, runs_dir: Path) -> Path:
     checkpoints), its manifest's paths pointed at the copy."""
     copy = runs_dir / run.name
     shutil.copytree(run, copy, symlinks=True, ignore=shutil.ignore_patterns("merged", "*-f16.gguf", "checkpoint-*"))
-    manifest = copy / "manifest.json"
-    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")
+    point_manifest_at(copy, run)
     return copy
 
 
