@@ -113,7 +113,7 @@ def test_a_bf16_gguf_asks_for_weights_in_the_base_dtype_first(demo_run, tmp_path
     assert not (run / "gguf" / f"{RUN}-bf16.gguf").exists()
 
     exported = run_ftw(runs_dir, "export", "--run", RUN, "--weights-dtype", "base")
-    assert "changed since the last merge: weights dtype" in exported.stdout
+    assert "changed since the last time: weights dtype" in exported.stdout
     assert weight_dtypes() == {"BF16"}
     run_ftw(runs_dir, "gguf", "--run", RUN, "--outtype", "bf16", "--keep-intermediates")
     assert (run / "gguf" / f"{RUN}-bf16.gguf").is_file()

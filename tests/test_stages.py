@@ -56,7 +56,7 @@ def test_a_changed_adapter_is_merged_converted_and_quantized_again(demo_run, tmp
     config = run / "adapter" / "adapter_config.json"
     config.write_text(config.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     merged_again = run_ftw(runs_dir, "export", "--run", RUN).stdout
-    assert "Merging again: changed since the last merge: adapter: sha256" in merged_again
+    assert "merged model: made again, changed since the last time: adapter: sha256" in merged_again
     converted = run_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates").stdout
     assert "Converting" in converted and "Q4_K_M GGUF (" in converted
     after = stage_digests(run)

@@ -138,6 +138,17 @@ def forget_from(run_dir: Path, made_again: str) -> None:
     save(run_dir, data)
 
 
+def forget_made_from(run_dir: Path, made_again: str) -> None:
+    """Drop every artifact made from `made_again` (which was just made anew from other inputs), not itself."""
+    data = load(run_dir)
+    kept = data["artifacts"].get(made_again)
+    forget_from(run_dir, made_again)
+    if kept is not None:
+        data = load(run_dir)
+        data["artifacts"][made_again] = kept
+        save(run_dir, data)
+
+
 def artifact(run_dir: Path, key: str) -> Path:
     """The path of a finished artifact, or a message naming the command that makes it."""
     value = load(run_dir)["artifacts"].get(key)

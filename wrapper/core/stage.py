@@ -2,24 +2,29 @@
 
     declared inputs -> up to date? -> make into a partial -> verify -> rename -> record
 
-A stage (train, export, gguf, modelfile, and any new one) subclasses `Stage`: it names
-its artifact key, its target, what it is made from (`inputs`), how to make it into a
-partial path (`make`) and how to check what was made (`verify`). `run(stage)` does the
+A stage (export, gguf, modelfile, and any new one) is any object with the attributes and methods of
+the `Stage` protocol: its artifact key, its target, what it is made from (`inputs`), how to make it
+into a partial path (`make`) and how to check what was made (`verify`). `run_atomic(stage)` does the
 rest, the same way for all of them:
 
 - up to date: the artifact is recorded in the manifest, its target exists and its
   recorded inputs equal the current ones (like make); it is not made again;
 - changed inputs: they are listed, and the artifact is made again (`--force` always
-  makes it again);
+  makes it again); once it is in place, what was made from the old one is forgotten
+  (wrapper/core/artifacts.py says what is made from what);
 - the partial is `<target>.partial`; it and its siblings `<target>.partial*` are removed
   before making (a run killed outright leaves them) and on any failure or stop, so
   nothing half-made ever looks finished; the verified partial is renamed to the target;
 - the artifact and its inputs are recorded in the manifest only after the rename.
 
-A resumable stage (training: hours of work kept in checkpoints) differs in three ways:
+`run_resumable(stage)` is the other runner, for training (hours of work kept in checkpoints):
 its work is done in place, kept when stopped, and resumed by the next run; a change of
 inputs is refused with the difference rather than starting over silently; and its inputs
-are recorded before it starts, so an interrupted run remembers what it began with.
+are recorded when it starts, so an interrupted run remembers what it began with.
+
+`run_steps` runs several stages where one is made from another (the GGUFs): it decides which are
+current, makes an intermediate only when something made from it is being made, and removes the
+intermediates nobody asked to keep once the rest is verified.
 
 Inputs are kept as short values (a setting, 0.0002) or digests. Files up to
 FULL_HASH_BYTES are hashed whole; model weights (gigabytes) by size and modification
@@ -31,10 +36,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
@@ -131,120 +137,150 @@ def describe(changes: list[str]) -> str:
 # ---- the contract ------------------------------------------------------------------------
 
 
-class Stage:
-    """One artifact of a run. Subclasses set the class attributes and implement inputs, make (and verify)."""
+class Stage(Protocol):
+    """One artifact of a run, made whole: `run_atomic` builds it into a partial and renames it."""
 
-    title = "artifact"  # how messages name it: "merged model", "Q4_K_M GGUF"
-    force_says = "makes it again"  # what --force would do, said when the artifact is up to date
-    resumable = False  # see the module docstring
-    # Making it again makes what is made from it stale (wrapper/core/artifacts.py): those are dropped
-    # from the manifest first. Only the expensive stages (train, export) need it: the others are
-    # checked against their recorded inputs by whoever needs them.
-    makes_others_stale = False
-
-    def __init__(self, run_dir: Path, key: str, target: Path):
-        self.run_dir = run_dir
-        self.key = key
-        self.target = target
-
-    @property
-    def partial(self) -> Path:
-        return self.target if self.resumable else self.target.with_name(self.target.name + PARTIAL)
+    run_dir: Path
+    key: str  # its key in wrapper/core/artifacts.py and the manifest
+    target: Path
+    title: str  # how messages name it: "merged model", "Q4_K_M GGUF"
+    force_says: str  # what --force would do, said when it is up to date
+    logs: dict[str, Path]  # artifacts recorded with it (its log), by key
 
     def inputs(self) -> StageInputs:
         """What the artifact is made from."""
-        raise NotImplementedError
+        ...
 
     def make(self, partial: Path) -> None:
         """Write the artifact into `partial` (a file or a folder)."""
-        raise NotImplementedError
+        ...
 
     def verify(self, partial: Path) -> str:
         """Raise if `partial` is not what was asked for; else return details for the closing line."""
-        return ""
+        ...
 
-    def is_made(self) -> bool:
-        """Was it finished? By default: recorded in the manifest and still there."""
-        return self.key in manifest.load(self.run_dir)["artifacts"] and self.target.exists()
+
+class ResumableStage(Stage, Protocol):
+    """An artifact made in place over hours (training): `run_resumable` keeps its work across stops."""
+
+    def is_finished(self) -> bool: ...
 
     def has_work(self) -> bool:
-        """A resumable stage: is there work under way (or done) that changed inputs would throw away?"""
-        return self.target.exists()
+        """Is there work under way (or done) that changed inputs would throw away?"""
+        ...
 
-    def also_records(self) -> dict[str, Path]:
-        """Other artifacts recorded with this one (its log)."""
-        return {}
+    def refusal(self, changes: list[str]) -> FtwError:
+        """The answer to changed inputs when there is work to lose."""
+        ...
 
-    def up_to_date_note(self) -> str:
-        return ""
 
-    def changed_says(self) -> str:
-        return f"{self.target.name}: changed since it was made"
-
-    def refuse(self, changes: list[str]) -> FtwError:
-        """A resumable stage's answer to changed inputs."""
-        return FtwError(f"{self.target.name} was made from other inputs; changed since: {describe(changes)}")
+def is_made(stage: Stage) -> bool:
+    """Finished: recorded in the manifest and still there."""
+    return stage.key in manifest.load(stage.run_dir)["artifacts"] and stage.target.exists()
 
 
 def check(stage: Stage, inputs: StageInputs, force: bool = False) -> list[str] | None:
-    """None when the artifact is up to date; else what changed (empty when it is missing or forced).
-    A resumable stage with work under way and changed inputs raises instead."""
-    if force:
+    """None when the artifact is up to date; else what changed (empty when it is missing or forced)."""
+    if force or not is_made(stage):
         return []
-    changes = inputs.changes_from(recorded_inputs(stage.run_dir, inputs.key))
-    if stage.resumable:
-        if changes and (stage.is_made() or stage.has_work()):
-            raise stage.refuse(changes)
-        return None if stage.is_made() else []
-    if not stage.is_made():
-        return []
-    return changes or None
+    return inputs.changes_from(recorded_inputs(stage.run_dir, inputs.key)) or None
 
 
 def skip(stage: Stage) -> Path:
     """Say the artifact is up to date (recording it if an earlier run was stopped before that)."""
     if stage.key not in manifest.load(stage.run_dir)["artifacts"]:
-        manifest.record_artifacts(stage.run_dir, **{stage.key: stage.target}, **stage.also_records())
-    done(f"{stage.title} up to date: {stage.target}{stage.up_to_date_note()} (--force {stage.force_says})")
+        manifest.record_artifacts(stage.run_dir, **{stage.key: stage.target}, **stage.logs)
+    removed = stage.key in manifest.removed_intermediates(stage.run_dir)
+    thinned = " (its weights were removed after quantization)" if removed else ""
+    done(f"{stage.title} up to date: {stage.target}{thinned} (--force {stage.force_says})")
     return stage.target
 
 
 def build(stage: Stage, inputs: StageInputs, changes: list[str] | None = None) -> Path:
-    """Make, verify, rename and record the artifact (see the module docstring)."""
+    """Make into the partial, verify, rename, then record (see the module docstring). What was made from
+    an earlier version of the artifact is forgotten once the new one is in place."""
+    remade = bool(changes) or (changes == [] and stage.key in manifest.load(stage.run_dir)["artifacts"])
     if changes:
-        console.print(f"{stage.changed_says()}: {describe(changes)}", soft_wrap=True)
-    partial = stage.partial
-    if not stage.resumable:
-        remove_partials(partial)
-    if stage.makes_others_stale:
-        manifest.forget_from(stage.run_dir, stage.key)
-    if stage.resumable:
-        record_inputs(stage.run_dir, inputs)
+        console.print(f"{stage.title}: made again, changed since the last time: {describe(changes)}", soft_wrap=True)
+    partial = stage.target.with_name(stage.target.name + PARTIAL)
+    remove_partials(partial)
     try:
         stage.make(partial)
         details = stage.verify(partial)
-        if not stage.resumable:
-            replace(partial, stage.target)
+        replace(partial, stage.target)
     finally:
-        if not stage.resumable:
-            remove_partials(partial)
-    manifest.record_artifacts(stage.run_dir, **{stage.key: stage.target}, **stage.also_records())
-    if not stage.resumable:
-        record_inputs(stage.run_dir, inputs)
+        remove_partials(partial)
+    if remade:
+        manifest.forget_made_from(stage.run_dir, stage.key)
+    manifest.record_artifacts(stage.run_dir, **{stage.key: stage.target}, **stage.logs)
+    record_inputs(stage.run_dir, inputs)
     done(f"{stage.title}{f' ({details})' if details else ''} -> {stage.target}")
     return stage.target
 
 
-def run(stage: Stage, force: bool = False) -> Path:
-    """The whole contract: skip what is up to date, else say what changed and build it.
-    A resumable stage with --force starts over: its work so far is removed."""
-    if force and stage.resumable:
-        remove(stage.target)
+def run_atomic(stage: Stage, force: bool = False) -> Path:
+    """The whole contract: skip what is up to date, else say what changed and build it."""
     inputs = stage.inputs()
     changes = check(stage, inputs, force)
-    if changes is None:
+    return skip(stage) if changes is None else build(stage, inputs, changes)
+
+
+def run_resumable(stage: ResumableStage, force: bool = False) -> Path:
+    """Resume the work under way, refuse changed inputs while there is work to lose, start over with --force.
+    Inputs are recorded before the work starts, so a stopped run remembers what it began with."""
+    if force:
+        remove(stage.target)
+    inputs = stage.inputs()
+    changes = inputs.changes_from(recorded_inputs(stage.run_dir, inputs.key))
+    if changes and (stage.is_finished() or stage.has_work()):
+        raise stage.refusal(changes)
+    if stage.is_finished():
         return skip(stage)
-    return build(stage, inputs, changes)
+    manifest.forget_from(stage.run_dir, stage.key)
+    record_inputs(stage.run_dir, inputs)
+    stage.make(stage.target)
+    details = stage.verify(stage.target)
+    manifest.record_artifacts(stage.run_dir, **{stage.key: stage.target}, **stage.logs)
+    done(f"{stage.title}{f' ({details})' if details else ''} -> {stage.target}")
+    return stage.target
+
+
+# ---- several artifacts, one needing another ------------------------------------------------
+
+
+@dataclass
+class Step:
+    """A stage in a pipeline: what it is made from among the other steps, and whether it is wanted for itself
+    or only as an intermediate (built when a step that needs it is built, removed by `remove` at the end)."""
+
+    stage: Stage
+    needs: tuple[Stage, ...] = ()
+    wanted: bool = True
+    remove: Callable[[], None] | None = None
+
+
+def run_steps(steps: list[Step], force: bool = False) -> dict[str, Path]:
+    """Each step in order (those it needs come before it), built only when not up to date and wanted or
+    needed by a step being built; then the intermediates no step wants are removed. Returns what exists."""
+    inputs = {step.stage.key: step.stage.inputs() for step in steps}
+    changes = {step.stage.key: check(step.stage, inputs[step.stage.key], force) for step in steps}
+    to_build: set[str] = set()
+    for step in reversed(steps):
+        needed_by_a_build = any(step.stage in later.needs and later.stage.key in to_build for later in steps)
+        if changes[step.stage.key] is not None and (step.wanted or needed_by_a_build):
+            to_build.add(step.stage.key)
+    made: dict[str, Path] = {}
+    for step in steps:
+        key = step.stage.key
+        if key in to_build:
+            made[key] = build(step.stage, inputs[key], changes[key])
+        elif step.wanted:
+            made[key] = skip(step.stage)
+    for step in steps:
+        if not step.wanted and step.remove is not None:
+            step.remove()
+            made.pop(step.stage.key, None)
+    return made
 
 
 def remove(path: Path) -> None:

@@ -58,19 +58,19 @@ def export_needs(base_dir: Path) -> dict[str, int]:
     return {"merged model": size, "f16 GGUF": params * 2, "Q4_K_M GGUF": int(params * QUANT_BITS["Q4_K_M"] / 8)}
 
 
-class ExportStage(stage.Stage):
+class ExportStage:
     title = "merged model"
     force_says = "merges again"
-    makes_others_stale = True
 
     def __init__(self, run_dir: Path, weights_dtype: str = "f16"):
         self.plan = manifest.plan_of(run_dir)
-        super().__init__(run_dir, artifacts.MERGED, self.plan.merged_dir)
+        self.run_dir, self.key, self.target = run_dir, artifacts.MERGED, self.plan.merged_dir
         self.weights_dtype = weights_dtype
         self.adapter = manifest.artifact(run_dir, artifacts.ADAPTER)
         self.export_yaml = self.plan.dir / "export.yaml"
         self.args = yaml.safe_load(self.export_yaml.read_text(encoding="utf-8")) or {}
         self.log_path = run_dir / "logs" / "export.log"
+        self.logs = {artifacts.EXPORT_LOG: self.log_path}
         self.merged_by = ""
 
     def inputs(self) -> stage.StageInputs:
@@ -88,16 +88,6 @@ class ExportStage(stage.Stage):
         values["base model"] = stage.folder_digest(base_dir) if base_dir else base
         values["weights dtype"] = self.weights_dtype
         return stage.StageInputs("merged", values)
-
-    def up_to_date_note(self) -> str:
-        thinned = "merged" in manifest.removed_intermediates(self.run_dir)
-        return " (its weights were removed after quantization)" if thinned else ""
-
-    def changed_says(self) -> str:
-        return "Merging again: changed since the last merge"
-
-    def also_records(self) -> dict[str, Path]:
-        return {artifacts.EXPORT_LOG: self.log_path}
 
     def streaming_base(self) -> Path:
         """The base folder the streaming merge reads; raises NotStreamable when LLaMA-Factory must merge."""
@@ -203,4 +193,4 @@ def ensure_dequantized_base(source: str, target: Path, log_path: Path) -> None:
 
 
 def export(run_dir: Path, force: bool = False, weights_dtype: str = "f16") -> Path:
-    return stage.run(ExportStage(run_dir, weights_dtype), force)
+    return stage.run_atomic(ExportStage(run_dir, weights_dtype), force)

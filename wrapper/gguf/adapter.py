@@ -96,13 +96,16 @@ def full_precision_dir(plan: RunPlan) -> Path:
     )
 
 
-class VocabStage(stage.Stage):
+class VocabStage:
     """gguf/RUN-vocab.gguf: the header and vocabulary llama.cpp's converter makes of the run's base."""
 
     title = "vocabulary GGUF of the run's base"
+    force_says = "makes it again"
 
     def __init__(self, run_dir: Path, plan: RunPlan, log_path: Path):
-        super().__init__(run_dir, artifacts.GGUF_VOCAB, run_dir / "gguf" / f"{plan.run}-vocab.gguf")
+        self.run_dir, self.key = run_dir, artifacts.GGUF_VOCAB
+        self.target = run_dir / "gguf" / f"{plan.run}-vocab.gguf"
+        self.logs: dict[str, Path] = {}
         self.source, self.log_path = trained_on_dir(plan), log_path
 
     def inputs(self) -> stage.StageInputs:
@@ -129,7 +132,7 @@ def reference_gguf(run_dir: Path, plan: RunPlan, log_path: Path) -> Path:
     for key in keys:
         if recorded.get(key) and Path(recorded[key]).is_file():
             return Path(recorded[key])
-    return stage.run(VocabStage(run_dir, plan, log_path))
+    return stage.run_atomic(VocabStage(run_dir, plan, log_path))
 
 
 # ---- the base the adapter is served on -----------------------------------------------------------
@@ -178,11 +181,14 @@ def check_base(run_dir: Path, plan: RunPlan, gguf: Path, label: str, log_path: P
     return given
 
 
-class BaseGgufStage(stage.Stage):
+class BaseGgufStage:
+    force_says = "makes it again"
     """gguf/RUN-base-QUANT.gguf: the run's base model as llama.cpp serves it, for the adapter to be applied to."""
 
     def __init__(self, run_dir: Path, plan: RunPlan, quant: str, log_path: Path):
-        super().__init__(run_dir, artifacts.base_gguf(quant), run_dir / "gguf" / f"{plan.run}-base-{quant}.gguf")
+        self.run_dir, self.key = run_dir, artifacts.base_gguf(quant)
+        self.target = run_dir / "gguf" / f"{plan.run}-base-{quant}.gguf"
+        self.logs: dict[str, Path] = {}
         self.plan, self.quant, self.log_path = plan, quant, log_path
         self.source = full_precision_dir(plan)
         self.title = f"base {quant} GGUF"
@@ -222,7 +228,7 @@ def resolve_base(
 ) -> AdapterBase:
     """The base from --base (checked), or ftw's own GGUF of the run's base when none is given."""
     if spec is None:
-        made = stage.run(BaseGgufStage(run_dir, plan, quant, log_path), force)
+        made = stage.run_atomic(BaseGgufStage(run_dir, plan, quant, log_path), force)
         return AdapterBase(modelfile_path(made, run_dir), made, f"the run's base as {quant} ({made.name})", True)
     if looks_like_path(spec):
         path = Path(spec).expanduser()
@@ -252,11 +258,13 @@ def resolve_base(
 # ---- the adapter -------------------------------------------------------------------------------
 
 
-class AdapterStage(stage.Stage):
+class AdapterStage:
+    force_says = "makes it again"
     """gguf/RUN-lora.gguf: the run's LoRA in llama.cpp's adapter format."""
 
     def __init__(self, run_dir: Path, plan: RunPlan, outtype: str, log_path: Path):
-        super().__init__(run_dir, artifacts.GGUF_LORA, run_dir / "gguf" / f"{plan.run}-lora.gguf")
+        self.run_dir, self.key = run_dir, artifacts.GGUF_LORA
+        self.target = run_dir / "gguf" / f"{plan.run}-lora.gguf"
         self.plan, self.outtype, self.log_path = plan, outtype, log_path
         self.adapter = manifest.artifact(run_dir, artifacts.ADAPTER)
         self.trained_on = trained_on_dir(plan)
@@ -274,7 +282,8 @@ class AdapterStage(stage.Stage):
             },
         )
 
-    def also_records(self) -> dict[str, Path]:
+    @property
+    def logs(self) -> dict[str, Path]:
         return {artifacts.GGUF_LOG: self.log_path}
 
     def make(self, partial: Path) -> None:
@@ -333,7 +342,7 @@ def make_adapter(
     (run_dir / "gguf").mkdir(exist_ok=True)
     base = resolve_base(run_dir, plan, base_spec, quant.upper(), log_path, force)
     adapter.architecture = base.architecture
-    lora = stage.run(adapter, force)
+    lora = stage.run_atomic(adapter, force)
     if base.gguf is not None:
         manifest.record_artifacts(run_dir, **{artifacts.GGUF_LORA_BASE: base.gguf})
     else:

@@ -53,7 +53,7 @@ def calibration(run_dir: Path, plan: RunPlan, fmt: TrainingFormat, max_tokens: i
     return Calibration(sample, context_for(sample.tokens))
 
 
-class ImatrixStage(stage.Stage):
+class ImatrixStage:
     """gguf/RUN-imatrix.gguf, computed with the unquantized GGUF on the calibration text."""
 
     force_says = "computes it again"
@@ -61,9 +61,11 @@ class ImatrixStage(stage.Stage):
     def __init__(
         self, run_dir: Path, plan: RunPlan, source: Path, source_digest: str, calib: Calibration, log_path: Path
     ):
-        super().__init__(run_dir, artifacts.IMATRIX, run_dir / "gguf" / f"{plan.run}-imatrix.gguf")
+        self.run_dir, self.key = run_dir, artifacts.IMATRIX
+        self.target = run_dir / "gguf" / f"{plan.run}-imatrix.gguf"
         self.source, self.source_digest, self.calib, self.log_path = source, source_digest, calib, log_path
         self.title = "importance matrix"
+        self.logs: dict[str, Path] = {}
 
     def inputs(self) -> stage.StageInputs:
         sample = self.calib.sample

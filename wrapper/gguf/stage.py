@@ -42,14 +42,18 @@ def mib(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:.0f} MiB"
 
 
-class ConvertStage(stage.Stage):
+class ConvertStage:
     """The unquantized GGUF, with the training format as its chat template."""
 
+    force_says = "makes it again"
+
     def __init__(self, run_dir: Path, plan: RunPlan, merged: Path, outtype: str):
-        super().__init__(run_dir, artifacts.gguf(outtype), run_dir / "gguf" / f"{plan.run}-{outtype}.gguf")
+        self.run_dir, self.key = run_dir, artifacts.gguf(outtype)
+        self.target = run_dir / "gguf" / f"{plan.run}-{outtype}.gguf"
         self.plan, self.merged, self.outtype = plan, merged, outtype
         self.title = f"{outtype} GGUF"
         self.log_path = run_dir / "logs" / "gguf.log"
+        self.logs = {artifacts.GGUF_LOG: self.log_path}
         self.quants_to_make: list[str] = []  # for the disk check
 
     def inputs(self) -> stage.StageInputs:
@@ -64,9 +68,6 @@ class ConvertStage(stage.Stage):
                 "llama.cpp": str(llama_cpp_commit()),
             },
         )
-
-    def also_records(self) -> dict[str, Path]:
-        return {artifacts.GGUF_LOG: self.log_path}
 
     def make(self, partial: Path) -> None:
         if "merged" in manifest.removed_intermediates(self.run_dir):
@@ -83,7 +84,7 @@ class ConvertStage(stage.Stage):
         return f"{verify_gguf(partial, ftype_of(self.outtype))} tensors, {mib(partial)}"
 
 
-class QuantizeStage(stage.Stage):
+class QuantizeStage:
     force_says = "makes it again"
 
     def __init__(
@@ -95,7 +96,9 @@ class QuantizeStage(stage.Stage):
         quant: str,
         imatrix: ImatrixStage | None = None,
     ):
-        super().__init__(run_dir, artifacts.gguf(quant), run_dir / "gguf" / f"{plan.run}-{quant}.gguf")
+        self.run_dir, self.key = run_dir, artifacts.gguf(quant)
+        self.target = run_dir / "gguf" / f"{plan.run}-{quant}.gguf"
+        self.logs: dict[str, Path] = {}
         self.source, self.source_inputs, self.quant, self.imatrix = source, source_inputs, quant, imatrix
         self.title = f"{quant} GGUF" + (" (importance matrix)" if imatrix else "")
 
@@ -235,26 +238,19 @@ def make_ggufs(
         calib = calibration(run_dir, plan, fmt, imatrix_tokens)
         imatrix = ImatrixStage(run_dir, plan, full.target, full_inputs.digest, calib, full.log_path)
     quantized = [QuantizeStage(run_dir, plan, full, full_inputs, quant, imatrix) for quant in quants]
-    quant_inputs = {q.quant: q.inputs() for q in quantized}
-    pending = {q.quant: stage.check(q, quant_inputs[q.quant], force) for q in quantized}
-    full.quants_to_make = [quant for quant, changes in pending.items() if changes is not None]
-    imatrix_inputs = imatrix.inputs() if imatrix else None
-    imatrix_changes = stage.check(imatrix, imatrix_inputs, force) if imatrix else None
+    full.quants_to_make = [q.quant for q in quantized if stage.check(q, q.inputs(), force) is not None]
+    # The unquantized GGUF is an intermediate: made when a quantized file (or the importance matrix) is made
+    # from it, then removed with the merged weights, unless kept. Once removed it comes back only with them.
+    thinned = manifest.removed_intermediates(run_dir)
+    keep_full = not quants or (keep_intermediates and full.key not in thinned and artifacts.MERGED not in thinned)
 
-    made: dict[str, Path] = {}
-    full_changes = stage.check(full, full_inputs, force)
-    needs_full = full.quants_to_make or imatrix_changes is not None
-    if full_changes is not None and (needs_full or full.key not in manifest.removed_intermediates(run_dir)):
-        stage.build(full, full_inputs, full_changes)
-    made[full.key] = full.target
-    if imatrix:
-        made[imatrix.key] = (
-            stage.skip(imatrix) if imatrix_changes is None else stage.build(imatrix, imatrix_inputs, imatrix_changes)
-        )
-    for q in quantized:
-        changes = pending[q.quant]
-        made[q.key] = stage.skip(q) if changes is None else stage.build(q, quant_inputs[q.quant], changes)
-    if not keep_intermediates and quants:
+    def remove() -> None:
         remove_intermediates(run_dir, merged, full.target, outtype, {q.quant: q.target for q in quantized})
-        made.pop(full.key, None)
+
+    steps = [stage.Step(full, wanted=keep_full, remove=None if keep_intermediates or not quants else remove)]
+    if imatrix:
+        steps.append(stage.Step(imatrix, needs=(full,)))
+    needs = (full, imatrix) if imatrix else (full,)
+    steps += [stage.Step(q, needs=needs) for q in quantized]
+    made = stage.run_steps(steps, force)
     return made

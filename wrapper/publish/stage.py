@@ -127,13 +127,15 @@ def data_names(datasets: list[dict]) -> list[tuple[Path, str]]:
     return found
 
 
-class PublishStage(stage.Stage):
+class PublishStage:
     """runs/RUN/publish: the folder to upload, checked before it is kept."""
 
     title = "publish folder"
+    force_says = "makes it again"
 
     def __init__(self, run_dir: Path, settings: PublishSettings, remake_modelfile: Remake | None = None):
-        super().__init__(run_dir, artifacts.PUBLISH, run_dir / PUBLISH_DIR)
+        self.run_dir, self.key, self.target = run_dir, artifacts.PUBLISH, run_dir / PUBLISH_DIR
+        self.logs: dict[str, Path] = {}
         self.settings = settings
         self.quants = chosen_quants(run_dir, settings.quants)
         self.plan = manifest.plan_of(run_dir)
@@ -354,7 +356,7 @@ def publish(
     publish_stage = PublishStage(run_dir, settings, remake_modelfile)
     for note in card.base_notes(publish_stage.base, run_dir.name, settings.repo_id):
         console.print(f"  note: {note}", soft_wrap=True)
-    folder = stage.run(publish_stage)
+    folder = stage.run_atomic(publish_stage)
     check_no_token(folder)  # again: an up-to-date folder was checked against the tokens of its day
     show_folder(folder)
     if dry_run:

@@ -159,10 +159,11 @@ class Serves:
     adapter_id: str | None = None
 
 
-class ModelfileStage(stage.Stage):
+class ModelfileStage:
     """runs/RUN/Modelfile for one quantized GGUF, read back as Ollama reads it before it is kept."""
 
     title = "Modelfile"
+    force_says = "makes it again"
     file_name = "Modelfile"
     written_by = "ftw modelfile"
 
@@ -173,7 +174,8 @@ class ModelfileStage(stage.Stage):
         self.setup(run_dir, artifacts.MODELFILE, serves, manifest.artifact(run_dir, artifacts.MERGED))
 
     def setup(self, run_dir: Path, key: str, serves: Serves, tokenizer_dir: Path) -> None:
-        super().__init__(run_dir, key, run_dir / self.file_name)
+        self.run_dir, self.key, self.target = run_dir, key, run_dir / self.file_name
+        self.logs: dict[str, Path] = {}
         self.plan = manifest.plan_of(run_dir)
         self.serves = serves
         self.tokenizer_dir = tokenizer_dir  # the training tokenizer: the merged model's (or the base's)
@@ -327,13 +329,13 @@ def verify_modelfile(text: str, parts: dict) -> str:
 
 
 def write_modelfile(run_dir: Path, quant: str = DEFAULT_QUANT, force: bool = False) -> Path:
-    return stage.run(ModelfileStage(run_dir, quant), force)
+    return stage.run_atomic(ModelfileStage(run_dir, quant), force)
 
 
 def write_adapter_modelfile(
     run_dir: Path, lora: Path, base_from: str, base_gguf: Path | None, header_gguf: Path, force: bool = False
 ) -> Path:
-    return stage.run(AdapterModelfileStage(run_dir, lora, base_from, base_gguf, header_gguf), force)
+    return stage.run_atomic(AdapterModelfileStage(run_dir, lora, base_from, base_gguf, header_gguf), force)
 
 
 def ollama_create(run_dir: Path) -> None:

@@ -203,17 +203,16 @@ def preflight(plan: RunPlan, resumable: list[Path], ignore_fit: bool) -> None:
     check_host_ram(plan, ignore_fit)
 
 
-class TrainStage(stage.Stage):
+class TrainStage:
     title = "adapter"
     force_says = "trains again from the start"
-    resumable = True
-    makes_others_stale = True
 
     def __init__(self, run_dir: Path, ignore_fit: bool = False):
         self.plan = manifest.plan_of(run_dir)
-        super().__init__(run_dir, artifacts.ADAPTER, self.plan.adapter_dir)
+        self.run_dir, self.key, self.target = run_dir, artifacts.ADAPTER, self.plan.adapter_dir
         self.ignore_fit = ignore_fit
         self.log_path = run_dir / "logs" / "train.log"
+        self.logs = {artifacts.TRAIN_LOG: self.log_path}
         self.steps: dict = {}
 
     def inputs(self) -> stage.StageInputs:
@@ -231,24 +230,21 @@ class TrainStage(stage.Stage):
             values[f"data {Path(dataset['path']).name}"] = "sha256 " + dataset["sha256"][:16]
         return stage.StageInputs("adapter", values)
 
-    def is_made(self) -> bool:
+    def is_finished(self) -> bool:
         return is_finished(self.target)
 
     def has_work(self) -> bool:
         return bool(checkpoints(self.target))
 
-    def refuse(self, changes: list[str]) -> FtwError:
+    def refusal(self, changes: list[str]) -> FtwError:
         listed = "\n".join(f"  - {change}" for change in changes)
         run = self.run_dir.name
         return FtwError(
-            f"run {run} was {'trained' if self.is_made() else 'started'} with other settings or data; "
+            f"run {run} was {'trained' if self.is_finished() else 'started'} with other settings or data; "
             f"changed since:\n{listed}\n"
             f"To keep the earlier run, render the new settings into a new run (--run NEW_NAME). To train this run "
             f"again from the start: ftw train --run {run} --force (make train ... RETRAIN=1)."
         )
-
-    def also_records(self) -> dict[str, Path]:
-        return {artifacts.TRAIN_LOG: self.log_path}
 
     def make(self, adapter_dir: Path) -> None:
         resumable = drop_incomplete_checkpoints(adapter_dir)
@@ -287,4 +283,4 @@ class TrainStage(stage.Stage):
 
 
 def train(run_dir: Path, force: bool = False, ignore_fit: bool = False) -> Path:
-    return stage.run(TrainStage(run_dir, ignore_fit), force)
+    return stage.run_resumable(TrainStage(run_dir, ignore_fit), force)
