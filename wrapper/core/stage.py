@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.fsutil import sha256_of
+from wrapper.core.fsutil import sha256_of, write_text_atomic
 from wrapper.core.ui import console, done
 
 FULL_HASH_BYTES = 512 * 2**20
@@ -128,6 +128,21 @@ def record_inputs(run_dir: Path, inputs: StageInputs) -> None:
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     manifest.save(run_dir, data)
+
+
+def recorded_in_file(path: Path) -> dict[str, str] | None:
+    """Inputs recorded beside the work they were made for (synth/inputs.json), or None."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def record_in_file(path: Path, inputs: StageInputs) -> None:
+    write_text_atomic(path, json.dumps(inputs.values, ensure_ascii=False, indent=2) + "\n")
+
+
+def changed_inputs_refused(what: str, changes: list[str], advice: str) -> FtwError:
+    """Work under way was begun from other inputs: going on would mix the two, so it is refused."""
+    listed = "\n".join(f"  - {change}" for change in changes)
+    return FtwError(f"{what} with other inputs; changed since:\n{listed}\n{advice}")
 
 
 def describe(changes: list[str]) -> str:

@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import Recipe, SynthSettings
+from wrapper.core import stage
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.journal import Journal
@@ -139,16 +140,13 @@ def job_inputs(job: Job, documents: list[Document], template_names: list[str]) -
 
 
 def check_inputs(job: Job, inputs: StageInputs, force: bool) -> None:
-    path = job.folder / INPUTS
-    if force or not path.is_file():
-        return
-    changes = inputs.changes_from(json.loads(path.read_text(encoding="utf-8")))
+    changes = None if force else inputs.changes_from(stage.recorded_in_file(job.folder / INPUTS))
     if changes:
-        lines = "\n  ".join(changes)
-        raise FtwError(
-            f"runs/{job.run_dir.name}/synth was made with other inputs; resuming would mix two kinds of rows:\n"
-            f"  {lines}\nGo back to the old inputs to resume, or start over (the rows so far are dropped): "
-            f"ftw data synth ... --run {job.run_dir.name} --force"
+        raise stage.changed_inputs_refused(
+            f"runs/{job.run_dir.name}/synth was begun",
+            changes,
+            "Resuming would mix two kinds of rows. Go back to the old inputs to resume, or start over (the rows "
+            f"so far are dropped): ftw data synth ... --run {job.run_dir.name} --force",
         )
 
 
@@ -420,7 +418,7 @@ def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> T
     check_inputs(job, inputs, force)
     if force:
         start_over(job)
-    write_text_atomic(job.folder / INPUTS, json.dumps(inputs.values, ensure_ascii=False, indent=2) + "\n")
+    stage.record_in_file(job.folder / INPUTS, inputs)
     scope = chunks[: job.limit] if job.limit else chunks
     journal = Journal(job.folder / JOURNAL, "chunk")
     todo = [chunk for chunk in scope if chunk.id not in journal]

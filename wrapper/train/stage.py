@@ -237,13 +237,12 @@ class TrainStage:
         return bool(checkpoints(self.target))
 
     def refusal(self, changes: list[str]) -> FtwError:
-        listed = "\n".join(f"  - {change}" for change in changes)
         run = self.run_dir.name
-        return FtwError(
-            f"run {run} was {'trained' if self.is_finished() else 'started'} with other settings or data; "
-            f"changed since:\n{listed}\n"
+        return stage.changed_inputs_refused(
+            f"run {run} was {'trained' if self.is_finished() else 'started'}",
+            changes,
             f"To keep the earlier run, render the new settings into a new run (--run NEW_NAME). To train this run "
-            f"again from the start: ftw train --run {run} --force (make train ... RETRAIN=1)."
+            f"again from the start: ftw train --run {run} --force (make train ... RETRAIN=1).",
         )
 
     def make(self, adapter_dir: Path) -> None:
