@@ -87,7 +87,7 @@ class ExportStage:
         base_dir = local_model_dir(base)
         values["base model"] = stage.folder_digest(base_dir) if base_dir else base
         values["weights dtype"] = self.weights_dtype
-        return stage.StageInputs("merged", values)
+        return stage.StageInputs(self.key, values)
 
     def streaming_base(self) -> Path:
         """The base folder the streaming merge reads; raises NotStreamable when LLaMA-Factory must merge."""

@@ -127,7 +127,7 @@ def reference_gguf(run_dir: Path, plan: RunPlan, log_path: Path) -> Path:
     """A GGUF of the run's own model to hold a given base against: one the run has (its base GGUF, or the
     merged model's, which keeps the base's shape and vocabulary), else a vocabulary-only conversion."""
     recorded = manifest.load(run_dir)["artifacts"]
-    keys = [key for key in recorded if key.startswith("gguf_base_")]
+    keys = [key for key in recorded if key.startswith(artifacts.BASE_GGUF_PREFIX)]
     keys += [artifacts.gguf(kind) for kind in ("f16", "bf16", *QUANT_TYPES)]
     for key in keys:
         if recorded.get(key) and Path(recorded[key]).is_file():

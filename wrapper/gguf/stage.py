@@ -58,7 +58,7 @@ class ConvertStage:
 
     def inputs(self) -> stage.StageInputs:
         """The merged model (as the export stage recorded it), precision, chat template and converter."""
-        merged_id = stage.recorded_digest(self.run_dir, "merged") or stage.folder_digest(self.merged)
+        merged_id = stage.recorded_digest(self.run_dir, artifacts.MERGED) or stage.folder_digest(self.merged)
         return stage.StageInputs(
             self.key,
             {
@@ -70,7 +70,7 @@ class ConvertStage:
         )
 
     def make(self, partial: Path) -> None:
-        if "merged" in manifest.removed_intermediates(self.run_dir):
+        if artifacts.MERGED in manifest.removed_intermediates(self.run_dir):
             raise FtwError(
                 f"the merged weights were removed after the last quantization, to free disk; "
                 f"make them again first: ftw export --run {self.plan.run} --force"
@@ -189,9 +189,9 @@ def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, 
     weights = merged_weight_files(merged) if merged.resolve() == (run_dir / "merged").resolve() else []
     freed = {}
     if weights:
-        freed["merged"] = sum(path.stat().st_size for path in weights)
+        freed[artifacts.MERGED] = sum(path.stat().st_size for path in weights)
         manifest.record_removed(
-            run_dir, "merged", {"weights": [path.name for path in weights], "bytes": freed["merged"]}
+            run_dir, artifacts.MERGED, {"weights": [path.name for path in weights], "bytes": freed[artifacts.MERGED]}
         )
         (merged / WEIGHTS_REMOVED_NOTE).write_text(
             "The merged weights were removed by `ftw gguf` once the quantized GGUF was verified, to free disk.\n"

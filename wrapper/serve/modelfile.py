@@ -234,7 +234,7 @@ class AdapterModelfileStage(ModelfileStage):
     def __init__(self, run_dir: Path, lora: Path, base_from: str, base_gguf: Path | None, header_gguf: Path):
         """`base_from`: the FROM value; `base_gguf`: that base's file here (None: an Ollama name not pulled here)."""
         base_id = f"{base_from} {stage.file_digest(base_gguf)}" if base_gguf else base_from
-        adapter_id = f"{lora.name} {stage.recorded_digest(run_dir, 'gguf_lora') or stage.file_digest(lora)}"
+        adapter_id = f"{lora.name} {stage.recorded_digest(run_dir, artifacts.GGUF_LORA) or stage.file_digest(lora)}"
         serves = Serves(base_from, base_id, header_gguf, "./" + os.path.relpath(lora, run_dir), adapter_id)
         self.setup(run_dir, "modelfile_adapter", serves, training_tokenizer_dir(run_dir))
 

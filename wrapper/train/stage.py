@@ -228,7 +228,7 @@ class TrainStage:
             values["compute dtype"] = self.plan.compute_dtype
         for dataset in self.plan.datasets:
             values[f"data {Path(dataset['path']).name}"] = "sha256 " + dataset["sha256"][:16]
-        return stage.StageInputs("adapter", values)
+        return stage.StageInputs(self.key, values)
 
     def is_finished(self) -> bool:
         return is_finished(self.target)
