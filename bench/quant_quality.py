@@ -121,7 +121,7 @@ def main() -> None:
     from wrapper.data.samples import sample_text
     from wrapper.eval import quant_loss
     from wrapper.eval.evaluate import gguf_threads
-    from wrapper.prompts.fidelity import training_format
+    from wrapper.prompts.training_format import training_format
 
     work = Path(args.work or tempfile.mkdtemp(prefix="ftw-quant-quality-"))
     runs_dir = work / "runs"

@@ -161,8 +161,8 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
         embedded_template,
         for_ollama,
         ollama_template,
-        training_format,
     )
+    from wrapper.prompts.training_format import training_format
     from wrapper.serve.modelfile import modelfile_text, stop_tokens
 
     fmt = training_format(case.tokenizer(), case.template, case.system)
@@ -170,9 +170,10 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
 
     # The training side is the family's known layout (an oracle independent of ftw's code).
     user = CONVERSATIONS["no system prompt"][0]["content"]
-    assert fmt.prompt(CONVERSATIONS["no system prompt"]) == layout(case.family, case.default_system, user)
+    assert fmt.prompt_text(CONVERSATIONS["no system prompt"]) == layout(case.family, case.default_system, user)
     if fmt.reasoning:
-        assert fmt.prompt(CONVERSATIONS["no system prompt"], False) == layout(case.family, "", user, thinking_off=True)
+        thinking_off = fmt.prompt_text(CONVERSATIONS["no system prompt"], False)
+        assert thinking_off == layout(case.family, "", user, thinking_off=True)
 
     # llama.cpp / LM Studio: ftw's chat template, written by ftw's writer into the family's GGUF vocabulary.
     template = embedded_template(case.template, fmt.default_system)
@@ -207,7 +208,7 @@ def test_three_renderings_are_byte_identical(case: Case, tmp_path):
     compared = 0
     for name, messages in conversations_for(fmt).items():
         for mode in MODES:
-            training = fmt.prompt(messages, mode.enable_thinking)
+            training = fmt.prompt_text(messages, mode.enable_thinking)
             case_in = {
                 "messages": [for_ollama(m, probe["thinking_capable"]) for m in messages],
                 "think": mode.ollama_think,
@@ -279,7 +280,8 @@ def shipped_template(name: str) -> str:
 
 @pytest.mark.parametrize("label,template_name,system,shipped,got", SHIPPED, ids=[s[0] for s in SHIPPED])
 def test_shipped_chat_templates_kept_or_replaced(label, template_name, system, shipped, got):
-    from wrapper.prompts.fidelity import GgufChat, check_gguf_template, training_format
+    from wrapper.prompts.fidelity import GgufChat, check_gguf_template
+    from wrapper.prompts.training_format import training_format
 
     case = next(c for c in CASES if c.template == template_name)
     fmt = training_format(case.tokenizer(), template_name, system)
@@ -300,7 +302,8 @@ def test_qwen_prompt_tokens_are_identical_too():
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
-    from wrapper.prompts.fidelity import conversations_for, for_training, training_format
+    from wrapper.prompts.fidelity import conversations_for
+    from wrapper.prompts.training_format import for_training, training_format
 
     with suppress_stdout_stderr(disable=False):
         llm = llama_cpp.Llama(str(qwen_vocab()), vocab_only=True, verbose=False)
@@ -312,7 +315,7 @@ def test_qwen_prompt_tokens_are_identical_too():
                 turns = [for_training(m) for m in messages if m["role"] != "system"]
                 template = copy.copy(fmt.template)
                 ids, _ = template.encode_oneturn(fmt.tokenizer, turns + [{"role": "assistant", "content": ""}], system)
-                served = llm.tokenize(fmt.prompt(messages).encode(), add_bos=False, special=True)
+                served = llm.tokenize(fmt.prompt_text(messages).encode(), add_bos=False, special=True)
                 assert list(ids) == served, (name, conversation)
     finally:
         llm.close()

@@ -36,10 +36,10 @@ def adapter_run(demo_run, tmp_path_factory) -> dict:
 
 
 def greedy_answers(base: Path, lora: Path | None, tokenizer_dir: Path) -> list[str]:
-    from wrapper.prompts.chat_format import chat_format
+    from wrapper.prompts.training_format import training_format
     from wrapper.serve.models import GgufModel
 
-    fmt = chat_format(tokenizer_dir, "smollm2", None)
+    fmt = training_format(tokenizer_dir, "smollm2", None)
     model = GgufModel(base, n_threads=1, lora=lora)
     try:
         return [fmt.decode(model.greedy(fmt.prompt_ids(q), fmt.stop_ids())) for q, _ in TRAINED]

@@ -256,7 +256,7 @@ def demo_server(demo_run, server_binary, tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_format(demo_run):
     from wrapper.core import manifest
-    from wrapper.prompts.fidelity import training_format
+    from wrapper.prompts.training_format import training_format
 
     plan = manifest.plan_of(demo_run)
     return training_format(manifest.artifact(demo_run, artifacts.MERGED), plan.template, plan.system)
@@ -276,7 +276,7 @@ def test_llama_server_renders_the_training_prompt_byte_for_byte(demo_server: Ser
             rendered = post(f"{demo_server.root}/apply-template", body)["prompt"]
             # The server drops a leading BOS text and lets its tokenizer add BOS where the GGUF asks for one.
             got = chat.server_input(rendered)
-            want = demo_format.prompt(messages, mode.enable_thinking)
+            want = demo_format.prompt_text(messages, mode.enable_thinking)
             compared += 1
             if got != want:
                 differences.append(f"'{name}', {mode.name}: {first_difference(want, got)}")
@@ -286,12 +286,12 @@ def test_llama_server_renders_the_training_prompt_byte_for_byte(demo_server: Ser
 
 def test_llama_server_greedy_answers_are_llama_cpp_pythons(demo_server: Server, demo_run):
     from wrapper.core import manifest
-    from wrapper.prompts.chat_format import chat_format
     from wrapper.prompts.fidelity import first_difference
+    from wrapper.prompts.training_format import training_format
     from wrapper.serve.models import GgufModel
 
     plan = manifest.plan_of(demo_run)
-    fmt = chat_format(manifest.artifact(demo_run, artifacts.MERGED), plan.template, plan.system)
+    fmt = training_format(manifest.artifact(demo_run, artifacts.MERGED), plan.template, plan.system)
     model = GgufModel(demo_server.settings.gguf, n_ctx=1024)
     try:
         expected = {}

@@ -97,10 +97,10 @@ def gguf_metadata(path: Path) -> dict:
 
 
 def greedy_answer(gguf: Path, tokenizer_dir: Path, template: str, question: str) -> str:
-    from wrapper.prompts.chat_format import chat_format
+    from wrapper.prompts.training_format import training_format
     from wrapper.serve.models import GgufModel
 
-    fmt = chat_format(tokenizer_dir, template, None)
+    fmt = training_format(tokenizer_dir, template, None)
     model = GgufModel(gguf)
     try:
         return fmt.decode(model.greedy(fmt.prompt_ids(question), fmt.stop_ids(), 40))
@@ -129,7 +129,7 @@ def test_imatrix_from_the_runs_training_rows_quantizes_and_still_answers(copied)
     # The recorded sha256 is that of the calibration text: the run's rows in the training format.
     from wrapper.data.samples import sample_text
     from wrapper.gguf.imatrix import SEED
-    from wrapper.prompts.fidelity import training_format
+    from wrapper.prompts.training_format import training_format
 
     plan = manifest.plan_of(copied)
     fmt = training_format(copied / "merged", plan.template, plan.system)

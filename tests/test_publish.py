@@ -140,7 +140,8 @@ def test_ollama_files_say_what_the_verified_modelfile_says(staged, demo_run):
 
 def test_the_template_file_rendered_by_go_is_the_training_prompt(staged, demo_run):
     from wrapper.core.manifest import plan_of
-    from wrapper.prompts.fidelity import GgufChat, check_ollama_template, training_format
+    from wrapper.prompts.fidelity import GgufChat, check_ollama_template
+    from wrapper.prompts.training_format import training_format
 
     run_dir, _ = staged
     folder = run_dir / "publish"

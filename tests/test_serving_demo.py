@@ -96,14 +96,14 @@ def test_ftw_chat_answers_in_the_training_format(demo):
 
 def test_chat_streams_token_by_token_and_keeps_history(demo):
     from wrapper.core import manifest
-    from wrapper.prompts.chat_format import chat_format
+    from wrapper.prompts.training_format import training_format
     from wrapper.serve.chat import Chat, Sampling
 
     plan = manifest.plan_of(demo)
     artifacts = manifest.load(demo)["artifacts"]
     session = Chat(
         Path(artifacts["gguf_q4_k_m"]),
-        chat_format(artifacts["merged"], plan.template, plan.system),
+        training_format(artifacts["merged"], plan.template, plan.system),
         Sampling.from_parameters(plan.ollama_parameters, temperature=0.0),
     )
     try:
@@ -113,7 +113,7 @@ def test_chat_streams_token_by_token_and_keeps_history(demo):
         session.reply(QUESTIONS[1][0])
         assert [t["role"] for t in session.turns] == ["user", "assistant", "user", "assistant"]
         # The second prompt held the first exchange, laid out as LLaMA-Factory encodes a conversation.
-        second = session.fmt.tokenizer.decode(session.fmt.conversation_ids(session.turns[:3]))
+        second = session.fmt.tokenizer.decode(session.fmt.encode(session.turns[:3]))
         assert f"<|im_start|>assistant\n{answer}<|im_end|>\n<|im_start|>user\n{QUESTIONS[1][0]}" in second
     finally:
         session.close()
@@ -121,7 +121,7 @@ def test_chat_streams_token_by_token_and_keeps_history(demo):
     # The recipe's own stop strings end the answer too, without being shown.
     session = Chat(
         Path(artifacts["gguf_q4_k_m"]),
-        chat_format(artifacts["merged"], plan.template, plan.system),
+        training_format(artifacts["merged"], plan.template, plan.system),
         Sampling.from_parameters({"stop": "Vask"}, temperature=0.0),
     )
     try:

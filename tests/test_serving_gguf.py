@@ -43,12 +43,8 @@ def test_ftw_gguf_writes_the_training_template_into_every_file(tmp_path):
     from wrapper.core import manifest
     from wrapper.core.gguf_io import ftype_of
     from wrapper.gguf.convert import ensure_training_template
-    from wrapper.prompts.fidelity import (
-        GgufChat,
-        check_gguf_template,
-        embedded_template,
-        training_format,
-    )
+    from wrapper.prompts.fidelity import GgufChat, check_gguf_template, embedded_template
+    from wrapper.prompts.training_format import training_format
 
     data = write_alpaca_dataset(tmp_path / "tiny.json")
     recipe = tmp_path / "lawyer.yaml"

@@ -87,12 +87,12 @@ def test_an_end_of_turn_with_label_minus_100_is_caught(runs_dir):
     DataCollatorForLanguageModeling then labels every <|im_end|> -100, the answer's too."""
     from transformers import DataCollatorForLanguageModeling
 
-    from wrapper.prompts.chat_format import chat_format
+    from wrapper.prompts.training_format import training_format
     from wrapper.train.render import render
     from wrapper.train.stops import encode_row, end_of_turn, sample_row
 
     plan = render("demo", "cpu", "demo", [], [])
-    fmt = chat_format(DEMO_MODEL, plan.template, None)
+    fmt = training_format(DEMO_MODEL, plan.template, None)
     sample = sample_row(plan)
     encoded = encode_row(fmt, sample.row, plan.train_args)
     assert end_of_turn(encoded, fmt, plan, sample.where)["label"] == IM_END_ID  # as LLaMA-Factory labels it
@@ -119,7 +119,7 @@ def test_generation_config_eos_ids_become_modelfile_stops(tmp_path):
     """A model whose generation_config.json lists an eos id the template doesn't stop on gets that stop too."""
     from wrapper.prompts import gorender
     from wrapper.prompts.end_tokens import end_tokens
-    from wrapper.prompts.fidelity import training_format
+    from wrapper.prompts.training_format import training_format
     from wrapper.serve.modelfile import added_stop_notes, modelfile_text, stop_tokens
 
     model = tmp_path / "merged"
@@ -161,7 +161,7 @@ def test_llama31_end_tokens_stop_ollama_and_llama_cpp(tmp_path):
     from wrapper.core import manifest
     from wrapper.gguf.convert import check_end_tokens
     from wrapper.prompts.end_tokens import GENERATION_CONFIG, GgufEnds, end_tokens, gguf_end_problems
-    from wrapper.prompts.fidelity import training_format
+    from wrapper.prompts.training_format import training_format
     from wrapper.serve.modelfile import added_stop_notes, stop_tokens
 
     model = llama31_model_dir()

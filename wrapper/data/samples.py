@@ -9,7 +9,6 @@ model will see.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import random
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.plan import RunPlan
 from wrapper.data.formats import ASSISTANT, USER, detect_format, parse_row
 from wrapper.data.readers import read_json_records
-from wrapper.prompts.fidelity import TextTokenizer, TrainingFormat
+from wrapper.prompts.training_format import TrainingFormat
 
 VAL_FILE = Path("data") / "val.jsonl"
 
@@ -78,10 +77,7 @@ def training_text(fmt: TrainingFormat, conversation: Conversation) -> str:
     turns = conversation.turns if conversation.turns[-1]["role"] == "assistant" else conversation.turns[:-1]
     if not turns:
         return ""
-    template = copy.copy(fmt.template)  # the run's default system, set on a copy as TrainingFormat.prompt does
-    template.default_system = fmt.default_system
-    pairs = template.encode_multiturn(TextTokenizer(fmt.tokenizer), turns, conversation.system)
-    return "".join("".join(prompt) + "".join(answer) for prompt, answer in pairs)
+    return fmt.render_text(turns, conversation.system)
 
 
 def run_rows(run_dir: Path, plan: RunPlan, split: str) -> tuple[list[Conversation], str, bool]:
@@ -105,7 +101,7 @@ def sample_text(
     pieces, tokens = [], 0
     for index in order:
         text = training_text(fmt, rows[index])
-        count = len(fmt.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        count = fmt.count(text) if text else 0
         if not count:
             continue
         if pieces and tokens + count > max_tokens:

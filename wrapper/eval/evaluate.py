@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from wrapper.core.journal import Journal
 from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
 from wrapper.eval.sets import ADAPTER_MODEL, MODELS, EvalSets, Item, load_sets, plan_eval, row_model
-from wrapper.prompts.chat_format import ChatFormat, chat_format
+from wrapper.prompts.training_format import training_format
 from wrapper.serve.models import GgufModel, HfModel, load_llama
 
 EVAL_DIR = "eval"
@@ -53,10 +52,6 @@ ROWS = "rows.jsonl"
 
 # ---------------------------------------------------------------------------------------
 # answering
-
-
-def _format_for(fmt: ChatFormat, item: Item) -> ChatFormat:
-    return replace(fmt, system=item.system) if item.system else fmt
 
 
 def adapter_pair(run_dir: Path) -> tuple[Path, Path] | None:
@@ -176,7 +171,7 @@ def answer_all(
             continue
         tokenizer = plan.merge_base if kind == "base" else tuned_tokenizer
         if str(tokenizer) not in formats:
-            formats[str(tokenizer)] = chat_format(tokenizer, plan.template, plan.system)
+            formats[str(tokenizer)] = training_format(tokenizer, plan.template, plan.system)
         fmt = formats[str(tokenizer)]
         with console.status(f"loading the {titles[kind]} model"):
             model = _load_model(kind, run_dir, plan, gguf_path)
@@ -193,11 +188,10 @@ def answer_all(
                     status=f"{kept} kept from before" if kept else "",
                 )
                 for set_name, item in todo:
-                    item_fmt = _format_for(fmt, item)
-                    ids = item_fmt.conversation_ids(item.messages)
+                    ids = fmt.encode(item.messages, item.system)
                     started = time.perf_counter()
-                    tokens = model.greedy(ids, item_fmt.stop_ids(), max_tokens=max_new_tokens)
-                    answer = item_fmt.decode(tokens)
+                    tokens = model.greedy(ids, fmt.stop_ids(), max_tokens=max_new_tokens)
+                    answer = fmt.decode(tokens)
                     rows.append(
                         {
                             "key": item.key(keyed, max_new_tokens),
@@ -244,12 +238,11 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
 
 def perplexities(run_dir: Path, items: list[Item], rows: Journal, gguf: tuple[str, Path]) -> dict[str, dict]:
     plan = manifest.plan_of(run_dir)
-    fmt = chat_format(tokenizer_dir(run_dir, plan), plan.template, plan.system)
+    fmt = training_format(tokenizer_dir(run_dir, plan), plan.template, plan.system)
     encoded = []
     for item in items:
-        messages = item.messages + [{"role": "assistant", "content": item.reference}]
-        prompt, response = fmt.template.encode_oneturn(fmt.tokenizer, messages, item.system or plan.system)
-        encoded.append((item, list(prompt), list(response)))
+        prompt, response = fmt.encode_answer(item.messages, item.reference, item.system)
+        encoded.append((item, prompt, response))
     result = {}
     files: dict[str, tuple[Path, Path | None]] = {}
     try:

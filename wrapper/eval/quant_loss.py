@@ -46,7 +46,7 @@ from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import console
 from wrapper.data.samples import SampleText, sample_text
-from wrapper.prompts.fidelity import training_format
+from wrapper.prompts.training_format import training_format
 
 TOOL = "llama-perplexity"
 # The text: at most MAX_TOKENS tokens (the run's tokenizer), 8 chunks of 512 and 2,040 scored positions;

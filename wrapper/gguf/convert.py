@@ -25,13 +25,8 @@ from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import console, done
 from wrapper.prompts.end_tokens import GgufEnds, end_tokens, gguf_end_problems, gguf_end_records
-from wrapper.prompts.fidelity import (
-    GgufChat,
-    TrainingFormat,
-    check_gguf_template,
-    jinja_candidates,
-    training_format,
-)
+from wrapper.prompts.fidelity import GgufChat, check_gguf_template, jinja_candidates
+from wrapper.prompts.training_format import TrainingFormat, training_format
 
 GGUF_PY_ENV = {"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""}
 

@@ -20,7 +20,7 @@ from wrapper.core.llama_tools import tool
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.data.samples import SampleText, sample_text
-from wrapper.prompts.fidelity import TrainingFormat
+from wrapper.prompts.training_format import TrainingFormat
 
 # llama.cpp's usual calibration is on the order of a hundred 512-token chunks; 64 of them keep an
 # 8B model's pass on a CPU within minutes and cost a GPU seconds. --imatrix-tokens changes it.

@@ -30,7 +30,7 @@ from wrapper.core.ui import console, done
 from wrapper.gguf.convert import convert_in_training_format
 from wrapper.gguf.imatrix import ImatrixStage, calibration
 from wrapper.gguf.quantize import MAX_BUF_BYTES
-from wrapper.prompts.fidelity import training_format
+from wrapper.prompts.training_format import training_format
 
 OUTTYPES = ("f16", "bf16")
 # The merged model's weight files (safetensors, or the .bin LLaMA-Factory's legacy export writes).

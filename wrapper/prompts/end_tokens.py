@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wrapper.prompts.fidelity import TrainingFormat
+from wrapper.prompts.training_format import TrainingFormat
 
 TEMPLATE_END = "the training template's end of turn"
 TEMPLATE_STOP = "a stop word of the training template"

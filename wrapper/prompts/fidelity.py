@@ -4,7 +4,8 @@ Three renderings of the same conversation are compared, byte for byte:
 
 - training: LLaMA-Factory's own Template.encode_oneturn (the code that built the
   training prompts and that `ftw smoke` uses), run with a tokenizer whose "ids" are the
-  text pieces, so it returns the text instead of ids;
+  text pieces, so it returns the text instead of ids (TrainingFormat.prompt_text,
+  wrapper/prompts/training_format.py);
 - Ollama: the Modelfile TEMPLATE rendered by Go's text/template with the values
   Ollama's chat endpoint passes (wrapper/prompts/gorender.py), after Ollama's BOS;
 - llama.cpp / LM Studio: the GGUF's tokenizer.chat_template rendered by
@@ -19,7 +20,6 @@ thinking switched off.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 from wrapper.core.errors import FtwError
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.prompts import gorender
-from wrapper.prompts.chat_format import chat_format
+from wrapper.prompts.training_format import TrainingFormat, for_training
 
 # LLaMA-Factory template -> the family of files that render it for serving:
 # templates/ollama/FAMILY.gotmpl (Ollama) and templates/gguf/FAMILY.jinja (the GGUF).
@@ -122,70 +122,6 @@ def first_difference(expected: str, got: str, context: int = 40) -> str:
     )
 
 
-class TextTokenizer:
-    """Stands in for the tokenizer inside LLaMA-Factory's Template._encode: each text piece
-    is its own "id", and bos/eos are the real tokenizer's tokens (after LLaMA-Factory's
-    fix_special_tokens), so encode_oneturn returns the pieces of the training prompt."""
-
-    def __init__(self, tokenizer):
-        self.bos_token_id = tokenizer.bos_token if tokenizer.bos_token_id is not None else None
-        self.eos_token_id = tokenizer.eos_token if tokenizer.eos_token_id is not None else None
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[str]:
-        return [text]
-
-    def convert_tokens_to_ids(self, token: str) -> str:
-        return token
-
-
-@dataclass
-class TrainingFormat:
-    """LLaMA-Factory's template for a run: its tokenizer and the default system training used."""
-
-    name: str
-    template: object  # llamafactory.data.template.Template, fixed for this tokenizer
-    tokenizer: object
-    default_system: str
-
-    @property
-    def reasoning(self) -> bool:
-        from llamafactory.data.template import ReasoningTemplate
-
-        return isinstance(self.template, ReasoningTemplate)
-
-    def prompt(self, messages: list[dict], enable_thinking: bool = True) -> str:
-        """The text LLaMA-Factory encodes as the prompt for the reply to the last user message."""
-        system = messages[0]["content"] if messages[0]["role"] == "system" else None
-        turns = [for_training(m) for m in messages if m["role"] != "system"]
-        template = copy.copy(self.template)  # enable_thinking/default_system are set per call, not globally
-        template.enable_thinking = enable_thinking
-        template.default_system = self.default_system
-        pieces, _ = template.encode_oneturn(
-            TextTokenizer(self.tokenizer), turns + [{"role": "assistant", "content": ""}], system
-        )
-        return "".join(pieces)
-
-    def stop_words(self) -> list[str]:
-        """Every end-of-turn marker: the template's stop words and the tokenizer's eos."""
-        stops = list(self.template.stop_words)
-        if self.tokenizer.eos_token and self.tokenizer.eos_token not in stops:
-            stops.append(self.tokenizer.eos_token)
-        return stops
-
-
-def training_format(tokenizer_dir: str | Path, template_name: str, system: str | None) -> TrainingFormat:
-    fmt = chat_format(tokenizer_dir, template_name, None)
-    default = system if system is not None else fmt.template.default_system
-    return TrainingFormat(template_name, fmt.template, fmt.tokenizer, default)
-
-
-def for_training(message: dict) -> dict:
-    content = message["content"]
-    if message.get("thinking"):
-        content = f"<think>\n{message['thinking']}\n</think>\n\n{content}"
-    return {"role": message["role"], "content": content}
-
-
 def for_ollama(message: dict, thinking_capable: bool) -> dict:
     # A thinking model's answer comes back from Ollama split; any other keeps it inline.
     if thinking_capable:
@@ -264,10 +200,8 @@ def ollama_template(template_name: str) -> str | None:
 
 
 def _lf_generated(fmt: TrainingFormat, method: str) -> str | None:
-    template = copy.copy(fmt.template)
-    template.default_system = fmt.default_system
     try:
-        return getattr(template, method)(fmt.tokenizer)
+        return getattr(fmt.template, method)(fmt.tokenizer)
     except ValueError:  # slots LLaMA-Factory can't express as a template
         return None
 
@@ -306,7 +240,7 @@ class Report:
 
 def expected_prompts(fmt: TrainingFormat) -> dict[tuple[str, str], str]:
     return {
-        (name, mode.name): fmt.prompt(messages, mode.enable_thinking)
+        (name, mode.name): fmt.prompt_text(messages, mode.enable_thinking)
         for name, messages in conversations_for(fmt).items()
         for mode in MODES
     }

@@ -1,7 +1,7 @@
 """`ftw chat`: talk to the run's GGUF in the terminal, in the format it was trained on.
 
 The GGUF runs in llama.cpp (llama-cpp-python); each prompt, history included, is
-encoded by LLaMA-Factory's template with the run's tokenizer (wrapper/prompts/chat_format.py), so
+encoded by LLaMA-Factory's template with the run's tokenizer (wrapper/prompts/training_format.py), so
 the model sees exactly the token layout of training, whatever chat template the GGUF
 carries. Sampling follows the recipe's ollama.parameters, with Ollama's defaults for
 the ones it doesn't set. Tokens are printed as they come.
@@ -19,7 +19,7 @@ from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console
-from wrapper.prompts.chat_format import ChatFormat, chat_format
+from wrapper.prompts.training_format import TrainingFormat, training_format
 
 COMMANDS = "/reset forgets the conversation, /exit (or Ctrl-D) leaves"
 
@@ -50,7 +50,7 @@ class Sampling:
 
 
 class Chat:
-    def __init__(self, gguf: Path, fmt: ChatFormat, sampling: Sampling):
+    def __init__(self, gguf: Path, fmt: TrainingFormat, sampling: Sampling):
         from llama_cpp import Llama
         from llama_cpp._utils import suppress_stdout_stderr
 
@@ -76,7 +76,7 @@ class Chat:
         """Generate the answer to `user`, passing each decoded piece to write(); remember both turns."""
         s = self.sampling
         turns = self.turns + [{"role": "user", "content": user}]
-        prompt = self.fmt.conversation_ids(turns)
+        prompt = self.fmt.encode(turns)
         room = self.llm.n_ctx() - len(prompt)
         if room <= 0:
             raise FtwError(
@@ -123,7 +123,7 @@ def chat(run_dir: Path, quant: str = DEFAULT_QUANT, temperature: float | None = 
     with console.status(f"loading {gguf.name}"):
         session = Chat(
             gguf,
-            chat_format(merged, plan.template, plan.system),
+            training_format(merged, plan.template, plan.system),
             Sampling.from_parameters(plan.ollama_parameters, temperature),
         )
     interactive = sys.stdin.isatty()

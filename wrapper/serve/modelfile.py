@@ -32,7 +32,8 @@ from wrapper.core.templates import template_env
 from wrapper.core.ui import console, done
 from wrapper.prompts import gorender
 from wrapper.prompts.end_tokens import GENERATION_CONFIG, EndToken, end_tokens
-from wrapper.prompts.fidelity import GgufChat, check_ollama_template, ollama_candidates, training_format
+from wrapper.prompts.fidelity import GgufChat, check_ollama_template, ollama_candidates
+from wrapper.prompts.training_format import training_format
 
 # The first line of every templates/ollama/*.gotmpl. When the system prompt can't be a
 # SYSTEM value (see system_fits_modelfile), it moves into this line as a Go string.

@@ -1,7 +1,7 @@
 """Greedy answers in the training format, from a GGUF in llama.cpp or a HF model folder.
 
 Prompts are encoded by LLaMA-Factory's own template with the run's tokenizer
-(wrapper/prompts/chat_format.py), and the token ids are given to the model as they are,
+(wrapper/prompts/training_format.py), and the token ids are given to the model as they are,
 so a check asks exactly what training taught, not what some other rendering of the chat
 template would send.
 """

@@ -15,7 +15,7 @@ from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console, done
-from wrapper.prompts.chat_format import chat_format
+from wrapper.prompts.training_format import training_format
 from wrapper.serve.models import GgufModel, HfModel
 
 
@@ -34,7 +34,7 @@ def ask_gguf(run_dir: Path, quant: str) -> list[Answer]:
     plan = manifest.plan_of(run_dir)
     gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
     merged = manifest.artifact(run_dir, artifacts.MERGED)
-    fmt = chat_format(merged, plan.template, plan.system)
+    fmt = training_format(merged, plan.template, plan.system)
     model = GgufModel(gguf)
     try:
         return [
@@ -48,7 +48,7 @@ def ask_gguf(run_dir: Path, quant: str) -> list[Answer]:
 def ask_base(run_dir: Path) -> list[Answer]:
     plan = manifest.plan_of(run_dir)
     base = plan.merge_base
-    fmt = chat_format(base, plan.template, plan.system)
+    fmt = training_format(base, plan.template, plan.system)
     model = HfModel(Path(base))
     return [
         Answer(c["prompt"], c["expect"], fmt.decode(model.greedy(fmt.prompt_ids(c["prompt"]), fmt.stop_ids())))

@@ -501,12 +501,10 @@ def print_summary(job: Job, tally: Tally, left: int) -> None:
 
 def thinking_template(recipe: Recipe) -> bool:
     """LLaMA-Factory's reasoning templates (qwen3, deepseekr1, ...) train on <think>...</think>."""
-    from llamafactory.data.template import ReasoningTemplate
-
     counter, why_not = recipe_counter(recipe)
     if counter is None:
         raise FtwError(f"--kind cot writes rows in the recipe's chat template: {why_not}")
-    return isinstance(counter.template, ReasoningTemplate) and counter.template.enable_thinking is not False
+    return counter.fmt.reasoning and counter.fmt.template.enable_thinking is not False
 
 
 def synthesize_run(

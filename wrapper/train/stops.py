@@ -24,7 +24,7 @@ from wrapper.core.plan import RunPlan
 from wrapper.data.formats import ANSWER_ROLES, PROMPT_ROLES, SFT_FORMATS, Row, parse_row
 from wrapper.data.readers import Problem, read_json_records
 from wrapper.data.tokens import LF_ROLES, tokenizer_dir
-from wrapper.prompts.chat_format import ChatFormat, chat_format
+from wrapper.prompts.training_format import TrainingFormat, training_format
 
 # The sample is the shortest of a file's first rows: a row longer than cutoff_len is a data
 # matter (ftw data check); a cutoff that cuts even the shortest answer is the run's.
@@ -69,7 +69,7 @@ def check_end_of_turn(plan: RunPlan) -> None:
             f"will it stop: the end-of-turn check needs the tokenizer of {plan.base_model}, not on this machine ({fix})"
         )
         return
-    fmt = _chat_format(str(folder), plan.template)
+    fmt = _training_format(str(folder), plan.template, plan.train_args.get("default_system"))
     try:
         encoded = encode_row(fmt, sample.row, plan.train_args)
     except ValueError as exc:  # e.g. a multimodal template that needs the model's processor
@@ -79,9 +79,9 @@ def check_end_of_turn(plan: RunPlan) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _chat_format(folder: str, template: str) -> ChatFormat:
+def _training_format(folder: str, template: str, system: str | None) -> TrainingFormat:
     """Loading a tokenizer is render's slowest step after LLaMA-Factory's import: once per process."""
-    return chat_format(folder, template, None)
+    return training_format(folder, template, system)
 
 
 def sample_row(plan: RunPlan) -> Sample | None:
@@ -110,19 +110,17 @@ def _messages(row: Row) -> list[dict]:
     return [{"role": LF_ROLES[role], "content": content} for role, content in row.turns]
 
 
-def encode_row(fmt: ChatFormat, row: Row, train_args: dict) -> Encoded:
-    """LLaMA-Factory's own sft encoding of `row` with the run's settings."""
+def encode_row(fmt: TrainingFormat, row: Row, train_args: dict) -> Encoded:
+    """LLaMA-Factory's own sft encoding of `row` with the run's settings (its default system is `fmt`'s)."""
     from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
     from llamafactory.hparams import DataArguments
 
     data_args = DataArguments(
         template=train_args.get("template"), **{key: train_args[key] for key in ENCODING_KEYS if key in train_args}
     )
-    # get_template_and_fix_tokenizer sets these on the shared template; set them on a copy.
+    # get_template_and_fix_tokenizer sets these on the template; set them on a copy of the format's.
     template = copy.copy(fmt.template)
     template.enable_thinking, template.preserve_thinking = data_args.enable_thinking, data_args.preserve_thinking
-    if train_args.get("default_system") is not None:
-        template.default_system = train_args["default_system"]
     messages = _messages(row)
     processor = SupervisedDatasetProcessor(
         template=template, tokenizer=fmt.tokenizer, processor=None, data_args=data_args
@@ -164,7 +162,7 @@ def _answer_start(input_ids: list[int], answer: list[int], tail: int) -> int:
     return end
 
 
-def end_of_turn(encoded: Encoded, fmt: ChatFormat, plan: RunPlan, where: str) -> dict:
+def end_of_turn(encoded: Encoded, fmt: TrainingFormat, plan: RunPlan, where: str) -> dict:
     """The end-of-turn token of the last answer and its label, or an FtwError saying what is wrong."""
     tokenizer, template = fmt.tokenizer, fmt.template
     stop_ids = {i for i in template.get_stop_token_ids(tokenizer) if i is not None}
@@ -202,7 +200,7 @@ def _names(tokenizer, ids: set[int]) -> str:
     return ", ".join(f"{tokenizer.convert_ids_to_tokens(i)} (id {i})" for i in sorted(ids))
 
 
-def _missing(encoded: Encoded, fmt: ChatFormat, plan: RunPlan, where: str, stop_ids: set[int]) -> FtwError:
+def _missing(encoded: Encoded, fmt: TrainingFormat, plan: RunPlan, where: str, stop_ids: set[int]) -> FtwError:
     tokenizer = fmt.tokenizer
     stops = _names(tokenizer, stop_ids)
     if encoded.answer_cut:
@@ -224,7 +222,7 @@ def _missing(encoded: Encoded, fmt: ChatFormat, plan: RunPlan, where: str, stop_
     )
 
 
-def _not_trained(token: str, token_id: int, label: int, fmt: ChatFormat, plan: RunPlan, where: str) -> FtwError:
+def _not_trained(token: str, token_id: int, label: int, fmt: TrainingFormat, plan: RunPlan, where: str) -> FtwError:
     why = (
         "The tokenizer's pad token is that same token (pad == eos), and masking the padding by its id masks "
         f"the end of every answer too: give the tokenizer of {plan.base_model} a pad token of its own "
