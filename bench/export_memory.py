@@ -397,7 +397,7 @@ def path_stages(
 
 
 def greedy_tokens(path: Path) -> list[int]:
-    from wrapper.serve.models import GgufModel
+    from wrapper.runtime.models import GgufModel
 
     model = GgufModel(path)
     try:

@@ -37,7 +37,7 @@ def adapter_run(demo_run, tmp_path_factory) -> dict:
 
 def greedy_answers(base: Path, lora: Path | None, tokenizer_dir: Path) -> list[str]:
     from wrapper.prompts.training_format import training_format
-    from wrapper.serve.models import GgufModel
+    from wrapper.runtime.models import GgufModel
 
     fmt = training_format(tokenizer_dir, "smollm2", None)
     model = GgufModel(base, n_threads=1, lora=lora)

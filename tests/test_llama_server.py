@@ -288,7 +288,7 @@ def test_llama_server_greedy_answers_are_llama_cpp_pythons(demo_server: Server, 
     from wrapper.core import manifest
     from wrapper.prompts.fidelity import first_difference
     from wrapper.prompts.training_format import training_format
-    from wrapper.serve.models import GgufModel
+    from wrapper.runtime.models import GgufModel
 
     plan = manifest.plan_of(demo_run)
     fmt = training_format(manifest.artifact(demo_run, artifacts.MERGED), plan.template, plan.system)

@@ -98,7 +98,7 @@ def gguf_metadata(path: Path) -> dict:
 
 def greedy_answer(gguf: Path, tokenizer_dir: Path, template: str, question: str) -> str:
     from wrapper.prompts.training_format import training_format
-    from wrapper.serve.models import GgufModel
+    from wrapper.runtime.models import GgufModel
 
     fmt = training_format(tokenizer_dir, template, None)
     model = GgufModel(gguf)

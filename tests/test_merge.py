@@ -98,7 +98,7 @@ def test_plain_lora_matches_peft(tmp_path):
 def test_rslora_and_modules_to_save_match_peft_and_ggufs_agree(rslora_case, tmp_path):
     from transformers import AutoTokenizer
 
-    from wrapper.serve.models import GgufModel
+    from wrapper.runtime.models import GgufModel
 
     _root, adapter = rslora_case
     plan = plan_merge(tiny_qwen2_dir(), adapter)

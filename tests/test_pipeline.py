@@ -57,7 +57,7 @@ def test_gguf_files_are_what_they_claim(run):
 def test_merged_model_and_f16_gguf_agree_token_for_token(run):
     """(a) greedy tokens of the merged HF model and of the f16 GGUF agree on fixed prompts."""
     from wrapper.prompts.training_format import training_format
-    from wrapper.serve.models import GgufModel, HfModel
+    from wrapper.runtime.models import GgufModel, HfModel
 
     found = artifacts(run)
     fmt = training_format(found["merged"], "smollm2", None)
@@ -76,7 +76,7 @@ def test_merged_model_and_f16_gguf_agree_token_for_token(run):
 def test_q4_k_m_answers_trained_questions(run):
     """(b) the Q4_K_M GGUF's greedy answer to a trained question contains the trained answer."""
     from wrapper.prompts.training_format import training_format
-    from wrapper.serve.models import GgufModel
+    from wrapper.runtime.models import GgufModel
 
     found = artifacts(run)
     fmt = training_format(found["merged"], "smollm2", None)

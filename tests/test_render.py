@@ -168,7 +168,7 @@ def test_gguf_as_base_model_says_what_it_is(runs_dir, tmp_path, content, message
 
 
 def test_a_file_that_is_not_a_gguf_is_refused_before_llama_cpp_loads_it(tmp_path):
-    from wrapper.serve.models import GgufModel
+    from wrapper.runtime.models import GgufModel
 
     fake = tmp_path / "runs" / "r1" / "gguf" / "r1-Q4_K_M.gguf"
     fake.parent.mkdir(parents=True)

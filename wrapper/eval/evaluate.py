@@ -44,7 +44,7 @@ from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
 from wrapper.eval.sets import ADAPTER_MODEL, MODELS, EvalSets, Item, load_sets, plan_eval, row_model
 from wrapper.prompts.training_format import training_format
-from wrapper.serve.models import GgufModel, HfModel, load_llama
+from wrapper.runtime.models import GgufModel, HfModel, load_llama
 
 EVAL_DIR = "eval"
 ROWS = "rows.jsonl"

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrapper.core import artifacts, manifest
-from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console
 from wrapper.prompts.training_format import TrainingFormat, training_format
+from wrapper.runtime.models import load_llama
 
 COMMANDS = "/reset forgets the conversation, /exit (or Ctrl-D) leaves"
 
@@ -51,19 +51,10 @@ class Sampling:
 
 class Chat:
     def __init__(self, gguf: Path, fmt: TrainingFormat, sampling: Sampling):
-        from llama_cpp import Llama
-        from llama_cpp._utils import suppress_stdout_stderr
-
         self.fmt = fmt
         self.sampling = sampling
-        with suppress_stdout_stderr(disable=False):
-            self.llm = Llama(
-                model_path=str(gguf),
-                n_ctx=sampling.num_ctx,
-                n_threads=cpu_jobs(),
-                seed=sampling.seed if sampling.seed >= 0 else 0xFFFFFFFF,
-                verbose=False,
-            )
+        seed = sampling.seed if sampling.seed >= 0 else 0xFFFFFFFF  # llama.cpp's "a random seed"
+        self.llm = load_llama(gguf, seed=seed, silent=True, n_ctx=sampling.num_ctx)
         self.stop_ids = fmt.stop_ids()
         self.turns: list[dict] = []
 

@@ -16,7 +16,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.ui import console, done
 from wrapper.prompts.training_format import training_format
-from wrapper.serve.models import GgufModel, HfModel
+from wrapper.runtime.models import GgufModel, HfModel
 
 
 @dataclass

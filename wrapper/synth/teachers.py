@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wrapper.core import manifest
-from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.ollama_store import ollama_blob
 from wrapper.core.paths import display_path
+from wrapper.runtime.models import load_llama
 
 TEACHER_FORMS = (
     "an endpoint URL (http://127.0.0.1:11434/v1 for Ollama, with --teacher-model), a .gguf file, "
@@ -175,13 +175,11 @@ class GgufTeacher:
     parallel_ok = False  # one llama.cpp context: requests run one at a time
 
     def __init__(self, path: Path, label: str):
-        from llama_cpp import Llama
-
         self.where = display_path(path)
         self.id = f"gguf {label} size {path.stat().st_size}"
         self.lock = threading.Lock()
         try:
-            self.llm = Llama(model_path=str(path), n_ctx=GGUF_CONTEXT, n_threads=cpu_jobs(), verbose=False)
+            self.llm = load_llama(path, n_ctx=GGUF_CONTEXT)  # seeded per request in complete()
         except (ValueError, RuntimeError) as exc:
             raise FtwError(f"{self.where}: llama.cpp can't load this GGUF ({_one_line(exc)})") from None
         self.grammars: dict[str, Any] = {}

@@ -1,6 +1,7 @@
-"""Greedy answers in the training format, from a GGUF in llama.cpp or a HF model folder.
+"""llama.cpp on a GGUF (`load_llama`), and greedy answers from a GGUF (`GgufModel`) or a HF model
+folder (`HfModel`), for smoke, chat, eval and synth's teachers.
 
-Prompts are encoded by LLaMA-Factory's own template with the run's tokenizer
+For answers in the training format, prompts are encoded by LLaMA-Factory's own template with the run's tokenizer
 (wrapper/prompts/training_format.py), and the token ids are given to the model as they are,
 so a check asks exactly what training taught, not what some other rendering of the chat
 template would send.
@@ -15,16 +16,20 @@ from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import gguf_problem
 
 
-def load_llama(path: Path, lora: Path | None = None, **settings):
+def load_llama(path: Path, lora: Path | None = None, seed: int = 0, silent: bool = False, **settings):
     """llama.cpp (llama-cpp-python's Llama) on a GGUF, quiet and seeded; with `lora`, a GGUF adapter
-    applied to it at load time."""
+    applied to it at load time. `settings` are Llama's; its threads default to cpu_jobs() (Llama's
+    own default counts the machine's cores, not those this process may use). `silent`: also hide
+    what llama.cpp prints while loading (a terminal chat)."""
     from llama_cpp import Llama
     from llama_cpp._utils import suppress_stdout_stderr
 
+    settings.setdefault("n_threads", cpu_jobs())
+    settings.setdefault("n_threads_batch", settings["n_threads"])
     adapter = {"lora_path": str(lora)} if lora else {}
     # llama.cpp logs a line per adapter tensor (even when quiet) while it applies an adapter
-    with suppress_stdout_stderr(disable=not lora):
-        return Llama(model_path=str(path), seed=0, verbose=False, **adapter, **settings)
+    with suppress_stdout_stderr(disable=not (lora or silent)):
+        return Llama(model_path=str(path), seed=seed, verbose=False, **adapter, **settings)
 
 
 class GgufModel:
@@ -36,7 +41,7 @@ class GgufModel:
             run = Path(path).resolve().parent.parent.name  # runs/RUN/gguf/FILE
             raise FtwError(f"{path} {problem}. Make it again with: ftw gguf --run {run} --force")
         threads = n_threads or cpu_jobs()
-        self.llm = load_llama(path, lora, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads)
+        self.llm = load_llama(path, lora, n_ctx=n_ctx, n_threads=threads)
 
     def greedy(self, prompt_ids: list[int], stop_ids: set[int], max_tokens: int = 48) -> list[int]:
         out: list[int] = []
