@@ -293,7 +293,10 @@ def test_a_run_without_a_quantized_gguf_is_refused(bare_run):
 
 
 def test_a_quant_the_run_lacks_says_how_to_make_it(bare_run):
-    data = {"run": "bare", "artifacts": {"gguf_q4_k_m": str(bare_run / "gguf" / "bare-Q4_K_M.gguf")}}
+    q4 = bare_run / "gguf" / "bare-Q4_K_M.gguf"
+    q4.parent.mkdir()
+    q4.write_bytes(b"")  # a quantized GGUF counts when its file is here (manifest.quantized_ggufs)
+    data = {"run": "bare", "artifacts": {"gguf_q4_k_m": str(q4)}}
     (bare_run / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
     args = ("publish", "--run", "bare", "--repo", "alice/lore", "--quant", "Q8_0", "--dry-run")
     result = run_ftw(bare_run.parent, *args, check=False)

@@ -15,6 +15,7 @@ import pytest
 
 from wrapper.core import llama_tools
 from wrapper.core.errors import FtwError
+from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.eval import quant_loss
 
@@ -113,7 +114,7 @@ def test_context_halves_for_short_text_and_the_log_prob_file_stays_modest():
 def test_the_published_figures_are_the_readmes():
     readme = (LLAMA_CPP_DIR / "tools" / "perplexity" / "README.md").read_text(encoding="utf-8")
     for quant, figures in quant_loss.PUBLISHED.items():
-        assert quant in quant_loss.QUANT_TYPES
+        assert quant in QUANT_TYPES
         for name, value in figures.items():
             digits = 3 if name == "same_top_pct" else 6
             assert f"{value:.{digits}f} ±" in readme, (quant, name, value)

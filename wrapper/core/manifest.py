@@ -17,6 +17,7 @@ from typing import Any
 from wrapper.core import artifacts
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.paths import llama_cpp_commit, runs_dir
 from wrapper.core.plan import RunPlan
 
@@ -156,6 +157,13 @@ def artifact(run_dir: Path, key: str) -> Path:
         made_by = artifacts.declared(key).command_for(run_dir.name)
         raise FtwError(f"run {run_dir.name} has no {artifacts.declared(key).title} yet. Run `{made_by}` first.")
     return Path(value)
+
+
+def quantized_ggufs(run_dir: Path) -> dict[str, Path]:
+    """The run's quantized GGUFs whose files are here, by quant name, in QUANT_TYPES' order (the default first)."""
+    recorded = load(run_dir)["artifacts"]
+    found = {quant: recorded.get(artifacts.gguf(quant)) for quant in QUANT_TYPES}
+    return {quant: Path(value) for quant, value in found.items() if value and Path(value).is_file()}
 
 
 def plan_of(run_dir: Path) -> RunPlan:

@@ -78,7 +78,7 @@ def model_kinds(run_dir: Path) -> tuple[str, ...]:
 def choose_quant(run_dir: Path, quant: str | None) -> tuple[str, Path]:
     """The quantized GGUF scored as the "gguf" model: the one asked for, else the default one when the run has it,
     else the run's first."""
-    found = quant_loss.quantized_ggufs(run_dir)
+    found = manifest.quantized_ggufs(run_dir)
     run = run_dir.name
     if not found:
         raise FtwError(f"run {run} has no quantized GGUF to evaluate yet. Make one: ftw gguf --run {run}")

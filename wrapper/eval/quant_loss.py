@@ -40,7 +40,6 @@ from wrapper.core.cpu import cpu_jobs
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
-from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
@@ -316,16 +315,6 @@ def unquantized_gguf(run_dir: Path) -> tuple[str, Path] | None:
     return None
 
 
-def quantized_ggufs(run_dir: Path) -> dict[str, Path]:
-    recorded = manifest.load(run_dir).get("artifacts", {})
-    found = {}
-    for quant in QUANT_TYPES:
-        value = recorded.get(artifacts.gguf(quant))
-        if value and Path(value).is_file():
-            found[quant] = Path(value)
-    return found
-
-
 def remake_command(run_dir: Path) -> str:
     run = run_dir.name
     if "merged" in manifest.removed_intermediates(run_dir):
@@ -436,7 +425,7 @@ def measure(
             remake_command(run_dir),
         )
     base_kind, base = found
-    quants = quantized_ggufs(run_dir)
+    quants = manifest.quantized_ggufs(run_dir)
     if not quants:
         return skipped("the run has no quantized GGUF", f"ftw gguf --run {run_dir.name} --keep-intermediates")
     try:

@@ -30,7 +30,7 @@ from wrapper.config.ollama import OLLAMA_PARAMETERS
 from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
 from wrapper.core.eval_result import EVAL_JSON
-from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC, QUANT_TYPES
+from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console, done
@@ -59,8 +59,7 @@ class PublishSettings:
 
 def run_quants(run_dir: Path) -> list[str]:
     """The quantized GGUFs the run has, by quant name, in QUANT_TYPES' order (Q4_K_M first)."""
-    recorded = manifest.load(run_dir)["artifacts"]
-    return [quant for quant in QUANT_TYPES if artifacts.gguf(quant) in recorded]
+    return list(manifest.quantized_ggufs(run_dir))
 
 
 def chosen_quants(run_dir: Path, asked: tuple[str, ...]) -> list[str]:

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.ollama_store import ollama_blob
 from wrapper.core.paths import display_path
 from wrapper.runtime.models import load_llama
@@ -220,11 +219,9 @@ class GgufTeacher:
 
 def run_gguf(run: str) -> Path:
     """The quantized GGUF of an earlier ftw run: the first of its quant artifacts that exists."""
-    artifacts = manifest.load(manifest.run_dir_of(run)).get("artifacts", {})
-    for quant in QUANT_TYPES:
-        value = artifacts.get(f"gguf_{quant.lower()}")
-        if value and Path(value).is_file():
-            return Path(value)
+    found = manifest.quantized_ggufs(manifest.run_dir_of(run))
+    if found:
+        return next(iter(found.values()))
     raise FtwError(f"run {run} has no quantized GGUF yet: make it first (ftw gguf --run {run})")
 
 
