@@ -135,7 +135,7 @@ def test_installed_command_exit_codes_and_messages(tmp_path):
     for name, line, reason in BAD_ROWS:
         assert f"tests/data/bad/{name}:{line}: {reason}" in out
     missing = run_ftw(tmp_path / "runs", "data", "check", str(tmp_path / "nope.jsonl"), check=False, timeout=300)
-    assert missing.returncode == 2 and "data file not found" in missing.stdout
+    assert missing.returncode == 2 and "data file not found" in missing.stderr
 
 
 def test_report_file_lists_every_problem(capsys, tmp_path):

@@ -230,7 +230,7 @@ def test_disk_filling_up_mid_conversion_is_a_clean_error_and_nothing_corrupt(ggu
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"The disk under {gguf_dir} is full" in output and "gguf.log" in output
-    assert "Traceback" not in result.stdout.split("Last lines of the log")[0]
+    assert "Traceback" not in result.stdout + result.stderr.split("Last lines of the log")[0]
     assert listing.read_text().split() == ["ballast"], "a partial GGUF was left on the full disk"
     assert manifest_of(gguf_run)["artifacts"] == manifest_before["artifacts"]
 
@@ -252,7 +252,7 @@ def test_full_disk_while_ftw_writes_its_own_files_is_a_clean_error(tmp_path):
         listing=listing,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "the disk is full" in result.stdout and "No space left on device" in result.stdout
+    assert "the disk is full" in result.stderr and "No space left on device" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert ".partial" not in listing.read_text()
 
@@ -270,8 +270,8 @@ def test_training_stops_before_starting_when_checkpoints_wont_fit(tmp_path):
     ]
     result = run_on_small_disk(runs_dir, "40m", None, runs_dir, render_then_train, listing=listing)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "not enough free disk for ftw train" in result.stdout and "checkpoints" in result.stdout
-    assert "GB is free" in result.stdout
+    assert "not enough free disk for ftw train" in result.stderr and "checkpoints" in result.stderr
+    assert "GB is free" in result.stderr
     assert [name for name in listing.read_text().split() if name != LOCKS] == ["small"]  # beside the runs' locks
 
 
@@ -289,6 +289,6 @@ def test_training_stops_when_the_gpu_has_too_little_free_memory(runs_dir, tmp_pa
     path = f"{fake_bin}{os.pathsep}{os.environ['PATH']}"
     result = run_ftw(runs_dir, "train", "--run", "busy", check=False, env={"PATH": path})
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "GPU 0 has 1.0 GiB free of 12.0 GiB (11.0 GiB held by other programs)" in result.stdout
-    assert "--ignore-fit" in result.stdout
+    assert "GPU 0 has 1.0 GiB free of 12.0 GiB (11.0 GiB held by other programs)" in result.stderr
+    assert "--ignore-fit" in result.stderr
     assert not (runs_dir / "busy" / "adapter").exists() and not (runs_dir / "busy" / "logs" / "train.log").exists()

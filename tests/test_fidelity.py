@@ -395,5 +395,5 @@ ollama:
         env=dict(os.environ, FTW_RUNS_DIR=str(tmp_path / "runs"), COLUMNS="300"),
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "r.yaml:9 (key 'ollama.parameters.temprature')" in done.stdout
-    assert "Did you mean 'temperature'?" in done.stdout
+    assert "r.yaml:9 (key 'ollama.parameters.temprature')" in done.stderr
+    assert "Did you mean 'temperature'?" in done.stderr

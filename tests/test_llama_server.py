@@ -161,7 +161,7 @@ def test_a_port_in_use_is_named_with_the_command_for_another(runs_dir):
         taken.listen()
         port = taken.getsockname()[1]
         result = run_ftw(runs_dir, "serve", "--run", "busy", "--port", str(port), check=False, timeout=120)
-    out = " ".join(result.stdout.split())
+    out = " ".join(result.stderr.split())
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"127.0.0.1:{port} is already in use" in out
     assert out.endswith(f"ftw serve --run busy --port {port + 1}"), out

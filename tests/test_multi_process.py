@@ -161,7 +161,7 @@ def test_one_process_run_stopped_refuses_changed_settings_then_resumes_to_the_pl
     assert not found["unfinished"]
     refused = found["refused"]
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "learning_rate: 0.003 -> 0.0005" in refused.stdout and "--force" in refused.stdout
+    assert "learning_rate: 0.003 -> 0.0005" in refused.stderr and "--force" in refused.stderr
     assert not found["unfinished_after_refusal"]
     assert f"Resuming from checkpoint-{STOP_AFTER}" in found["resumed"]
     assert "Resuming training from checkpoint" in (run / "logs" / "train.log").read_text(encoding="utf-8")

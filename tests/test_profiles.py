@@ -248,7 +248,7 @@ def test_plan_json_has_the_promised_keys(tmp_path):
 
 def test_plan_that_does_not_fit_exits_nonzero(tmp_path):
     result = run_ftw(tmp_path / "runs", "plan", "--recipe", "qwen3-8b", "--profile", "rtx3070", check=False)
-    assert result.returncode == 2 and "does not fit" in result.stdout
+    assert result.returncode == 2 and "does not fit" in result.stderr
 
 
 def test_auto_profile_on_a_machine_without_gpu(tmp_path):
@@ -347,7 +347,7 @@ def test_plan_max_context_refuses_what_it_cannot_plan(tmp_path, arguments, messa
         )
         arguments = ["--recipe", str(recipe)]
     result = run_ftw(tmp_path / "runs", "plan", *arguments, "--max-context", check=False)
-    assert result.returncode == 2 and message in result.stdout, result.stdout
+    assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
 
 
 def test_plan_json_keeps_stdout_for_json(tmp_path):

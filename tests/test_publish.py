@@ -282,14 +282,14 @@ def bare_run(runs_dir) -> Path:
 def test_a_repo_id_that_is_not_user_name_is_refused(bare_run, repo):
     result = run_ftw(bare_run.parent, "publish", "--run", "bare", "--repo", repo, "--dry-run", check=False, env=OFFLINE)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert f"--repo {repo!r}" in result.stdout and "USER/NAME" in result.stdout
+    assert f"--repo {repo!r}" in result.stderr and "USER/NAME" in result.stderr
     assert not (bare_run / "publish").exists()
 
 
 def test_a_run_without_a_quantized_gguf_is_refused(bare_run):
     result = run_ftw(bare_run.parent, "publish", "--run", "bare", "--repo", "alice/lore", "--dry-run", check=False)
     assert result.returncode == 2
-    assert "has no quantized GGUF" in result.stdout and "ftw gguf --run bare" in result.stdout
+    assert "has no quantized GGUF" in result.stderr and "ftw gguf --run bare" in result.stderr
 
 
 def test_a_quant_the_run_lacks_says_how_to_make_it(bare_run):
@@ -301,7 +301,7 @@ def test_a_quant_the_run_lacks_says_how_to_make_it(bare_run):
     args = ("publish", "--run", "bare", "--repo", "alice/lore", "--quant", "Q8_0", "--dry-run")
     result = run_ftw(bare_run.parent, *args, check=False)
     assert result.returncode == 2
-    assert "no Q8_0 GGUF" in result.stdout and "ftw gguf --run bare --quant Q8_0" in result.stdout
+    assert "no Q8_0 GGUF" in result.stderr and "ftw gguf --run bare --quant Q8_0" in result.stderr
 
 
 def test_a_missing_token_is_refused_with_how_to_log_in(bare_run, tmp_path):
@@ -316,6 +316,6 @@ def test_a_missing_token_is_refused_with_how_to_log_in(bare_run, tmp_path):
     }
     result = run_ftw(bare_run.parent, "publish", "--run", "bare", "--repo", "alice/lore", check=False, env=no_token)
     assert result.returncode == 2
-    assert "hf auth login" in result.stdout and "HF_TOKEN" in result.stdout
+    assert "hf auth login" in result.stderr and "HF_TOKEN" in result.stderr
     assert not (bare_run / "publish").exists() and not (bare_run / "publish.partial").exists()
     assert os.listdir(empty_home) == []  # nothing written where huggingface_hub keeps its token

@@ -276,14 +276,14 @@ def test_templates_refuse_undefined_values():
 def test_cli_reports_bad_input_with_nonzero_exit(tmp_path):
     result = run_ftw(tmp_path / "runs", "render", "--recipe", "nope", "--profile", "cpu", "--run", "r", check=False)
     assert result.returncode == 2
-    assert "error:" in result.stdout and "unknown recipe 'nope'" in result.stdout
+    assert "error:" in result.stderr and "unknown recipe 'nope'" in result.stderr
     assert not (tmp_path / "runs" / "r").exists()
 
 
 def test_stage_on_a_run_that_does_not_exist(tmp_path):
     result = run_ftw(tmp_path / "runs", "train", "--run", "ghost", check=False)
     assert result.returncode == 2
-    assert "no run 'ghost'" in result.stdout and "ftw render" in result.stdout
+    assert "no run 'ghost'" in result.stderr and "ftw render" in result.stderr
 
 
 def test_gpu_profile_renders_on_a_machine_without_gpu(runs_dir):

@@ -152,7 +152,7 @@ def test_changed_settings_are_refused_with_the_difference_unless_forced(tmp_path
         (runs / "whole" / "synth" / name).write_bytes((uninterrupted / "synth" / name).read_bytes())
     result = synth(runs, "whole", server, "--docs", str(docs), *SETTINGS, "--set", "synth.per_chunk=1", check=False)
     assert result.returncode == 2
-    assert "per_chunk: 2 -> 1" in result.stdout and "--force" in result.stdout
+    assert "per_chunk: 2 -> 1" in result.stderr and "--force" in result.stderr
     result = synth(
         runs, "whole", server, "--docs", str(docs), *SETTINGS, "--set", "synth.per_chunk=1", "--force", "--limit", "1"
     )

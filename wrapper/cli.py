@@ -23,7 +23,7 @@ from rich.markup import escape
 from wrapper.commands import data, evaluate, export, publish, serve, status, train
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import package_version, versions
-from wrapper.core.ui import console, error_console, quiet_libraries
+from wrapper.core.ui import error_console, quiet_libraries
 
 INTERRUPTED = (
     "[yellow]interrupted[/yellow]: the child processes were stopped and unfinished files removed. "
@@ -91,15 +91,17 @@ def stop_on_signals() -> None:
 
 
 def main() -> None:
+    """Results go to stdout; every message about a failure or a stop goes to stderr, so that
+    `ftw plan --json | jq` reads the JSON alone."""
     quiet_libraries()
     stop_on_signals()
     try:
         cli.main(standalone_mode=False)
     except FtwError as exc:
-        (error_console if exc.to_stderr else console).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+        error_console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
-        console.print(INTERRUPTED, soft_wrap=True)
+        error_console.print(INTERRUPTED, soft_wrap=True)
         stop = exc if isinstance(exc, Stopped) else exc.__cause__  # click turns KeyboardInterrupt into Abort
         sys.exit(128 + (stop.signum if isinstance(stop, Stopped) else signal.SIGINT))
     except click.ClickException as exc:
@@ -109,7 +111,7 @@ def main() -> None:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             unexpected(exc)
         where = f" while writing {exc.filename}" if exc.filename else ""
-        console.print(
+        error_console.print(
             f"[bold red]error:[/bold red] the disk is full{where} ({exc.strerror}). The unfinished file "
             f"was removed; free some space and re-run the same command.",
             soft_wrap=True,

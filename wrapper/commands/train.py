@@ -118,30 +118,26 @@ def plan(
       ftw plan --recipe qwen3-8b --profile rtx4070 --data data/demo_lore.json
       ftw plan --recipe llama31-8b --max-context
     """
-    try:
-        if max_context:
-            longest = max_context_report(recipe, resolve_profile(profile) if profile else None, list(overrides))
-            if as_json:
-                print(json.dumps(longest, ensure_ascii=False, indent=2))
-            else:
-                print_max_context(longest)
-            return
-        if not profile:
-            raise FtwError(f"--profile is needed to plan a run: ftw plan --recipe {recipe} --profile rtx4070")
-        report = plan_report(recipe, resolve_profile(profile), list(data_files), list(overrides))
+    if max_context:
+        longest = max_context_report(recipe, resolve_profile(profile) if profile else None, list(overrides))
         if as_json:
-            print(json.dumps(report, ensure_ascii=False, indent=2))
+            print(json.dumps(longest, ensure_ascii=False, indent=2))
         else:
-            print_plan(report)
-        if not report["fits"]:
-            raise FtwError(
-                f"the plan does not fit {report['profile']}: ~{report['peak_vram_gb']:.2f} of "
-                f"{report['budget_gb']:.2f} GiB. The longest cutoff_len per card: "
-                f"ftw plan --recipe {recipe} --max-context"
-            )
-    except FtwError as error:
-        error.to_stderr = as_json  # stdout carries the JSON alone, for `ftw plan --json | jq`
-        raise
+            print_max_context(longest)
+        return
+    if not profile:
+        raise FtwError(f"--profile is needed to plan a run: ftw plan --recipe {recipe} --profile rtx4070")
+    report = plan_report(recipe, resolve_profile(profile), list(data_files), list(overrides))
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print_plan(report)
+    if not report["fits"]:
+        raise FtwError(
+            f"the plan does not fit {report['profile']}: ~{report['peak_vram_gb']:.2f} of "
+            f"{report['budget_gb']:.2f} GiB. The longest cutoff_len per card: "
+            f"ftw plan --recipe {recipe} --max-context"
+        )
 
 
 def print_max_context(report: dict) -> None:

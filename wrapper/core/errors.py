@@ -9,7 +9,6 @@ class FtwError(Exception):
     """Bad input or a precondition not met; the message says what to do. Exit code 2."""
 
     exit_code = 2
-    to_stderr = False  # set where stdout carries machine-readable output (--json)
 
 
 class StageError(FtwError):
