@@ -202,9 +202,10 @@ def test_more_quants_the_adapter_and_include_data(demo_run, tmp_path):
 def test_upload_creates_the_repo_and_uploads_the_staged_folder(demo_run, tmp_path, monkeypatch, capsys):
     from huggingface_hub import HfApi
 
-    from wrapper.publish.stage import PublishSettings, publish
+    from wrapper.commands.publish import publish
 
     run_dir = light_copy(demo_run, tmp_path / "runs")
+    monkeypatch.setenv("FTW_RUNS_DIR", str(run_dir.parent))
     monkeypatch.setenv("HF_TOKEN", FAKE_HF_TOKEN)
     calls: dict = {}
 
@@ -217,8 +218,8 @@ def test_upload_creates_the_repo_and_uploads_the_staged_folder(demo_run, tmp_pat
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    settings = PublishSettings("alice/e2e-lore", (), private=True, base_model=BASE_ID, license="apache-2.0")
-    publish(run_dir, settings)
+    args = ["--run", run_dir.name, "--repo", "alice/e2e-lore", "--private", "--base-model", BASE_ID]
+    publish.main([*args, "--license", "apache-2.0"], standalone_mode=False)  # `ftw publish`, in this process
 
     created, uploaded = calls["create_repo"], calls["upload_folder"]
     assert created == {

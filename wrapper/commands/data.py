@@ -11,11 +11,11 @@ from wrapper.commands.options import (
     not_empty,
     recipe_option,
     require_paths,
+    resolve_profile,
     run_option,
     set_option,
     writes_run,
 )
-from wrapper.config.gpu import resolve_profile
 from wrapper.config.profiles import load_profile
 from wrapper.config.schema import SYNTH_KINDS
 from wrapper.core.paths import check_run_name, runs_dir

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
+from wrapper.config.gpu import detect_profile
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
 from wrapper.core.runlock import run_lock
+from wrapper.core.ui import console
 
 
 def not_empty(ctx: click.Context, param: click.Parameter, value):
@@ -96,3 +98,12 @@ def writes_run(command):
             return command(*args, **kwargs)
 
     return locked
+
+
+def resolve_profile(profile: str) -> str:
+    """--profile auto: the profile of this machine's GPUs, and the line saying which it chose."""
+    if profile != "auto":
+        return profile
+    name, chosen = detect_profile()
+    console.print(chosen)
+    return name

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from wrapper.commands.options import not_empty, run_option, writes_run
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
-from wrapper.publish.stage import PublishSettings
-from wrapper.publish.stage import publish as publish_run
+from wrapper.core.ui import console, done
+from wrapper.publish import hub
+from wrapper.publish.stage import PublishSettings, Staged, human_size, stage_publish, upload
 from wrapper.serve.modelfile import write_modelfile
 
 
@@ -75,7 +78,34 @@ def publish(
         license=license_id,
     )
     run_dir = run_dir_of(run)
-    publish_run(run_dir, settings, dry_run=dry_run, remake_modelfile=lambda quant: write_modelfile(run_dir, quant))
+    staged = stage_publish(run_dir, settings, dry_run, remake_modelfile=lambda quant: write_modelfile(run_dir, quant))
+    show_folder(staged)
+    if dry_run:
+        again = f"ftw publish --run {run_dir.name} --repo {settings.repo_id}" + (" --private" if private else "")
+        console.print(f"dry run: nothing uploaded. To upload this folder: {again}", soft_wrap=True)
+        return
+    commit_url = upload(run_dir, settings, staged)
+    show_published(settings.repo_id, staged, commit_url)
+
+
+def show_folder(staged: Staged) -> None:
+    files = staged.files
+    console.print(f"{staged.folder} ({len(files)} files, {human_size(sum(files.values()))}):", soft_wrap=True)
+    for name, size in files.items():
+        path = staged.folder / name
+        linked = f"  -> {os.readlink(path)}" if path.is_symlink() else ""
+        console.print(f"  {human_size(size):>9}  {name}{linked}", soft_wrap=True)
+
+
+def show_published(repo_id: str, staged: Staged, commit_url: str) -> None:
+    default_quant = staged.publish_stage.default_quant
+    done(f"uploaded to {hub.repo_url(repo_id)} ({commit_url})")
+    console.print("Run it:")
+    console.print(f"  ollama run hf.co/{repo_id}:{default_quant}", soft_wrap=True)
+    for quant in staged.publish_stage.quants:
+        if quant != default_quant:
+            console.print(f"  ollama run hf.co/{repo_id}:{quant}", soft_wrap=True)
+    console.print(f"  llama-server -hf {repo_id}:{default_quant} --jinja", soft_wrap=True)
 
 
 COMMANDS = [publish]

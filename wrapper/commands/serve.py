@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from wrapper.commands.options import force_option, quant_option, run_option, writes_run
+from wrapper.core import artifacts, manifest
+from wrapper.core.errors import FtwError
 from wrapper.core.manifest import run_dir_of
-from wrapper.serve.chat import chat as chat_session
-from wrapper.serve.lmstudio import place
-from wrapper.serve.modelfile import ollama_create, write_modelfile
-from wrapper.serve.server import DEFAULT_HOST, DEFAULT_PORT
+from wrapper.core.ui import console, done
+from wrapper.serve.chat import open_chat
+from wrapper.serve.lmstudio import PUBLISHER, place
+from wrapper.serve.modelfile import ollama_create, ollama_model_name, write_modelfile
+from wrapper.serve.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 from wrapper.serve.server import serve as serve_run
 from wrapper.serve.smoke import compare_with_base
 from wrapper.serve.smoke import smoke as smoke_run
+
+CHAT_KEYS = "/reset forgets the conversation, /exit (or Ctrl-D) leaves"
 
 
 @click.command()
@@ -43,7 +50,25 @@ def smoke(run: str, quant: str) -> None:
     Example:
       ftw smoke --run demo
     """
-    smoke_run(run_dir_of(run), quant.upper())
+    run_dir, quant = run_dir_of(run), quant.upper()
+    plan = manifest.plan_of(run_dir)
+    if not plan.checks:
+        console.print("The recipe has no check prompts (`checks:`); nothing to ask.")
+        return
+    answers = smoke_run(run_dir, quant)
+    table = Table(title=f"{plan.run}: {quant} GGUF in llama.cpp", show_lines=True)
+    for column in ("prompt", "expected", "answer", "ok"):
+        table.add_column(column)
+    for answer in answers:
+        table.add_row(answer.prompt, answer.expect, answer.text, "✓" if answer.passed else "✗")
+    console.print(table)
+    failed = [a for a in answers if not a.passed]
+    if failed:
+        raise FtwError(
+            f"{len(failed)} of {len(answers)} check prompts did not get the expected answer "
+            f"from the {quant} GGUF (it was written; the checks are in {plan.recipe_file})."
+        )
+    done(f"all {len(answers)} check prompts answered as expected by the {quant} GGUF")
 
 
 @click.command()
@@ -56,7 +81,21 @@ def answers(run: str, quant: str) -> None:
     Example:
       ftw answers --run demo
     """
-    compare_with_base(run_dir_of(run), quant.upper())
+    run_dir, quant = run_dir_of(run), quant.upper()
+    base, tuned = compare_with_base(run_dir, quant)
+    title = f"{manifest.plan_of(run_dir).run}: base model vs fine-tuned {quant} GGUF (greedy, training format)"
+    table = Table(title=title, show_lines=True)
+    for column in ("question", "base model", f"fine-tuned {quant}", "ok"):
+        table.add_column(column)
+    for before, after in zip(base, tuned):
+        table.add_row(after.prompt, before.text, after.text, "✓" if after.passed else "✗")
+    console.print(table)
+    passed = sum(a.passed for a in tuned)
+    gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
+    console.print(
+        f"{passed}/{len(tuned)} trained answers reproduced by {gguf.name}"
+        f" (base model: {sum(b.passed for b in base)}/{len(base)})."
+    )
 
 
 @click.command()
@@ -68,7 +107,14 @@ def ollama(run: str) -> None:
     Example:
       ftw ollama --run demo
     """
-    ollama_create(run_dir_of(run))
+    run_dir = run_dir_of(run)
+    name = ollama_create(run_dir)
+    if name is None:
+        name = ollama_model_name(run_dir.name)
+        console.print("Ollama is not installed here. On the machine that has it, run:")
+        console.print(f"  cd {run_dir} && ollama create {name} -f Modelfile && ollama run {name}", soft_wrap=True)
+        return
+    done(f"ollama model '{name}' created; try: ollama run {name}")
 
 
 @click.command()
@@ -87,7 +133,42 @@ def chat(run: str, quant: str, temperature: float | None) -> None:
     Example:
       ftw chat --run demo --temperature 0
     """
-    chat_session(run_dir_of(run), quant.upper(), temperature)
+    run_dir, quant = run_dir_of(run), quant.upper()
+    plan = manifest.plan_of(run_dir)
+    gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
+    session = open_chat(run_dir, quant, temperature)
+    interactive = sys.stdin.isatty()
+    console.print(
+        f"{plan.run}: {gguf.name} in llama.cpp, prompts in LLaMA-Factory's '{plan.template}' format. {CHAT_KEYS}.",
+        soft_wrap=True,
+    )
+    try:
+        while True:
+            try:
+                line = input(">>> ") if interactive else read_piped()
+            except EOFError:
+                break
+            if line.strip() in ("/exit", "/bye", "/quit"):
+                break
+            if line.strip() == "/reset":
+                session.turns = []
+                console.print("(conversation forgotten)")
+                continue
+            session.reply(line, write=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+            sys.stdout.write("\n\n")
+            sys.stdout.flush()
+    finally:
+        session.close()
+
+
+def read_piped() -> str:
+    """A line from a pipe, echoed so that the transcript shows what was asked."""
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    line = line.rstrip("\n")
+    sys.stdout.write(f">>> {line}\n")
+    return line
 
 
 @click.command()
@@ -108,7 +189,25 @@ def lmstudio(run: str, quant: str, models_dir: Path | None, copy: bool) -> None:
     Example:
       ftw lmstudio --run demo
     """
-    place(run_dir_of(run), quant.upper(), models_dir, copy)
+    run_dir = run_dir_of(run)
+    placed = place(run_dir, quant.upper(), models_dir, copy)
+    if placed.target is None:
+        console.print("No LM Studio models folder here (looked for ~/.lmstudio/models and ~/.cache/lm-studio/models).")
+        console.print(
+            f"On the machine with LM Studio, put the file at <models folder>/{placed.relative}", soft_wrap=True
+        )
+        console.print(f"  file: {placed.gguf}", soft_wrap=True)
+        console.print("  (the models folder is shown in LM Studio under My Models; or run this with --dir FOLDER)")
+        return
+    if placed.already:
+        done(f"LM Studio already sees {placed.target} -> {placed.gguf}")
+        return
+    done(f"{'copied' if copy else 'linked'} for LM Studio: {placed.target}" + ("" if copy else f" -> {placed.gguf}"))
+    console.print(
+        f"In LM Studio: My Models shows {PUBLISHER}/{run_dir.name}; its prompt format comes from the "
+        f"chat template inside the file (the training format, written by `ftw gguf`).",
+        soft_wrap=True,
+    )
 
 
 @click.command()
@@ -134,7 +233,30 @@ def serve(run: str, quant: str, port: int, host: str) -> None:
     Example:
       ftw serve --run demo --port 8080
     """
-    serve_run(run_dir_of(run), quant.upper(), host, port)
+    serve_run(run_dir_of(run), show_usage, quant.upper(), host, port)
+
+
+def show_usage(settings: ServerSettings) -> None:
+    url = settings.base_url
+    done(f"llama-server is serving {settings.gguf.name} (chat template from the file: the training format)")
+    console.print(f"  OpenAI-compatible base URL: {url}", soft_wrap=True)
+    console.print(f"  model name: {settings.model_name}", soft_wrap=True)
+    if settings.public:
+        console.print(
+            f"  [yellow]listening on {settings.host}: other machines can reach it at this machine's address, "
+            f"port {settings.port}, with no API key[/yellow]",
+            soft_wrap=True,
+        )
+    if settings.stops:
+        console.print(
+            f"  note: the recipe's stop strings {list(settings.stops)} have no llama-server flag; "
+            "send them as the request's \"stop\" (the GGUF's end-of-turn tokens always stop)",
+            soft_wrap=True,
+        )
+    body = '{"messages": [{"role": "user", "content": "Hello"}]}'
+    console.print(f"  try: curl {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'", soft_wrap=True)
+    console.print(f"  as a teacher: ftw data synth --recipe R --teacher {url} --run NAME", soft_wrap=True)
+    console.print(f"  full log: {settings.log}. Ctrl-C stops it.", soft_wrap=True)
 
 
 COMMANDS = [modelfile, smoke, answers, ollama, chat, lmstudio, serve]

@@ -12,19 +12,19 @@ from wrapper.commands.options import (
     data_option,
     profile_option,
     recipe_option,
+    resolve_profile,
     run_option,
     runs_option,
     set_option,
     writes_run,
 )
-from wrapper.config.gpu import resolve_profile
 from wrapper.config.planner import FIT_FRACTION
 from wrapper.core import service
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.plan import RunPlan
-from wrapper.core.ui import console
-from wrapper.train.board import DEFAULT_PORT, run_board
+from wrapper.core.ui import console, done
+from wrapper.train.board import DEFAULT_PORT, Board, run_board
 from wrapper.train.plan_report import max_context_report, plan_report
 from wrapper.train.render import render as render_run
 from wrapper.train.stage import train as train_run
@@ -244,7 +244,14 @@ def board(runs: tuple[str, ...], port: int, host: str) -> None:
       ftw board --run demo
       ftw board --run demo --run legal --port 6007
     """
-    run_board(runs, host, port)
+    run_board(runs, show_board, host, port)
+
+
+def show_board(board: Board) -> None:
+    done(f"TensorBoard is showing {', '.join(board.runs)}: {board.address.root}/")
+    if board.address.public:
+        console.print(f"  [yellow]listening on {board.host}: other machines can reach it[/yellow]", soft_wrap=True)
+    console.print(f"  full log: {board.log}. Ctrl-C stops it.", soft_wrap=True)
 
 
 COMMANDS = [render, plan, train, board]

@@ -8,17 +8,16 @@ import shutil
 import subprocess
 
 from wrapper.config.profiles import load_profile, shipped_profiles
-from wrapper.core.ui import console
 
 GIB = 1024**3
 
 
-def detect_profile() -> str:
+def detect_profile() -> tuple[str, str]:
+    """The profile of this machine's GPUs, and how it was chosen (a line for PROFILE=auto to show)."""
     import torch
 
     if not torch.cuda.is_available():
-        console.print("auto: no CUDA GPU found -> profile [bold]cpu[/bold]")
-        return "cpu"
+        return "cpu", "auto: no CUDA GPU found -> profile [bold]cpu[/bold]"
     count = torch.cuda.device_count()
     props = torch.cuda.get_device_properties(0)
     memory = props.total_memory / GIB
@@ -26,18 +25,13 @@ def detect_profile() -> str:
     candidates = [load_profile(name) for name in shipped_profiles()]
     fitting = [p for p in candidates if p.device == "cuda" and 0 < p.memory_gb <= memory * 1.05]
     if not fitting:
-        console.print(
+        generic = "cuda" if count == 1 else f"cudax{count}"
+        return generic, (
             f"auto: {props.name} ({memory:.1f} GiB) is smaller than every GPU profile -> generic [bold]cuda[/bold]"
         )
-        return "cuda" if count == 1 else f"cudax{count}"
     best = max(fitting, key=lambda p: p.memory_gb)
     name = best.name if count == 1 else f"{best.name}x{count}"
-    console.print(f"auto: detected {count} x {props.name} ({memory:.1f} GiB) -> profile [bold]{name}[/bold]")
-    return name
-
-
-def resolve_profile(profile: str) -> str:
-    return detect_profile() if profile == "auto" else profile
+    return name, f"auto: detected {count} x {props.name} ({memory:.1f} GiB) -> profile [bold]{name}[/bold]"
 
 
 def free_vram_gib() -> list[tuple[float, float]] | None:

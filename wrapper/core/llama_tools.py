@@ -25,7 +25,7 @@ from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.paths import LLAMA_CPP_DIR, llama_cpp_commit
 from wrapper.core.procs import last_lines, run_logged
-from wrapper.core.ui import console, done, stage_progress
+from wrapper.core.ui import done, stage_progress, step
 
 TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-server")
 BUILD_DIR_NAME = "build"
@@ -143,7 +143,7 @@ def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec
     out.mkdir(parents=True, exist_ok=True)
     log = build_log(llama_cpp_dir)
     log.write_text("", encoding="utf-8")
-    console.print(
+    step(
         f"Building llama.cpp's {', '.join(spec.targets)} ({platform.machine()}, {cpu_jobs()} jobs; "
         f"a few minutes, once per llama.cpp commit); full log: {log}"
     )

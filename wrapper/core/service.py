@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.procs import last_lines, popen_logged, stop_group
-from wrapper.core.ui import console, done
+from wrapper.core.ui import done, spinner, step
 
 LOOPBACK = "127.0.0.1"
 READY_POLL_S = 0.25
@@ -139,7 +139,7 @@ def start(
     """Spawn and wait until ready under a spinner saying `status`; stopped again if that fails or is interrupted."""
     service = spawn(name, argv, log)
     try:
-        with console.status(status):
+        with spinner(status):
             wait_until_ready(service, ready_url, timeout_s)
     except BaseException:
         service.stop()
@@ -156,7 +156,7 @@ def wait(service: Service) -> None:
         service.stop()
         if type(stop) is not KeyboardInterrupt:  # SIGTERM/SIGHUP: ftw's own exit code for a signal
             raise
-        console.print()
+        step("")  # past the ^C the terminal echoed
         done(f"{service.name} stopped")
         return
     if service.process.returncode != 0:

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import sha256_of, write_text_atomic
-from wrapper.core.ui import console, done
+from wrapper.core.ui import done, step
 
 FULL_HASH_BYTES = 512 * 2**20
 SHORT_VALUE_CHARS = 80
@@ -216,7 +216,7 @@ def build(stage: Stage, inputs: StageInputs, changes: list[str] | None = None) -
     an earlier version of the artifact is forgotten once the new one is in place."""
     remade = bool(changes) or (changes == [] and stage.key in manifest.load(stage.run_dir)["artifacts"])
     if changes:
-        console.print(f"{stage.title}: made again, changed since the last time: {describe(changes)}", soft_wrap=True)
+        step(f"{stage.title}: made again, changed since the last time: {describe(changes)}")
     partial = stage.target.with_name(stage.target.name + PARTIAL)
     remove_partials(partial)
     try:

@@ -1,11 +1,29 @@
-"""The one console every stage prints to, and the progress bar style they share."""
+"""The one console, and how the layers below commands/ report long work on it.
+
+commands/ print results (tables, summaries, what to run next) on `console`; cli.py prints errors
+on `error_console`. Below commands/, long work only says how it goes, through the functions here:
+`step` (what starts now, its log, a warning on the way), `done` (a step finished), `spinner`
+and the progress bars. tests/test_architecture.py holds every module to that.
+"""
 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 console = Console(highlight=False)
 error_console = Console(highlight=False, stderr=True)
@@ -33,6 +51,43 @@ def stage_progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+def byte_progress() -> Progress:
+    """Reading files: bytes done, speed; gone when finished, and off where stdout is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+def count_progress() -> Progress:
+    """Items done of all, a rate the caller sets (`rate` field), the time left; off where stdout is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def spinner(message: str) -> AbstractContextManager[Any]:
+    """A spinner saying `message` while the block runs."""
+    return console.status(message)
+
+
+def step(message: str, markup: bool = True) -> None:
+    """One line of long work as it goes: what starts now and where its log is, or a warning on the way."""
+    console.print(message, soft_wrap=True, markup=markup)
 
 
 def done(message: str) -> None:

@@ -24,7 +24,7 @@ from wrapper.core.gguf_io import QUANT_BITS
 from wrapper.core.plan import ADAPTER_FILES
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights
-from wrapper.core.ui import console
+from wrapper.core.ui import step
 from wrapper.export.merge import NotStreamable, plan_merge
 
 # export.yaml keys the streaming merge reproduces (the tokenizer is saved by LLaMA-Factory's
@@ -125,7 +125,7 @@ class ExportStage:
         (partial / "Modelfile").unlink(missing_ok=True)
 
     def merge_streaming(self, base_dir: Path, partial: Path) -> None:
-        console.print(
+        step(
             f"Merging {self.adapter.name} into {self.plan.merge_base_source}, one tensor at a time "
             f"(streaming merge, no GPU needed); full log: {self.log_path}"
         )
@@ -156,12 +156,11 @@ class ExportStage:
 
     def merge_with_llamafactory(self, reason: str, partial: Path) -> None:
         # export.yaml's export_dir is runs/RUN/merged.partial: LLaMA-Factory writes the partial itself.
-        console.print(
+        step(
             f"The streaming merge can't merge this exactly ({reason}): merging with "
             f"llamafactory-cli export instead, which loads the whole model into memory.",
-            soft_wrap=True,
         )
-        console.print(f"Merging {self.adapter.name} into {self.plan.merge_base_source}; full log: {self.log_path}")
+        step(f"Merging {self.adapter.name} into {self.plan.merge_base_source}; full log: {self.log_path}")
         run_with_status(
             ["llamafactory-cli", "export", str(self.export_yaml)],
             self.log_path,
@@ -182,7 +181,7 @@ class ExportStage:
 def ensure_dequantized_base(source: str, target: Path, log_path: Path) -> None:
     if (target / "config.json").is_file():
         return
-    console.print(f"Base {source} is a bitsandbytes 4-bit checkpoint: making a dequantized copy to merge into.")
+    step(f"Base {source} is a bitsandbytes 4-bit checkpoint: making a dequantized copy to merge into.")
     run_with_status(
         [sys.executable, "-m", "wrapper.export.dequantize", source, str(target)],
         log_path,

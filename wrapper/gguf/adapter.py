@@ -43,7 +43,7 @@ from wrapper.core.ollama_store import ollama_blob, ollama_manifest, ollama_model
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import ADAPTER_FILES, RunPlan
 from wrapper.core.procs import run_with_status
-from wrapper.core.ui import console, done
+from wrapper.core.ui import done, step
 from wrapper.gguf.convert import GGUF_PY_ENV, convert_in_training_format, llama_cpp_script, run_converter
 from wrapper.gguf.stage import check_gguf_disk, quantizer_argv
 
@@ -207,7 +207,7 @@ class BaseGgufStage:
     def make(self, partial: Path) -> None:
         plan = self.plan
         unquantized = partial.with_name(partial.name + ".f16")  # a helper of the partial: removed with it
-        console.print(f"Converting the base model {self.source} with llama.cpp; full log: {self.log_path}")
+        step(f"Converting the base model {self.source} with llama.cpp; full log: {self.log_path}")
         check_gguf_disk(self.source, partial.parent, "f16", [self.quant])
         convert_in_training_format(self.source, unquantized, "f16", plan, self.run_dir, self.log_path, self.key)
         run_with_status(
@@ -242,12 +242,11 @@ def resolve_base(
         return AdapterBase(modelfile_path(path, run_dir), path, path.name, True, shape.architecture)
     name = spec.removeprefix("ollama:")
     if not ollama_manifest(name).is_file():
-        console.print(
+        step(
             f"[yellow]not checked[/yellow]: the Ollama model {name} is not in the local store here "
             f"({ollama_models_dir()}), so ftw could not check that it is {plan.base_model}, the model the adapter "
             f"was trained on (Ollama needs exactly that one). To check it: ollama pull {name}, then run again: "
             f"ftw adapter --run {plan.run} --base {name}",
-            soft_wrap=True,
         )
         return AdapterBase(name, None, f"Ollama's {name}", False)
     blob = ollama_blob(name)
@@ -293,7 +292,7 @@ class AdapterStage:
         # The converter reads only the shapes, yet refuses a bitsandbytes config (a QLoRA's base).
         config.pop("quantization_config", None)
         (config_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        console.print(f"Converting the adapter {self.adapter} with llama.cpp; full log: {self.log_path}")
+        step(f"Converting the adapter {self.adapter} with llama.cpp; full log: {self.log_path}")
         argv = [sys.executable, str(llama_cpp_script("convert_lora_to_gguf.py")), "--base", str(config_dir)]
         argv += ["--outtype", self.outtype, "--outfile", str(partial), str(self.adapter)]
         run_with_status(

@@ -23,7 +23,7 @@ from wrapper.core.gguf_io import ftype_of, verify_gguf
 from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
-from wrapper.core.ui import console, done
+from wrapper.core.ui import done, step
 from wrapper.prompts.end_tokens import GgufEnds, end_tokens, gguf_end_problems, gguf_end_records
 from wrapper.prompts.fidelity import GgufChat, check_gguf_template, jinja_candidates
 from wrapper.prompts.training_format import TrainingFormat, training_format
@@ -94,11 +94,10 @@ def ensure_training_template(
         reason = "the GGUF has no chat template"
     passing = [(label, text) for label, text in jinja_candidates(fmt) if check_gguf_template(fmt, chat, text).identical]
     if not passing:
-        console.print(
+        step(
             f"[yellow]warning:[/yellow] LM Studio and llama.cpp will prompt this model differently from "
             f"training ({reason}), and ftw has no chat template for '{template_name}' that renders the "
             f"training format to write instead.",
-            soft_wrap=True,
         )
         return
     source, template = passing[0]

@@ -26,7 +26,7 @@ from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights, read_header
-from wrapper.core.ui import console, done
+from wrapper.core.ui import done, step
 from wrapper.gguf.convert import convert_in_training_format
 from wrapper.gguf.imatrix import ImatrixStage, calibration
 from wrapper.gguf.quantize import MAX_BUF_BYTES
@@ -75,7 +75,7 @@ class ConvertStage:
                 f"the merged weights were removed after the last quantization, to free disk; "
                 f"make them again first: ftw export --run {self.plan.run} --force"
             )
-        console.print(f"Converting {self.merged} with llama.cpp; full log: {self.log_path}")
+        step(f"Converting {self.merged} with llama.cpp; full log: {self.log_path}")
         check_weights_suit(self.merged, self.outtype, self.plan.run)
         check_gguf_disk(self.merged, partial.parent, self.outtype, self.quants_to_make)
         convert_in_training_format(self.merged, partial, self.outtype, self.plan, self.run_dir, self.log_path)

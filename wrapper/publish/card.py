@@ -18,7 +18,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.eval_result import EVAL_JSON, MODEL_KINDS, SETS, EvalResult
 from wrapper.core.plan import RunPlan
 from wrapper.core.templates import template_env
-from wrapper.core.ui import console
+from wrapper.core.ui import step
 from wrapper.data.langs import language_of
 from wrapper.data.prepared import load_prepared
 from wrapper.data.samples import conversations
@@ -141,8 +141,8 @@ def training_languages(run_dir: Path, plan: RunPlan) -> list[str]:
     else:
         files = [Path(dataset["path"]) for dataset in plan.datasets]
         rows = [row for path in files if path.is_file() for row in conversations(path)]  # moved files: unknown
-        step = max(1, len(rows) // LANGUAGE_SAMPLE_ROWS)
-        counts = Counter(language_of(row_text(row.turns)) for row in rows[::step])
+        every = max(1, len(rows) // LANGUAGE_SAMPLE_ROWS)
+        counts = Counter(language_of(row_text(row.turns)) for row in rows[::every])
     total = sum(counts.values())
     return [lang for lang, n in counts.most_common() if lang != "unknown" and n * 100 >= total]
 
@@ -197,10 +197,9 @@ def eval_table(run_dir: Path, gguf: Path) -> EvalTable | None:
     if not path.is_file():
         return None
     if path.stat().st_mtime < gguf.stat().st_mtime:
-        console.print(
+        step(
             f"  note: {path} is older than {gguf.name}, so the card leaves the evaluation out. "
             f"To include it: ftw eval --run {run_dir.name}",
-            soft_wrap=True,
         )
         return None
     result = EvalResult.load(run_dir)

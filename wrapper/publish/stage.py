@@ -33,7 +33,7 @@ from wrapper.core.eval_result import EVAL_JSON
 from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.plan import RunPlan
-from wrapper.core.ui import console, done
+from wrapper.core.ui import step
 from wrapper.publish import card, hub
 from wrapper.publish.ollama_files import MODELFILE, PARAMS_FILE, SYSTEM_FILE, TEMPLATE_FILE, OllamaFiles, repo_modelfile
 
@@ -100,7 +100,7 @@ def run_modelfile(run_dir: Path, plan: RunPlan, default_quant: str, remake: Rema
     if not path or not Path(path).is_file():
         if remake is None:
             return manifest.artifact(run_dir, declared.key)  # raises, naming the command
-        console.print(f"No Modelfile yet: writing it ({declared.command_for(run_dir.name)}).", soft_wrap=True)
+        step(f"No Modelfile yet: writing it ({declared.command_for(run_dir.name)}).")
         return remake(default_quant)
     quant, changed = modelfile_changes(run_dir, plan)
     if not changed:
@@ -110,7 +110,7 @@ def run_modelfile(run_dir: Path, plan: RunPlan, default_quant: str, remake: Rema
             f"{path} was made from an earlier {' and '.join(changed)}; the Hub would serve a template nobody "
             f"checked. Write it again: ftw modelfile --run {run_dir.name} --quant {quant}"
         )
-    console.print(f"The Modelfile was made from an earlier {' and '.join(changed)}: writing it again.", soft_wrap=True)
+    step(f"The Modelfile was made from an earlier {' and '.join(changed)}: writing it again.")
     return remake(quant)
 
 
@@ -346,39 +346,37 @@ def check_repo_ids(settings: PublishSettings) -> None:
         hub.check_repo_id(settings.base_model, "--base-model")
 
 
-def publish(
+@dataclass
+class Staged:
+    """runs/RUN/publish made and checked, ready to upload: the folder and its files (name -> bytes)."""
+
+    folder: Path
+    files: dict[str, int]
+    publish_stage: PublishStage
+    token: str | None  # None for a dry run
+
+
+def stage_publish(
     run_dir: Path, settings: PublishSettings, dry_run: bool = False, remake_modelfile: Remake | None = None
-) -> Path:
-    """Check the repository id and the token, stage runs/RUN/publish, show it, and upload it unless dry_run."""
+) -> Staged:
+    """Check the repository id and the token (unless dry_run) and stage runs/RUN/publish."""
     check_repo_ids(settings)
     token = None if dry_run else hub.require_token()
     publish_stage = PublishStage(run_dir, settings, remake_modelfile)
     for note in card.base_notes(publish_stage.base, run_dir.name, settings.repo_id):
-        console.print(f"  note: {note}", soft_wrap=True)
+        step(f"  note: {note}")
     folder = stage.run_atomic(publish_stage)
     check_no_token(folder)  # again: an up-to-date folder was checked against the tokens of its day
-    show_folder(folder)
-    if dry_run:
-        again = f"ftw publish --run {run_dir.name} --repo {settings.repo_id}" + (
-            " --private" if settings.private else ""
-        )
-        console.print(f"dry run: nothing uploaded. To upload this folder: {again}", soft_wrap=True)
-        return folder
-    plan = publish_stage.plan
-    message = f"ftw publish: run {plan.run} ({plan.recipe}, {plan.method}), {', '.join(publish_stage.quants)}"
-    commit_url = hub.upload(folder, settings.repo_id, settings.private, token, message)
+    return Staged(folder, staged_files(folder), publish_stage, token)
+
+
+def upload(run_dir: Path, settings: PublishSettings, staged: Staged) -> str:
+    """Upload the staged folder and record where it went; the commit's URL."""
+    plan, quants = staged.publish_stage.plan, staged.publish_stage.quants
+    message = f"ftw publish: run {plan.run} ({plan.recipe}, {plan.method}), {', '.join(quants)}"
+    commit_url = hub.upload(staged.folder, settings.repo_id, settings.private, staged.token, message)
     record_published(run_dir, settings, commit_url)
-    show_published(settings.repo_id, publish_stage.quants, publish_stage.default_quant, commit_url)
-    return folder
-
-
-def show_folder(folder: Path) -> None:
-    files = staged_files(folder)
-    console.print(f"{folder} ({len(files)} files, {human_size(sum(files.values()))}):", soft_wrap=True)
-    for name, size in files.items():
-        path = folder / name
-        linked = f"  -> {os.readlink(path)}" if path.is_symlink() else ""
-        console.print(f"  {human_size(size):>9}  {name}{linked}", soft_wrap=True)
+    return commit_url
 
 
 def record_published(run_dir: Path, settings: PublishSettings, commit_url: str) -> None:
@@ -391,13 +389,3 @@ def record_published(run_dir: Path, settings: PublishSettings, commit_url: str) 
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     manifest.save(run_dir, data)
-
-
-def show_published(repo_id: str, quants: list[str], default_quant: str, commit_url: str) -> None:
-    done(f"uploaded to {hub.repo_url(repo_id)} ({commit_url})")
-    console.print("Run it:")
-    console.print(f"  ollama run hf.co/{repo_id}:{default_quant}", soft_wrap=True)
-    for quant in quants:
-        if quant != default_quant:
-            console.print(f"  ollama run hf.co/{repo_id}:{quant}", soft_wrap=True)
-    console.print(f"  llama-server -hf {repo_id}:{default_quant} --jinja", soft_wrap=True)

@@ -10,18 +10,15 @@ the ones it doesn't set. Tokens are printed as they come.
 from __future__ import annotations
 
 import codecs
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
-from wrapper.core.ui import console
+from wrapper.core.ui import spinner
 from wrapper.prompts.training_format import TrainingFormat, training_format
 from wrapper.runtime.models import load_llama
-
-COMMANDS = "/reset forgets the conversation, /exit (or Ctrl-D) leaves"
 
 
 @dataclass
@@ -107,45 +104,14 @@ def held_back(text: str, stops: list[str]) -> int:
     return max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
 
 
-def chat(run_dir: Path, quant: str = DEFAULT_QUANT, temperature: float | None = None) -> None:
+def open_chat(run_dir: Path, quant: str = DEFAULT_QUANT, temperature: float | None = None) -> Chat:
+    """The run's quantized GGUF loaded in llama.cpp, prompted in its training format."""
     plan = manifest.plan_of(run_dir)
     gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
     merged = manifest.artifact(run_dir, artifacts.MERGED)
-    with console.status(f"loading {gguf.name}"):
-        session = Chat(
+    with spinner(f"loading {gguf.name}"):
+        return Chat(
             gguf,
             training_format(merged, plan.template, plan.system),
             Sampling.from_parameters(plan.ollama_parameters, temperature),
         )
-    interactive = sys.stdin.isatty()
-    console.print(
-        f"{plan.run}: {gguf.name} in llama.cpp, prompts in LLaMA-Factory's '{plan.template}' format. {COMMANDS}.",
-        soft_wrap=True,
-    )
-    try:
-        while True:
-            try:
-                line = input(">>> ") if interactive else _read_piped()
-            except EOFError:
-                break
-            if line.strip() in ("/exit", "/bye", "/quit"):
-                break
-            if line.strip() == "/reset":
-                session.turns = []
-                console.print("(conversation forgotten)")
-                continue
-            session.reply(line, write=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-            sys.stdout.write("\n\n")
-            sys.stdout.flush()
-    finally:
-        session.close()
-
-
-def _read_piped() -> str:
-    """A line from a pipe, echoed so that the transcript shows what was asked."""
-    line = sys.stdin.readline()
-    if not line:
-        raise EOFError
-    line = line.rstrip("\n")
-    sys.stdout.write(f">>> {line}\n")
-    return line

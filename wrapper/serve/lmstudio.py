@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.core import artifacts, manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
-from wrapper.core.ui import console, done
 
 PUBLISHER = "ftw"
 
@@ -40,24 +40,29 @@ def default_models_dir() -> Path | None:
     return None
 
 
-def place(run_dir: Path, quant: str = DEFAULT_QUANT, models_dir: Path | None = None, copy: bool = False) -> Path | None:
+@dataclass
+class Placement:
+    """Where the run's GGUF went for LM Studio."""
+
+    gguf: Path
+    relative: Path  # its path under a models folder
+    target: Path | None  # None: no models folder here, nothing placed
+    already: bool = False  # the link was there before
+
+
+def place(run_dir: Path, quant: str = DEFAULT_QUANT, models_dir: Path | None = None, copy: bool = False) -> Placement:
     gguf = manifest.artifact(run_dir, artifacts.gguf(quant)).resolve()
     relative = Path(PUBLISHER) / run_dir.name / gguf.name
     folder = models_dir or default_models_dir()
     if folder is None:
-        console.print("No LM Studio models folder here (looked for ~/.lmstudio/models and ~/.cache/lm-studio/models).")
-        console.print(f"On the machine with LM Studio, put the file at <models folder>/{relative}", soft_wrap=True)
-        console.print(f"  file: {gguf}", soft_wrap=True)
-        console.print("  (the models folder is shown in LM Studio under My Models; or run this with --dir FOLDER)")
-        return None
+        return Placement(gguf, relative, None)
     if not folder.is_dir():
         raise FtwError(f"--dir {folder}: no such folder")
     target = folder / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink() or target.exists():
         if target.resolve() == gguf and not copy:
-            done(f"LM Studio already sees {target} -> {gguf}")
-            return target
+            return Placement(gguf, relative, target, already=True)
         target.unlink()
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
@@ -66,10 +71,4 @@ def place(run_dir: Path, quant: str = DEFAULT_QUANT, models_dir: Path | None = N
     else:
         os.symlink(gguf, partial)
     partial.replace(target)
-    done(f"{'copied' if copy else 'linked'} for LM Studio: {target}" + ("" if copy else f" -> {gguf}"))
-    console.print(
-        f"In LM Studio: My Models shows {PUBLISHER}/{run_dir.name}; its prompt format comes from the "
-        f"chat template inside the file (the training format, written by `ftw gguf`).",
-        soft_wrap=True,
-    )
-    return target
+    return Placement(gguf, relative, target)

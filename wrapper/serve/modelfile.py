@@ -29,7 +29,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.templates import template_env
-from wrapper.core.ui import console, done
+from wrapper.core.ui import step
 from wrapper.prompts import gorender
 from wrapper.prompts.end_tokens import GENERATION_CONFIG, EndToken, end_tokens
 from wrapper.prompts.fidelity import GgufChat, check_ollama_template, ollama_candidates
@@ -276,7 +276,7 @@ def build_modelfile(
     stops = stop_tokens(ends, [value for key, value in parameters if key == "stop"])
     notes = added_stop_notes(ends)
     for note in notes:
-        console.print(f"  note: {note}", soft_wrap=True)
+        step(f"  note: {note}")
     name = ollama_model_name(plan.run) + ("-lora" if serves.adapter_from else "")
     text = modelfile_text(
         run=plan.run,
@@ -339,13 +339,11 @@ def write_adapter_modelfile(
     return stage.run_atomic(AdapterModelfileStage(run_dir, lora, base_from, base_gguf, header_gguf), force)
 
 
-def ollama_create(run_dir: Path) -> None:
+def ollama_create(run_dir: Path) -> str | None:
+    """`ollama create` from the run's Modelfile: the model's name, or None where Ollama is not installed."""
     path = manifest.artifact(run_dir, artifacts.MODELFILE)
     name = ollama_model_name(run_dir.name)
-    argv = ["ollama", "create", name, "-f", str(path)]
     if shutil.which("ollama") is None:
-        console.print("Ollama is not installed here. On the machine that has it, run:")
-        console.print(f"  cd {run_dir} && ollama create {name} -f Modelfile && ollama run {name}", soft_wrap=True)
-        return
-    subprocess.run(argv, check=True)
-    done(f"ollama model '{name}' created; try: ollama run {name}")
+        return None
+    subprocess.run(["ollama", "create", name, "-f", str(path)], check=True)
+    return name

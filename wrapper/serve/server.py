@@ -15,6 +15,7 @@ it is bound to 127.0.0.1 unless another host is asked for, and it stops with ftw
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from wrapper.core import artifacts, manifest, service
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_problem
 from wrapper.core.llama_tools import tool
-from wrapper.core.ui import console, done
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080  # llama-server's own default (Ollama has 11434, LM Studio 1234)
@@ -204,36 +204,20 @@ def start(settings: ServerSettings, binary: Path | None = None, timeout_s: float
 # ---- `ftw serve` ---------------------------------------------------------------------
 
 
-def show_usage(settings: ServerSettings) -> None:
-    url = settings.base_url
-    done(f"llama-server is serving {settings.gguf.name} (chat template from the file: the training format)")
-    console.print(f"  OpenAI-compatible base URL: {url}", soft_wrap=True)
-    console.print(f"  model name: {settings.model_name}", soft_wrap=True)
-    if settings.public:
-        console.print(
-            f"  [yellow]listening on {settings.host}: other machines can reach it at this machine's address, "
-            f"port {settings.port}, with no API key[/yellow]",
-            soft_wrap=True,
-        )
-    if settings.stops:
-        console.print(
-            f"  note: the recipe's stop strings {list(settings.stops)} have no llama-server flag; "
-            "send them as the request's \"stop\" (the GGUF's end-of-turn tokens always stop)",
-            soft_wrap=True,
-        )
-    body = '{"messages": [{"role": "user", "content": "Hello"}]}'
-    console.print(f"  try: curl {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'", soft_wrap=True)
-    console.print(f"  as a teacher: ftw data synth --recipe R --teacher {url} --run NAME", soft_wrap=True)
-    console.print(f"  full log: {settings.log}. Ctrl-C stops it.", soft_wrap=True)
-
-
-def serve(run_dir: Path, quant: str = DEFAULT_QUANT, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+def serve(
+    run_dir: Path,
+    on_ready: Callable[[ServerSettings], None],
+    quant: str = DEFAULT_QUANT,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+) -> None:
+    """Start llama-server on the run's GGUF, call `on_ready` once it answers, and wait for Ctrl-C."""
     settings = settings_for_run(run_dir, quant, host, port)
     check_port(settings)  # before a first build of llama-server, which takes minutes
     check_gguf(settings.gguf, run_dir.name)
     server = start(settings)
     try:
-        show_usage(settings)
+        on_ready(settings)
         service.wait(server.child)
     finally:
         server.stop()

@@ -10,13 +10,13 @@ and is bound to 127.0.0.1 unless told otherwise: nothing leaves the machine.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.core import service
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import run_dir_of
-from wrapper.core.ui import console, done
 
 DEFAULT_PORT = 6006  # TensorBoard's own
 EVENTS = "events.out.tfevents.*"
@@ -65,14 +65,6 @@ def board_for(runs: tuple[str, ...], host: str, port: int) -> Board:
     return Board(runs, folders, run_dirs[0] / "logs" / LOG_NAME, host, port)
 
 
-def show(board: Board) -> None:
-    url = f"{board.address.root}/"
-    done(f"TensorBoard is showing {', '.join(board.runs)}: {url}")
-    if board.address.public:
-        console.print(f"  [yellow]listening on {board.host}: other machines can reach it[/yellow]", soft_wrap=True)
-    console.print(f"  full log: {board.log}. Ctrl-C stops it.", soft_wrap=True)
-
-
 def start(board: Board, timeout_s: float | None = None) -> service.Service:
     service.check_address(board.address)
     status = f"TensorBoard is reading {len(board.runs)} run(s) (log: {board.log})"
@@ -81,11 +73,17 @@ def start(board: Board, timeout_s: float | None = None) -> service.Service:
     return service.start("TensorBoard", board.argv(), board.log, ready, status, timeout_s)
 
 
-def run_board(runs: tuple[str, ...], host: str = service.LOOPBACK, port: int = DEFAULT_PORT) -> None:
+def run_board(
+    runs: tuple[str, ...],
+    on_ready: Callable[[Board], None],
+    host: str = service.LOOPBACK,
+    port: int = DEFAULT_PORT,
+) -> None:
+    """Start TensorBoard on the runs, call `on_ready` once it answers, and wait for Ctrl-C."""
     board = board_for(runs, host, port)
     child = start(board)
     try:
-        show(board)
+        on_ready(board)
         service.wait(child)
     finally:
         child.stop()

@@ -23,7 +23,7 @@ from wrapper.core.disk import check_free_space, folder_bytes
 from wrapper.core.errors import FtwError
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_logged
-from wrapper.core.ui import console, stage_progress
+from wrapper.core.ui import stage_progress, step
 from wrapper.train import base_dtype
 
 FINISHED_MARKER = "train_results.json"  # written by LLaMA-Factory after the final save
@@ -70,7 +70,7 @@ def drop_incomplete_checkpoints(adapter_dir: Path) -> list[Path]:
     while found and not is_complete(found[-1]):
         broken = found.pop()
         shutil.rmtree(broken)
-        console.print(f"removed {broken.name}: its saving was interrupted ({CHECKPOINT_STATE} missing or cut off)")
+        step(f"removed {broken.name}: its saving was interrupted ({CHECKPOINT_STATE} missing or cut off)")
     return found
 
 
@@ -251,10 +251,10 @@ class TrainStage:
             # Killed before its first checkpoint: nothing to resume, and LLaMA-Factory refuses a non-empty folder.
             shutil.rmtree(adapter_dir)
         if resumable:
-            console.print(f"Resuming from {resumable[-1].name} (LLaMA-Factory picks the newest checkpoint).")
+            step(f"Resuming from {resumable[-1].name} (LLaMA-Factory picks the newest checkpoint).")
         preflight(self.plan, resumable, self.ignore_fit)
         base_dtype.ensure(self.plan)
-        console.print(
+        step(
             f"Training [bold]{self.plan.run}[/bold]: {self.plan.recipe} on {self.plan.profile}"
             + (f", computed in {self.plan.compute_dtype}" if self.plan.compute_dtype else "")
             + f"; full log: {self.log_path}"
