@@ -294,7 +294,7 @@ def test_prepare_merges_every_format_and_keeps_the_invariant(capsys, runs_dir):
 @pytest.mark.parametrize("mode, dropped", [("none", 0), ("exact", 0), ("near", 1)])
 def test_dedupe_modes(runs_dir, tmp_path, mode, dropped):
     recipe = write_recipe(tmp_path, f"data:\n  dedupe: {mode}\n")
-    info = prepare(str(recipe), [str(SAMPLES / "alpaca.jsonl")], "dedupe")
+    info = prepare(str(recipe), [str(SAMPLES / "alpaca.jsonl")], "dedupe").info
     assert info["counts"]["rejected"] == dropped
     if dropped:
         (reject,) = jsonl(runs_dir / "dedupe" / "data" / "rejects.jsonl")

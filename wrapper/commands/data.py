@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from wrapper.commands.options import (
     data_option,
@@ -18,13 +20,28 @@ from wrapper.commands.options import (
 )
 from wrapper.config.profiles import load_profile
 from wrapper.config.schema import SYNTH_KINDS
-from wrapper.core.paths import check_run_name, runs_dir
+from wrapper.core.paths import SYNTH_ROWS, check_run_name, display_path, runs_dir
 from wrapper.core.ui import console, done
-from wrapper.data.check import check
-from wrapper.data.prepare import prepare, previous_plan, run_overrides
-from wrapper.synth.job import synthesize_run
+from wrapper.data.check import (
+    KIND_NAMES,
+    CheckEvent,
+    CheckStarted,
+    FileChecked,
+    FileStarted,
+    check,
+    languages_line,
+    lengths_lines,
+)
+from wrapper.data.langs import GUESS_NOTE
+from wrapper.data.prepare import PrepareResult, prepare, previous_plan, run_overrides
+from wrapper.data.prepared import PREPARED
+from wrapper.data.scan import EXACT, INVALID, FileReport, Item
+from wrapper.data.tokens import Lengths
+from wrapper.synth.job import REJECTS, Synthesized, synthesize_run
 from wrapper.synth.teachers import TEACHER_FORMS
 from wrapper.train.render import render
+
+DUPLICATES_SHOWN = 10
 
 
 @click.group()
@@ -54,7 +71,102 @@ def data_check(files: tuple[str, ...], recipe: str, max_problems: int, report_pa
     Example:
       ftw data check data/samples/alpaca.jsonl data/samples/sharegpt.jsonl
     """
-    check(list(files), recipe, max_problems, report_path)
+    shown = CheckShown(max_problems)
+    for event in check(list(files), recipe, report_path):
+        shown.show(event)
+
+
+class CheckShown:
+    """`ftw data check`'s report as the rows stream past: every invalid row (or the first
+    `max_problems` of a file), the first duplicates, each file's summary, the totals."""
+
+    def __init__(self, max_problems: int):
+        self.max_problems = max_problems
+        self.cutoff_len = 0
+        self.min_rating: float | None = None
+        self.problems = self.duplicates = 0
+
+    def show(self, event: CheckEvent) -> None:
+        if isinstance(event, CheckStarted):
+            self.started(event)
+        elif isinstance(event, FileStarted):
+            console.print(f"\n[bold]{escape(event.name)}[/bold]")
+            self.problems = self.duplicates = 0
+        elif isinstance(event, Item):
+            self.item(event)
+        elif isinstance(event, FileChecked):
+            self.file_checked(event.report, event.kinds)
+        else:
+            if len(event.reports) > 1:
+                self.totals(event.reports)
+            if event.guessed_languages:
+                console.print(f"languages {GUESS_NOTE}", style="dim")
+
+    def started(self, start: CheckStarted) -> None:
+        recipe, self.cutoff_len, self.min_rating = start.recipe, start.cutoff_len, start.recipe.data.min_rating
+        console.print(
+            f"Checking {len(start.files)} file(s) with recipe {recipe.name} "
+            f"({display_path(recipe.doc.path)}): data.dedupe {recipe.data.dedupe}, cutoff_len {start.cutoff_len}"
+        )
+        console.print(
+            f"  token lengths: {start.counter_description}"
+            if start.counter_description
+            else f"  token lengths skipped: {start.why_not}"
+        )
+        for path in start.skipped:
+            console.print(
+                f"  [yellow]skipped[/yellow] {escape(display_path(path))}: not a data file "
+                "(.json, .jsonl, .txt, .md, .srt, .vtt)"
+            )
+
+    def item(self, item: Item) -> None:
+        if item.status == INVALID:
+            if not self.max_problems or self.problems < self.max_problems:
+                console.print(f"  {item.where}: {item.problem.reason}", soft_wrap=True, markup=False)
+                self.problems += 1
+        elif self.duplicates < DUPLICATES_SHOWN:
+            kind = "exact" if item.duplicate == EXACT else "near"
+            console.print(f"  {item.where}: {kind} duplicate of {item.duplicate_of}", markup=False)
+            self.duplicates += 1
+
+    def file_checked(self, report: FileReport, kinds: Counter) -> None:
+        if self.max_problems and report.invalid > self.problems:
+            console.print(f"  ... and {report.invalid - self.problems} more invalid rows (--max-problems 0 shows all)")
+        fmt = report.format or "unknown format"
+        if report.documents and report.format in ("text", "plain", "subtitles"):
+            fmt += f", {report.documents} document(s) cut into chunks"
+        console.print(
+            f"  {fmt}: {report.read} rows read, {report.valid} valid, {report.invalid} invalid"
+            + (f", {report.filtered} below min_rating {self.min_rating:g}" if report.filtered else "")
+        )
+        if report.fatal:
+            console.print(f"  [red]the file could not be read to its end[/red]: {escape(report.fatal)}", soft_wrap=True)
+        if kinds:
+            console.print("  invalid: " + ", ".join(f"{KIND_NAMES.get(k, k)} {n}" for k, n in kinds.most_common()))
+        if report.valid:
+            console.print(
+                f"  duplicates: {report.exact_duplicates} exact, {report.near_duplicates} near "
+                "(same after case and whitespace folding)"
+            )
+            console.print(f"  languages: {languages_line(report)}")
+            for line in lengths_lines(report.lengths, self.cutoff_len):
+                console.print(f"  {line}")
+
+    def totals(self, reports: list[FileReport]) -> None:
+        read = sum(r.read for r in reports)
+        valid = sum(r.valid for r in reports)
+        invalid = sum(r.invalid for r in reports)
+        exact = sum(r.exact_duplicates for r in reports)
+        near = sum(r.near_duplicates for r in reports)
+        console.print(
+            f"\n[bold]all {len(reports)} files[/bold]: {read} rows read, {valid} valid, {invalid} invalid; "
+            f"duplicates {exact} exact, {near} near (across files too)"
+        )
+        total = Lengths.empty()
+        for report in reports:
+            total.merge(report.lengths)
+        for line in lengths_lines(total, self.cutoff_len):
+            console.print(f"  {line}")
 
 
 @data.command("prepare")
@@ -83,7 +195,7 @@ def data_prepare(
     if chosen:
         load_profile(chosen)  # a wrong profile is said before the data is prepared, not after
     previous = previous_plan(runs_dir() / run)
-    prepare(recipe, list(data_files), run, list(overrides))
+    show_prepared(prepare(recipe, list(data_files), run, list(overrides)))
     rerender(recipe, run, previous, chosen, run_overrides(previous, list(overrides)))
 
 
@@ -136,7 +248,63 @@ def data_synth(
     require_paths("--docs", docs)  # before the teacher is asked anything
     settings = {"kind": kind, "per_chunk": per_chunk, "judge": judge}
     extra = [f"synth.{key}={value}" for key, value in settings.items() if value is not None]
-    synthesize_run(recipe, list(docs), teacher, teacher_model, run, parallel, limit, force, list(overrides) + extra)
+    made = synthesize_run(
+        recipe, list(docs), teacher, teacher_model, run, parallel, limit, force, list(overrides) + extra
+    )
+    show_synthesized(made)
+
+
+def show_synthesized(made: Synthesized) -> None:
+    tally = made.tally
+    console.print(
+        f"  chunks: read {tally.chunks} = done {tally.done} + failed {tally.failed}"
+        + (f"; {made.not_asked} not asked yet (--limit)" if made.not_asked else "")
+    )
+    console.print(f"  rows: generated {tally.generated} = kept {tally.kept} + rejected {tally.rejected}")
+    if tally.reasons:
+        console.print("  rejected: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in tally.reasons.most_common()))
+    console.print(
+        f"  teacher: {tally.prompt_tokens} prompt + {tally.completion_tokens} generated tokens; "
+        f"{tally.seconds:.0f} s of requests" + (f" (summed over {made.parallel} at once)" if made.parallel > 1 else "")
+    )
+    done(
+        f"{tally.kept} row(s) in {display_path(made.folder / SYNTH_ROWS.name)}; every reject in "
+        f"{display_path(made.folder / REJECTS)}. Next: ftw data prepare --recipe {made.recipe} --run {made.run}"
+    )
+
+
+def show_prepared(prepared: PrepareResult) -> None:
+    tally, info = prepared.tally, prepared.info
+    for source in prepared.sources:
+        console.print(
+            f"  {source.name} ({source.format}): read {source.read}, kept {source.kept}, rejected {source.rejected}",
+            markup=False,
+        )
+    if tally.reasons:
+        console.print(
+            "  rejected: "
+            + ", ".join(f"{KIND_NAMES.get(k, k.replace('_', ' '))} {n}" for k, n in tally.reasons.most_common())
+        )
+    console.print(f"  read {tally.read} = kept {tally.kept} + rejected {tally.rejected}  [green]✓[/green]")
+    settings = info["settings"]
+    console.print(
+        f"  split (seed {settings['seed']}, val_ratio {settings['val_ratio']}, per language): "
+        f"train {tally.train} ({by_count(tally.train_langs)}), val {tally.val}"
+        + (f" ({by_count(tally.val_langs)})" if tally.val else "")
+    )
+    if prepared.lengths is not None:
+        for line in lengths_lines(prepared.lengths, settings["cutoff_len"], prepared.length_every):
+            console.print(f"  {line}")
+    files = info["files"]
+    names = ", ".join(Path(f["path"]).name for f in files.values())
+    done(
+        f"{info['kind']} data in {Path(files['train']['path']).parent}: {names}, "
+        f"{PREPARED}; {files['rejects']['rows']} row(s) in rejects.jsonl"
+    )
+
+
+def by_count(counts: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def rerender(recipe: str, run: str, previous: dict, profile: str | None, overrides: list[str]) -> None:

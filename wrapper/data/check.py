@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
-from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
-
 from wrapper.config.recipes import load_recipe
+from wrapper.config.schema import Recipe
 from wrapper.core.errors import FtwError
-from wrapper.core.paths import display_path
-from wrapper.core.ui import console
-from wrapper.data.langs import GUESS_NOTE
+from wrapper.core.ui import byte_progress
 from wrapper.data.scan import (
     EXACT,
     INVALID,
@@ -45,26 +43,12 @@ KIND_NAMES = {
     "bad_turns": "bad turns",
     "below_min_rating": "below min_rating",
 }
-DUPLICATES_SHOWN = 10
 
 
 class DataProblems(FtwError):
     """`ftw data check` found invalid rows: the report is printed, the exit code says so."""
 
     exit_code = 1
-
-
-def byte_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
 
 
 def languages_line(report: FileReport) -> str:
@@ -99,46 +83,68 @@ def lengths_lines(lengths: Lengths, cutoff_len: int, every: int = 1) -> list[str
     ]
 
 
-class Listing:
-    """The lines of one file's report as its rows stream past: every invalid row (or the first
-    `max_problems`), the first duplicates, and everything in the --report file."""
+@dataclass
+class CheckStarted:
+    """What is checked, and how (before the first file is read)."""
 
-    def __init__(self, max_problems: int, report_file):
-        self.max_problems = max_problems
-        self.report_file = report_file
-        self.shown = self.duplicates_shown = 0
-        self.kinds: Counter = Counter()
+    recipe: Recipe
+    files: list[Path]
+    skipped: list[Path]  # not data files
+    cutoff_len: int
+    counter_description: str | None  # how tokens are counted; None: lengths are skipped
+    why_not: str  # why lengths are skipped
+
+
+@dataclass
+class FileStarted:
+    name: str
+
+
+@dataclass
+class FileChecked:
+    report: FileReport
+    kinds: Counter  # invalid rows by kind
+
+
+@dataclass
+class AllChecked:
+    reports: list[FileReport]
+    guessed_languages: bool  # some row's language was guessed, not read from a field
+
+
+CheckEvent = CheckStarted | FileStarted | Item | FileChecked | AllChecked
+
+
+class ReportFile:
+    """--report: every problem and duplicate, and each file's summary, one JSON object a line."""
+
+    def __init__(self, handle):
+        self.handle = handle
 
     def write(self, record: dict) -> None:
-        if self.report_file:
-            self.report_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.handle:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def add(self, item: Item) -> None:
+    def item(self, item: Item) -> None:
         if item.status == INVALID:
-            self.kinds[item.problem.kind] += 1
-            if not self.max_problems or self.shown < self.max_problems:
-                console.print(f"  {item.where}: {item.problem.reason}", soft_wrap=True, markup=False)
-                self.shown += 1
+            problem = item.problem
             self.write(
                 {
                     "where": item.where,
                     "file": item.source.name,
                     "line": item.line,
-                    "kind": item.problem.kind,
-                    "reason": item.problem.reason,
+                    "kind": problem.kind,
+                    "reason": problem.reason,
                 }
             )
-        elif item.duplicate in (EXACT, NEAR):
+        else:
             kind = "exact" if item.duplicate == EXACT else "near"
-            if self.duplicates_shown < DUPLICATES_SHOWN:
-                console.print(f"  {item.where}: {kind} duplicate of {item.duplicate_of}", markup=False)
-                self.duplicates_shown += 1
             self.write({"where": item.where, "kind": f"{kind}_duplicate", "duplicate_of": item.duplicate_of})
 
 
-def check(
-    given: list[str], recipe_name: str, max_problems: int = 0, report_path: Path | None = None
-) -> list[FileReport]:
+def check(given: list[str], recipe_name: str, report_path: Path | None = None) -> Iterator[CheckEvent]:
+    """The check as it goes: what is checked, then each file's invalid rows and duplicates (as Items)
+    and its report, then all reports. Ends with DataProblems where any row is invalid."""
     recipe = load_recipe(recipe_name)
     files, skipped = input_paths(given)
     cutoff_len = recipe_cutoff_len(recipe)
@@ -149,66 +155,32 @@ def check(
         raise FtwError(
             f"raw text is cut into chunks of cutoff_len tokens, which needs the recipe's tokenizer: {why_not}"
         )
-    console.print(
-        f"Checking {len(files)} file(s) with recipe {recipe.name} "
-        f"({display_path(recipe.doc.path)}): data.dedupe {recipe.data.dedupe}, cutoff_len {cutoff_len}"
-    )
-    console.print(f"  token lengths: {counter.description}" if counter else f"  token lengths skipped: {why_not}")
-    for path in skipped:
-        console.print(
-            f"  [yellow]skipped[/yellow] {escape(display_path(path))}: not a data file "
-            "(.json, .jsonl, .txt, .md, .srt, .vtt)"
-        )
+    yield CheckStarted(recipe, files, skipped, cutoff_len, counter.description if counter else None, why_not)
     with ExitStack() as stack:
-        report_file = stack.enter_context(report_path.open("w", encoding="utf-8")) if report_path else None
+        report_file = ReportFile(stack.enter_context(report_path.open("w", encoding="utf-8")) if report_path else None)
         progress = stack.enter_context(byte_progress())
         task = progress.add_task("reading", total=scanner.total_bytes())
         scanner.on_bytes = lambda n: progress.advance(task, n)
         for source in scanner.sources:
-            console.print(f"\n[bold]{escape(source.name)}[/bold]")
-            listing = Listing(max_problems, report_file)
+            yield FileStarted(source.name)
+            kinds: Counter = Counter()
             for batch in scanner.batches(source):
                 for item in batch:
-                    listing.add(item)
+                    if item.status == INVALID:
+                        kinds[item.problem.kind] += 1
+                    elif item.duplicate not in (EXACT, NEAR):
+                        continue
+                    report_file.item(item)
+                    yield item
             report = scanner.reports[source.index]
-            if max_problems and report.invalid > listing.shown:
-                console.print(
-                    f"  ... and {report.invalid - listing.shown} more invalid rows (--max-problems 0 shows all)"
-                )
-            print_file_summary(report, listing.kinds, cutoff_len, recipe.data.min_rating)
-            listing.write({"summary": summary_record(report, listing.kinds)})
+            yield FileChecked(report, kinds)
+            report_file.write({"summary": summary_record(report, kinds)})
     reports = scanner.reports
-    if len(reports) > 1:
-        print_totals(reports, cutoff_len)
-    if any(r.languages.get(lang, [0, 0])[1] for r in reports for lang in r.languages):
-        console.print(f"languages {GUESS_NOTE}", style="dim")
+    yield AllChecked(reports, any(r.languages.get(lang, [0, 0])[1] for r in reports for lang in r.languages))
     invalid = sum(r.invalid for r in reports)
     if invalid:
         bad_files = sum(1 for r in reports if r.invalid)
         raise DataProblems(f"{invalid} invalid row(s) in {bad_files} file(s); each is listed above with its file:line")
-    return reports
-
-
-def print_file_summary(report: FileReport, kinds: Counter, cutoff_len: int, min_rating: float | None) -> None:
-    fmt = report.format or "unknown format"
-    if report.documents and report.format in ("text", "plain", "subtitles"):
-        fmt += f", {report.documents} document(s) cut into chunks"
-    console.print(
-        f"  {fmt}: {report.read} rows read, {report.valid} valid, {report.invalid} invalid"
-        + (f", {report.filtered} below min_rating {min_rating:g}" if report.filtered else "")
-    )
-    if report.fatal:
-        console.print(f"  [red]the file could not be read to its end[/red]: {escape(report.fatal)}", soft_wrap=True)
-    if kinds:
-        console.print("  invalid: " + ", ".join(f"{KIND_NAMES.get(k, k)} {n}" for k, n in kinds.most_common()))
-    if report.valid:
-        console.print(
-            f"  duplicates: {report.exact_duplicates} exact, {report.near_duplicates} near "
-            "(same after case and whitespace folding)"
-        )
-        console.print(f"  languages: {languages_line(report)}")
-        for line in lengths_lines(report.lengths, cutoff_len):
-            console.print(f"  {line}")
 
 
 def summary_record(report: FileReport, kinds: Counter) -> dict:
@@ -227,20 +199,3 @@ def summary_record(report: FileReport, kinds: Counter) -> dict:
         "fatal": report.fatal,
         "sha256": report.sha256,
     }
-
-
-def print_totals(reports: list[FileReport], cutoff_len: int) -> None:
-    read = sum(r.read for r in reports)
-    valid = sum(r.valid for r in reports)
-    invalid = sum(r.invalid for r in reports)
-    exact = sum(r.exact_duplicates for r in reports)
-    near = sum(r.near_duplicates for r in reports)
-    console.print(
-        f"\n[bold]all {len(reports)} files[/bold]: {read} rows read, {valid} valid, {invalid} invalid; "
-        f"duplicates {exact} exact, {near} near (across files too)"
-    )
-    total = Lengths.empty()
-    for report in reports:
-        total.merge(report.lengths)
-    for line in lengths_lines(total, cutoff_len):
-        console.print(f"  {line}")

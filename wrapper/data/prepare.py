@@ -34,8 +34,7 @@ from wrapper.core import manifest
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import staged_dir, write_text_atomic
 from wrapper.core.paths import check_run_name, display_path, runs_dir
-from wrapper.core.ui import console, done
-from wrapper.data.check import KIND_NAMES, byte_progress, lengths_lines
+from wrapper.core.ui import byte_progress, step
 from wrapper.data.prepared import DATA_DIR, PREPARED, load_prepared
 from wrapper.data.scan import (
     EXACT,
@@ -145,6 +144,26 @@ class Tally:
     row_kinds: Counter = field(default_factory=Counter)  # kept rows: conversation / text
 
 
+@dataclass
+class SourceCount:
+    name: str
+    format: str
+    read: int
+    kept: int
+    rejected: int
+
+
+@dataclass
+class PrepareResult:
+    """What `ftw data prepare` wrote and counted, for its summary."""
+
+    info: dict  # what prepared.json holds
+    tally: Tally
+    sources: list[SourceCount]
+    lengths: Lengths | None  # the rows' token lengths (None without the recipe's tokenizer)
+    length_every: int  # lengths counted for 1 row in this many
+
+
 def reject_reason(item: Item, dedupe: str) -> tuple[str, str] | None:
     """(kind, reason) when the item is dropped, else None."""
     if item.status in (INVALID, FILTERED):
@@ -220,8 +239,8 @@ def run_overrides(previous: dict, overrides: list[str]) -> list[str]:
     return list(previous.get("overrides") or []) + list(overrides)
 
 
-def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[str] = ()) -> dict:
-    """Write runs/RUN/data and dataset_info.json; return what prepared.json holds."""
+def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[str] = ()) -> PrepareResult:
+    """Write runs/RUN/data and dataset_info.json; return what prepared.json holds, with the counts."""
     check_run_name(run)
     run_dir = runs_dir() / run
     overrides = run_overrides(previous_plan(run_dir), list(overrides))
@@ -252,13 +271,13 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
             f"less than half a chunk ({counter.chunk_limit(cutoff_len)} tokens at cutoff_len {cutoff_len})"
         )
 
-    console.print(
+    step(
         f"Preparing run [bold]{run}[/bold] from {len(files)} file(s), recipe {recipe.name}: "
         f"val_ratio {settings.val_ratio}, seed {settings.seed}, dedupe {settings.dedupe}"
         + (f", min_rating {settings.min_rating:g}" if settings.min_rating is not None else "")
     )
     for path in skipped:
-        console.print(f"  [yellow]skipped[/yellow] {escape(display_path(path))}: not a data file")
+        step(f"  [yellow]skipped[/yellow] {escape(display_path(path))}: not a data file")
     run_dir.mkdir(parents=True, exist_ok=True)
     final_dir = run_dir / DATA_DIR
     with staged_dir(final_dir) as staging:
@@ -282,8 +301,13 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
     write_text_atomic(
         run_dir / "dataset_info.json", json.dumps(prepared.dataset_info(), ensure_ascii=False, indent=2) + "\n"
     )
-    _print_summary(scanner, tally, info, cutoff_len, counter)
-    return info
+    sources = []
+    for source in scanner.sources:
+        read, kept, rejected = tally.per_source[source.index]
+        fmt = scanner.reports[source.index].format or "unknown format"
+        sources.append(SourceCount(source.name, fmt, read, kept, rejected))
+    lengths = _all_lengths(scanner) if counter is not None else None
+    return PrepareResult(info, tally, sources, lengths, 1 if info["kind"] == "pt" else scanner.length_every)
 
 
 def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[Tally, dict, bool]:
@@ -416,33 +440,3 @@ def _all_lengths(scanner: Scanner) -> Lengths:
     for report in scanner.reports:
         total.merge(report.lengths)
     return total
-
-
-def _print_summary(scanner: Scanner, tally: Tally, info: dict, cutoff_len: int, counter) -> None:
-    for source in scanner.sources:
-        read, kept, rejected = tally.per_source[source.index]
-        fmt = scanner.reports[source.index].format or "unknown format"
-        console.print(f"  {source.name} ({fmt}): read {read}, kept {kept}, rejected {rejected}", markup=False)
-    if tally.reasons:
-        console.print(
-            "  rejected: "
-            + ", ".join(f"{KIND_NAMES.get(k, k.replace('_', ' '))} {n}" for k, n in tally.reasons.most_common())
-        )
-    console.print(f"  read {tally.read} = kept {tally.kept} + rejected {tally.rejected}  [green]✓[/green]")
-    langs = lambda c: ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]))  # noqa: E731
-    settings = info["settings"]
-    console.print(
-        f"  split (seed {settings['seed']}, val_ratio {settings['val_ratio']}, per language): "
-        f"train {tally.train} ({langs(tally.train_langs)}), val {tally.val}"
-        + (f" ({langs(tally.val_langs)})" if tally.val else "")
-    )
-    if counter is not None:
-        every = 1 if info["kind"] == "pt" else scanner.length_every
-        for line in lengths_lines(_all_lengths(scanner), cutoff_len, every):
-            console.print(f"  {line}")
-    files = info["files"]
-    names = ", ".join(Path(f["path"]).name for f in files.values())
-    done(
-        f"{info['kind']} data in {Path(files['train']['path']).parent}: {names}, "
-        f"{PREPARED}; {files['rejects']['rows']} row(s) in rejects.jsonl"
-    )

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import Recipe, SynthSettings
@@ -35,7 +35,7 @@ from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.journal import Journal
 from wrapper.core.paths import SYNTH_ROWS, display_path, runs_dir
 from wrapper.core.stage import StageInputs, short_value
-from wrapper.core.ui import console, done
+from wrapper.core.ui import count_progress, step
 from wrapper.data.documents import Document, DocumentReject, read_documents
 from wrapper.data.formats import near_key
 from wrapper.data.langs import language_of
@@ -233,21 +233,9 @@ def _count(entry: dict, reply) -> None:
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-
-
 def generate(job: Job, todo: list[Chunk], journal: Journal) -> None:
     """Asks for every chunk of `todo`, `job.parallel` at a time, journaling each as it finishes."""
-    with progress_bar() as progress:
+    with count_progress() as progress:
         task = progress.add_task("synthesizing", total=len(todo), rate="")
         meter = Meter(progress, task, job.teacher)
         if job.parallel == 1:  # in this thread: a Ctrl-C stops it between two tokens
@@ -405,10 +393,22 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ---- the command ----------------------------------------------------------------------------------
 
 
-def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> Tally:
+@dataclass
+class Synthesized:
+    """What `ftw data synth` made, for its summary."""
+
+    tally: Tally
+    not_asked: int  # chunks left out by --limit
+    parallel: int
+    folder: Path  # runs/RUN/synth
+    recipe: str
+    run: str
+
+
+def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> Synthesized:
     documents, doc_rejects = read_all(paths)
     for reject in doc_rejects:
-        console.print(f"  [yellow]skipped[/yellow] {escape(reject.name)}: {escape(reject.reason)}")
+        step(f"  [yellow]skipped[/yellow] {escape(reject.name)}: {escape(reject.reason)}")
     if not documents:
         raise FtwError(f"no readable documents in {', '.join(display_path(p) for p in paths)} (see the lines above)")
     chunks = chunks_of(documents, chunker, job.settings)
@@ -423,7 +423,7 @@ def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> T
     journal = Journal(job.folder / JOURNAL, "chunk")
     todo = [chunk for chunk in scope if chunk.id not in journal]
     langs = Counter(chunk.lang for chunk in chunks)
-    console.print(
+    step(
         f"{len(documents)} document(s), {len(chunks)} chunk(s) of ≤{job.settings.chunk_tokens} tokens "
         f"({', '.join(f'{k} {v}' for k, v in langs.most_common())}); "
         + (f"{len(scope) - len(todo)} done before, " if len(todo) < len(scope) else "")
@@ -438,8 +438,7 @@ def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> T
     tally = assemble(job, scope, entries, doc_rejects)
     summary = summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally)
     write_text_atomic(job.folder / SUMMARY, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-    print_summary(job, tally, len(chunks) - len(scope))
-    return tally
+    return Synthesized(tally, len(chunks) - len(scope), job.parallel, job.folder, job.recipe.name, job.run_dir.name)
 
 
 def summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally: Tally) -> dict:
@@ -480,25 +479,6 @@ def summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally: Tally)
     }
 
 
-def print_summary(job: Job, tally: Tally, left: int) -> None:
-    console.print(
-        f"  chunks: read {tally.chunks} = done {tally.done} + failed {tally.failed}"
-        + (f"; {left} not asked yet (--limit)" if left else "")
-    )
-    console.print(f"  rows: generated {tally.generated} = kept {tally.kept} + rejected {tally.rejected}")
-    if tally.reasons:
-        console.print("  rejected: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in tally.reasons.most_common()))
-    console.print(
-        f"  teacher: {tally.prompt_tokens} prompt + {tally.completion_tokens} generated tokens; "
-        f"{tally.seconds:.0f} s of requests" + (f" (summed over {job.parallel} at once)" if job.parallel > 1 else "")
-    )
-    run = job.run_dir.name
-    done(
-        f"{tally.kept} row(s) in {display_path(job.folder / SYNTH_ROWS.name)}; every reject in "
-        f"{display_path(job.folder / REJECTS)}. Next: ftw data prepare --recipe {job.recipe.name} --run {run}"
-    )
-
-
 def thinking_template(recipe: Recipe) -> bool:
     """LLaMA-Factory's reasoning templates (qwen3, deepseekr1, ...) train on <think>...</think>."""
     counter, why_not = recipe_counter(recipe)
@@ -517,7 +497,7 @@ def synthesize_run(
     limit: int | None,
     force: bool,
     overrides: list[str],
-) -> Tally:
+) -> Synthesized:
     """`ftw data synth`: everything checked that can be (recipe, documents, tokenizer) before the
     teacher is loaded or asked."""
     recipe = load_recipe(recipe_name, overrides)
@@ -534,7 +514,7 @@ def synthesize_run(
     own = (recipe.folder / settings.templates).resolve() if settings.templates else None
     teacher = open_teacher(teacher_spec, teacher_model)
     if parallel > 1 and not teacher.parallel_ok:
-        console.print(f"  --parallel {parallel}: a GGUF in this process answers one request at a time; using 1")
+        step(f"  --parallel {parallel}: a GGUF in this process answers one request at a time; using 1")
         parallel = 1
     job = Job(
         run_dir=runs_dir() / run,
