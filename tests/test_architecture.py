@@ -105,3 +105,84 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# Where a module may write to the terminal (ARCHITECTURE.md, "Output").
+PRINTS = ("wrapper/cli.py", "wrapper/core/ui.py", "wrapper/commands/", "wrapper/setup/")
+PRINTS_FOR_NOW = {
+    "wrapper/eval/evaluate.py",
+    "wrapper/eval/quant_loss.py",
+    "wrapper/eval/report.py",
+    "wrapper/eval/sets.py",
+}
+OUTPUT_ATTRIBUTES = {
+    ("sys", "stdout"),
+    ("sys", "stderr"),
+    ("click", "echo"),
+    ("click", "secho"),
+    ("rich", "print"),
+    ("ui", "console"),
+    ("ui", "error_console"),
+}
+OUTPUT_IMPORTS = {"wrapper.core.ui": {"console", "error_console"}, "rich": {"print"}, "rich.console": {"Console"}}
+
+
+def is_program(tree: ast.Module) -> bool:
+    """Has `if __name__ == "__main__":`: run as its own process (a child whose stdout is its log, a make step)."""
+    return any(
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+        for node in tree.body
+    )
+
+
+def terminal_output(source: str) -> list[tuple[int, str]]:
+    """(line, what) for each way the module writes to the terminal other than core/ui.py's functions."""
+    tree = ast.parse(source)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            if not is_program(tree):
+                found.append((node.lineno, "print()"))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if (node.value.id, node.attr) in OUTPUT_ATTRIBUTES:
+                found.append((node.lineno, f"{node.value.id}.{node.attr}"))
+        elif isinstance(node, ast.ImportFrom) and node.module in OUTPUT_IMPORTS:
+            names = {alias.name for alias in node.names} & OUTPUT_IMPORTS[node.module]
+            found += [(node.lineno, f"{node.module}.{name}") for name in sorted(names)]
+    return found
+
+
+def test_only_commands_print_and_the_rest_report_through_ui():
+    offenders = []
+    for path in sorted((REPO / "wrapper").rglob("*.py")):
+        name = path.relative_to(REPO).as_posix()
+        if name.startswith(PRINTS) or name in PRINTS_FOR_NOW:
+            continue
+        offenders += [f"{name}:{line}: {what}" for line, what in terminal_output(path.read_text(encoding="utf-8"))]
+    assert offenders == [], (
+        "results are printed by wrapper/commands/; below it, long work reports through core/ui.py "
+        "(step, done, spinner, the progress bars):\n" + "\n".join(offenders)
+    )
+
+
+@pytest.mark.parametrize(
+    "source, what",
+    [
+        ("print('hello')", "print()"),
+        ("from wrapper.core.ui import console, done\nconsole.print('x')", "wrapper.core.ui.console"),
+        ("from wrapper.core import ui\nui.console.print('x')", "ui.console"),
+        ("import sys\nsys.stdout.write('x')", "sys.stdout"),
+        ("import click\nclick.echo('x')", "click.echo"),
+        ("from rich.console import Console\nConsole().print('x')", "rich.console.Console"),
+    ],
+)
+def test_the_output_rule_sees_each_way_to_print(source, what):
+    assert [found for _, found in terminal_output(source)] == [what]
+
+
+def test_ui_functions_and_a_programs_own_stdout_are_allowed():
+    assert terminal_output("from wrapper.core.ui import done, step\nstep('Converting X; full log: Y')") == []
+    assert terminal_output("def main():\n    print('wrote x')\n\nif __name__ == '__main__':\n    main()") == []
