@@ -85,9 +85,9 @@ def spinner(message: str) -> AbstractContextManager[Any]:
     return console.status(message)
 
 
-def step(message: str, markup: bool = True) -> None:
+def step(message: str) -> None:
     """One line of long work as it goes: what starts now and where its log is, or a warning on the way."""
-    console.print(message, soft_wrap=True, markup=markup)
+    console.print(message, soft_wrap=True)
 
 
 def done(message: str) -> None:
