@@ -42,10 +42,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from wrapper.core import manifest
+from wrapper.core import manifest, ui
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import sha256_of, write_text_atomic
-from wrapper.core.ui import done, step
+from wrapper.core.ui import done
 
 FULL_HASH_BYTES = 512 * 2**20
 SHORT_VALUE_CHARS = 80
@@ -216,7 +216,7 @@ def build(stage: Stage, inputs: StageInputs, changes: list[str] | None = None) -
     an earlier version of the artifact is forgotten once the new one is in place."""
     remade = bool(changes) or (changes == [] and stage.key in manifest.load(stage.run_dir)["artifacts"])
     if changes:
-        step(f"{stage.title}: made again, changed since the last time: {describe(changes)}")
+        ui.step(f"{stage.title}: made again, changed since the last time: {describe(changes)}")
     partial = stage.target.with_name(stage.target.name + PARTIAL)
     remove_partials(partial)
     try:
