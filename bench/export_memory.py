@@ -40,7 +40,6 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 CACHE = REPO / ".cache" / "bench"
 RESULTS = REPO / "bench" / "results" / "export_memory.json"
@@ -110,7 +109,7 @@ def build_model(out: Path, shape: dict) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from fixtures import ENDOFTEXT, IM_END, qwen2_tokenizer_dir
+    from tests.support.models import ENDOFTEXT, IM_END, qwen2_tokenizer_dir
 
     tokenizer = AutoTokenizer.from_pretrained(qwen2_tokenizer_dir())
     config = Qwen2Config(

@@ -1,19 +1,15 @@
-"""Shared test helpers: run the real `ftw` CLI against a temporary runs folder."""
+"""The fixtures and pytest hooks of the suite; the helpers they and the tests share are in tests/support/."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from wrapper.core.cpu import FAST_BF16_ENV
 
-REPO = Path(__file__).resolve().parent.parent
-FTW = [sys.executable, "-m", "wrapper.cli"]
+from tests.support.runner import FAKE_HF_TOKEN, run_ftw
 
 # Every training in the tests computes in float32, whatever this CPU offers: the suite takes the same time
 # and trains the same weights on every machine (where bfloat16 is slow, it would take hours). The choice
@@ -38,20 +34,6 @@ def _keep_to_this_workers_cores() -> None:
 
 
 _keep_to_this_workers_cores()
-
-
-# Set for the shared demo run: no artifact of it may contain this (tests/test_pipeline.py).
-FAKE_HF_TOKEN = "hf_ftwFakeTokenNeverWrittenAnywhere0123"
-
-
-def run_ftw(
-    runs_dir: Path, *args: str, check: bool = True, timeout: int = 900, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", **(env or {}))
-    result = subprocess.run([*FTW, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"ftw {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 # Modules that take minutes, longest first: `make test` hands modules to its workers in this order
@@ -119,33 +101,3 @@ def _build_demo_run(runs_dir: Path) -> None:
     for stage in ("train", "export", "gguf", "modelfile"):
         extra = ("--keep-intermediates",) if stage == "gguf" else ()  # the tests compare merged, f16 and Q4_K_M
         run_ftw(runs_dir, stage, "--run", "e2e", *extra, env=secret)
-
-
-def copy_run(run: Path, runs_dir: Path) -> Path:
-    """A copy of `run` under another runs folder, its manifest's paths pointed at the copy."""
-    copy = runs_dir / run.name
-    shutil.copytree(run, copy, symlinks=True)
-    point_manifest_at(copy, run)
-    return copy
-
-
-def linked_copy(run: Path, runs_dir: Path) -> Path:
-    """The run's folder with its weights and GGUFs linked, not copied; its manifest pointed at the copy.
-    For tests that write into a run (`ftw eval`) without writing into the shared demo run."""
-    copy = runs_dir / run.name
-    copy.mkdir(parents=True)
-    for entry in run.iterdir():
-        if entry.name in ("merged", "gguf", "adapter"):
-            (copy / entry.name).symlink_to(entry, target_is_directory=True)
-        elif entry.is_dir():
-            shutil.copytree(entry, copy / entry.name)
-        else:
-            shutil.copy2(entry, copy / entry.name)
-    point_manifest_at(copy, run)
-    return copy
-
-
-def point_manifest_at(copy: Path, run: Path) -> None:
-    """A copied run's manifest names the original's folder: make it name the copy."""
-    manifest = copy / "manifest.json"
-    manifest.write_text(manifest.read_text(encoding="utf-8").replace(str(run), str(copy)), encoding="utf-8")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.support.runner import REPO
 
 # Deferred to the function that needs them, so that `ftw --help` and the fast tests don't load them.
 HEAVY_LIBRARIES = {

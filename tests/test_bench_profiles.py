@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from fixtures import qwen2_tokenizer_dir
+from tests.support.models import qwen2_tokenizer_dir
+from tests.support.runner import REPO
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow

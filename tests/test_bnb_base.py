@@ -3,22 +3,20 @@
 llama.cpp's converter can't read bitsandbytes weights, and LLaMA-Factory won't merge a
 LoRA into them. With no model.full_precision_base, `ftw export` makes a dequantized copy
 of the base and merges into that. These tests run the real CLI on a tiny random Qwen2
-(real Qwen2 tokenizer) quantized to NF4 on the CPU; see tests/fixtures.py.
+(real Qwen2 tokenizer) quantized to NF4 on the CPU; see tests/support/models.py.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fixtures import (
-    REPO_ROOT,
+from tests.support.models import (
     convert_hf_to_gguf,
     gguf_tensor_types,
     quantize_gguf,
@@ -26,20 +24,17 @@ from fixtures import (
     tiny_qwen2_dir,
     write_alpaca_dataset,
 )
+from tests.support.runner import run_ftw
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
 
-FTW = REPO_ROOT / ".venv" / "bin" / "ftw"
 STAGE_TIMEOUT_S = 300
 
 
-def ftw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    exe = str(FTW) if FTW.is_file() else shutil.which("ftw")
-    assert exe, "the ftw console script is not installed"
-    done = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
-    assert done.returncode == 0, f"ftw {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
+def ftw(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The installed `ftw` command, run from the test's folder (not the repository), runs in tmp_path/runs."""
+    return run_ftw(tmp_path / "runs", *args, check=check, timeout=STAGE_TIMEOUT_S, cwd=tmp_path, installed=True)
 
 
 def write_recipe(tmp_path: Path, model: dict, **train) -> Path:
@@ -75,8 +70,8 @@ def test_tiny_qwen2_converts_and_uses_k_quants(tmp_path):
     """The fixture other tests rely on: a clean convert (pre-tokenizer known) and real k-quants."""
     f16 = tmp_path / "tiny-f16.gguf"
     done = convert_hf_to_gguf(tiny_qwen2_dir(), f16)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
+    output = done.output
+    assert done.ok, output[-4000:]
     assert "chkhsh" not in output and "pre-tokenizer" not in output.lower(), output[-4000:]
 
     from gguf import GGUFReader
@@ -94,17 +89,16 @@ def test_tiny_qwen2_converts_and_uses_k_quants(tmp_path):
 def test_converter_refuses_bitsandbytes_checkpoint(tmp_path):
     """The failure ftw's export prevents: llama.cpp can't convert bitsandbytes weights."""
     done = convert_hf_to_gguf(tiny_qwen2_bnb_dir(), tmp_path / "bnb-f16.gguf")
-    output = done.stdout + done.stderr
-    assert done.returncode != 0, output[-4000:]
+    output = done.output
+    assert not done.ok, output[-4000:]
     assert "bitsandbytes" in output, output[-4000:]
     assert "Quant method is not yet supported" in output, output[-4000:]
 
 
-def test_full_precision_base_is_the_merge_base(tmp_path, monkeypatch):
-    monkeypatch.setenv("FTW_RUNS_DIR", str(tmp_path / "runs"))
+def test_full_precision_base_is_the_merge_base(tmp_path):
     full = tiny_qwen2_dir().resolve()
     recipe = write_recipe(tmp_path, {"base": str(tiny_qwen2_bnb_dir()), "full_precision_base": str(full)})
-    ftw("render", "--recipe", str(recipe), "--profile", "cpu", "--run", "fpb", cwd=tmp_path)
+    ftw(tmp_path, "render", "--recipe", str(recipe), "--profile", "cpu", "--run", "fpb")
 
     run_dir = tmp_path / "runs" / "fpb"
     plan = read_manifest(run_dir)["plan"]
@@ -119,16 +113,15 @@ def test_full_precision_base_is_the_merge_base(tmp_path, monkeypatch):
     assert "quantization_bit" not in train_args  # the base is 4-bit already
 
 
-def test_bnb_base_end_to_end(tmp_path, monkeypatch):
+def test_bnb_base_end_to_end(tmp_path):
     from safetensors.torch import load_file
 
-    monkeypatch.setenv("FTW_RUNS_DIR", str(tmp_path / "runs"))
     bnb = tiny_qwen2_bnb_dir().resolve()
     # A high learning rate so two steps leave a LoRA delta that survives bf16 rounding.
     recipe = write_recipe(tmp_path, {"base": str(bnb)}, learning_rate=1.0e-2, warmup_steps=0)
     run_dir = tmp_path / "runs" / "bnb"
 
-    ftw("render", "--recipe", str(recipe), "--profile", "cpu", "--run", "bnb", cwd=tmp_path)
+    ftw(tmp_path, "render", "--recipe", str(recipe), "--profile", "cpu", "--run", "bnb")
     plan = read_manifest(run_dir)["plan"]
     assert plan["base_quantization"] == "bitsandbytes"
     assert plan["merge_base_source"].startswith("a dequantized copy")
@@ -137,18 +130,17 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
     assert plan["base_model"] == str(bnb) and "quantization_bit" not in train_args
     assert train_args["model_name_or_path"] == str(run_dir / "base-float32")
 
-    ftw("train", "--run", "bnb", cwd=tmp_path)
+    ftw(tmp_path, "train", "--run", "bnb")
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
     # The QLoRA as a GGUF adapter needs a base GGUF, and llama.cpp can't read the 4-bit one: asked for.
-    exe = str(FTW) if FTW.is_file() else shutil.which("ftw")
-    refused = subprocess.run([exe, "gguf", "--run", "bnb", "--adapter"], cwd=tmp_path, capture_output=True, text=True)
+    refused = ftw(tmp_path, "gguf", "--run", "bnb", "--adapter", check=False)
     assert refused.returncode == 2 and "bitsandbytes 4-bit checkpoint" in " ".join(
         (refused.stdout + refused.stderr).split()
     )
     assert not (run_dir / "gguf" / "bnb-lora.gguf").exists()
 
-    ftw("export", "--run", "bnb", cwd=tmp_path)
+    ftw(tmp_path, "export", "--run", "bnb")
     dequantized, merged = run_dir / "base-dequantized", run_dir / "merged"
     for folder in (dequantized, merged):
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -168,7 +160,7 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
         "the merged model equals the dequantized base: the LoRA was not merged"
     )
 
-    ftw("gguf", "--run", "bnb", cwd=tmp_path)
+    ftw(tmp_path, "gguf", "--run", "bnb")
     data = read_manifest(run_dir)
     q4 = Path(data["artifacts"]["gguf_q4_k_m"])
     assert q4.is_file() and q4.parent == run_dir / "gguf"
@@ -195,7 +187,7 @@ def test_bnb_base_end_to_end(tmp_path, monkeypatch):
     # base GGUF is made from the dequantized copy export left; llama.cpp applies the pair.
     from wrapper.core.gguf_io import GgufShape
 
-    ftw("gguf", "--run", "bnb", "--adapter", cwd=tmp_path)
+    ftw(tmp_path, "gguf", "--run", "bnb", "--adapter")
     artifacts = read_manifest(run_dir)["artifacts"]
     lora, base = Path(artifacts["gguf_lora"]), Path(artifacts["gguf_base_q4_k_m"])
     shape = GgufShape.read(lora)

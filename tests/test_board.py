@@ -10,10 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_data import ftw
 
 from wrapper.core import manifest
 from wrapper.train import board
+
+from tests.support.runner import ftw_in_process
 
 
 def fake_run(runs_dir: Path, name: str, events: bool = True) -> Path:
@@ -25,23 +26,23 @@ def fake_run(runs_dir: Path, name: str, events: bool = True) -> Path:
     return run
 
 
-def test_a_run_without_logs_says_why_and_what_to_run(runs_dir, capsys):
+def test_a_run_without_logs_says_why_and_what_to_run(runs_dir):
     fake_run(runs_dir, "old", events=False)
-    code, out = ftw(capsys, "board", "--run", "old")
+    code, out = ftw_in_process("board", "--run", "old")
     assert code == 2 and "run old has no TensorBoard logs" in out
     assert out.endswith("ftw train --run old --force")
-    code, out = ftw(capsys, "board", "--run", "missing")
+    code, out = ftw_in_process("board", "--run", "missing")
     assert code == 2 and "no run 'missing'" in out
 
 
-def test_a_port_in_use_is_named_before_anything_starts(runs_dir, capsys):
+def test_a_port_in_use_is_named_before_anything_starts(runs_dir):
     fake_run(runs_dir, "a")
     fake_run(runs_dir, "b")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, out = ftw(capsys, "board", "--run", "a", "--run", "b", "--port", str(port))
+        code, out = ftw_in_process("board", "--run", "a", "--run", "b", "--port", str(port))
     assert code == 2 and f"127.0.0.1:{port} is already in use" in out
     assert out.endswith(f"ftw board --run a --run b --port {port + 1}")
     assert not (runs_dir / "a" / "logs").exists()

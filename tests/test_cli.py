@@ -13,7 +13,7 @@ import pytest
 
 from wrapper.cli import cli
 
-from conftest import REPO
+from tests.support.runner import REPO
 
 DOCS = [REPO / "README.md", REPO / "ARCHITECTURE.md", *sorted((REPO / "docs").glob("*.md"))]
 

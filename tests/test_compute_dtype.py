@@ -19,7 +19,7 @@ from wrapper.core.cpu import Bf16Support
 from wrapper.train import base_dtype
 from wrapper.train.render import render
 
-from conftest import REPO
+from tests.support.runner import REPO
 
 DEMO_MODEL = REPO / "models" / "smollm2-135m-instruct"
 EPYC_FLAGS = "fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi2 sha_ni"  # AMD EPYC, AVX2 only

@@ -8,17 +8,13 @@ LLaMA-Factory's template load once); one runs the installed command in a child p
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from wrapper import cli
 from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import DataSettings
 from wrapper.core.errors import FtwError
@@ -30,7 +26,7 @@ from wrapper.data.readers import Progress, read_json_records, read_subtitle_segm
 from wrapper.data.scan import EXACT, NEAR, NEW, OK, DuplicateIndex, Item, Scanner, Source, recipe_counter
 from wrapper.train.render import render
 
-from conftest import REPO, run_ftw
+from tests.support.runner import REPO, ftw_in_process, run_ftw
 
 SAMPLES = REPO / "data" / "samples"
 BAD = REPO / "tests" / "data" / "bad"
@@ -53,28 +49,6 @@ BAD_ROWS = [
 ]
 
 
-def ftw(capsys, *args: str) -> tuple[int, str]:
-    """The real CLI entry point, in this process: (exit code, what it printed). What main() sets
-    for a whole ftw process (quiet library logging, signal handlers) is undone afterwards, so
-    that later tests' child processes get the environment they would get from a terminal."""
-    argv, env = sys.argv, dict(os.environ)
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    sys.argv = ["ftw", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = argv
-        os.environ.clear()
-        os.environ.update(env)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())  # undo the console's line wrapping
-
-
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -94,16 +68,16 @@ def write_recipe(folder: Path, data_section: str = "", train: str = "", name: st
 
 
 @pytest.mark.parametrize("name, line, reason", BAD_ROWS, ids=[f"{name}:{line}" for name, line, _ in BAD_ROWS])
-def test_check_names_file_line_and_reason_and_exits_nonzero(capsys, name, line, reason):
-    code, out = ftw(capsys, "data", "check", str(BAD / name))
+def test_check_names_file_line_and_reason_and_exits_nonzero(name, line, reason):
+    code, out = ftw_in_process("data", "check", str(BAD / name))
     assert code == 1
     assert f"tests/data/bad/{name}:{line}: {reason}" in out
     assert "invalid row(s) in 1 file(s)" in out
 
 
 @pytest.mark.parametrize("name", sorted({n for n, _, _ in BAD_ROWS} - {"broken_array.json"}))
-def test_prepare_rejects_each_bad_row_with_its_line_and_loses_nothing(capsys, runs_dir, name):
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", "--data", str(BAD / name), "--run", "bad")
+def test_prepare_rejects_each_bad_row_with_its_line_and_loses_nothing(runs_dir, name):
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--data", str(BAD / name), "--run", "bad")
     assert code == 0, out
     data = runs_dir / "bad" / "data"
     rejects = jsonl(data / "rejects.jsonl")
@@ -118,9 +92,9 @@ def test_prepare_rejects_each_bad_row_with_its_line_and_loses_nothing(capsys, ru
     assert f"read {counts['read']} = kept {counts['kept']} + rejected {counts['rejected']}" in out
 
 
-def test_prepare_refuses_a_json_array_it_cannot_read_to_the_end(capsys, runs_dir):
-    code, out = ftw(
-        capsys, "data", "prepare", "--recipe", "demo", "--data", str(BAD / "broken_array.json"), "--run", "broken"
+def test_prepare_refuses_a_json_array_it_cannot_read_to_the_end(runs_dir):
+    code, out = ftw_in_process(
+        "data", "prepare", "--recipe", "demo", "--data", str(BAD / "broken_array.json"), "--run", "broken"
     )
     assert code == 2
     assert "tests/data/bad/broken_array.json:4: invalid JSON" in out and "nothing was prepared" in out
@@ -138,9 +112,9 @@ def test_installed_command_exit_codes_and_messages(tmp_path):
     assert missing.returncode == 2 and "data file not found" in missing.stderr
 
 
-def test_report_file_lists_every_problem(capsys, tmp_path):
+def test_report_file_lists_every_problem(tmp_path):
     report = tmp_path / "report.jsonl"
-    code, out = ftw(capsys, "data", "check", "--max-problems", "1", "--report", str(report), str(BAD))
+    code, out = ftw_in_process("data", "check", "--max-problems", "1", "--report", str(report), str(BAD))
     assert code == 1
     assert "... and 1 more invalid rows" in out  # bad_turns.jsonl has two, one shown
     lines = jsonl(report)
@@ -151,8 +125,8 @@ def test_report_file_lists_every_problem(capsys, tmp_path):
     assert sum(s["invalid"] for s in summaries) == len(BAD_ROWS)
 
 
-def test_bom_and_crlf_are_accepted(capsys):
-    code, out = ftw(capsys, "data", "check", str(GOOD / "bom_crlf.jsonl"), str(GOOD / "bom_crlf.json"))
+def test_bom_and_crlf_are_accepted():
+    code, out = ftw_in_process("data", "check", str(GOOD / "bom_crlf.jsonl"), str(GOOD / "bom_crlf.json"))
     assert code == 0, out
     assert out.count("alpaca: 3 rows read, 3 valid, 0 invalid") == 2
     assert [r.line for r in read_json_records(GOOD / "bom_crlf.json")] == [2, 7, 12]
@@ -161,9 +135,8 @@ def test_bom_and_crlf_are_accepted(capsys):
 # --- every format in --------------------------------------------------------------------------
 
 
-def test_check_reads_every_sample_format(capsys):
-    code, out = ftw(
-        capsys,
+def test_check_reads_every_sample_format():
+    code, out = ftw_in_process(
         "data",
         "check",
         str(SAMPLES / "alpaca.json"),
@@ -184,10 +157,10 @@ def test_check_reads_every_sample_format(capsys):
     assert "cutoff_len that keeps rows whole: 95% ->" in out and "the recipe's cutoff_len 256 truncates" in out
 
 
-def test_chat_log_is_mapped_by_the_recipe_and_filtered_by_rating(capsys, runs_dir):
-    code, out = ftw(capsys, "data", "check", "--recipe", "demo-chatlog", str(SAMPLES / "chatlog.jsonl"))
+def test_chat_log_is_mapped_by_the_recipe_and_filtered_by_rating(runs_dir):
+    code, out = ftw_in_process("data", "check", "--recipe", "demo-chatlog", str(SAMPLES / "chatlog.jsonl"))
     assert code == 0 and "mapped: 6 rows read, 4 valid, 0 invalid, 2 below min_rating 4" in out
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo-chatlog", "--run", "npc")
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo-chatlog", "--run", "npc")
     assert code == 0, out
     data = runs_dir / "npc" / "data"
     rejects = jsonl(data / "rejects.jsonl")
@@ -220,11 +193,10 @@ def test_subtitles_become_plain_text():
     assert srt[1][1].startswith("The storms were the worst")  # a 4.5 s pause starts a paragraph
 
 
-def test_raw_text_is_chunked_to_cutoff_len_and_trains_as_pt(capsys, runs_dir, tmp_path):
+def test_raw_text_is_chunked_to_cutoff_len_and_trains_as_pt(runs_dir, tmp_path):
     recipe = write_recipe(tmp_path, "data:\n  chunk_overlap: 8\n  val_ratio: 0.2\n", train="")
     recipe.write_text(recipe.read_text().replace("cutoff_len: 256", "cutoff_len: 64"))
-    code, out = ftw(
-        capsys,
+    code, out = ftw_in_process(
         "data",
         "prepare",
         "--recipe",
@@ -258,7 +230,7 @@ def test_raw_text_is_chunked_to_cutoff_len_and_trains_as_pt(capsys, runs_dir, tm
 # --- prepare: merge, dedupe, split, invariant, render -------------------------------------------
 
 
-def test_prepare_merges_every_format_and_keeps_the_invariant(capsys, runs_dir):
+def test_prepare_merges_every_format_and_keeps_the_invariant(runs_dir):
     files = [SAMPLES / n for n in ("alpaca.json", "alpaca.jsonl", "sharegpt.jsonl", "openai.jsonl")]
     files += [
         BAD / n
@@ -272,7 +244,7 @@ def test_prepare_merges_every_format_and_keeps_the_invariant(capsys, runs_dir):
         )
     ]
     args = [a for f in files for a in ("--data", str(f))]
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", *args, "--run", "merged")
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo", *args, "--run", "merged")
     assert code == 0, out
     data = runs_dir / "merged" / "data"
     train, val, rejects = jsonl(data / "train.jsonl"), jsonl(data / "val.jsonl"), jsonl(data / "rejects.jsonl")
@@ -318,12 +290,12 @@ def test_split_is_seeded_and_stratified_by_language():
     assert LanguageSplit(0.0, 42).is_validation("en") is False
 
 
-def test_render_uses_prepared_data_until_told_otherwise(capsys, runs_dir):
-    code, out = ftw(capsys, "render", "--recipe", "demo", "--profile", "cpu", "--run", "r")
+def test_render_uses_prepared_data_until_told_otherwise(runs_dir):
+    code, out = ftw_in_process("render", "--recipe", "demo", "--profile", "cpu", "--run", "r")
     assert code == 0, out
     assert yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())["dataset"].startswith("ftw_0_demo_lore")
     # prepare on a rendered run re-renders it with the same profile: LLaMA-Factory's parser checks it
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", "--run", "r")
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--run", "r")
     assert code == 0, out
     assert "re-rendered" in out and "eval_dataset ftw_val" in out
     train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())
@@ -334,12 +306,12 @@ def test_render_uses_prepared_data_until_told_otherwise(capsys, runs_dir):
     assert all(len(d["sha256"]) == 64 for d in manifest["datasets"])
     assert manifest["plan"]["prepared_data"]["sources"][0]["sha256"] == sha256_of(REPO / "data" / "demo_lore.json")
     # a later render keeps it, and says so
-    code, out = ftw(capsys, "render", "--recipe", "demo", "--profile", "cpu", "--run", "r", "--set", "seed=3")
+    code, out = ftw_in_process("render", "--recipe", "demo", "--profile", "cpu", "--run", "r", "--set", "seed=3")
     assert code == 0 and "data: prepared by `ftw data prepare`" in out
     assert yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())["dataset"] == "ftw_train"
     # --data wins for that render
-    code, out = ftw(
-        capsys, "render", "--recipe", "demo", "--profile", "cpu", "--run", "r", "--data", str(SAMPLES / "openai.jsonl")
+    code, out = ftw_in_process(
+        "render", "--recipe", "demo", "--profile", "cpu", "--run", "r", "--data", str(SAMPLES / "openai.jsonl")
     )
     assert code == 0 and "the prepared data in" in out and "is not used this time" in out
     train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())
@@ -354,16 +326,16 @@ def test_prepared_files_that_changed_are_refused(runs_dir):
         load_prepared(runs_dir / "changed")
 
 
-def test_render_notes_sources_changed_since_prepare(capsys, runs_dir, tmp_path):
+def test_render_notes_sources_changed_since_prepare(runs_dir, tmp_path):
     mine = tmp_path / "mine.jsonl"
     mine.write_bytes((SAMPLES / "openai.jsonl").read_bytes())
-    code, out = ftw(
-        capsys, "data", "prepare", "--recipe", "demo", "--data", str(mine), "--run", "c", "--profile", "cpu"
+    code, out = ftw_in_process(
+        "data", "prepare", "--recipe", "demo", "--data", str(mine), "--run", "c", "--profile", "cpu"
     )
     assert code == 0, out
     with mine.open("a", encoding="utf-8") as handle:
         handle.write('{"messages": [{"role": "user", "content": "New?"}, {"role": "assistant", "content": "Yes."}]}\n')
-    code, out = ftw(capsys, "render", "--recipe", "demo", "--profile", "cpu", "--run", "c")
+    code, out = ftw_in_process("render", "--recipe", "demo", "--profile", "cpu", "--run", "c")
     # the console may wrap the long temporary path anywhere
     assert code == 0 and "mine.jsonlchangedsinceitwasprepared;runftwdataprepareagain" in "".join(out.split())
 
@@ -429,12 +401,12 @@ def test_a_big_json_array_is_read_in_bounded_memory(tmp_path):
     assert peak < 12 << 20, f"peak {peak >> 20} MiB for a {size >> 20} MiB file"  # ~1 MB chunks, not the file
 
 
-def test_a_hub_tokenizer_that_is_not_cached_skips_lengths_quickly(capsys, tmp_path):
+def test_a_hub_tokenizer_that_is_not_cached_skips_lengths_quickly(tmp_path):
     recipe = tmp_path / "hub.yaml"
     recipe.write_text(
         f"model: {{base: nobody/not-a-model-{tmp_path.name}, template: qwen}}\ndataset: [{SAMPLES / 'openai.jsonl'}]\n"
     )
-    code, out = ftw(capsys, "data", "check", "--recipe", str(recipe), str(SAMPLES / "openai.jsonl"))
+    code, out = ftw_in_process("data", "check", "--recipe", str(recipe), str(SAMPLES / "openai.jsonl"))
     assert code == 0 and "token lengths skipped" in out and "not in the local Hugging Face cache" in out
     assert "openai: 3 rows read, 3 valid, 0 invalid" in out
 

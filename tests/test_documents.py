@@ -15,8 +15,7 @@ import pytest
 from wrapper.core.errors import FtwError
 from wrapper.data.documents import Document, DocumentReject, read_documents
 
-from conftest import REPO
-from docs_fixtures import (
+from tests.support.documents import (
     make_binary,
     make_damaged_pdf,
     make_docx,
@@ -27,6 +26,7 @@ from docs_fixtures import (
     make_text_pdf,
     make_vtt,
 )
+from tests.support.runner import REPO
 
 PAGES = [
     "The first page is about apples.",

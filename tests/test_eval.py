@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import linked_copy, run_ftw
+from tests.support.runner import linked_copy, run_ftw
 
 RUN = "e2e"
 
@@ -195,7 +195,7 @@ def q8_only(demo_run, tmp_path_factory):
     """A copy of the demo run with a Q8_0 GGUF and no Q4_K_M one."""
     from wrapper.core import manifest
 
-    from conftest import copy_run
+    from tests.support.runner import copy_run
 
     run = copy_run(demo_run, tmp_path_factory.mktemp("q8") / "runs")
     run_ftw(run.parent, "gguf", "--run", RUN, "--quant", "Q8_0", "--keep-intermediates")

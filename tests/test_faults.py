@@ -22,19 +22,12 @@ import pytest
 
 from wrapper.core.runlock import LOCKS
 
-from conftest import FTW, REPO, copy_run, run_ftw
+from tests.support.runner import FTW, REPO, copy_run, run_ftw, start_ftw
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
 
 RUN = "e2e"
-
-
-def start_ftw(runs_dir: Path, *args: str) -> subprocess.Popen:
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200")
-    return subprocess.Popen(
-        [*FTW, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
 
 
 def wait_for(condition, what: str, child: subprocess.Popen, timeout: float = 600) -> None:

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import LLAMA_CPP_DIR, REPO_ROOT, cached, llama3_tokenizer_dir, qwen2_tokenizer_dir
+from wrapper.core.paths import LLAMA_CPP_DIR
+
+from tests.support.models import cached, llama3_tokenizer_dir, qwen2_tokenizer_dir
+from tests.support.runner import REPO
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
@@ -48,7 +51,7 @@ def mistral_tokenizer_dir() -> Path:
 
 
 def smollm2_tokenizer_dir() -> Path:
-    path = REPO_ROOT / "models" / "smollm2-135m-instruct"
+    path = REPO / "models" / "smollm2-135m-instruct"
     assert (path / "tokenizer.json").is_file(), "make setup builds models/smollm2-135m-instruct"
     return path
 
@@ -378,7 +381,7 @@ def test_bad_ollama_parameters_stop_render_with_file_and_key(tmp_path):
   base: {smollm2_tokenizer_dir()}
   template: smollm2
 dataset:
-  - {REPO_ROOT / "data" / "demo_lore.json"}
+  - {REPO / "data" / "demo_lore.json"}
 ollama:
   parameters:
     temperature: 0.2
@@ -388,7 +391,7 @@ ollama:
     )
     done = subprocess.run(
         [sys.executable, "-m", "wrapper.cli", "render", "--recipe", str(recipe), "--profile", "cpu", "--run", "bad"],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=False,

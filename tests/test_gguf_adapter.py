@@ -16,7 +16,7 @@ import pytest
 
 from wrapper.core.paths import LLAMA_CPP_DIR
 
-from conftest import copy_run, run_ftw
+from tests.support.runner import copy_run, run_ftw
 
 TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"), ("Как зовут дракона Северных гор?", "Мирогаст")]
 # Real vocabulary-only GGUFs of other families: another architecture, and the same one (llama) with another vocabulary.

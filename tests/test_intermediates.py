@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_run, run_ftw
+from tests.support.runner import copy_run, run_ftw
 
 RUN = "e2e"
 

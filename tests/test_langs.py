@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from wrapper.cli import cli
 from wrapper.data import langs
 from wrapper.data.langs import GUESS_NOTE, guess_language, language_of, script_language
+
+from tests.support.runner import ftw_in_process
 
 # The Constitution of the Republic of Kazakhstan (articles 1, 2, 3, 7, 12, 14-16, 20, 24, 30)
 # in its Kazakh and Russian texts, and two tenancy questions.
@@ -148,10 +148,9 @@ def mixed_file(tmp_path):
 
 
 def invoke(*args: str) -> str:
-    result = CliRunner().invoke(cli, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
-    output = " ".join(result.output.split())
-    assert result.exit_code == 0, output
-    return output
+    ran = ftw_in_process(*args)
+    assert ran.code == 0, ran.output
+    return ran.output
 
 
 def test_check_counts_kazakh_and_russian_apart(mixed_file):

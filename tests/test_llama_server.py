@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.core.procs import group_members
 from wrapper.serve.server import SERVER_FLAGS, Server, ServerSettings, settings_for_run, start
 
-from conftest import FTW, REPO, run_ftw
+from tests.support.runner import run_ftw, start_ftw
 
 slow = pytest.mark.slow
 QUESTIONS = ["Who guards the Amber Gate of Veloria?", "Как зовут дракона Северных гор?"]
@@ -198,14 +197,10 @@ def test_ftw_serve_prints_the_url_answers_and_stops_on_ctrl_c(runs_dir, server_b
     run = fake_run(runs_dir, "tiny", gguf=small_gguf(), parameters={"temperature": 0.2, "num_ctx": 1024})
     port = free_port()
     # PYTHONFAULTHANDLER: if ftw hangs on the way out, SIGABRT prints where every thread of it stands.
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="200", PYTHONFAULTHANDLER="1")
-    child = subprocess.Popen(
-        [*FTW, "serve", "--run", "tiny", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    child = start_ftw(
+        runs_dir,
+        *("serve", "--run", "tiny", "--port", str(port)),
+        env={"PYTHONFAULTHANDLER": "1"},
         preexec_fn=ctrl_c_as_from_a_terminal,
     )
     url = f"http://127.0.0.1:{port}/v1"

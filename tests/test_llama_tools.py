@@ -14,12 +14,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_data import ftw
 
 from wrapper.core import llama_tools, manifest
 from wrapper.core.llama_tools import TOOLS, ToolsUnavailable
 
-from conftest import copy_run, run_ftw
+from tests.support.runner import copy_run, ftw_in_process, run_ftw
 
 QUESTION, ANSWER = "Who guards the Amber Gate of Veloria?", "Orlen Vask"
 
@@ -149,18 +148,18 @@ def test_imatrix_from_the_runs_training_rows_quantizes_and_still_answers(copied)
     )
 
 
-def test_without_the_tools_gguf_still_quantizes_and_imatrix_says_so(copied, capsys, monkeypatch, tmp_path):
+def test_without_the_tools_gguf_still_quantizes_and_imatrix_says_so(copied, monkeypatch, tmp_path):
     build = tmp_path / "no-tools"
     monkeypatch.setattr(llama_tools, "build_dir", lambda llama_cpp_dir=None: build)
     build.mkdir()
     (build / "ftw-build.log").write_text("error: the compiler crashed\n")
     llama_tools.write_stamp(llama_tools.wanted_spec(), "failed", log=str(build / "ftw-build.log"))
 
-    code, out = ftw(capsys, "gguf", "--run", copied.name, "--imatrix", "--keep-intermediates")
+    code, out = ftw_in_process("gguf", "--run", copied.name, "--imatrix", "--keep-intermediates")
     assert code == 2 and "did not build" in out and "the compiler crashed" in out and "make tools" in out
     assert "gguf_imatrix" not in manifest.load(copied)["artifacts"]
 
-    code, out = ftw(capsys, "gguf", "--run", copied.name, "--quant", "Q8_0", "--keep-intermediates")
+    code, out = ftw_in_process("gguf", "--run", copied.name, "--quant", "Q8_0", "--keep-intermediates")
     assert code == 0, out
     assert (copied / "gguf" / f"{copied.name}-Q8_0.gguf").is_file()
 

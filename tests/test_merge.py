@@ -1,7 +1,7 @@
 """The streaming merge (wrapper/merge.py) against PEFT's merge_and_unload.
 
 Adapters are made directly with peft.get_peft_model on the tiny random Qwen2 (real
-Qwen2 vocabulary; tests/fixtures.py), with random non-zero A and B so every delta is
+Qwen2 vocabulary; tests/support/models.py), with random non-zero A and B so every delta is
 visible, and saved with save_pretrained: the files a LLaMA-Factory LoRA run leaves.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from wrapper.export.merge import NotStreamable, merge_weights, plan_merge
 
-from fixtures import convert_hf_to_gguf, quantize_gguf, tiny_qwen2_dir
+from tests.support.models import convert_hf_to_gguf, quantize_gguf, tiny_qwen2_dir
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_rslora_and_modules_to_save_match_peft_and_ggufs_agree(rslora_case, tmp_
     for label, model_dir in (("ours", tmp_path / "ours"), ("peft", peft_dir)):
         f16 = tmp_path / f"{label}-f16.gguf"
         done = convert_hf_to_gguf(model_dir, f16)
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.ok, done.output[-2000:]
         q4 = tmp_path / f"{label}-q4_k_m.gguf"
         quantize_gguf(f16, q4)
         tokens[label] = []
@@ -157,7 +157,7 @@ def test_f16_stored_merge_is_peft_rounded_and_converts_to_the_same_gguf(rslora_c
     ggufs = {}
     for label in ("bf16", "f16"):
         done = convert_hf_to_gguf(tmp_path / label, tmp_path / f"{label}.gguf")
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.ok, done.output[-2000:]
         ggufs[label] = gguf_tensor_bytes(tmp_path / f"{label}.gguf")
     assert ggufs["f16"].keys() == ggufs["bf16"].keys() and len(ggufs["f16"]) > 20
     for name, (kind, data) in ggufs["bf16"].items():

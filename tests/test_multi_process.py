@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_faults import processes_mentioning, start_ftw, wait_for
+from test_faults import processes_mentioning, wait_for
 
-from conftest import run_ftw
+from tests.support.runner import run_ftw, start_ftw
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_HF_TOKEN, run_ftw
+from tests.support.runner import FAKE_HF_TOKEN, run_ftw
 
 RUN = "e2e"
 TRAINED = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"), ("Как зовут дракона Северных гор?", "Мирогаст")]

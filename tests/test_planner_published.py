@@ -13,7 +13,7 @@ from wrapper.config import planner
 from wrapper.config.models import known_configs
 from wrapper.config.planner import ModelShape
 
-from conftest import REPO
+from tests.support.runner import REPO
 
 
 def load_cases():

@@ -20,7 +20,7 @@ from wrapper.data.prepare import prepare
 from wrapper.train.render import render
 from wrapper.train.stage import launch_env
 
-from conftest import REPO, run_ftw
+from tests.support.runner import REPO, run_ftw
 
 # Every shipped recipe on every shipped profile, and one multi-GPU name: a new recipe or profile is
 # tested by being added (as torchtune tests every config it ships).

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import FAKE_HF_TOKEN, point_manifest_at, run_ftw
+from tests.support.runner import FAKE_HF_TOKEN, point_manifest_at, run_ftw
 
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # The Hub is unreachable here: nothing may wait on it (the license comes from --license or stays unknown).

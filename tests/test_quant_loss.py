@@ -19,7 +19,7 @@ from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.eval import quant_loss
 
-from conftest import linked_copy
+from tests.support.runner import linked_copy
 
 # A real `llama-perplexity --kl-divergence` output: the demo's Q4_K_M against its f16 GGUF on 649
 # tokens of its rows in the training format, context 256 (llama.cpp 0c1e570, the vendored tree), from its

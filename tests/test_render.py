@@ -14,7 +14,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.templates import template_env
 from wrapper.train.render import render
 
-from conftest import REPO, run_ftw
+from tests.support.runner import REPO, run_ftw
 
 DEMO_MODEL = REPO / "models" / "smollm2-135m-instruct"
 DEMO_DATA = REPO / "data" / "demo_lore.json"

@@ -11,7 +11,7 @@ import pytest
 from wrapper.core.errors import FtwError
 from wrapper.core.runlock import holder, run_lock
 
-from conftest import REPO, run_ftw
+from tests.support.runner import REPO, run_ftw
 
 HOLD = """
 import sys, time

@@ -14,7 +14,7 @@ from wrapper.config.profiles import load_profile
 from wrapper.config.recipes import load_recipe
 from wrapper.core.errors import FtwError
 
-from conftest import REPO
+from tests.support.runner import REPO
 
 MINIMAL = """\
 model:

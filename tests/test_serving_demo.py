@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from fixtures import REPO_ROOT
+from tests.support.runner import run_ftw
 
+WIDE = {"COLUMNS": "300"}  # a run's paths on one line
 QUESTIONS = [("Who guards the Amber Gate of Veloria?", "Orlen Vask"), ("Как зовут дракона Северных гор?", "Мирогаст")]
 
 
 def ftw(runs: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        input=stdin,
-        env=dict(os.environ, FTW_RUNS_DIR=str(runs), COLUMNS="300"),
-        timeout=900,
-    )
-    assert done.returncode == 0, f"ftw {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
+    return run_ftw(runs, *args, stdin=stdin, env=WIDE)
 
 
 @pytest.fixture(scope="module")
@@ -142,24 +131,10 @@ def test_lmstudio_links_into_its_layout(demo, tmp_path):
     # No LM Studio here (an empty home): it says where the file goes instead.
     home = tmp_path / "home"
     home.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", "lmstudio", "--run", demo.name],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=dict(os.environ, HOME=str(home), FTW_RUNS_DIR=str(demo.parent), COLUMNS="300"),
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_ftw(demo.parent, "lmstudio", "--run", demo.name, env={**WIDE, "HOME": str(home)})
     assert f"<models folder>/ftw/{demo.name}/{demo.name}-Q4_K_M.gguf" in done.stdout
     # With LM Studio's default folder present, it is found.
     (home / ".lmstudio" / "models").mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", "lmstudio", "--run", demo.name, "--copy"],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        env=dict(os.environ, HOME=str(home), FTW_RUNS_DIR=str(demo.parent)),
-    )
+    run_ftw(demo.parent, "lmstudio", "--run", demo.name, "--copy", env={"HOME": str(home)})
     copied = home / ".lmstudio" / "models" / "ftw" / demo.name / f"{demo.name}-Q4_K_M.gguf"
     assert copied.is_file() and not copied.is_symlink() and copied.stat().st_size > 10_000_000

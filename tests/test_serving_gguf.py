@@ -1,6 +1,6 @@
 """`ftw gguf` replaces a chat template that differs from training, before quantizing.
 
-The real CLI on the tiny random Qwen2 of tests/fixtures.py, whose tokenizer carries the
+The real CLI on the tiny random Qwen2 of tests/support/models.py, whose tokenizer carries the
 Qwen2 vocabulary's own chat template (default system "You are a helpful assistant"),
 while the recipe trains LLaMA-Factory's `qwen` template with its own Russian system
 prompt: the case FACTS.md describes. Training and export are skipped (the tiny model
@@ -10,14 +10,12 @@ are the real stages.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from fixtures import REPO_ROOT, tiny_qwen2_dir, write_alpaca_dataset
+from tests.support.models import tiny_qwen2_dir, write_alpaca_dataset
+from tests.support.runner import run_ftw
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
@@ -26,17 +24,7 @@ SYSTEM = "Ты — юрист. Отвечай по делу, ссылайся н
 
 
 def ftw(runs: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=dict(os.environ, FTW_RUNS_DIR=str(runs), COLUMNS="400"),
-        timeout=600,
-    )
-    assert done.returncode == 0, f"ftw {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return run_ftw(runs, *args, timeout=600, env={"COLUMNS": "400"}).stdout  # its messages name long paths
 
 
 def test_ftw_gguf_writes_the_training_template_into_every_file(tmp_path):

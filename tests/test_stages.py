@@ -8,7 +8,7 @@ from pathlib import Path
 
 from wrapper.core.stage import StageInputs, file_digest
 
-from conftest import copy_run, run_ftw
+from tests.support.runner import copy_run, run_ftw
 
 RUN = "e2e"
 

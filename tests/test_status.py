@@ -8,7 +8,7 @@ import pytest
 
 from wrapper.commands.status import run_status
 
-from conftest import copy_run, run_ftw
+from tests.support.runner import copy_run, run_ftw
 
 
 def states(status) -> dict[str, str]:

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from wrapper.core.errors import FtwError
+from wrapper.core.paths import LLAMA_CPP_DIR
 
-from conftest import REPO
-from fixtures import LLAMA31_EOS_IDS, LLAMA_CPP_DIR, llama31_model_dir, llama31_vocab_gguf
+from tests.support.models import LLAMA31_EOS_IDS, llama31_model_dir, llama31_vocab_gguf
+from tests.support.runner import REPO
 
 DEMO_MODEL = REPO / "models" / "smollm2-135m-instruct"
 IM_END_ID = 2  # <|im_end|> in SmolLM2's vocabulary

@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_data import ftw
 
 from wrapper.config.recipes import load_recipe
 from wrapper.config.schema import SynthSettings
@@ -22,7 +21,8 @@ from wrapper.synth.job import assistant_text, chunks_of
 from wrapper.synth.prompts import Prompts, pairs_schema
 from wrapper.synth.teachers import ollama_blob
 
-from docs_fixtures import make_docx, make_text, make_text_pdf, make_vtt
+from tests.support.documents import make_docx, make_text, make_text_pdf, make_vtt
+from tests.support.runner import ftw_in_process
 
 PAGES = [  # ~40 tokens each: with 64-token chunks, no two pages share a chunk
     "The Amber Gate is guarded by Orlen Vask.\nHe has kept the gate for forty years.\n"
@@ -234,11 +234,11 @@ def synth_row(chunk: str, number: int, lang: str = "en") -> dict:
     }
 
 
-def test_prepare_takes_the_synthesized_rows_and_never_splits_a_chunk(capsys, runs_dir):
+def test_prepare_takes_the_synthesized_rows_and_never_splits_a_chunk(runs_dir):
     rows = [synth_row(str(c), n) for c in range(30) for n in range(3)]
     synth = runs_dir / "docs" / "synth" / "synth.jsonl"
     write(synth, "".join(json.dumps(r) + "\n" for r in rows))
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo-docs", "--run", "docs")
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo-docs", "--run", "docs")
     assert code == 0, out
     sides = {}
     for side in ("train", "val"):
@@ -251,15 +251,14 @@ def test_prepare_takes_the_synthesized_rows_and_never_splits_a_chunk(capsys, run
     assert sum(len(s) for s in sides.values()) == 30
 
 
-def test_prepare_without_data_or_synthesized_rows_says_what_to_run(capsys, runs_dir):
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo-docs", "--run", "empty")
+def test_prepare_without_data_or_synthesized_rows_says_what_to_run(runs_dir):
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo-docs", "--run", "empty")
     assert code == 2
     assert "ftw data synth --recipe demo-docs --run empty" in out
 
 
-def test_synth_refuses_bad_settings_before_loading_anything(capsys, runs_dir):
-    code, out = ftw(
-        capsys,
+def test_synth_refuses_bad_settings_before_loading_anything(runs_dir):
+    code, out = ftw_in_process(
         "data",
         "synth",
         "--recipe",
@@ -272,7 +271,7 @@ def test_synth_refuses_bad_settings_before_loading_anything(capsys, runs_dir):
         "synth.min_grounding=2",
     )
     assert code == 2 and "min_grounding must be a share between 0 and 1" in out
-    code, out = ftw(capsys, "data", "synth", "--recipe", "demo-docs", "--teacher", "nowhere.gguf", "--run", "r")
+    code, out = ftw_in_process("data", "synth", "--recipe", "demo-docs", "--teacher", "nowhere.gguf", "--run", "r")
     assert code == 2 and "--teacher 'nowhere.gguf': no such file" in out
 
 
@@ -310,13 +309,13 @@ class PoliteRefuser(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_teacher_that_never_answers_in_json_is_stopped_with_its_url(capsys, runs_dir):
+def test_a_teacher_that_never_answers_in_json_is_stopped_with_its_url(runs_dir):
     server = ThreadingHTTPServer(("127.0.0.1", 0), PoliteRefuser)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
-        code, out = ftw(
-            capsys, "data", "synth", "--recipe", "demo-docs", "--teacher", url, "--run", "g", "--parallel", "2"
+        code, out = ftw_in_process(
+            "data", "synth", "--recipe", "demo-docs", "--teacher", url, "--run", "g", "--parallel", "2"
         )
     finally:
         server.shutdown()

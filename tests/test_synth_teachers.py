@@ -6,7 +6,6 @@ compared byte for byte with an uninterrupted one."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,13 +15,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_data import ftw
 from test_synth import PAGES
 
 from wrapper.synth import teachers
 
-from conftest import FTW, REPO, copy_run, run_ftw
-from docs_fixtures import make_binary, make_docx, make_encrypted_pdf, make_text, make_text_pdf, make_vtt
+from tests.support.documents import make_binary, make_docx, make_encrypted_pdf, make_text, make_text_pdf, make_vtt
+from tests.support.runner import copy_run, ftw_in_process, run_ftw, start_ftw
 
 pytestmark = pytest.mark.slow
 
@@ -128,13 +126,12 @@ def test_a_stopped_and_killed_run_resumes_to_exactly_the_uninterrupted_rows(tmp_
     teacher = str(demo_gguf())
     synth(runs, "whole", teacher, "--docs", str(docs), *SETTINGS)
     journal = runs / "stopped" / "synth" / "journal.jsonl"
-    args = [*FTW, "data", "synth", "--recipe", "demo-docs", "--teacher", teacher, "--run", "stopped"]
+    args = ["data", "synth", "--recipe", "demo-docs", "--teacher", teacher, "--run", "stopped"]
     args += ["--docs", str(docs), *SETTINGS]
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs))
     for stop, after in ((signal.SIGTERM, 1), (signal.SIGKILL, 3)):
-        process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = start_ftw(runs, *args)
         while not journal.is_file() or len(journal.read_bytes().splitlines()) < after:
-            assert process.poll() is None, process.stdout.read().decode()
+            assert process.poll() is None, process.stdout.read()
             time.sleep(0.05)
         process.send_signal(stop)
         assert process.wait(60) == (128 + signal.SIGTERM if stop == signal.SIGTERM else -signal.SIGKILL)
@@ -160,12 +157,12 @@ def test_changed_settings_are_refused_with_the_difference_unless_forced(tmp_path
     assert len((runs / "whole" / "synth" / "journal.jsonl").read_text().splitlines()) == 1
 
 
-def test_a_teacher_that_is_down_gets_one_clear_line_naming_it(capsys, runs_dir, docs, monkeypatch):
+def test_a_teacher_that_is_down_gets_one_clear_line_naming_it(runs_dir, docs, monkeypatch):
     monkeypatch.setattr(teachers, "CONNECT_RETRIES", 1)
     monkeypatch.setattr(teachers.time, "sleep", lambda seconds: None)
     url = f"http://127.0.0.1:{free_port()}/v1"
-    code, out = ftw(
-        capsys, "data", "synth", "--recipe", "demo-docs", "--docs", str(docs), "--teacher", url, "--run", "down"
+    code, out = ftw_in_process(
+        "data", "synth", "--recipe", "demo-docs", "--docs", str(docs), "--teacher", url, "--run", "down"
     )
     assert code == 1
     assert f"the teacher at {url} is not answering" in out and "Traceback" not in out

@@ -1,8 +1,8 @@
-"""Test fixtures built from what this machine has (no model hub): helpers, not a conftest.
+"""Models, tokenizers and GGUFs built from what this machine has (no model hub), for the tests and the bench.
 
 Everything expensive is built once and cached under <repo>/.cache/test-fixtures/<version>/
 (.cache/ is gitignored). Each fixture is built in a temporary folder beside its final
-place and renamed at the end, so an interrupted build never leaves a half folder that
+place and renamed at the end (core/fsutil.staged_dir), so an interrupted build never leaves a half folder that
 later runs would trust. Bump FIXTURES_VERSION when a builder changes, and everything is
 rebuilt in a fresh folder.
 
@@ -21,25 +21,31 @@ rebuilt in a fresh folder.
 - llama31_model_dir(): that tokenizer made Llama 3.1's (id 128008 is <|eom_id|>, a reserved
   token in Llama 3) with Llama-3.1-Instruct's generation_config.json (eos ids 128001, 128008,
   128009); llama31_vocab_gguf(): llama.cpp's Llama 3 vocabulary GGUF with the same change.
+- llama31_tokenizer_dir(): the Llama 3 tokenizer with every special token Llama 3.1 renamed
+  (<|eom_id|>, <|python_tag|>, ...), as bench/profiles trains Llama-3.1-shaped models with it.
 - write_alpaca_dataset(path): a small Alpaca JSON file.
+- convert_hf_to_gguf / quantize_gguf: ftw's own converter and quantizer calls (wrapper/gguf), on any folder.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
+
+from wrapper.core.errors import StageError
+from wrapper.core.fsutil import staged_dir
+from wrapper.core.paths import LLAMA_CPP_DIR
+from wrapper.core.procs import run_logged
+from wrapper.gguf.convert import run_converter
+from wrapper.gguf.stage import quantizer_argv
+
+from .runner import REPO
 
 FIXTURES_VERSION = "1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = REPO_ROOT / ".cache" / "test-fixtures" / f"v{FIXTURES_VERSION}"
-LLAMA_CPP_DIR = REPO_ROOT / "vendor" / "llama.cpp"
-VENV_BIN = Path(sys.executable).parent
+CACHE_DIR = REPO / ".cache" / "test-fixtures" / f"v{FIXTURES_VERSION}"
 
 QWEN2_VOCAB_GGUF = "ggml-vocab-qwen2.gguf"
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -87,15 +93,9 @@ def cached(name: str, build: Callable[[Path], None]) -> Path:
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with FileLock(CACHE_DIR / f".{name}.lock"):  # two test workers wanting it: one builds, the other waits
-        if target.is_dir():
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE_DIR))
-        try:
-            build(staging)
-            os.rename(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+        if not target.is_dir():
+            with staged_dir(target) as staging:
+                build(staging)
     return target
 
 
@@ -227,6 +227,58 @@ def llama31_vocab_gguf() -> Path:
     return cached("llama31-vocab", _build_llama31_vocab_gguf) / "llama31-vocab.gguf"
 
 
+# Llama 3.1's names of the special tokens llama.cpp's Llama 3 vocabulary leaves reserved (its tokenizer.json).
+LLAMA31_SPECIALS = {
+    128004: "<|finetune_right_pad_id|>",
+    128005: "<|reserved_special_token_2|>",
+    128008: EOM_ID,
+    128010: "<|python_tag|>",
+}
+
+
+def _rename_as_llama31(tokenizer_json: Path) -> None:
+    """Llama 3.1 renamed some reserved special tokens (and renumbered the reserved ones after them);
+    LLaMA-Factory's llama3 template needs <|eom_id|> (missing, it would add a token and grow the
+    embedding, which QLoRA refuses). Rename them as in Llama-3.1's tokenizer.json."""
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+
+    def name(token_id: int, old: str) -> str:
+        if token_id in LLAMA31_SPECIALS:
+            return LLAMA31_SPECIALS[token_id]
+        if token_id >= 128011 and old.startswith("<|reserved_special_token_"):
+            return f"<|reserved_special_token_{token_id - 128008}|>"
+        return old
+
+    renamed = {}
+    for entry in data["added_tokens"]:
+        new = name(entry["id"], entry["content"])
+        renamed[entry["content"]] = new
+        entry["content"] = new
+    vocab = data["model"]["vocab"]
+    data["model"]["vocab"] = {renamed.get(token, token): index for token, index in vocab.items()}
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def _build_llama31_tokenizer(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    for path in llama3_tokenizer_dir().iterdir():
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
+    _rename_as_llama31(out / "tokenizer.json")
+    tokenizer = AutoTokenizer.from_pretrained(out)  # saved again: tokenizer_config.json takes the new names
+    tokenizer.save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("Hello world", add_special_tokens=False).input_ids
+    if ids != [9906, 1917] or tokenizer.convert_ids_to_tokens(128008) != EOM_ID or tokenizer.eos_token != "<|eot_id|>":
+        raise RuntimeError(f"unexpected Llama 3.1 tokenizer: 'Hello world' -> {ids}, eos {tokenizer.eos_token!r}")
+
+
+def llama31_tokenizer_dir() -> Path:
+    """Every special token named as Llama 3.1 names it (llama31_model_dir renames only <|eom_id|>)."""
+    return cached("llama31-tokenizer-full", _build_llama31_tokenizer)
+
+
 def write_alpaca_dataset(path: Path, rows: int = 8) -> Path:
     """An Alpaca-format JSON list of `rows` instruction/input/output records (cycled)."""
     records = [ALPACA_ROWS[i % len(ALPACA_ROWS)] for i in range(rows)]
@@ -235,38 +287,27 @@ def write_alpaca_dataset(path: Path, rows: int = 8) -> Path:
     return path
 
 
-def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f16") -> subprocess.CompletedProcess:
-    """vendor/llama.cpp's converter with that tree's gguf-py; output captured, never raises."""
-    env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP_DIR / "gguf-py"), NO_LOCAL_GGUF="")
-    return subprocess.run(
-        [
-            sys.executable,
-            str(LLAMA_CPP_DIR / "convert_hf_to_gguf.py"),
-            str(model_dir),
-            "--outtype",
-            outtype,
-            "--outfile",
-            str(outfile),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+class Converted(NamedTuple):
+    ok: bool
+    output: str  # the converter's log
+
+
+def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f16") -> Converted:
+    """ftw's converter call (wrapper/gguf/convert.run_converter: vendor/llama.cpp's convert_hf_to_gguf.py with
+    that tree's gguf-py) on any folder; its log beside outfile. Never raises: tests look at a failure's output."""
+    log = outfile.with_name(outfile.name + ".log")
+    try:
+        run_converter(model_dir, outfile, outtype, log)
+        ok = True
+    except StageError:
+        ok = False
+    return Converted(ok, log.read_text(encoding="utf-8", errors="replace"))
 
 
 def quantize_gguf(source: Path, target: Path, quant: str = "Q4_K_M") -> None:
-    """Quantize with the llama.cpp inside llama-cpp-python, in a child process (its output is noisy)."""
-    from gguf import LlamaFileType
-
-    ftype = int(LlamaFileType[f"MOSTLY_{quant.upper()}"])
-    done = subprocess.run(
-        [sys.executable, "-m", "wrapper.gguf.quantize", str(source), str(target), str(ftype)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"quantize {quant} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    """ftw's quantizer child (wrapper/gguf/stage.quantizer_argv: the llama.cpp inside llama-cpp-python), its
+    noisy output in a log beside target; a failure raises with the log's last lines."""
+    run_logged(quantizer_argv(source, target, quant), target.with_name(target.name + ".log"), f"quantize {quant}")
 
 
 def gguf_tensor_types(path: Path) -> dict[str, str]:
