@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from repo_path import REPO
+
 RESULTS = REPO / "bench" / "results" / "adapter_size.json"
 RECIPES = ("qwen3-8b", "llama31-8b", "qwen3-4b")
 OUTTYPES = ("f16", "q8_0")

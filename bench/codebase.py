@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from repo_path import REPO
+
 PACKAGE = REPO / "wrapper"
 
 

@@ -39,10 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from repo_path import REPO
+
+from wrapper.core.cpu import FAST_BF16_ENV
+
+from tests.support.runner import run_ftw
+
 RESULTS_DIR = REPO / "bench" / "results"
-FTW = [sys.executable, "-m", "wrapper.cli"]
 DTYPES = ("float32", "bfloat16")
 # Caps every CPU kernel library PyTorch uses at AVX2: a CPU without AVX-512 or AMX, as far as they can tell.
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -93,11 +96,7 @@ def matmul(repeats: int) -> dict:
 
 def ftw(runs_dir: Path, *args: str) -> float:
     started = time.perf_counter()
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="160")
-    env.pop("FTW_CPU_FAST_BF16", None)  # the recipe key decides, as a user's would
-    result = subprocess.run([*FTW, *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"ftw {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    run_ftw(runs_dir, *args, timeout=None, env={FAST_BF16_ENV: None})  # the recipe key decides, as a user's would
     return time.perf_counter() - started
 
 

@@ -21,13 +21,15 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from repo_path import REPO
+
+from tests.support.runner import FTW
+
 RESULTS = REPO / "bench" / "results" / "data_prepare.json"
 SEED = 20261123
 
@@ -321,15 +323,14 @@ def main() -> None:
             flush=True,
         )
         env = dict(os.environ, FTW_RUNS_DIR=str(work / "runs"), COLUMNS="120")
-        ftw = [sys.executable, "-m", "wrapper.cli"]
         commands = {
-            "check": [*ftw, "data", "check", "--recipe", "demo", "--max-problems", "20", str(data)],
-            "prepare": [*ftw, "data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "bench"],
+            "check": [*FTW, "data", "check", "--recipe", "demo", "--max-problems", "20", str(data)],
+            "prepare": [*FTW, "data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "bench"],
         }
         # The same command on an 8-row file: the memory of Python with the tokenizer and
         # LLaMA-Factory's template loaded, before any data.
         baseline = measure(
-            [*ftw, "data", "check", "--recipe", "demo", "data/samples/alpaca.jsonl"], env, work / "baseline.log"
+            [*FTW, "data", "check", "--recipe", "demo", "data/samples/alpaca.jsonl"], env, work / "baseline.log"
         )
         print(
             f"baseline (8 rows): peak VmRSS {baseline['peak_vmrss_mb']} MiB, RssAnon {baseline['peak_rssanon_mb']} "
@@ -342,7 +343,7 @@ def main() -> None:
             output = (work / f"{name}.log").read_text(errors="replace")
             result["rows_per_s"] = round(generated["rows"] / result["wall_s"])
             result["mb_per_s"] = round(generated["bytes"] / 2**20 / result["wall_s"], 1)
-            result["command"] = " ".join(["ftw", *command[3:]]).replace(str(data), "$TMP/bench.jsonl")
+            result["command"] = " ".join(["ftw", *command[len(FTW) :]]).replace(str(data), "$TMP/bench.jsonl")
             result["output_tail"] = output.strip().splitlines()[-14:]
             results[name] = result
             print(

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from repo_path import REPO
+
 CACHE = REPO / ".cache" / "bench"
 RESULTS = REPO / "bench" / "results" / "export_memory.json"
 LLAMA_CPP = REPO / "vendor" / "llama.cpp"

@@ -29,16 +29,14 @@ import platform
 import random
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(REPO))
+from repo_path import REPO
+
+BENCH = REPO / "bench"
 RESULTS = BENCH / "results" / "langs.json"
 DATA_PREPARE = BENCH / "results" / "data_prepare.json"
 KK_SHARE = 0.45

@@ -16,12 +16,10 @@ import json
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from repo_path import REPO
 
-from wrapper.config.planner import LOSS_BYTES_PER_LOGIT  # noqa: E402
+from wrapper.config.planner import LOSS_BYTES_PER_LOGIT
 
 SIZES = [(1024, 151_936), (2048, 128_256), (4096, 32_000)]  # (tokens, vocab): Qwen3, Llama-3, Llama-2
 HIDDEN = 64  # small, so the hidden states and the weight are noise next to the logits
@@ -70,11 +68,11 @@ def main() -> None:
         "planner_bytes_per_logit": LOSS_BYTES_PER_LOGIT,
         "cells": cells,
     }
-    out = ROOT / "bench" / "results" / "loss_memory.json"
+    out = REPO / "bench" / "results" / "loss_memory.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for cell in cells:
         print(f"{cell['tokens']:>5} tokens x {cell['vocab']:>7} vocab: {cell['bytes_per_logit']} bytes per logit")
-    print(f"planner: {LOSS_BYTES_PER_LOGIT}; written to {out.relative_to(ROOT)}")
+    print(f"planner: {LOSS_BYTES_PER_LOGIT}; written to {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -10,16 +10,13 @@ which conditions can't be mapped. tests/test_planner_published.py holds every ca
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from repo_path import REPO
 
-from wrapper.config import planner  # noqa: E402
-from wrapper.config.models import known_configs  # noqa: E402
-from wrapper.config.planner import ModelShape, Settings  # noqa: E402
+from wrapper.config import planner
+from wrapper.config.models import known_configs
+from wrapper.config.planner import ModelShape, Settings
 
 TOLERANCE = 0.15
 LLAMA31_8B = "meta-llama/Llama-3.1-8B-Instruct"
@@ -145,7 +142,7 @@ def rows() -> list[dict]:
 
 def main() -> None:
     table = rows()
-    out = ROOT / "bench" / "results" / "planner_published.json"
+    out = REPO / "bench" / "results" / "planner_published.json"
     out.write_text(
         json.dumps({"command": ".venv/bin/python bench/planner_published.py", "cases": table}, indent=2) + "\n",
         encoding="utf-8",
@@ -156,7 +153,7 @@ def main() -> None:
         held = "yes" if row["asserted"] else "no: " + row["unmapped"].split(";")[0]
         published = f"{row['published_gib']:.2f}" + (" (floor)" if row["kind"] == "floor" else "")
         print(f"| {row['name']} | {published} | {row['planner_gib']:.2f} | {row['error']:+.1%} | {held} |")
-    print(f"\nwritten to {out.relative_to(ROOT)}")
+    print(f"\nwritten to {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

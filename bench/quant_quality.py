@@ -44,29 +44,25 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from repo_path import REPO
+
+from tests.support.runner import run_ftw
+
 RESULTS = REPO / "bench" / "results" / "quant_quality.json"
 # LLaMA-Factory's data/c4_demo.jsonl (in its repository, not its package): where this workplace keeps it;
 # --c4 names another copy, and without one the c4 cells are left out.
 C4 = Path("/work/shared/external/llamafactory-data/c4_demo.jsonl")
 RUN = "qq"
-FTW = [sys.executable, "-m", "wrapper.cli"]
 
 
 def ftw(runs_dir: Path, *args: str) -> float:
     started = time.perf_counter()
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir), COLUMNS="160")
-    result = subprocess.run([*FTW, *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"ftw {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    run_ftw(runs_dir, *args, timeout=None)
     return round(time.perf_counter() - started, 1)
 
 
 def has_imatrix_option(runs_dir: Path) -> bool:
-    env = dict(os.environ, FTW_RUNS_DIR=str(runs_dir))
-    out = subprocess.run([*FTW, "gguf", "--help"], cwd=REPO, env=env, capture_output=True, text=True).stdout
-    return "--imatrix" in out
+    return "--imatrix" in run_ftw(runs_dir, "gguf", "--help").stdout
 
 
 def demo_run(runs_dir: Path) -> tuple[Path, dict[str, float]]:

@@ -47,8 +47,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from repo_path import REPO
+
+from tests.support.runner import FTW
+
 RESULTS = REPO / "bench" / "results" / "synth.json"
 RECIPE = "demo-docs"
 WIKI = Path("/work/shared/external/llamafactory-data/wiki_demo.txt")
@@ -290,7 +292,7 @@ class ReplyClock:
 
 
 def ftw_synth(work: Path, server: Server, name: str, args: list[str], env: dict) -> dict:
-    command = [sys.executable, "-m", "wrapper.cli", "data", "synth", "--recipe", RECIPE, *args]
+    command = [*FTW, "data", "synth", "--recipe", RECIPE, *args]
     log = work / f"{name}.log"
     mark = server.mark()
     with log.open("w") as out, CpuMeter(server.process.pid) as meter, ReplyClock(server) as clock:
@@ -299,7 +301,7 @@ def ftw_synth(work: Path, server: Server, name: str, args: list[str], env: dict)
     if code != 0:
         raise SystemExit(f"{name}: ftw exited {code}:\n" + "\n".join(output[-20:]))
     return {
-        "command": " ".join(["ftw", *command[3:]]).replace(str(work), "$TMP"),
+        "command": " ".join(["ftw", *command[len(FTW) :]]).replace(str(work), "$TMP"),
         "wall_s": round(meter.wall, 2),
         **meter.report("child"),
         "server_completions": server.requests_since(mark),
@@ -513,7 +515,7 @@ def main() -> None:
         print(f"{len(documents)} documents, {len(all_chunks)} chunks, asking {len(chunks)} ({langs})", flush=True)
 
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "wrapper.cli", "--help"], cwd=REPO, capture_output=True, check=True)
+        subprocess.run([*FTW, "--help"], cwd=REPO, capture_output=True, check=True)
         help_s = time.monotonic() - started
 
         server_start_s = server.start()

@@ -4,27 +4,15 @@ Cases that map are held to ±15%; the rest are shown in bench/README.md for scal
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
 from wrapper.config import planner
 from wrapper.config.models import known_configs
 from wrapper.config.planner import ModelShape
 
-from tests.support.runner import REPO
+from tests.support.bench import bench_script
 
-
-def load_cases():
-    spec = importlib.util.spec_from_file_location("planner_published", REPO / "bench" / "planner_published.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-PUBLISHED = load_cases()
+PUBLISHED = bench_script("planner_published")
 HELD = [case for case in PUBLISHED.CASES if case.asserted]
 
 

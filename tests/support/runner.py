@@ -24,9 +24,10 @@ COLUMNS = "200"  # wide enough that the lines the tests look for are not wrapped
 FAKE_HF_TOKEN = "hf_ftwFakeTokenNeverWrittenAnywhere0123"
 
 
-def ftw_env(runs_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with the runs folder and the console width set; `env` wins."""
-    return {**os.environ, "FTW_RUNS_DIR": str(runs_dir), "COLUMNS": COLUMNS, **(env or {})}
+def ftw_env(runs_dir: Path, env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment with the runs folder and the console width set; `env` wins (None: unset)."""
+    merged: dict[str, str | None] = {**os.environ, "FTW_RUNS_DIR": str(runs_dir), "COLUMNS": COLUMNS, **(env or {})}
+    return {key: value for key, value in merged.items() if value is not None}
 
 
 def ftw_argv(installed: bool) -> list[str]:
@@ -41,8 +42,8 @@ def run_ftw(
     runs_dir: Path,
     *args: str,
     check: bool = True,
-    timeout: int = 900,
-    env: dict[str, str] | None = None,
+    timeout: float | None = 900,
+    env: dict[str, str | None] | None = None,
     stdin: str | None = None,
     cwd: Path = REPO,
     installed: bool = False,
@@ -63,7 +64,7 @@ def run_ftw(
     return result
 
 
-def start_ftw(runs_dir: Path, *args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+def start_ftw(runs_dir: Path, *args: str, env: dict[str, str | None] | None = None, **popen) -> subprocess.Popen:
     """`ftw ARGS` started in a child process, its output (stdout and stderr) in one text pipe."""
     return subprocess.Popen(
         [*FTW, *args],
