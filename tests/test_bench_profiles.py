@@ -1,23 +1,23 @@
-"""bench/profiles.py: its whole plumbing on the CPU (--cpu-smoke), and the pieces a GPU run relies on."""
+"""bench/profiles: its whole plumbing on the CPU (--cpu-smoke), and the pieces a GPU run relies on."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.models import qwen2_tokenizer_dir
+from bench.profiles import estimate, report, settings
+from bench.profiles.__main__ import parse
+
 from tests.support.runner import REPO
 
 # Real conversions, quantizations or training runs: minutes (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
 
-SCRIPT = REPO / "bench" / "profiles.py"
+BENCH = [sys.executable, "-m", "bench.profiles"]
 CELL_KEYS = {
     "kind",
     "model",
@@ -56,20 +56,11 @@ MAX_CONTEXT_KEYS = {  # max_context and max_context_plus10 cells
 TARGETS = {"fit_within_92pct", "speedup_vs_example", "planner_within_15pct", "longest_context_fits"}
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_profiles", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cpu_smoke_runs_every_kind(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
-    # The Qwen2 tokenizer takes ~50 s to rebuild from llama.cpp's GGUF; the test fixtures keep one built.
-    shutil.copytree(qwen2_tokenizer_dir(), cache / "tokenizers" / "qwen2")
+    # Its tokenizer is the tests' (tests/support/models.py): built once, cached under .cache/test-fixtures.
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--cpu-smoke", "--cache", str(cache), "--out", str(out)],
+        [*BENCH, "--cpu-smoke", "--cache", str(cache), "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -128,7 +119,7 @@ def test_cpu_smoke_runs_every_kind(tmp_path):
 def test_list_prints_cells_estimates_and_parts():
     """--list needs no GPU and builds nothing: the GPU grid, each cell's estimated seconds, its part."""
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--list", "--kinds", "ftw", "example", "max-context"],
+        [*BENCH, "--list", "--kinds", "ftw", "example", "max-context"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -139,50 +130,47 @@ def test_list_prints_cells_estimates_and_parts():
     assert "est. s" in out and "longest ctx" in out and "longest +10%" in out and "host RAM" in out
     assert "part 1/" in out and "of at most 540 s" in out
 
-    bench = load_script()
-    options = bench.parse(["--kinds", "ftw", "example", "max-context"])
-    specs = bench.cell_specs(options)
+    options = parse(["--kinds", "ftw", "example", "max-context"])
+    specs = estimate.cell_specs(options)
     assert len(specs) == 2 * 3 * 4  # 2 models x 3 profiles x (ftw, example, longest, +10%)
-    estimates = [bench.estimate(spec, bench.ESTIMATE_PEAK_TFLOPS) for spec in specs]
+    estimates = [estimate.estimate(spec, estimate.ESTIMATE_PEAK_TFLOPS) for spec in specs]
     seconds = [seconds for seconds, _ in estimates]
     assert all(30 < s < 600 for s in seconds), seconds
     # The 8 GB offload cells: on rtx3070 the planner offloads the checkpoints of both 8B models.
-    for spec, (_, settings) in zip(specs, estimates):
+    for spec, (_, planned) in zip(specs, estimates):
         if spec.kind == "ftw" and spec.profile == "rtx3070":
-            assert settings.offload_checkpoints and settings.checkpointing, spec
+            assert planned.offload_checkpoints and planned.checkpointing, spec
         if spec.kind in ("max_context", "max_context_plus10"):
-            assert settings.offload_checkpoints and settings.micro_batch == 1
+            assert planned.offload_checkpoints and planned.micro_batch == 1
     longest = {(s.hub, s.profile): s.cutoff for s in specs if s.kind == "max_context"}
     for spec in specs:
         if spec.kind == "max_context_plus10":
             assert spec.cutoff == int(longest[(spec.hub, spec.profile)] * 1.1)
     assert longest[("meta-llama/Llama-3.1-8B-Instruct", "rtx3070")] > 2048  # it fits at 2048 with offload
 
-    count = bench.parts_for_slot(specs, seconds, bench.SLOT_S)
-    parts = bench.split_parts(specs, seconds, count)
+    count = estimate.parts_for_slot(specs, seconds, estimate.SLOT_S)
+    parts = estimate.split_parts(specs, seconds, count)
     assert len(parts) == count and sorted(i for part in parts for i in part) == list(range(len(specs)))
     assert all(part == list(range(part[0], part[-1] + 1)) for part in parts if part)  # contiguous
-    assert max(bench.part_seconds(specs, seconds, part) for part in parts) <= bench.SLOT_S
-    assert len(bench.split_parts(specs, seconds, count + 5)) == count + 5  # the extra parts are empty
-    assert bench.split_parts(specs, seconds, 1) == [list(range(len(specs)))]
+    assert max(estimate.part_seconds(specs, seconds, part) for part in parts) <= estimate.SLOT_S
+    assert len(estimate.split_parts(specs, seconds, count + 5)) == count + 5  # the extra parts are empty
+    assert estimate.split_parts(specs, seconds, 1) == [list(range(len(specs)))]
 
 
 def test_embedded_example_is_llamafactorys():
-    bench = load_script()
-    shared = [path for path in bench.EXAMPLE_CANDIDATES if path.is_file()]
+    shared = [path for path in settings.EXAMPLE_CANDIDATES if path.is_file()]
     if not shared:
         pytest.skip("no shared copy of LLaMA-Factory's examples here")
-    assert bench.load_yaml_like_llamafactory(shared[0]) == bench.EMBEDDED_EXAMPLE
+    assert settings.load_yaml_like_llamafactory(shared[0]) == settings.EMBEDDED_EXAMPLE
 
 
 def test_gpu_names_peaks_and_targets():
-    bench = load_script()
-    assert bench.peak_tflops_for("NVIDIA H100 80GB HBM3") == 989
-    assert bench.peak_tflops_for("NVIDIA H100 PCIe") == 756
-    assert bench.peak_tflops_for("NVIDIA A100-SXM4-80GB") == 312
-    assert bench.peak_tflops_for("NVIDIA GeForce RTX 4090") == 165.2
-    assert bench.peak_tflops_for("Some Future GPU") is None
-    assert bench.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert settings.peak_tflops_for("NVIDIA H100 80GB HBM3") == 989
+    assert settings.peak_tflops_for("NVIDIA H100 PCIe") == 756
+    assert settings.peak_tflops_for("NVIDIA A100-SXM4-80GB") == 312
+    assert settings.peak_tflops_for("NVIDIA GeForce RTX 4090") == 165.2
+    assert settings.peak_tflops_for("Some Future GPU") is None
+    assert settings.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
 
     def cell(kind, profile, tps, fits=True, oom=False, frac=0.8, err=0.05):
         return {
@@ -200,7 +188,7 @@ def test_gpu_names_peaks_and_targets():
             "planner_peak_gb": 1.0,
         }
 
-    targets = bench.targets(
+    targets = report.targets(
         [
             cell("ftw", "a", 300),
             cell("llamafactory-example", "a", 100),
@@ -213,18 +201,18 @@ def test_gpu_names_peaks_and_targets():
     assert pairs["b"]["met"] is True and pairs["b"]["example_oom"] is True  # the example does not fit at all
     assert targets["fit_within_92pct"]["met"] is True
     assert len(targets["planner_within_15pct"]["cells"]) == 3  # OOM cells have no peak to compare
-    slow = bench.targets([cell("ftw", "a", 120, frac=0.95), cell("llamafactory-example", "a", 100)])
+    slow = report.targets([cell("ftw", "a", 120, frac=0.95), cell("llamafactory-example", "a", 100)])
     assert slow["speedup_vs_example"]["met"] is False and slow["fit_within_92pct"]["met"] is False
     assert slow["longest_context_fits"]["met"] is None  # no max-context cell: not measured
 
     def context(kind, cutoff, fits=True, frac=0.85):
         return dict(cell(kind, "a", 50, fits=fits, oom=not fits, frac=frac), cutoff=cutoff, offload_checkpoints=True)
 
-    longest = bench.targets([context("max_context", 1000), context("max_context_plus10", 1100, fits=False)])
+    longest = report.targets([context("max_context", 1000), context("max_context_plus10", 1100, fits=False)])
     (row,) = longest["longest_context_fits"]["cells"]
     assert longest["longest_context_fits"]["met"] is True  # the +10% one not fitting changes nothing
     assert row["plus10_cutoff"] == 1100 and row["plus10_fits"] is False and row["plus10_oom"] is True
-    tight = bench.targets([context("max_context", 1000, frac=0.97), context("max_context_plus10", 1100)])
+    tight = report.targets([context("max_context", 1000, frac=0.97), context("max_context_plus10", 1100)])
     assert tight["longest_context_fits"]["met"] is False  # ran, but past 92% of the card
-    assert bench.targets([context("max_context", 1000, fits=False)])["longest_context_fits"]["met"] is False
+    assert report.targets([context("max_context", 1000, fits=False)])["longest_context_fits"]["met"] is False
     assert len(longest["planner_within_15pct"]["cells"]) == 1  # max-context cells that ran count there too

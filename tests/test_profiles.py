@@ -261,7 +261,7 @@ def test_auto_profile_on_a_machine_without_gpu(tmp_path):
 
 
 def test_planner_matches_committed_gpu_measurements():
-    """Once bench/profiles.py has run on a GPU, its committed cells hold the planner to ±15%."""
+    """Once bench/profiles has run on a GPU, its committed cells hold the planner to ±15%."""
     results = sorted((REPO / "bench" / "results").glob("profiles-*.json"))
     if not results:
         pytest.skip("no GPU measurements committed yet (bench/results/profiles-*.json)")

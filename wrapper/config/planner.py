@@ -20,7 +20,7 @@ Memory of a LoRA/QLoRA step, as PyTorch's allocator sees it:
   cross-entropy computes the loss in chunks;
 - overhead: cuBLAS workspaces and allocator fragmentation.
 Throughput: FLOPs per token against the card's dense bf16 peak (vendor figure, fp32
-accumulate) at an assumed MFU, or at the MFU bench/profiles.py measured for that budget.
+accumulate) at an assumed MFU, or at the MFU bench/profiles measured for that budget.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8
 FIT_FRACTION = 0.92  # of the card's memory; the rest is the CUDA context and headroom
 OVERHEAD_GIB = 0.5
 OVERHEAD_SHARE = 0.05
-ASSUMED_MFU = {"lora": 0.40, "full": 0.40, "qlora": 0.30}  # until bench/profiles.py measures the card
+ASSUMED_MFU = {"lora": 0.40, "full": 0.40, "qlora": 0.30}  # until bench/profiles measures the card
 MICRO_BATCHES = (16, 8, 4, 2, 1)
 # Offloaded layer inputs go through pageable (not pinned) host memory: ~half of PCIe 4.0 x16's 32 GB/s.
 HOST_COPY_BYTES_PER_S = 12e9
@@ -347,7 +347,7 @@ def tokens_per_second(
     measured = measured_mfu(profile.name, model_key, s.method)
     if measured:
         mfu, gpu = measured
-        source = f"{mfu:.0%} MFU measured by bench/profiles.py on {gpu}, applied to {profile.peak_bf16_tflops} TFLOP/s"
+        source = f"{mfu:.0%} MFU measured by bench/profiles on {gpu}, applied to {profile.peak_bf16_tflops} TFLOP/s"
     else:
         mfu = ASSUMED_MFU[s.method]
         source = f"estimated: {mfu:.0%} MFU of {profile.peak_bf16_tflops} TFLOP/s (not yet measured)"
@@ -358,7 +358,7 @@ def tokens_per_second(
 
 
 def measured_mfu(profile_name: str, model_key: str | None, method: str) -> tuple[float, str] | None:
-    """MFU that bench/profiles.py measured for this profile's budget and model, and on which GPU.
+    """MFU that bench/profiles measured for this profile's budget and model, and on which GPU.
 
     The benchmark caps a big GPU's memory to the profile's budget, so its tokens/s are that
     GPU's, not the card's; its MFU, times the card's own peak, is the better transfer."""
