@@ -193,9 +193,11 @@ def test_an_unchanged_measurement_is_reused_without_the_tools(measured, monkeypa
 
 
 def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f16(measured, monkeypatch):
+    from wrapper.commands.eval_tables import print_report
     from wrapper.core import manifest
     from wrapper.eval.evaluate import evaluate
-    from wrapper.eval.report import print_tables, write_report
+    from wrapper.eval.report import write_report
+    from wrapper.eval.tables import report_of
 
     run = measured["run"]
     monkeypatch.setattr(quant_loss, "MAX_TOKENS", SMALL_TEXT)
@@ -234,7 +236,7 @@ def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f
     assert section["status"] == "skipped" and "f16 GGUF is missing" in section["reason"]
     assert section["fix"] == f"ftw gguf --run {run.name} --keep-intermediates"
     assert result.quantization["perplexity"]["Q4_K_M"]["perplexity"] >= 1.0
-    print_tables(result)
+    print_report(report_of(result))
     assert "f16 GGUF is missing" in write_report(run)[0].read_text(encoding="utf-8")
     # asked not to: nothing measured, nothing built
     result = evaluate(run, val_sample=1, limit=1, max_new_tokens=2, measure_quant_loss=False)

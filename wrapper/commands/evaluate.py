@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
+from wrapper.commands.eval_tables import print_report, print_table
 from wrapper.commands.options import run_option, runs_option, writes_run
 from wrapper.core.eval_result import EVAL_JSON
 from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.ui import done
 from wrapper.eval.evaluate import evaluate
-from wrapper.eval.report import compare_runs, print_tables, write_report
+from wrapper.eval.report import compare_runs, write_comparison, write_report
+from wrapper.eval.tables import report_of
 
 
 @click.command("eval")
@@ -86,7 +88,7 @@ def eval_command(
         build_tools=build_tools,
         quant=quant,
     )
-    print_tables(result)
+    print_report(report_of(result))
     md, html = write_report(run_dir)
     done(f"{run_dir / EVAL_JSON}, {md}, {html}")
 
@@ -110,7 +112,10 @@ def report(runs: tuple[str, ...], out: Path | None) -> None:
         md, html = write_report(run_dir_of(runs[0]))
         done(f"{md}\n  {html}")
     else:
-        compare_runs([run_dir_of(r) for r in runs], out)
+        table = compare_runs([run_dir_of(r) for r in runs])
+        print_table(table)
+        if out:
+            done(str(write_comparison(table, out)))
 
 
 COMMANDS = [eval_command, report]

@@ -1,5 +1,6 @@
 """The Jinja2 templates in templates/ that rendered files (train.yaml, export.yaml,
-dataset_info.json, the Modelfile) are written from."""
+dataset_info.json, the Modelfile, the model card, the eval report) are written from.
+A template named *.html.j2 has its values HTML-escaped; the others are written as they are."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def yaml_scalar(value: Any) -> str:
 def template_env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
