@@ -115,7 +115,7 @@ def main() -> None:
     from wrapper.core import llama_tools, manifest
     from wrapper.core.fsutil import sha256_of
     from wrapper.data.samples import sample_text
-    from wrapper.eval import quant_loss
+    from wrapper.eval import quant_loss, scoreboard
     from wrapper.eval.evaluate import gguf_threads
     from wrapper.prompts.training_format import training_format
 
@@ -202,7 +202,7 @@ def main() -> None:
         if "skipped" in cell:
             cells.append({**entry, "skipped": cell["skipped"]})
             continue
-        published = quant_loss.PUBLISHED.get(cell["quant"], {})
+        published = scoreboard.published().quants.get(cell["quant"], {})
         cells.append(
             {
                 **entry,
@@ -235,7 +235,7 @@ def main() -> None:
             quant_loss.SPECIAL_TOKENS_NOTE,
             quant_loss.PPL_RATIO_NOTE,
         ],
-        "published": {"source": quant_loss.PUBLISHED_SOURCE, "floor_kld": quant_loss.PUBLISHED_FLOOR_KLD},
+        "published": {"source": scoreboard.published().source, "floor_kld": scoreboard.published().floor_kld},
         "machine": {
             "cpus": os.cpu_count(),
             "memory_bytes": psutil.virtual_memory().total,

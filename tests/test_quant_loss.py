@@ -17,7 +17,7 @@ from wrapper.core import llama_tools
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.paths import LLAMA_CPP_DIR
-from wrapper.eval import quant_loss
+from wrapper.eval import quant_loss, scoreboard
 
 from tests.support.runner import linked_copy
 
@@ -113,13 +113,15 @@ def test_context_halves_for_short_text_and_the_log_prob_file_stays_modest():
 
 def test_the_published_figures_are_the_readmes():
     readme = (LLAMA_CPP_DIR / "tools" / "perplexity" / "README.md").read_text(encoding="utf-8")
-    for quant, figures in quant_loss.PUBLISHED.items():
+    board = scoreboard.published()
+    for quant, figures in board.quants.items():
         assert quant in QUANT_TYPES
         for name, value in figures.items():
             digits = 3 if name == "same_top_pct" else 6
             assert f"{value:.{digits}f} ±" in readme, (quant, name, value)
-    assert f"{quant_loss.PUBLISHED_FLOOR_KLD:.6f} ±" in readme
-    assert "f364eb6f" in readme and "f364eb6f" in quant_loss.PUBLISHED_SOURCE
+    assert f"{board.floor_kld:.6f} ±" in readme
+    assert "f364eb6f" in readme and "f364eb6f" in board.source and board.url.endswith("tools/perplexity/README.md")
+    assert board.compared("Q4_K_M", imatrix=True)["compare_kld"] == 0.028152 and board.compared("F16", False) is None
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ model's with them and prints mean and percentile KLD, the share of positions who
 token is the same ("Same top p") and the perplexity ratio. Those lines are parsed
 (`parse_kld_output`); the whole output is in runs/RUN/logs/quant_loss.log. The same measurement
 as the scoreboard in llama.cpp's tools/perplexity/README.md, so the numbers read beside it
-(`PUBLISHED`), on a different model and text.
+(wrapper/eval/scoreboard.yaml), on a different model and text.
 
 The text: `wrapper/data/samples.py` (validation rows, else the training rows, flagged), capped at
 MAX_TOKENS, which keeps the f16 log-probability file under ~MAX_BASE_BYTES; the file lives in
@@ -45,6 +45,7 @@ from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import console
 from wrapper.data.samples import SampleText, sample_text
+from wrapper.eval import scoreboard
 from wrapper.prompts.training_format import training_format
 
 TOOL = "llama-perplexity"
@@ -78,32 +79,6 @@ PPL_RATIO_NOTE = (
     "make it read high: the demo's f16 file against itself reads 1.007 on its rows. ppl_q_over_f16 divides by the "
     "f16 pass's own perplexity on the same positions instead; the report shows that one."
 )
-
-PUBLISHED_SOURCE = (
-    "llama.cpp tools/perplexity/README.md (vendor/llama.cpp): 'LLaMA 3 8b Scoreboard' (KLD, imatrix 'WT 10m' = "
-    "an importance matrix from 10m Wikitext tokens) and 'LLaMA 2 vs. LLaMA 3 Quantization comparison' (column "
-    "L3 8b: Mean PPL ratio, Same top p); Llama-3-8B on the Wikitext-2 test set against its FP16 logits, CUDA, "
-    "llama.cpp revision f364eb6f"
-)
-# Per quant type as the README prints it; `_imatrix` from the scoreboard's "WT 10m" row.
-PUBLISHED: dict[str, dict[str, float]] = {
-    "Q8_0": {"mean_kld": 0.001355, "same_top_pct": 97.674, "ppl_ratio": 1.000425},
-    "Q6_K": {"mean_kld": 0.005452, "same_top_pct": 96.031, "ppl_ratio": 1.003490},
-    "Q5_K_M": {"mean_kld": 0.010762},
-    "Q5_K_S": {"mean_kld": 0.016595},
-    "Q4_K_M": {"mean_kld": 0.031273, "mean_kld_imatrix": 0.028152, "same_top_pct": 91.901, "ppl_ratio": 1.028160},
-    "Q4_K_S": {"mean_kld": 0.043136, "mean_kld_imatrix": 0.031951},
-    "IQ4_XS": {"mean_kld_imatrix": 0.036334},
-    "Q4_0": {"mean_kld": 0.071940},
-    "Q3_K_L": {"mean_kld": 0.087176, "mean_kld_imatrix": 0.073077},
-    "Q3_K_M": {"mean_kld": 0.101913, "mean_kld_imatrix": 0.084358},
-    "IQ3_M": {"mean_kld_imatrix": 0.102534},
-    "IQ3_XXS": {"mean_kld_imatrix": 0.183625},
-    "Q2_K": {"mean_kld": 0.445132, "mean_kld_imatrix": 0.332223, "same_top_pct": 71.138, "ppl_ratio": 1.564849},
-    "IQ2_M": {"mean_kld_imatrix": 0.325989},
-}
-# The scoreboard's f16 row: f16 against its own logits as stored in 16 bits, the floor of the method.
-PUBLISHED_FLOOR_KLD = 0.000551
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,8 +204,6 @@ class QuantLoss:
         return self.stats.ppl_q / self.ppl_f16 if self.ppl_f16 else None
 
     def to_dict(self) -> dict[str, Any]:
-        published = PUBLISHED.get(self.quant, {})
-        reference = published.get("mean_kld_imatrix" if self.imatrix else "mean_kld")
         return {
             "file": self.file,
             "size_bytes": self.size_bytes,
@@ -243,13 +216,7 @@ class QuantLoss:
             "seconds": self.seconds,
             "measured_at": self.measured_at,
             "key": self.key,
-            "published": {
-                **published,
-                "compare_kld": reference,
-                "compare_same_top_pct": None if self.imatrix else published.get("same_top_pct"),
-            }
-            if published
-            else None,
+            "published": scoreboard.published().compared(self.quant, self.imatrix),
         }
 
     @classmethod
@@ -298,7 +265,7 @@ class QuantLossResult:
             "reused": self.reused,
             "log": self.log,
             "notes": [SPECIAL_TOKENS_NOTE, PPL_RATIO_NOTE],
-            "published": {"source": PUBLISHED_SOURCE, "floor_kld": PUBLISHED_FLOOR_KLD, "quants": PUBLISHED},
+            "published": asdict(scoreboard.published()),
         }
 
 
