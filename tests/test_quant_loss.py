@@ -17,7 +17,7 @@ from wrapper.core import llama_tools
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.paths import LLAMA_CPP_DIR
-from wrapper.eval import quant_loss, scoreboard
+from wrapper.eval import perplexity_output, quant_loss, scoreboard
 
 from tests.support.runner import linked_copy
 
@@ -83,7 +83,7 @@ SMALL_TEXT = 700  # tokens: context 256, 2 chunks or more, a few seconds a pass
 
 
 def test_parses_a_real_kl_divergence_output():
-    stats = quant_loss.parse_kld_output(REAL_OUTPUT)
+    stats = perplexity_output.parse_kld_output(REAL_OUTPUT)
     assert (stats.chunks, stats.ctx) == (3, 256)
     assert stats.positions == 3 * 127
     assert (stats.mean_kld, stats.mean_kld_uncertainty) == (0.082893, 0.013840)
@@ -96,7 +96,7 @@ def test_parses_a_real_kl_divergence_output():
 def test_an_output_without_final_statistics_is_an_error_not_zeros():
     cut = REAL_OUTPUT.split("====== Perplexity statistics ======")[0]  # what it prints under 100 positions
     with pytest.raises(FtwError, match="no final KL-divergence statistics"):
-        quant_loss.parse_kld_output(cut)
+        perplexity_output.parse_kld_output(cut)
 
 
 def test_context_halves_for_short_text_and_the_log_prob_file_stays_modest():
@@ -108,7 +108,7 @@ def test_context_halves_for_short_text_and_the_log_prob_file_stays_modest():
         chunks = quant_loss.max_chunks(512, n_vocab)
         assert chunks >= 2 and chunks * quant_loss.log_prob_bytes(512, n_vocab) <= quant_loss.MAX_BASE_BYTES
     # two chunks of the smallest context are enough for llama-perplexity's final statistics
-    assert 2 * (quant_loss.MIN_CONTEXT - 1 - quant_loss.MIN_CONTEXT // 2) >= quant_loss.MIN_POSITIONS
+    assert 2 * (quant_loss.MIN_CONTEXT - 1 - quant_loss.MIN_CONTEXT // 2) >= perplexity_output.MIN_POSITIONS
 
 
 def test_the_published_figures_are_the_readmes():
@@ -150,7 +150,7 @@ def test_kl_divergence_of_the_demo_q4_k_m(measured):
     assert q4.p99_kld >= q4.mean_kld and q4.max_kld >= q4.p99_kld
     assert 50 < q4.same_top_pct < 100
     assert q4.ppl_ratio > 0.9
-    assert result.ctx == 256 and q4.ctx == 256 and q4.chunks >= 2 and q4.positions >= quant_loss.MIN_POSITIONS
+    assert result.ctx == 256 and q4.ctx == 256 and q4.chunks >= 2 and q4.positions >= perplexity_output.MIN_POSITIONS
     run = measured["run"]
     assert not (run / quant_loss.BASE_FILE).exists()  # the f16 log-probabilities are removed
     assert "Mean    KLD" in (run / quant_loss.LOG_FILE).read_text(encoding="utf-8")

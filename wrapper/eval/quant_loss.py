@@ -8,7 +8,7 @@ The first pass saves the f16 model's log-probabilities of every scored position 
 the whole vocabulary: chunks x (CTX/2) x n_vocab x 2 bytes); the second compares the quantized
 model's with them and prints mean and percentile KLD, the share of positions whose most likely
 token is the same ("Same top p") and the perplexity ratio. Those lines are parsed
-(`parse_kld_output`); the whole output is in runs/RUN/logs/quant_loss.log. The same measurement
+(wrapper/eval/perplexity_output.py); the whole output is in runs/RUN/logs/quant_loss.log. The same measurement
 as the scoreboard in llama.cpp's tools/perplexity/README.md, so the numbers read beside it
 (wrapper/eval/scoreboard.yaml), on a different model and text.
 
@@ -26,7 +26,6 @@ the section says why and what to run, and the rest of `ftw eval` is unaffected.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,7 @@ from wrapper.core.procs import run_with_status
 from wrapper.core.ui import console
 from wrapper.data.samples import SampleText, sample_text
 from wrapper.eval import scoreboard
+from wrapper.eval.perplexity_output import KldStats, base_chunks, base_failure, base_ppl, parse_kld_output
 from wrapper.prompts.training_format import training_format
 
 TOOL = "llama-perplexity"
@@ -56,11 +56,10 @@ TOOL = "llama-perplexity"
 MAX_TOKENS = 4096
 MAX_BASE_BYTES = 256 * 2**20
 CONTEXT = 512  # llama.cpp's default and the scoreboard's
-# llama-perplexity prints its final statistics only from 100 scored positions on (perplexity.cpp:
-# `if (kld.count < 100) return;`); each chunk scores its second half less one, so 2 chunks of 128 (126)
+# llama-perplexity prints its final statistics only from MIN_POSITIONS scored positions on
+# (perplexity_output.py); each chunk scores its second half less one, so 2 chunks of 128 (126)
 # is the least it can work with, and it needs two chunks' worth of text.
 MIN_CONTEXT = 128
-MIN_POSITIONS = 100
 UNQUANTIZED = ("f16", "bf16")
 
 CACHE_FILE = Path("eval") / "quant_loss.json"
@@ -79,105 +78,6 @@ PPL_RATIO_NOTE = (
     "make it read high: the demo's f16 file against itself reads 1.007 on its rows. ppl_q_over_f16 divides by the "
     "f16 pass's own perplexity on the same positions instead; the report shows that one."
 )
-
-
-# ---------------------------------------------------------------------------------------
-# llama-perplexity's output
-
-
-@dataclass(frozen=True)
-class KldStats:
-    """The statistics `llama-perplexity --kl-divergence` prints at its end (perplexity.cpp, kl_divergence)."""
-
-    chunks: int
-    ctx: int
-    ppl_q: float
-    ppl_base: float
-    ppl_ratio: float
-    ppl_ratio_uncertainty: float
-    mean_kld: float
-    mean_kld_uncertainty: float
-    max_kld: float
-    p99_kld: float
-    median_kld: float
-    mean_delta_p_pct: float
-    rms_delta_p_pct: float
-    same_top_pct: float
-    same_top_uncertainty_pct: float
-
-    @property
-    def positions(self) -> int:
-        """Token positions scored: the second half of each chunk, less its last token."""
-        return self.chunks * (self.ctx - 1 - self.ctx // 2)
-
-
-_NUMBER = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
-_PATTERNS = {
-    "chunks_ctx": rf"kl_divergence: computing over {_NUMBER} chunks, n_ctx={_NUMBER}",
-    "ppl_q": rf"^Mean PPL\(Q\)\s*:\s*{_NUMBER}",
-    "ppl_base": rf"^Mean PPL\(base\)\s*:\s*{_NUMBER}",
-    "ppl_ratio": rf"^Mean PPL\(Q\)/PPL\(base\)\s*:\s*{_NUMBER}\s*±\s*{_NUMBER}",
-    "mean_kld": rf"^Mean\s+KLD:\s*{_NUMBER}\s*±\s*{_NUMBER}",
-    "max_kld": rf"^Maximum KLD:\s*{_NUMBER}",
-    "p99_kld": rf"^99\.0%\s+KLD:\s*{_NUMBER}",
-    "median_kld": rf"^Median\s+KLD:\s*{_NUMBER}",
-    "mean_delta_p": rf"^Mean\s+Δp:\s*{_NUMBER}\s*±\s*{_NUMBER}\s*%",
-    "rms_delta_p": rf"^RMS Δp\s*:\s*{_NUMBER}\s*±\s*{_NUMBER}\s*%",
-    "same_top": rf"^Same top p:\s*{_NUMBER}\s*±\s*{_NUMBER}\s*%",
-}
-
-
-def parse_kld_output(text: str) -> KldStats:
-    """The final statistics of one `llama-perplexity --kl-divergence` output; FtwError naming what is
-    missing when they aren't there (too little text: it prints none under 100 positions)."""
-    found: dict[str, tuple[float, ...]] = {}
-    for name, pattern in _PATTERNS.items():
-        matches = re.findall(pattern, text, flags=re.MULTILINE)
-        if matches:
-            last = matches[-1]
-            found[name] = tuple(float(x) for x in (last if isinstance(last, tuple) else (last,)))
-    missing = [name for name in _PATTERNS if name not in found]
-    if missing:
-        raise FtwError(
-            "llama-perplexity's output has no " + ", ".join(missing) + " line: it printed no final KL-divergence "
-            f"statistics (it prints none under {MIN_POSITIONS} scored positions, or it stopped on an error)"
-        )
-    return KldStats(
-        chunks=int(found["chunks_ctx"][0]),
-        ctx=int(found["chunks_ctx"][1]),
-        ppl_q=found["ppl_q"][0],
-        ppl_base=found["ppl_base"][0],
-        ppl_ratio=found["ppl_ratio"][0],
-        ppl_ratio_uncertainty=found["ppl_ratio"][1],
-        mean_kld=found["mean_kld"][0],
-        mean_kld_uncertainty=found["mean_kld"][1],
-        max_kld=found["max_kld"][0],
-        p99_kld=found["p99_kld"][0],
-        median_kld=found["median_kld"][0],
-        mean_delta_p_pct=found["mean_delta_p"][0],
-        rms_delta_p_pct=found["rms_delta_p"][0],
-        same_top_pct=found["same_top"][0],
-        same_top_uncertainty_pct=found["same_top"][1],
-    )
-
-
-def base_chunks(text: str) -> int | None:
-    """Chunks the f16 pass computed (`perplexity: calculating perplexity over N chunks`), if it says."""
-    match = re.search(r"calculating perplexity over (\d+) chunks", text)
-    return int(match.group(1)) if match else None
-
-
-def base_ppl(text: str) -> float | None:
-    """The f16 pass's own perplexity on the scored positions (`Final estimate: PPL = X +/- Y`)."""
-    match = re.search(r"Final estimate: PPL = ([0-9.]+)", text)
-    return float(match.group(1)) if match else None
-
-
-def base_failure(text: str) -> str | None:
-    """What llama-perplexity's f16 pass said when it wrote no log-probabilities (it exits 0 on too little text)."""
-    lines = [line.split(" E ", 1)[-1].strip() for line in text.splitlines() if "you need at least" in line]
-    lines += [line.split(" E ", 1)[-1].strip() for line in text.splitlines() if "tokenizes to only" in line]
-    return "; ".join(lines) or None
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,9 +302,9 @@ def measure(
     except FtwError as error:
         return skipped(str(error), "a larger validation split (the recipe's data.val_ratio, then ftw data prepare)")
     ctx = context_for(sample.tokens)
-    chunks = max_chunks(ctx, len(fmt.tokenizer))
+    n_vocab = len(fmt.tokenizer)
+    chunks = max_chunks(ctx, n_vocab)
     keys = {quant: measurement_key(base, path, sample, ctx, chunks) for quant, path in quants.items()}
-    cache = read_cache(run_dir)
     result = QuantLossResult(
         "measured",
         base={"kind": base_kind, "file": str(base), "size_bytes": base.stat().st_size},
@@ -413,38 +313,84 @@ def measure(
         max_chunks=chunks,
         log=str(run_dir / LOG_FILE),
     )
+    cache = read_cache(run_dir)
+    todo = reuse_measured(result, cache, keys)
+    if result.reused:
+        console.print(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
+    if not todo:
+        return result
+    exe = perplexity_tool(result, todo, run_dir.name, build_tools)
+    if exe is None:
+        return result
+    passes = Passes(exe, base, ctx, chunks, n_vocab, threads)
+    measure_quants(run_dir, result, passes, sample, {quant: quants[quant] for quant in todo}, keys, cache)
+    result.quants = {q: result.quants[q] for q in quants if q in result.quants}
+    return result
+
+
+def reuse_measured(result: QuantLossResult, cache: dict[str, dict], keys: dict[str, str]) -> list[str]:
+    """Put the cached measurements whose key holds into `result`; return the quant types still to measure."""
     todo = []
-    for quant in quants:
+    for quant, key in keys.items():
         entry = cache.get(quant)
         try:
-            if entry and entry.get("key") == keys[quant]:
+            if entry and entry.get("key") == key:
                 result.quants[quant] = QuantLoss.from_dict(quant, entry)
                 result.reused.append(quant)
                 continue
         except (KeyError, TypeError):  # written by another version: measured again
             pass
         todo.append(quant)
-    if result.reused:
-        console.print(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
-    if not todo:
-        return result
+    return todo
+
+
+def not_measured(result: QuantLossResult, reason: str, fix: str) -> None:
+    result.status = "partial" if result.quants else "skipped"
+    result.reason = reason
+    result.fix = fix
+
+
+def perplexity_tool(result: QuantLossResult, todo: list[str], run: str, build_tools: bool) -> Path | None:
+    """llama-perplexity, built now if need be and allowed; None with the reason in `result` where it can't be."""
     if not build_tools and llama_tools.built_tool(TOOL) is None:
-        result.status = "partial" if result.quants else "skipped"
-        result.reason = (
+        reason = (
             f"{', '.join(todo)} not measured: llama.cpp's tools are not built yet "
             f"(a few minutes once on a CPU; this eval was told not to build them)"
         )
-        result.fix = f"make tools (or ftw eval --run {run_dir.name}, which builds them)"
-        return result
+        not_measured(result, reason, f"make tools (or ftw eval --run {run}, which builds them)")
+        return None
     try:
-        exe = llama_tools.tool(TOOL)
+        return llama_tools.tool(TOOL)
     except llama_tools.ToolsUnavailable as error:
-        result.status = "partial" if result.quants else "skipped"
-        result.reason = f"{', '.join(todo)} not measured: {error}"
-        result.fix = "make tools"
-        return result
+        not_measured(result, f"{', '.join(todo)} not measured: {error}", "make tools")
+        return None
 
+
+@dataclass(frozen=True)
+class Passes:
+    """How llama-perplexity runs: the program, the f16 GGUF, the context, the chunks, the threads per file."""
+
+    exe: Path
+    base: Path
+    ctx: int
+    chunks: int
+    n_vocab: int
+    threads: Callable[[Path], int]
+
+
+def measure_quants(
+    run_dir: Path,
+    result: QuantLossResult,
+    passes: Passes,
+    sample: SampleText,
+    todo: dict[str, Path],
+    keys: dict[str, str],
+    cache: dict[str, dict],
+) -> None:
+    """The f16 pass, then each quantized GGUF of `todo` against it, into `result` and the cache as each ends;
+    a failure leaves the rest unmeasured, with the reason in `result`."""
     text_file, base_file, log = run_dir / TEXT_FILE, run_dir / BASE_FILE, run_dir / LOG_FILE
+    exe, base, ctx, chunks = passes.exe, passes.base, passes.ctx, passes.chunks
     console.print(
         f"KL divergence of {', '.join(todo)} from {base.name}: {sample.tokens} tokens of "
         f"{'training' if sample.seen_in_training else 'validation'} rows, context {ctx} (llama-perplexity; log: {log})"
@@ -452,16 +398,16 @@ def measure(
     try:
         text_file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(text_file, sample.text)
-        needs = {"f16 log-probabilities": log_prob_bytes(ctx, len(fmt.tokenizer)) * chunks}
+        needs = {"f16 log-probabilities": log_prob_bytes(ctx, passes.n_vocab) * chunks}
         check_free_space(text_file.parent, needs, "the KL-divergence measurement")
-        ppl_f16 = save_base(exe, base, text_file, base_file, ctx, chunks, threads(base), log)
-        for quant in todo:
+        ppl_f16 = save_base(exe, base, text_file, base_file, ctx, chunks, passes.threads(base), log)
+        for quant, path in todo.items():
             started = time.perf_counter()
-            stats = compare(exe, base, quants[quant], base_file, ctx, chunks, threads(quants[quant]), log)
+            stats = compare(exe, base, path, base_file, ctx, chunks, passes.threads(path), log)
             loss = QuantLoss(
                 quant=quant,
-                file=str(quants[quant]),
-                size_bytes=quants[quant].stat().st_size,
+                file=str(path),
+                size_bytes=path.stat().st_size,
                 imatrix=uses_imatrix(run_dir, quant),
                 stats=stats,
                 key=keys[quant],
@@ -475,10 +421,8 @@ def measure(
             write_cache(run_dir, cache)
     except (StageError, FtwError) as error:
         missing = [q for q in todo if q not in result.quants]
-        result.status = "partial" if result.quants else "skipped"
-        result.reason = f"{', '.join(missing)} not measured: {error}"
-        result.fix = f"see {log}; then ftw eval --run {run_dir.name}"
+        not_measured(
+            result, f"{', '.join(missing)} not measured: {error}", f"see {log}; then ftw eval --run {run_dir.name}"
+        )
     finally:
         base_file.unlink(missing_ok=True)
-    result.quants = {q: result.quants[q] for q in quants if q in result.quants}
-    return result
