@@ -41,34 +41,34 @@ def test_eval_json_has_the_promised_numbers(evaluated):
     assert result["sets"]["control"]["rows"] >= 10
     assert result["sets"]["val"]["seen_in_training"] is True  # the demo has no `ftw data prepare` split
     for set_name in ("control", "val", "general"):
-        for model in ("base", "merged", "gguf"):
+        for model in ("base", "merged", "gguf:Q4_K_M"):
             block = result["aggregate"][set_name][model]
             assert block["rows"] > 0
             for metric in ("exact_match", "token_f1", "rouge_l", "length_ratio"):
                 assert 0 <= block[metric] <= (10 if metric == "length_ratio" else 1), (set_name, model, metric)
     # the fine-tune learned the lore: the GGUF beats the base model on the control prompts
     control = result["aggregate"]["control"]
-    assert control["gguf"]["contains"] > control["base"]["contains"] + 0.3
-    assert control["gguf"]["rouge_l"] > control["base"]["rouge_l"]
+    assert control["gguf:Q4_K_M"]["contains"] > control["base"]["contains"] + 0.3
+    assert control["gguf:Q4_K_M"]["rouge_l"] > control["base"]["rouge_l"]
     quant = result["quantization"]
     assert quant["perplexity"]["f16"]["perplexity"] >= 1.0
     assert quant["perplexity"]["Q4_K_M"]["perplexity"] >= 1.0
-    assert 0 <= quant["identical_greedy"]["control"]["share"] <= 1
+    assert 0 <= quant["identical_greedy"]["Q4_K_M"]["control"]["share"] <= 1
     models = {row["model"] for row in result["rows"]}
-    assert models == {"base", "merged", "gguf"}
-    russian = [r for r in result["rows"] if r["lang"] == "ru" and r["model"] == "gguf" and r["set"] == "control"]
+    assert models == {"base", "merged", "gguf:Q4_K_M"} and result["gguf_quants"] == ["Q4_K_M"]  # the demo's one
+    russian = [r for r in result["rows"] if r["lang"] == "ru" and r["model"] == "gguf:Q4_K_M" and r["set"] == "control"]
     assert russian and max(r["metrics"]["rouge_l"] for r in russian) > 0.5  # Cyrillic is scored, not dropped
     per_language = result["by_language"]["control"]  # the control set mixes en and ru: judged per language
     assert set(per_language) == {"en", "ru"}
-    assert sum(block["gguf"]["rows"] for block in per_language.values()) == control["gguf"]["rows"]
+    assert sum(block["gguf:Q4_K_M"]["rows"] for block in per_language.values()) == control["gguf:Q4_K_M"]["rows"]
     assert "## Per language" in (evaluated["run"] / "report.md").read_text(encoding="utf-8")
 
 
 def test_forgetting_check_catches_what_the_demo_forgot(evaluated):
     forgetting = evaluated["eval"]["forgetting"]
     assert forgetting["known_by_base"] >= 3
-    assert forgetting["gguf"]["forgotten"] >= 1
-    lost = forgetting["gguf"]["forgotten_prompts"][0]
+    assert forgetting["gguf:Q4_K_M"]["forgotten"] >= 1
+    lost = forgetting["gguf:Q4_K_M"]["forgotten_prompts"][0]
     assert lost["expect"].casefold() in lost["base_answer"].casefold()
     assert lost["expect"].casefold() not in lost["answer"].casefold()
     assert "forgot" in evaluated["stdout"]
@@ -210,13 +210,13 @@ def test_a_q8_0_only_run_is_evaluated_on_its_q8_0(q8_only):
     runs_dir = q8_only.parent
     asked = run_ftw(runs_dir, "eval", "--run", RUN, "--quant", "q8_0", "--limit", "1", "--val-sample", "1")
     result = json.loads((q8_only / "eval.json").read_text(encoding="utf-8"))
-    assert result["gguf_quant"] == "Q8_0" and result["models"]["gguf"].endswith(f"{RUN}-Q8_0.gguf")
-    assert result["aggregate"]["control"]["gguf"]["rows"] == 1
+    assert result["gguf_quants"] == ["Q8_0"] and result["models"]["gguf:Q8_0"].endswith(f"{RUN}-Q8_0.gguf")
+    assert result["aggregate"]["control"]["gguf:Q8_0"]["rows"] == 1
     assert result["quantization"]["perplexity"]["Q8_0"]["perplexity"] >= 1.0
     assert "Q8_0 GGUF" in asked.stdout and "Q4_K_M" not in (q8_only / "report.md").read_text(encoding="utf-8")
-    # without --quant: the run's only quantized GGUF; a quant it lacks: exit 2 with the command
-    from wrapper.eval.evaluate import choose_quant
+    # without --quant: every quantized GGUF the run has, here its one; a quant it lacks: exit 2 with the command
+    from wrapper.eval.evaluate import choose_quants
 
-    assert choose_quant(q8_only, None) == ("Q8_0", q8_only / "gguf" / f"{RUN}-Q8_0.gguf")
+    assert choose_quants(q8_only) == {"Q8_0": q8_only / "gguf" / f"{RUN}-Q8_0.gguf"}
     missing = run_ftw(runs_dir, "eval", "--run", RUN, "--quant", "Q5_K_M", check=False)
     assert missing.returncode == 2 and "ftw gguf --run e2e --quant Q5_K_M" in missing.stdout + missing.stderr

@@ -29,20 +29,29 @@ BEFORE_QUANT_OPTION = {  # eval.json as ftw wrote it before --quant, skipped col
 def test_an_eval_json_from_an_earlier_ftw_loads_with_what_it_lacks_empty(tmp_path):
     (tmp_path / EVAL_JSON).write_text(json.dumps(BEFORE_QUANT_OPTION), encoding="utf-8")
     result = EvalResult.load(tmp_path)
-    assert result.gguf_quant == "Q4_K_M" and result.skipped == {} and result.by_language == {}
-    assert result.kinds == ["base", "merged", "gguf"] and result.titles["gguf"] == "Q4_K_M GGUF"
-    assert result.metric("control", "gguf", "contains") == 1.0 and result.metric("val", "gguf", "contains") is None
+    assert result.gguf_quants == ["Q4_K_M"] and result.skipped == {} and result.by_language == {}
+    assert result.kinds == ["base", "merged", "gguf:Q4_K_M"] and result.titles["gguf:Q4_K_M"] == "Q4_K_M GGUF"
+    assert result.metric("control", "gguf:Q4_K_M", "contains") == 1.0
+    assert result.metric("val", "gguf:Q4_K_M", "contains") is None and result.forgetting == {"known_by_base": 3}
     assert result.kld("Q4_K_M", "mean_kld") == 0.07 and result.kld("Q8_0", "mean_kld") is None
     assert result.adapter is None
 
 
 def test_what_is_saved_reads_back_the_same(tmp_path):
     result = EvalResult.from_dict({**BEFORE_QUANT_OPTION, "gguf_quant": "Q8_0", "adapter": {"adapter_bytes": 9}})
+    assert result.gguf_quants == ["Q8_0"] and result.models["gguf:Q8_0"] == "/runs/old/gguf/old-Q4_K_M.gguf"
+    assert result.main_quant == "Q8_0" and result.aggregate["control"]["gguf:Q8_0"]["contains"] == 1.0
     result.save(tmp_path)
     again = EvalResult.load(tmp_path)
-    assert again == result and again.titles["gguf"] == "Q8_0 GGUF"
+    assert again == result and again.titles["gguf:Q8_0"] == "Q8_0 GGUF"
     written = json.loads((tmp_path / EVAL_JSON).read_text(encoding="utf-8"))
-    assert list(written)[:7] == ["run", "recipe", "profile", "evaluated_at", "settings", "models", "gguf_quant"]
+    assert list(written)[:7] == ["run", "recipe", "profile", "evaluated_at", "settings", "models", "gguf_quants"]
+
+
+def test_several_quants_are_columns_in_order_and_the_default_one_stands_for_the_run():
+    models = {"lora": "b + a", "gguf:Q8_0": "q8", "base": "b", "gguf:Q4_K_M": "q4"}
+    result = EvalResult.from_dict({**BEFORE_QUANT_OPTION, "models": models, "gguf_quants": ["Q8_0", "Q4_K_M"]})
+    assert result.kinds == ["base", "gguf:Q8_0", "gguf:Q4_K_M", "lora"] and result.main_quant == "Q4_K_M"
 
 
 def test_a_run_without_eval_json_names_the_command(tmp_path):

@@ -9,7 +9,7 @@ from wrapper.commands.eval_tables import print_report
 from wrapper.core.eval_result import EvalResult
 from wrapper.core.ui import console
 from wrapper.eval import render
-from wrapper.eval.tables import QUANT_LOSS_TITLE, report_of
+from wrapper.eval.tables import QUANT_LOSS_TITLE, comparison_table, report_of
 
 
 def block(contains: float, rouge: float) -> dict:
@@ -136,3 +136,48 @@ class _Cells(HTMLParser):
     def handle_data(self, data):
         if self.cell is not None:
             self.cell.append(data)
+
+
+def two_quants() -> EvalResult:
+    """The same run scored on its Q4_K_M and its Q8_0: a column each, and the Q8_0 forgot nothing."""
+    data = a_result().to_dict()
+    q4, q8 = "gguf:Q4_K_M", "gguf:Q8_0"
+    data["gguf_quants"] = ["Q4_K_M", "Q8_0"]
+    data["models"][q8] = "/runs/tiny/gguf/tiny-Q8_0.gguf"
+    data["aggregate"]["control"][q8] = block(0.5, 0.625)
+    data["forgetting"][q8] = {"forgotten": 0, "forgotten_prompts": []}
+    data["quantization"]["perplexity"]["Q8_0"] = {"perplexity": 2.05, "tokens": 50}
+    data["quantization"]["perplexity_ratio"] = {"Q4_K_M": 1.1, "Q8_0": 1.025}
+    data["quant_loss"]["quants"]["Q8_0"] = kld(0.0035)
+    data["rows"] += [answer(q8, "Ann"), {**answer(q8, "Paris."), "set": "general", "id": "g1"}]
+    assert data["rows"][1]["model"] == q4  # read in today's form: the one GGUF of before is gguf:Q4_K_M
+    return EvalResult.from_dict(data)
+
+
+def test_every_quant_scored_gets_its_column_in_every_rendering():
+    result = two_quants()
+    report = report_of(result)
+    metrics, forgotten = report.tables[0], report.tables[-1]
+    assert metrics.header == ["set", "metric", "base", "Q4_K_M GGUF", "Q8_0 GGUF"]
+    assert metrics.rows[0] == ["control (2)", "contains", "0.000", "1.000", "0.500"]
+    assert "the Q4_K_M GGUF forgot 1, the Q8_0 GGUF forgot 0" in " ".join(metrics.notes)
+    assert "Q4_K_M 2.200 (ratio 1.100), Q8_0 2.050 (ratio 1.025)" in " ".join(metrics.notes)
+    assert forgotten.header[-2:] == ["Q4_K_M GGUF", "Q8_0 GGUF"]
+    assert forgotten.rows == [["Capital of France?", "Paris", "Paris.", "Lyon.", "Paris."]]
+    assert report.answers.header[-2:] == ["ROUGE-L (Q4_K_M)", "ROUGE-L (Q8_0)"]
+
+    md = render.markdown(report, [], "report")
+    assert "| set | metric | base | Q4_K_M GGUF | Q8_0 GGUF |" in md
+    assert "|  | rouge_l | 0.100 | 0.750 | 0.625 |" in md and "| Q8_0 | no | 100 MiB | 0.0035" in md
+    cells = _Cells()
+    cells.feed(render.html(report, {}))
+    assert ["set", "metric", "base", "Q4_K_M GGUF", "Q8_0 GGUF"] in cells.rows
+    assert ["", "rouge_l", "0.100", "0.750", "0.625"] in cells.rows
+    with console.capture() as captured:
+        print_report(report)
+    assert "Q8_0 GGUF" in captured.get() and "0.625" in captured.get()
+
+    # a comparison of runs reads each run's default quantization
+    compared = comparison_table([result, a_result()], [[], []], ["both", "one"])
+    assert ["quantized GGUF", "Q4_K_M", "Q4_K_M"] in compared.rows
+    assert ["control rouge_l (quantized GGUF)", "0.750", "0.750"] in compared.rows

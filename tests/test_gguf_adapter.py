@@ -146,10 +146,10 @@ def test_eval_scores_the_adapter_beside_the_merged_q4_k_m(adapter_run):
     result = json.loads((run / "eval.json").read_text(encoding="utf-8"))
     assert result["models"]["lora"].endswith("e2e-lora.gguf")
     control = result["aggregate"]["control"]
-    assert control["lora"]["rows"] == 1 and control["lora"]["contains"] == control["gguf"]["contains"] == 1.0
+    assert control["lora"]["rows"] == 1 and control["lora"]["contains"] == control["gguf:Q4_K_M"]["contains"] == 1.0
     adapter = result["adapter"]
     assert adapter["adapter_bytes"] * 5 < adapter["merged_gguf_bytes"]
     assert result["quantization"]["perplexity"]["lora"]["perplexity"] >= 1.0
-    assert adapter["identical_greedy_vs_gguf"]["control"]["rows"] == 1
+    assert adapter["identical_greedy_vs_gguf"]["control"]["rows"] == 1 and adapter["vs_quant"] == "Q4_K_M"
     report = (run / "report.md").read_text(encoding="utf-8")
     assert "base+LoRA GGUF" in report and "the adapter is 9." in report

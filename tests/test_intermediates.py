@@ -81,9 +81,9 @@ def test_eval_after_a_plain_gguf_scores_what_is_left_and_names_the_rest(copied_r
     fix = f"ftw export --run {RUN} --force && ftw gguf --run {RUN} --keep-intermediates"
     assert "left out" in output.lower() and fix in output
     result = json.loads((run / "eval.json").read_text(encoding="utf-8"))
-    assert set(result["models"]) == {"base", "gguf"} and result["gguf_quant"] == "Q4_K_M"
+    assert set(result["models"]) == {"base", "gguf:Q4_K_M"} and result["gguf_quants"] == ["Q4_K_M"]
     assert set(result["skipped"]) == {"merged", "f16"} and result["skipped"]["merged"]["fix"] == fix
-    assert result["aggregate"]["control"]["gguf"]["rows"] == 1 and "merged" not in result["aggregate"]["control"]
+    assert result["aggregate"]["control"]["gguf:Q4_K_M"]["rows"] == 1 and "merged" not in result["aggregate"]["control"]
     assert result["quantization"]["perplexity"]["Q4_K_M"]["perplexity"] >= 1.0
     assert result["quant_loss"]["status"] == "skipped" and "f16 GGUF is missing" in result["quant_loss"]["reason"]
     report = (run / "report.md").read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ import click
 from wrapper.commands.eval_tables import print_report, print_table
 from wrapper.commands.options import run_option, runs_option, writes_run
 from wrapper.core.eval_result import EVAL_JSON
-from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_TYPES
+from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
 from wrapper.core.ui import done
 from wrapper.eval.evaluate import evaluate
@@ -45,9 +45,10 @@ from wrapper.eval.tables import report_of
 )
 @click.option(
     "--quant",
+    "quants",
+    multiple=True,
     type=click.Choice(QUANT_TYPES, case_sensitive=False),
-    default=None,
-    help=f"The quantized GGUF to score (default: {DEFAULT_QUANT} if the run has it, else the one it has).",
+    help="A quantized GGUF of the run to score; repeat for several (default: every one the run has).",
 )
 @writes_run
 def eval_command(
@@ -57,9 +58,9 @@ def eval_command(
     max_new_tokens: int | None,
     quant_loss: bool,
     build_tools: bool,
-    quant: str | None,
+    quants: tuple[str, ...],
 ) -> None:
-    """Base vs merged vs quantized GGUF on control prompts, validation rows and general knowledge.
+    """Base vs merged vs each quantized GGUF on control prompts, validation rows and general knowledge.
 
     The settings are the ones the run was rendered with (its plan); the recipe file isn't read again.
     What the run no longer has (the merged weights and the f16 GGUF, which `ftw gguf` removes unless
@@ -86,7 +87,7 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         measure_quant_loss=quant_loss,
         build_tools=build_tools,
-        quant=quant,
+        quants=quants,
     )
     print_report(report_of(result))
     md, html = write_report(run_dir)

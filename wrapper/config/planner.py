@@ -33,7 +33,7 @@ from typing import Any
 
 from wrapper.config.schema import Profile
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_BITS
+from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_BITS
 from wrapper.core.paths import BENCH_RESULTS_DIR
 
 GIB = 1024**3
@@ -377,7 +377,7 @@ def measured_mfu(profile_name: str, model_key: str | None, method: str) -> tuple
 
 
 def gguf_sizes_gb(shape: ModelShape) -> tuple[float, float]:
-    return shape.params * 2 / GIB, shape.params * QUANT_BITS["Q4_K_M"] / 8 / GIB
+    return shape.params * 2 / GIB, shape.params * QUANT_BITS[DEFAULT_QUANT] / 8 / GIB
 
 
 # --- from and to LLaMA-Factory arguments ---------------------------------------------

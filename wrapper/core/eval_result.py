@@ -2,8 +2,9 @@
 runs read it. An eval.json written by an earlier ftw loads with the sections it lacks left empty.
 
 The models (columns) are named by kind: `base` (the model the run trained from), `merged` (the merged
-HF weights), `gguf` (the quantized GGUF that was scored: `gguf_quant`), `lora` (the base GGUF with the
-LoRA adapter GGUF, when the run has the pair).
+HF weights), `gguf:Q4_K_M`, `gguf:Q8_0`, ... (each quantized GGUF scored: `gguf_quants`), `lora` (the base
+GGUF with the LoRA adapter GGUF, when the run has the pair). An eval.json from before every quantized GGUF
+was scored has one, of kind `gguf` and named by `gguf_quant`: it is read in today's form (`upgraded`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,31 @@ from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.gguf_io import DEFAULT_QUANT
 
 EVAL_JSON = "eval.json"
-MODEL_KINDS = ("base", "merged", "gguf", "lora")
+MODEL_KINDS = ("base", "merged", "gguf", "lora")  # the columns' order; "gguf" stands for each gguf:QUANT
+GGUF = "gguf"
 SETS = ("control", "val", "general")
+TITLES = {"base": "base", "merged": "merged HF", "lora": "base+LoRA GGUF"}
 
 
-def model_titles(quant: str = DEFAULT_QUANT) -> dict[str, str]:
-    """Each model's column title; the quantized GGUF's names its quantization (gguf_quant)."""
-    return {"base": "base", "merged": "merged HF", "gguf": f"{quant} GGUF", "lora": "base+LoRA GGUF"}
+def gguf_kind(quant: str) -> str:
+    """The kind of a quantized GGUF of the run: gguf:Q4_K_M."""
+    return f"{GGUF}:{quant}"
+
+
+def quant_of(kind: str) -> str | None:
+    """The quantization of a gguf:QUANT kind; None for the other kinds."""
+    family, _, quant = kind.partition(":")
+    return quant if family == GGUF and quant else None
+
+
+def model_title(kind: str) -> str:
+    """A model's column title; a quantized GGUF's names its quantization."""
+    quant = quant_of(kind)
+    return f"{quant} GGUF" if quant else TITLES[kind]
+
+
+def column_order(kind: str) -> int:
+    return MODEL_KINDS.index(GGUF if quant_of(kind) else kind)
 
 
 @dataclass
@@ -35,25 +54,37 @@ class EvalResult:
     evaluated_at: str
     settings: dict[str, Any]  # the run plan's eval settings as used, with decoding, format and system
     models: dict[str, str]  # kind -> what was loaded (a folder, a file, "base + adapter")
-    gguf_quant: str = DEFAULT_QUANT  # eval.json from before --quant: Q4_K_M
+    gguf_quants: list[str] = field(default_factory=lambda: [DEFAULT_QUANT])  # the quantized GGUFs scored
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> reason, fix (the command)
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # set -> rows, source, notes
     aggregate: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # set -> kind -> metric
     by_language: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # set -> lang -> kind -> ..
     forgetting: dict[str, Any] = field(default_factory=dict)
-    quantization: dict[str, Any] = field(default_factory=dict)  # perplexities, identical greedy answers
+    # perplexity: f16, QUANT..., lora -> ...; perplexity_ratio: QUANT -> ratio; identical_greedy: QUANT -> set -> ..
+    quantization: dict[str, Any] = field(default_factory=dict)
     quant_loss: dict[str, Any] = field(default_factory=dict)  # eval/quant_loss.py's QuantLossResult
     rows: list[dict[str, Any]] = field(default_factory=list)  # every answer with its metrics
     adapter: dict[str, Any] | None = None  # the adapter pair beside the merged GGUF, when scored
 
     @property
     def kinds(self) -> list[str]:
-        """The models scored, in column order."""
-        return [kind for kind in MODEL_KINDS if kind in self.models]
+        """The models scored, in column order (the quantized GGUFs in gguf_quants' order)."""
+        order = {kind: index for index, kind in enumerate(self.gguf_kinds)}
+        return sorted(self.models, key=lambda kind: (column_order(kind), order.get(kind, 0)))
+
+    @property
+    def gguf_kinds(self) -> list[str]:
+        return [gguf_kind(quant) for quant in self.gguf_quants]
+
+    @property
+    def main_quant(self) -> str:
+        """The quantized GGUF a single number stands for (a comparison of runs, the adapter beside the merged
+        file): the default quantization when it was scored, else the first."""
+        return DEFAULT_QUANT if DEFAULT_QUANT in self.gguf_quants else self.gguf_quants[0]
 
     @property
     def titles(self) -> dict[str, str]:
-        return model_titles(self.gguf_quant)
+        return {kind: model_title(kind) for kind in (*TITLES, *self.gguf_kinds)}
 
     def metric(self, set_name: str, kind: str, name: str) -> Any:
         return self.aggregate.get(set_name, {}).get(kind, {}).get(name)
@@ -69,6 +100,8 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        if "gguf_quant" in data or GGUF in data.get("models", {}):
+            data = upgraded(data)
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known and value is not None})
 
@@ -89,3 +122,32 @@ class EvalResult:
         path = run_dir / EVAL_JSON
         write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n")
         return path
+
+
+def upgraded(data: dict[str, Any]) -> dict[str, Any]:
+    """An eval.json from before every quantized GGUF was scored, in today's form: its one quantized GGUF
+    (kind "gguf", named by gguf_quant, Q4_K_M before --quant) becomes gguf:QUANT, and the numbers
+    that were of that one GGUF are keyed by its quantization."""
+    quant = data.get("gguf_quant") or DEFAULT_QUANT
+    kind = gguf_kind(quant)
+
+    def renamed(block: dict[str, Any]) -> dict[str, Any]:
+        return {kind if key == GGUF else key: value for key, value in block.items()}
+
+    quantization = dict(data.get("quantization") or {})
+    for name in ("identical_greedy", "perplexity_ratio"):
+        if quantization.get(name) is not None:
+            quantization[name] = {quant: quantization[name]}
+    return {
+        **{key: value for key, value in data.items() if key != "gguf_quant"},
+        "gguf_quants": [quant],
+        "models": renamed(data["models"]),
+        "aggregate": {name: renamed(block) for name, block in (data.get("aggregate") or {}).items()},
+        "by_language": {
+            name: {lang: renamed(block) for lang, block in langs.items()}
+            for name, langs in (data.get("by_language") or {}).items()
+        },
+        "forgetting": renamed(data.get("forgetting") or {}),
+        "quantization": quantization,
+        "rows": [{**row, "model": kind} if row.get("model") == GGUF else row for row in data.get("rows") or []],
+    }

@@ -1,10 +1,10 @@
 """`ftw eval`: did the fine-tune help, did it forget, did it survive quantization?
 
-Three models answer, greedily and in the training format (LLaMA-Factory's template):
-the base model, the merged fine-tune (both transformers, float32 on the CPU) and the
-Q4_K_M GGUF in llama.cpp, the file users actually run; a fourth when `ftw adapter` made
-the pair, the base GGUF with the LoRA adapter GGUF applied in llama.cpp ("lora": what the small
-download costs in quality beside the merged Q4_K_M). They answer three sets:
+The models answer, greedily and in the training format (LLaMA-Factory's template):
+the base model, the merged fine-tune (both transformers, float32 on the CPU) and each
+quantized GGUF of the run in llama.cpp (`--quant` chooses), the files users actually run; and,
+when `ftw adapter` made the pair, the base GGUF with the LoRA adapter GGUF applied in llama.cpp
+("lora": what the small download costs in quality beside the merged Q4_K_M). They answer three sets:
 
   control  the recipe's control prompts with reference answers (`eval.control`, JSONL)
   val      the run's validation split (runs/RUN/data/val.jsonl from `ftw data prepare`),
@@ -14,8 +14,8 @@ download costs in quality beside the merged Q4_K_M). They answer three sets:
            contain: the forgetting check counts those the base knew and the tune lost
 
 Every answer is scored (wrapper/eval/metrics.py). Quantization fidelity: perplexity of the f16
-and Q4_K_M GGUFs on the reference answers of the val set (llama.cpp logits), the
-share of control prompts whose greedy answer is the same tokens from merged HF and Q4_K_M,
+and each quantized GGUF on the reference answers of the val set (llama.cpp logits), the
+share of control prompts whose greedy answer is the same tokens from merged HF and each quantized GGUF,
 and quantization loss measured llama.cpp's way, the KL divergence of every quantized GGUF
 from the f16 one on the validation rows in the training format (wrapper/eval/quant_loss.py;
 llama-perplexity is built on first use, and eval completes without it, saying why).
@@ -37,12 +37,12 @@ from typing import Any
 from wrapper.core import artifacts, manifest
 from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
-from wrapper.core.eval_result import SETS, EvalResult, model_titles
+from wrapper.core.eval_result import SETS, EvalResult, gguf_kind, model_title, quant_of
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.journal import Journal
 from wrapper.core.ui import console, stage_progress
 from wrapper.eval import metrics, quant_loss
-from wrapper.eval.sets import ADAPTER_MODEL, MODELS, EvalSets, Item, load_sets, plan_eval, row_model
+from wrapper.eval.sets import ADAPTER_MODEL, EvalSets, Item, load_sets, plan_eval, row_model
 from wrapper.prompts.training_format import training_format
 from wrapper.runtime.models import GgufModel, HfModel, load_llama
 
@@ -68,31 +68,33 @@ def merged_weights_kept(run_dir: Path) -> bool:
     return "merged" in manifest.load(run_dir)["artifacts"] and "merged" not in manifest.removed_intermediates(run_dir)
 
 
-def model_kinds(run_dir: Path) -> tuple[str, ...]:
-    """The models that answer: base, merged (while its weights are kept), the quantized GGUF, and the adapter
-    pair when the run has one."""
-    kinds = [kind for kind in MODELS if kind != "merged" or merged_weights_kept(run_dir)]
+def model_kinds(run_dir: Path, ggufs: dict[str, Path]) -> tuple[str, ...]:
+    """The models that answer: base, merged (while its weights are kept), each quantized GGUF scored, and the
+    adapter pair when the run has one."""
+    kinds = ["base", *(["merged"] if merged_weights_kept(run_dir) else []), *map(gguf_kind, ggufs)]
     return (*kinds, ADAPTER_MODEL) if adapter_pair(run_dir) else tuple(kinds)
 
 
-def choose_quant(run_dir: Path, quant: str | None) -> tuple[str, Path]:
-    """The quantized GGUF scored as the "gguf" model: the one asked for, else the default one when the run has it,
-    else the run's first."""
+def choose_quants(run_dir: Path, quants: tuple[str, ...] = ()) -> dict[str, Path]:
+    """The quantized GGUFs scored, by quantization: those asked for, else every one the run has (the default
+    quantization first)."""
     found = manifest.quantized_ggufs(run_dir)
     run = run_dir.name
     if not found:
         raise FtwError(f"run {run} has no quantized GGUF to evaluate yet. Make one: ftw gguf --run {run}")
-    if quant is not None:
-        quant = next((q for q in found if q.lower() == quant.lower()), quant)
+    if not quants:
+        return dict(sorted(found.items(), key=lambda item: item[0] != DEFAULT_QUANT))
+    chosen = {}
+    for asked in quants:
+        quant = next((q for q in found if q.lower() == asked.lower()), asked.upper())
         if quant not in found:
             raise FtwError(
                 f"run {run} has no {quant} GGUF (it has {', '.join(found)}). Make it: ftw export --run {run} && "
                 f"ftw gguf --run {run} --quant {quant}, or evaluate one it has: ftw eval --run {run} --quant "
                 f"{next(iter(found))}"
             )
-        return quant, found[quant]
-    chosen = DEFAULT_QUANT if DEFAULT_QUANT in found else next(iter(found))
-    return chosen, found[chosen]
+        chosen[quant] = found[quant]
+    return chosen
 
 
 def skipped_models(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -118,7 +120,7 @@ def tokenizer_dir(run_dir: Path, plan) -> Path:
     return Path(merged) if merged and Path(merged).is_dir() else Path(plan.merge_base)
 
 
-def _load_model(kind: str, run_dir: Path, plan, gguf: Path):
+def _load_model(kind: str, run_dir: Path, plan, ggufs: dict[str, Path]):
     if kind == "base":
         return HfModel(Path(plan.merge_base))
     if kind == "merged":
@@ -126,6 +128,7 @@ def _load_model(kind: str, run_dir: Path, plan, gguf: Path):
     if kind == ADAPTER_MODEL:
         base, lora = adapter_pair(run_dir)
         return GgufModel(base, n_threads=gguf_threads(base), lora=lora)
+    gguf = ggufs[quant_of(kind) or ""]
     return GgufModel(gguf, n_threads=gguf_threads(gguf))
 
 
@@ -153,15 +156,14 @@ def answer_all(
     rows: Journal,
     max_new_tokens: int,
     kinds: tuple[str, ...],
-    gguf: tuple[str, Path],
+    ggufs: dict[str, Path],
 ) -> None:
     plan = manifest.plan_of(run_dir)
-    quant, gguf_path = gguf
-    titles = model_titles(quant)
+    titles = {kind: model_title(kind) for kind in kinds}
     tuned_tokenizer = tokenizer_dir(run_dir, plan)
     formats = {}
     for kind in kinds:
-        keyed = row_model(kind, quant)
+        keyed = row_model(kind)
         todo = [
             (s, item) for s in SETS for item in sets.items[s] if item.key(keyed, max_new_tokens) not in rows.entries
         ]
@@ -174,7 +176,7 @@ def answer_all(
             formats[str(tokenizer)] = training_format(tokenizer, plan.template, plan.system)
         fmt = formats[str(tokenizer)]
         with console.status(f"loading the {titles[kind]} model"):
-            model = _load_model(kind, run_dir, plan, gguf_path)
+            model = _load_model(kind, run_dir, plan, ggufs)
         threads = _threads_for(model) if isinstance(model, HfModel) else None
         kept = total - len(todo)
         if kept:
@@ -236,7 +238,7 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
     return float((log_z - chosen).sum()), len(response)
 
 
-def perplexities(run_dir: Path, items: list[Item], rows: Journal, gguf: tuple[str, Path]) -> dict[str, dict]:
+def perplexities(run_dir: Path, items: list[Item], rows: Journal, ggufs: dict[str, Path]) -> dict[str, dict]:
     plan = manifest.plan_of(run_dir)
     fmt = training_format(tokenizer_dir(run_dir, plan), plan.template, plan.system)
     encoded = []
@@ -251,8 +253,8 @@ def perplexities(run_dir: Path, items: list[Item], rows: Journal, gguf: tuple[st
         # removed after quantizing, deleted by hand, or the run converted to bf16: the rest of eval still runs
         result["f16"] = {"file": None, "rows": 0, "tokens": 0, "mean_nll": None, "perplexity": None}
         result["f16"]["skipped"] = str(error)
-    quant, path = gguf
-    files[quant] = path, None
+    for quant, path in ggufs.items():
+        files[quant] = path, None
     pair = adapter_pair(run_dir)
     if pair:
         files[ADAPTER_MODEL] = pair
@@ -303,25 +305,21 @@ def perplexities(run_dir: Path, items: list[Item], rows: Journal, gguf: tuple[st
 # summary
 
 
-def summarize(
-    sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
-) -> dict[str, Any]:
+def summarize(sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple[str, ...]) -> dict[str, Any]:
     per_row: list[dict] = []
     aggregate: dict[str, dict] = {}
     for set_name in SETS:
         aggregate[set_name] = {}
         for kind in kinds:
-            scored = [rows.entries[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]]
-            per_row += scored
+            scored = [rows.entries[item.key(row_model(kind), max_new_tokens)] for item in sets.items[set_name]]
+            per_row += [{**row, "model": kind} for row in scored]  # rows.jsonl's "gguf" rows: gguf:Q4_K_M
             aggregate[set_name][kind] = {
                 "rows": len(scored),
                 **{name: metrics.mean(r["metrics"].get(name) for r in scored) for name in metrics.METRICS},
             }
 
     def by_id(kind: str, set_name: str) -> dict[str, dict]:
-        return {
-            item.id: rows.entries[item.key(row_model(kind, quant), max_new_tokens)] for item in sets.items[set_name]
-        }
+        return {item.id: rows.entries[item.key(row_model(kind), max_new_tokens)] for item in sets.items[set_name]}
 
     general = {kind: by_id(kind, "general") for kind in kinds}
     forgetting: dict[str, Any] = {"rows": len(sets.items["general"])}
@@ -357,21 +355,22 @@ def summarize(
             }
         return same
 
+    ggufs = [kind for kind in kinds if quant_of(kind)]
     summary = {
         "aggregate": aggregate,
-        "by_language": by_language(sets, rows, max_new_tokens, kinds, quant),
+        "by_language": by_language(sets, rows, max_new_tokens, kinds),
         "forgetting": forgetting,
-        "identical_greedy": identical("merged", "gguf") if "merged" in kinds else None,
+        "identical_greedy": {quant_of(k): identical("merged", k) for k in ggufs} if "merged" in kinds else None,
         "rows": per_row,
     }
     if ADAPTER_MODEL in kinds:
-        summary["adapter_identical_greedy"] = identical(ADAPTER_MODEL, "gguf")
+        # beside the merged GGUF of the default quantization, else the first scored (EvalResult.main_quant)
+        main = next((k for k in ggufs if quant_of(k) == DEFAULT_QUANT), ggufs[0])
+        summary["adapter_identical_greedy"] = identical(ADAPTER_MODEL, main)
     return summary
 
 
-def by_language(
-    sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple[str, ...] = MODELS, quant: str = DEFAULT_QUANT
-) -> dict[str, dict]:
+def by_language(sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple[str, ...]) -> dict[str, dict]:
     """Means per set, language and model, for the sets that hold more than one language
     (a Russian + Kazakh set is judged per language, not as one)."""
     found: dict[str, dict] = {}
@@ -387,8 +386,7 @@ def by_language(
                     "rows": len(items),
                     **{
                         name: metrics.mean(
-                            rows.entries[i.key(row_model(kind, quant), max_new_tokens)]["metrics"].get(name)
-                            for i in items
+                            rows.entries[i.key(row_model(kind), max_new_tokens)]["metrics"].get(name) for i in items
                         )
                         for name in metrics.METRICS
                     },
@@ -399,12 +397,15 @@ def by_language(
 
 
 def adapter_section(pair: tuple[Path, Path], result: EvalResult, same: dict) -> dict[str, Any]:
-    """The base + adapter path beside the merged Q4_K_M: sizes, perplexity, identical greedy answers."""
+    """The base + adapter path beside the merged quantized GGUF (the main one): sizes, perplexity, identical
+    greedy answers."""
     base, lora = pair
-    merged = Path(result.models["gguf"])
+    quant = result.main_quant
+    merged = Path(result.models[gguf_kind(quant)])
     ppl = result.quantization["perplexity"]
-    q4, with_adapter = ppl[result.gguf_quant].get("perplexity"), ppl.get(ADAPTER_MODEL, {}).get("perplexity")
+    q4, with_adapter = ppl[quant].get("perplexity"), ppl.get(ADAPTER_MODEL, {}).get("perplexity")
     return {
+        "vs_quant": quant,
         "adapter_file": str(lora),
         "base_file": str(base),
         "adapter_bytes": lora.stat().st_size,
@@ -415,6 +416,10 @@ def adapter_section(pair: tuple[Path, Path], result: EvalResult, same: dict) -> 
     }
 
 
+def ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value and reference else None
+
+
 def evaluate(
     run_dir: Path,
     val_sample: int | None = None,
@@ -422,15 +427,15 @@ def evaluate(
     max_new_tokens: int | None = None,
     measure_quant_loss: bool = True,
     build_tools: bool = True,
-    quant: str | None = None,
+    quants: tuple[str, ...] = (),
 ) -> EvalResult:
     """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds.
     `measure_quant_loss`: the KL divergence of the quantized GGUFs (builds llama-perplexity on first use
-    unless not `build_tools`). `quant`: the quantized GGUF scored (default: Q4_K_M if the run has it).
+    unless not `build_tools`). `quants`: the quantized GGUFs scored (default: every one the run has).
     What the run no longer has (the merged weights, the f16 GGUF) is left out and named with its command."""
     plan = manifest.plan_of(run_dir)
     settings = plan_eval(plan)
-    gguf = choose_quant(run_dir, quant)
+    ggufs = choose_quants(run_dir, quants)
     if val_sample is not None:
         settings["val_sample"] = val_sample
     if max_new_tokens is not None:
@@ -443,11 +448,11 @@ def evaluate(
     if not any(sets.items.values()):
         raise FtwError(f"nothing to evaluate: {plan.recipe_file} has no `eval:` prompts and the run has no rows")
     count = {name: len(sets.items[name]) for name in SETS}
-    kinds = model_kinds(run_dir)
+    kinds = model_kinds(run_dir, ggufs)
     skipped = skipped_models(run_dir, kinds)
     console.print(
         f"Evaluating {plan.run}: control {count['control']}, val {count['val']}, general {count['general']} "
-        f"prompts x {len(kinds)} models ({', '.join(model_titles(gguf[0])[k] for k in kinds)}), greedy, "
+        f"prompts x {len(kinds)} models ({', '.join(map(model_title, kinds))}), greedy, "
         f"at most {settings['max_new_tokens']} new tokens"
     )
     for what, why in skipped.items():
@@ -455,8 +460,8 @@ def evaluate(
     rows = Journal(run_dir / EVAL_DIR / ROWS, "key")
     max_tokens = int(settings["max_new_tokens"])
     try:
-        answer_all(run_dir, sets, rows, max_tokens, kinds, gguf)
-        ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows, gguf)
+        answer_all(run_dir, sets, rows, max_tokens, kinds, ggufs)
+        ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows, ggufs)
         if measure_quant_loss:
             seed = int(settings.get("seed") or 0)
             kld = quant_loss.measure(run_dir, plan, seed=seed, threads=gguf_threads, build_tools=build_tools)
@@ -470,8 +475,8 @@ def evaluate(
         raise
     finally:
         rows.close()
-    summary = summarize(sets, rows, max_tokens, kinds, gguf[0])
-    f16, q4 = ppl["f16"].get("perplexity"), ppl[gguf[0]].get("perplexity")
+    summary = summarize(sets, rows, max_tokens, kinds)
+    f16 = ppl["f16"].get("perplexity")
     result = EvalResult(
         run=plan.run,
         recipe=plan.recipe,
@@ -481,9 +486,9 @@ def evaluate(
         models={
             "base": str(plan.merge_base),
             **({"merged": str(manifest.artifact(run_dir, artifacts.MERGED))} if "merged" in kinds else {}),
-            "gguf": str(gguf[1]),
+            **{gguf_kind(quant): str(path) for quant, path in ggufs.items()},
         },
-        gguf_quant=gguf[0],
+        gguf_quants=list(ggufs),
         skipped=skipped,
         sets=sets.sources,
         aggregate=summary["aggregate"],
@@ -492,7 +497,7 @@ def evaluate(
         quantization={
             "perplexity": ppl,
             "perplexity_set": "val" if sets.items["val"] else "control",
-            "perplexity_ratio": q4 / f16 if f16 and q4 else None,
+            "perplexity_ratio": {q: ratio(ppl[q].get("perplexity"), f16) for q in ggufs},
             "identical_greedy": summary["identical_greedy"],
         },
         quant_loss=kld.to_dict(),

@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import io
 
-from wrapper.core.eval_result import SETS, EvalResult
+from wrapper.core.eval_result import SETS, EvalResult, quant_of
 
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452", "lora": "#55a868"}
+GGUF_COLORS = ("#dd8452", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#ccb974")  # one per quantized GGUF
+
+
+def colors(result: EvalResult) -> list[str]:
+    """A colour per model scored, in column order; the quantized GGUFs each their own."""
+    ggufs = iter(GGUF_COLORS * len(result.kinds))
+    return [next(ggufs) if quant_of(kind) else COLORS[kind] for kind in result.kinds]
+
+
 BAR_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall", "exact_match")
 
 
@@ -76,7 +85,7 @@ def plot_distributions(result: EvalResult) -> bytes | None:
             [r["metrics"][name] for r in rows if r["model"] == kind and r["metrics"].get(name) is not None]
             for kind in kinds
         ]
-        ax.hist(data, bins=bins, label=[result.titles[k] for k in kinds], color=[COLORS[k] for k in kinds])
+        ax.hist(data, bins=bins, label=[result.titles[k] for k in kinds], color=colors(result))
         ax.set_title(f"{name} (control + val rows)")
         ax.set_xlabel(name)
     axes[0].set_ylabel("rows")
@@ -99,10 +108,10 @@ def plot_bars(result: EvalResult) -> bytes | None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups)), 3.6))
     width = 0.8 / len(kinds)
-    for offset, kind in enumerate(kinds):
+    for offset, (kind, color) in enumerate(zip(kinds, colors(result))):
         xs = [i + (offset - (len(kinds) - 1) / 2) * width for i in range(len(groups))]
         label = result.titles[kind]
-        ax.bar(xs, [values[offset] for _, values in groups], width, label=label, color=COLORS[kind])
+        ax.bar(xs, [values[offset] for _, values in groups], width, label=label, color=color)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([label for label, _ in groups], fontsize=7)
     ax.set_ylim(0, 1.05)

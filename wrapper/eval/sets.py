@@ -13,21 +13,23 @@ from typing import Any
 from wrapper.config.schema import EvalSettings
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.eval_result import MODEL_KINDS
+from wrapper.core.eval_result import GGUF, quant_of
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import console
 from wrapper.data.samples import conversations
 
-ALL_MODELS = MODEL_KINDS
-MODELS = MODEL_KINDS[:3]  # base, merged, gguf
 # The run's LoRA as a GGUF adapter on its base GGUF (ftw adapter): scored when the run has the pair.
 ADAPTER_MODEL = "lora"
 
 
-def row_model(kind: str, quant: str = DEFAULT_QUANT) -> str:
-    """The model part of a scored row's key: a GGUF of another quantization is another model."""
-    return kind if kind != "gguf" or quant == DEFAULT_QUANT else f"gguf-{quant}"
+def row_model(kind: str) -> str:
+    """The model part of a scored row's key. The default quantization's GGUF keeps "gguf", the key it had
+    when it was the only one scored, so that rows.jsonl written then is resumed, not answered again."""
+    quant = quant_of(kind)
+    if quant is None:
+        return kind
+    return GGUF if quant == DEFAULT_QUANT else f"{GGUF}-{quant}"
 
 
 # The metrics the tables show (terminal, report.md, report.html), in this order.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrapper.core.eval_result import SETS, EvalResult
+from wrapper.core.eval_result import SETS, EvalResult, gguf_kind
 from wrapper.eval.sets import ADAPTER_MODEL, TABLE_METRICS
 
 QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
@@ -113,27 +113,34 @@ def skipped_lines(result: EvalResult) -> list[str]:
 
 def summary_lines(result: EvalResult) -> list[str]:
     lines = []
-    q = result.gguf_quant
     val = result.sets.get("val", {})
     if val.get("rows"):
         lines.append(f"Validation rows: {val['rows']} of {val.get('of')} from {val.get('file')}: {val.get('note')}.")
     forgetting = result.forgetting
     if forgetting.get("rows"):
-        merged = f"the merged fine-tune forgot {forgetting['merged']['forgotten']}, " if "merged" in forgetting else ""
+        names = {"merged": "merged fine-tune", **{kind: result.titles[kind] for kind in result.gguf_kinds}}
+        forgot = [
+            f"the {name} forgot {forgetting[kind]['forgotten']}" for kind, name in names.items() if kind in forgetting
+        ]
         lines.append(
             f"Forgetting: the base model knew {forgetting['known_by_base']} of {forgetting['rows']} general "
-            f"prompts; {merged}the {q} GGUF forgot {forgetting['gguf']['forgotten']}."
+            f"prompts; {', '.join(forgot)}."
         )
     quant = result.quantization
     ppl = quant["perplexity"]
     if ppl.get("f16", {}).get("perplexity") is not None:
+        ratios = quant.get("perplexity_ratio") or {}
+        each = [
+            f"{q} {ppl[q]['perplexity']:.3f} (ratio {fmt(ratios.get(q))})"
+            for q in result.gguf_quants
+            if ppl.get(q, {}).get("perplexity") is not None
+        ]
         lines.append(
             f"Perplexity of the reference answers ({quant['perplexity_set']} set, {ppl['f16']['tokens']} "
-            f"tokens): f16 GGUF {ppl['f16']['perplexity']:.3f}, {q} {ppl[q]['perplexity']:.3f} "
-            f"(ratio {quant['perplexity_ratio']:.3f})."
+            f"tokens): f16 GGUF {ppl['f16']['perplexity']:.3f}, {', '.join(each)}."
         )
-    if quant.get("identical_greedy"):
-        lines += identical_lines(f"merged HF vs {q}", quant["identical_greedy"])
+    for q, same in (quant.get("identical_greedy") or {}).items():
+        lines += identical_lines(f"merged HF vs {q}", same)
     return lines + adapter_lines(result)
 
 
@@ -156,7 +163,7 @@ def adapter_lines(result: EvalResult) -> list[str]:
     section = result.adapter
     if not section:
         return []
-    title, q = result.titles[ADAPTER_MODEL], result.gguf_quant
+    title, q = result.titles[ADAPTER_MODEL], section.get("vs_quant") or result.main_quant
     lines = [
         f"{title}: the adapter is {mib(section['adapter_bytes'])}, applied to "
         f"{Path(section['base_file']).name} ({mib(section['base_bytes'])}); the merged {q} is "
@@ -239,11 +246,26 @@ def quant_loss_row(quant: str, q: dict[str, Any]) -> list[str]:
 
 
 def forgotten_table(result: EvalResult) -> Table:
-    """The general prompts the base answered and the quantized fine-tune no longer does."""
-    lost = result.forgetting.get("gguf", {}).get("forgotten_prompts", [])
-    rows = [[x["prompt"], x["expect"], x["base_answer"], x["answer"]] for x in lost]
-    header = ["prompt", "expected", "base", "GGUF"]
-    return Table(f"Forgotten by the fine-tune ({result.titles['gguf']})", header, rows, labels=len(header))
+    """The general prompts the base answered and a quantized fine-tune no longer does, with each one's answer."""
+    kinds = result.gguf_kinds
+    forgotten = {
+        kind: {x["id"]: x for x in result.forgetting.get(kind, {}).get("forgotten_prompts", [])} for kind in kinds
+    }
+    lost: dict[str, dict[str, Any]] = {}
+    for by_id in forgotten.values():
+        for key, prompt in by_id.items():
+            lost.setdefault(key, prompt)
+    answers = {(row["id"], row["model"]): row.get("answer", "") for row in result.rows if row.get("set") == "general"}
+
+    def answer(key: str, kind: str) -> str:
+        return forgotten[kind][key]["answer"] if key in forgotten[kind] else answers.get((key, kind), "")
+
+    rows = [
+        [x["prompt"], x["expect"], x["base_answer"], *(answer(key, kind) for kind in kinds)] for key, x in lost.items()
+    ]
+    titles = [result.titles[kind] for kind in kinds]
+    header = ["prompt", "expected", "base", *(titles if len(kinds) > 1 else ["GGUF"])]
+    return Table(f"Forgotten by the fine-tune ({', '.join(titles)})", header, rows, labels=len(header))
 
 
 def answers_table(result: EvalResult) -> Table:
@@ -253,17 +275,27 @@ def answers_table(result: EvalResult) -> Table:
         if row.get("set") in ("control", "general") and "answer" in row:
             by_key.setdefault((row["set"], row["id"]), {})[row["model"]] = row
     kinds = result.kinds
-    header = ["set", "prompt", "reference", *(result.titles[k] for k in kinds), "ROUGE-L (GGUF)"]
+    rouge = ["ROUGE-L (GGUF)"] if len(result.gguf_quants) == 1 else [f"ROUGE-L ({q})" for q in result.gguf_quants]
+    header = ["set", "prompt", "reference", *(result.titles[k] for k in kinds), *rouge]
     rows = []
     for (set_name, _), models in by_key.items():
         first = next(iter(models.values()))
         answers = [models.get(k, {}).get("answer", "") for k in kinds]
-        rouge = fmt(models.get("gguf", {}).get("metrics", {}).get("rouge_l"))
-        rows.append([set_name, first["prompt"], first["reference"], *answers, rouge])
+        scores = [fmt(models.get(k, {}).get("metrics", {}).get("rouge_l")) for k in result.gguf_kinds]
+        rows.append([set_name, first["prompt"], first["reference"], *answers, *scores])
     return Table("Answers", header, rows, labels=len(header))
 
 
 # ---- several runs --------------------------------------------------------------------------
+
+
+def main_kind(result: EvalResult) -> str:
+    return gguf_kind(result.main_quant)
+
+
+def identical_share(result: EvalResult, set_name: str) -> float | None:
+    same = (result.quantization.get("identical_greedy") or {}).get(result.main_quant) or {}
+    return (same.get(set_name) or {}).get("share")
 
 
 def last(log: list[dict], name: str) -> float | None:
@@ -272,7 +304,8 @@ def last(log: list[dict], name: str) -> float | None:
 
 
 def comparison_table(results: list[EvalResult], logs: list[list[dict]], names: list[str]) -> Table:
-    """Runs side by side: one column each, from their eval.json and training logs."""
+    """Runs side by side: one column each, from their eval.json and training logs. A run's quantized GGUF
+    is its main one (EvalResult.main_quant: the default quantization when it was scored)."""
     lines: list[tuple[str, Any]] = [
         ("recipe", lambda r, log: r.recipe),
         ("profile", lambda r, log: r.profile),
@@ -285,21 +318,18 @@ def comparison_table(results: list[EvalResult], logs: list[list[dict]], names: l
                 lines.append(
                     (
                         f"{set_name} {name} ({'base' if kind == 'base' else 'quantized GGUF'})",
-                        lambda r, log, s=set_name, n=name, k=kind: r.metric(s, k, n),
+                        lambda r, log, s=set_name, n=name, k=kind: r.metric(s, main_kind(r) if k == "gguf" else k, n),
                     )
                 )
     lines += [
         ("general prompts known by base", lambda r, log: r.forgetting.get("known_by_base")),
-        ("quantized GGUF", lambda r, log: r.gguf_quant),
-        ("forgotten by the GGUF", lambda r, log: r.forgetting.get("gguf", {}).get("forgotten")),
+        ("quantized GGUF", lambda r, log: r.main_quant),
+        ("forgotten by the GGUF", lambda r, log: r.forgetting.get(main_kind(r), {}).get("forgotten")),
         ("perplexity f16", lambda r, log: r.quantization["perplexity"].get("f16", {}).get("perplexity")),
-        ("perplexity GGUF", lambda r, log: r.quantization["perplexity"].get(r.gguf_quant, {}).get("perplexity")),
-        (
-            "identical greedy, control",
-            lambda r, log: ((r.quantization["identical_greedy"] or {}).get("control") or {}).get("share"),
-        ),
-        ("mean KLD of the GGUF (llama.cpp)", lambda r, log: r.kld(r.gguf_quant, "mean_kld")),
-        ("same top of the GGUF, %", lambda r, log: r.kld(r.gguf_quant, "same_top_pct")),
+        ("perplexity GGUF", lambda r, log: r.quantization["perplexity"].get(r.main_quant, {}).get("perplexity")),
+        ("identical greedy, control", lambda r, log: identical_share(r, "control")),
+        ("mean KLD of the GGUF (llama.cpp)", lambda r, log: r.kld(r.main_quant, "mean_kld")),
+        ("same top of the GGUF, %", lambda r, log: r.kld(r.main_quant, "same_top_pct")),
     ]
     rows = []
     for label, get in lines:

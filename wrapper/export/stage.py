@@ -20,7 +20,7 @@ from wrapper.config.models import local_model_dir
 from wrapper.core import artifacts, manifest, stage
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
-from wrapper.core.gguf_io import QUANT_BITS
+from wrapper.core.gguf_io import DEFAULT_QUANT, QUANT_BITS
 from wrapper.core.plan import ADAPTER_FILES
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights
@@ -55,7 +55,11 @@ RUN_LOCATION_KEYS = {"adapter_name_or_path", "export_dir"}
 def export_needs(base_dir: Path) -> dict[str, int]:
     """What the merge and the GGUF files after it write: the merged model, the f16 GGUF and a Q4_K_M."""
     size, params = model_weights(base_dir)
-    return {"merged model": size, "f16 GGUF": params * 2, "Q4_K_M GGUF": int(params * QUANT_BITS["Q4_K_M"] / 8)}
+    return {
+        "merged model": size,
+        "f16 GGUF": params * 2,
+        f"{DEFAULT_QUANT} GGUF": int(params * QUANT_BITS[DEFAULT_QUANT] / 8),
+    }
 
 
 class ExportStage:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from wrapper.config.models import HUB_ID
 from wrapper.core.errors import FtwError
-from wrapper.core.eval_result import EVAL_JSON, MODEL_KINDS, SETS, EvalResult
+from wrapper.core.eval_result import EVAL_JSON, SETS, EvalResult, quant_of
 from wrapper.core.plan import RunPlan
 from wrapper.core.templates import template_env
 from wrapper.core.ui import step
@@ -37,8 +37,6 @@ LIBRARY_NAME = "gguf"
 HUB_TIMEOUT_S = 10
 LANGUAGE_SAMPLE_ROWS = 5000  # rows whose language is guessed where `ftw data prepare` counted none
 EVAL_SETS = SETS
-EVAL_MODELS = MODEL_KINDS[:3]  # base, merged, gguf
-ADAPTER_MODEL = MODEL_KINDS[3]  # eval.json's base + adapter pair (`ftw adapter`), when the run has one
 EVAL_METRICS = ("contains", "token_f1", "rouge_l", "key_info_recall")
 
 
@@ -203,13 +201,8 @@ def eval_table(run_dir: Path, gguf: Path) -> EvalTable | None:
         )
         return None
     result = EvalResult.load(run_dir)
-    titles = {
-        "base": "base",
-        "merged": "fine-tuned (HF)",
-        "gguf": f"fine-tuned ({Path(result.models['gguf']).name})",
-        ADAPTER_MODEL: "base GGUF + LoRA adapter GGUF",
-    }
-    models = [model for model in (*EVAL_MODELS, ADAPTER_MODEL) if model in result.models]
+    models = result.kinds
+    titles = {kind: card_title(kind, result) for kind in models}
     rows = []
     for set_name in EVAL_SETS:
         block = result.aggregate.get(set_name, {})
@@ -222,6 +215,13 @@ def eval_table(run_dir: Path, gguf: Path) -> EvalTable | None:
     return EvalTable(["set (rows)", "metric", *(titles[m] for m in models)], rows, eval_notes(result))
 
 
+def card_title(kind: str, result: EvalResult) -> str:
+    """A model's column: a quantized GGUF by its file's name (the file the reader downloads)."""
+    if quant_of(kind):
+        return f"fine-tuned ({Path(result.models[kind]).name})"
+    return {"base": "base", "merged": "fine-tuned (HF)", "lora": "base GGUF + LoRA adapter GGUF"}[kind]
+
+
 def number(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
@@ -231,9 +231,15 @@ def eval_notes(result: EvalResult) -> list[str]:
     forgetting = result.forgetting
     if forgetting.get("known_by_base"):
         merged = f"{forgetting['merged']['forgotten']} (HF) and " if "merged" in forgetting else ""
+        one = len(result.gguf_kinds) == 1
+        ggufs = ", ".join(
+            f"{forgetting[kind]['forgotten']} ({'GGUF' if one else quant_of(kind)})"
+            for kind in result.gguf_kinds
+            if kind in forgetting
+        )
         notes.append(
             f"Forgetting: of {forgetting['known_by_base']} general prompts the base model answered, the fine-tune "
-            f"forgot {merged}{forgetting['gguf']['forgotten']} (GGUF)."
+            f"forgot {merged}{ggufs}."
         )
     return notes
 
