@@ -42,6 +42,12 @@ def model_title(kind: str) -> str:
     return f"{quant} GGUF" if quant else TITLES[kind]
 
 
+def main_quant(quants: list[str]) -> str:
+    """The quantized GGUF a single number stands for (a comparison of runs, the adapter beside the merged
+    file): the default quantization when it was scored, else the first."""
+    return DEFAULT_QUANT if DEFAULT_QUANT in quants else quants[0]
+
+
 def column_order(kind: str) -> int:
     return MODEL_KINDS.index(GGUF if quant_of(kind) else kind)
 
@@ -78,9 +84,7 @@ class EvalResult:
 
     @property
     def main_quant(self) -> str:
-        """The quantized GGUF a single number stands for (a comparison of runs, the adapter beside the merged
-        file): the default quantization when it was scored, else the first."""
-        return DEFAULT_QUANT if DEFAULT_QUANT in self.gguf_quants else self.gguf_quants[0]
+        return main_quant(self.gguf_quants)
 
     @property
     def titles(self) -> dict[str, str]:

@@ -37,7 +37,7 @@ from typing import Any
 from wrapper.core import artifacts, manifest
 from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
-from wrapper.core.eval_result import SETS, EvalResult, gguf_kind, model_title, quant_of
+from wrapper.core.eval_result import SETS, EvalResult, gguf_kind, main_quant, model_title, quant_of
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.journal import Journal
 from wrapper.core.ui import console, stage_progress
@@ -364,8 +364,7 @@ def summarize(sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple[s
         "rows": per_row,
     }
     if ADAPTER_MODEL in kinds:
-        # beside the merged GGUF of the default quantization, else the first scored (EvalResult.main_quant)
-        main = next((k for k in ggufs if quant_of(k) == DEFAULT_QUANT), ggufs[0])
+        main = gguf_kind(main_quant([quant_of(k) or "" for k in ggufs]))
         summary["adapter_identical_greedy"] = identical(ADAPTER_MODEL, main)
     return summary
 
