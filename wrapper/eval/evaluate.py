@@ -40,7 +40,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.eval_result import SETS, EvalResult, gguf_kind, main_quant, model_title, quant_of
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.journal import Journal
-from wrapper.core.ui import console, stage_progress
+from wrapper.core.ui import spinner, stage_progress, step
 from wrapper.eval import metrics, quant_loss
 from wrapper.eval.sets import ADAPTER_MODEL, EvalSets, Item, load_sets, plan_eval, row_model
 from wrapper.prompts.training_format import training_format
@@ -169,18 +169,18 @@ def answer_all(
         ]
         total = sum(len(sets.items[s]) for s in SETS)
         if not todo:
-            console.print(f"  {titles[kind]}: all {total} rows already scored (in {rows.path})")
+            step(f"  {titles[kind]}: all {total} rows already scored (in {rows.path})")
             continue
         tokenizer = plan.merge_base if kind == "base" else tuned_tokenizer
         if str(tokenizer) not in formats:
             formats[str(tokenizer)] = training_format(tokenizer, plan.template, plan.system)
         fmt = formats[str(tokenizer)]
-        with console.status(f"loading the {titles[kind]} model"):
+        with spinner(f"loading the {titles[kind]} model"):
             model = _load_model(kind, run_dir, plan, ggufs)
         threads = _threads_for(model) if isinstance(model, HfModel) else None
         kept = total - len(todo)
         if kept:
-            console.print(f"  {titles[kind]}: {kept} rows kept from before (in {rows.path}), {len(todo)} to answer")
+            step(f"  {titles[kind]}: {kept} rows kept from before (in {rows.path}), {len(todo)} to answer")
         try:
             with stage_progress() as progress:
                 task = progress.add_task(
@@ -264,7 +264,7 @@ def perplexities(run_dir: Path, items: list[Item], rows: Journal, ggufs: dict[st
         if todo:
             n_ctx = max(len(p) + len(r) for _, p, r in encoded) + 8
             what = f"{path.name} + {lora.name}" if lora else path.name
-            with console.status(f"perplexity of {what} on {len(todo)} reference answers"):
+            with spinner(f"perplexity of {what} on {len(todo)} reference answers"):
                 llm = load_llama(
                     path,
                     lora,
@@ -449,13 +449,13 @@ def evaluate(
     count = {name: len(sets.items[name]) for name in SETS}
     kinds = model_kinds(run_dir, ggufs)
     skipped = skipped_models(run_dir, kinds)
-    console.print(
+    step(
         f"Evaluating {plan.run}: control {count['control']}, val {count['val']}, general {count['general']} "
         f"prompts x {len(kinds)} models ({', '.join(map(model_title, kinds))}), greedy, "
         f"at most {settings['max_new_tokens']} new tokens"
     )
     for what, why in skipped.items():
-        console.print(f"  [yellow]left out[/yellow]: {what}: {why['reason']}. To score it: {why['fix']}")
+        step(f"  [yellow]left out[/yellow]: {what}: {why['reason']}. To score it: {why['fix']}")
     rows = Journal(run_dir / EVAL_DIR / ROWS, "key")
     max_tokens = int(settings["max_new_tokens"])
     try:
@@ -467,7 +467,7 @@ def evaluate(
         else:
             kld = quant_loss.skipped("not asked for (--no-quant-loss)", f"ftw eval --run {plan.run}")
     except KeyboardInterrupt:
-        console.print(
+        step(
             f"[yellow]interrupted[/yellow]: {len(rows.entries)} scored rows are kept in {rows.path}; "
             f"`ftw eval --run {plan.run}` continues from there."
         )

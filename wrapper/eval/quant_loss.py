@@ -42,7 +42,7 @@ from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
-from wrapper.core.ui import console
+from wrapper.core.ui import step
 from wrapper.data.samples import SampleText, sample_text
 from wrapper.eval import scoreboard
 from wrapper.eval.perplexity_output import KldStats, base_chunks, base_failure, base_ppl, parse_kld_output
@@ -316,7 +316,7 @@ def measure(
     cache = read_cache(run_dir)
     todo = reuse_measured(result, cache, keys)
     if result.reused:
-        console.print(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
+        step(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
     if not todo:
         return result
     exe = perplexity_tool(result, todo, run_dir.name, build_tools)
@@ -391,7 +391,7 @@ def measure_quants(
     a failure leaves the rest unmeasured, with the reason in `result`."""
     text_file, base_file, log = run_dir / TEXT_FILE, run_dir / BASE_FILE, run_dir / LOG_FILE
     exe, base, ctx, chunks = passes.exe, passes.base, passes.ctx, passes.chunks
-    console.print(
+    step(
         f"KL divergence of {', '.join(todo)} from {base.name}: {sample.tokens} tokens of "
         f"{'training' if sample.seen_in_training else 'validation'} rows, context {ctx} (llama-perplexity; log: {log})"
     )

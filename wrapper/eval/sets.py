@@ -16,7 +16,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.eval_result import GGUF, quant_of
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.plan import RunPlan
-from wrapper.core.ui import console
+from wrapper.core.ui import step
 from wrapper.data.samples import conversations
 
 # The run's LoRA as a GGUF adapter on its base GGUF (ftw adapter): scored when the run has the pair.
@@ -71,7 +71,7 @@ def plan_eval(plan: RunPlan) -> dict[str, Any]:
     """The eval settings render kept in the run's plan (never the recipe: a run is what it was rendered with)."""
     if plan.eval is not None:
         return dict(plan.eval)
-    console.print(
+    step(
         f"[yellow]note[/yellow]: run {plan.run} was rendered before ftw kept the eval settings in its plan, so it has "
         f"no control or general prompts here. To use {plan.recipe_file}'s: ftw render --recipe {plan.recipe_file} "
         f"--profile {plan.profile} --run {plan.run}"
