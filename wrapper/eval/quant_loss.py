@@ -16,7 +16,7 @@ The text: `wrapper/data/samples.py` (validation rows, else the training rows, fl
 MAX_TOKENS, which keeps the f16 log-probability file under ~MAX_BASE_BYTES; the file lives in
 runs/RUN/eval/ only while the quantized files are compared, then is removed. A measurement is
 keyed on both GGUFs (digest, or size and mtime for big files), the text's sha256, the context and
-llama.cpp's commit (runs/RUN/eval/quant_loss.json): `ftw eval` again with nothing changed reuses it.
+llama.cpp's commit (runs/RUN/eval/quant_loss.jsonl, a journal): `ftw eval` again with nothing changed reuses it.
 
 llama-perplexity is built on first use (`wrapper/core/llama_tools.tool`, a few minutes once per
 llama.cpp commit; `make tools` does it ahead). Where it can't be built, or the f16 GGUF is gone,
@@ -25,7 +25,6 @@ the section says why and what to run, and the rest of `ftw eval` is unaffected.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from wrapper.core.cpu import cpu_jobs
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
+from wrapper.core.journal import Journal
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
 from wrapper.core.procs import run_with_status
@@ -62,7 +62,7 @@ CONTEXT = 512  # llama.cpp's default and the scoreboard's
 MIN_CONTEXT = 128
 UNQUANTIZED = ("f16", "bf16")
 
-CACHE_FILE = Path("eval") / "quant_loss.json"
+CACHE_FILE = Path("eval") / "quant_loss.jsonl"  # a journal keyed by measurement_key
 TEXT_FILE = Path("eval") / "quant_loss.txt"
 BASE_FILE = Path("eval") / "quant_loss-base.kld"
 LOG_FILE = Path("logs") / "quant_loss.log"
@@ -224,18 +224,6 @@ def measurement_key(base: Path, quant: Path, sample: SampleText, ctx: int, chunk
     )
 
 
-def read_cache(run_dir: Path) -> dict[str, dict]:
-    try:
-        return json.loads((run_dir / CACHE_FILE).read_text(encoding="utf-8")).get("quants", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def write_cache(run_dir: Path, entries: dict[str, dict]) -> None:
-    body = {"about": "ftw eval's KL-divergence measurements, reused while their key holds", "quants": entries}
-    write_text_atomic(run_dir / CACHE_FILE, json.dumps(body, ensure_ascii=False, indent=2) + "\n")
-
-
 def run_perplexity(argv: list[str], log: Path, what: str, writes_to: Path) -> str:
     """Run llama-perplexity with its output appended to `log`; return this run's part of the log."""
     start = log.stat().st_size if log.is_file() else 0
@@ -313,26 +301,25 @@ def measure(
         max_chunks=chunks,
         log=str(run_dir / LOG_FILE),
     )
-    cache = read_cache(run_dir)
-    todo = reuse_measured(result, cache, keys)
-    if result.reused:
-        step(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
-    if not todo:
-        return result
-    exe = perplexity_tool(result, todo, run_dir.name, build_tools)
-    if exe is None:
-        return result
-    passes = Passes(exe, base, ctx, chunks, n_vocab, threads)
-    measure_quants(run_dir, result, passes, sample, {quant: quants[quant] for quant in todo}, keys, cache)
+    with Journal(run_dir / CACHE_FILE, "key") as measured:
+        todo = reuse_measured(result, measured, keys)
+        if result.reused:
+            step(f"  KL divergence: {', '.join(result.reused)} up to date (in {run_dir / CACHE_FILE})")
+        exe = perplexity_tool(result, todo, run_dir.name, build_tools) if todo else None
+        if exe is not None:
+            passes = Passes(exe, base, ctx, chunks, n_vocab, threads)
+            todo_files = {quant: quants[quant] for quant in todo}
+            measure_quants(run_dir, result, passes, sample, todo_files, keys, measured)
     result.quants = {q: result.quants[q] for q in quants if q in result.quants}
     return result
 
 
-def reuse_measured(result: QuantLossResult, cache: dict[str, dict], keys: dict[str, str]) -> list[str]:
-    """Put the cached measurements whose key holds into `result`; return the quant types still to measure."""
+def reuse_measured(result: QuantLossResult, measured: Journal, keys: dict[str, str]) -> list[str]:
+    """Put the measurements made before from the same inputs into `result`; return the quant types still to
+    measure."""
     todo = []
     for quant, key in keys.items():
-        entry = cache.get(quant)
+        entry = measured.entries.get(key)
         try:
             if entry and entry.get("key") == key:
                 result.quants[quant] = QuantLoss.from_dict(quant, entry)
@@ -385,9 +372,9 @@ def measure_quants(
     sample: SampleText,
     todo: dict[str, Path],
     keys: dict[str, str],
-    cache: dict[str, dict],
+    measured: Journal,
 ) -> None:
-    """The f16 pass, then each quantized GGUF of `todo` against it, into `result` and the cache as each ends;
+    """The f16 pass, then each quantized GGUF of `todo` against it, into `result` and the journal as each ends;
     a failure leaves the rest unmeasured, with the reason in `result`."""
     text_file, base_file, log = run_dir / TEXT_FILE, run_dir / BASE_FILE, run_dir / LOG_FILE
     exe, base, ctx, chunks = passes.exe, passes.base, passes.ctx, passes.chunks
@@ -417,8 +404,7 @@ def measure_quants(
                 ppl_f16=ppl_f16,
             )
             result.quants[quant] = loss
-            cache[quant] = loss.to_dict()
-            write_cache(run_dir, cache)
+            measured.append(loss.to_dict())
     except (StageError, FtwError) as error:
         missing = [q for q in todo if q not in result.quants]
         not_measured(
