@@ -117,6 +117,7 @@ def test_documents_become_rows_with_their_page_or_line_and_every_row_is_counted(
         assert place in places[name], record["source"]
     for row in rows:
         assert row["teacher"] == summary["teacher"] and row["lang"] in ("en", "ru") and row["chunk"]
+        assert 0 < row["chunk_tokens"] <= summary["settings"]["chunk_tokens"]  # for prepare's token ratio
 
 
 def test_a_stopped_and_killed_run_resumes_to_exactly_the_uninterrupted_rows(tmp_path, docs):

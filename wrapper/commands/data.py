@@ -22,6 +22,7 @@ from wrapper.config.profiles import load_profile
 from wrapper.config.schema import SYNTH_KINDS
 from wrapper.core.paths import SYNTH_ROWS, check_run_name, display_path, runs_dir
 from wrapper.core.ui import console, done
+from wrapper.data import knowledge
 from wrapper.data.check import (
     KIND_NAMES,
     CheckEvent,
@@ -287,11 +288,16 @@ def show_prepared(prepared: PrepareResult) -> None:
         )
     console.print(f"  read {tally.read} = kept {tally.kept} + rejected {tally.rejected}  [green]✓[/green]")
     settings = info["settings"]
-    console.print(
-        f"  split (seed {settings['seed']}, val_ratio {settings['val_ratio']}, per language): "
-        f"train {tally.train} ({by_count(tally.train_langs)}), val {tally.val}"
-        + (f" ({by_count(tally.val_langs)})" if tally.val else "")
-    )
+    if tally.knowledge is None:
+        console.print(
+            f"  split (seed {settings['seed']}, val_ratio {settings['val_ratio']}, per language): "
+            f"train {tally.train} ({by_count(tally.train_langs)}), val {tally.val}"
+            + (f" ({by_count(tally.val_langs)})" if tally.val else "")
+        )
+    else:
+        words = {"train": by_count(tally.train_langs)}
+        for line in knowledge.summary_lines(tally.knowledge, info["counts"], settings, words):
+            console.print(f"  {line}", markup=False)
     if prepared.lengths is not None:
         for line in lengths_lines(prepared.lengths, settings["cutoff_len"], prepared.length_every):
             console.print(f"  {line}")

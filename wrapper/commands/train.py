@@ -64,7 +64,13 @@ def print_render_summary(plan: RunPlan, data_given: bool) -> None:
         data = plan.prepared_data
         console.print(
             f"  data: prepared by `ftw data prepare` in {data['dir']} ({data['prepared_at']}): "
-            f"train {data['train']}, val {data['val']} rows; pass --data to use other files"
+            f"train {data['train']}, "
+            + (
+                f"probes {data['probes']}, unseen {data['unseen']}"
+                if data.get("probes") or data.get("unseen")
+                else f"val {data['val']}"
+            )
+            + " rows; pass --data to use other files"
         )
         for changed in data["changed_sources"]:
             console.print(

@@ -157,8 +157,24 @@ class DataSettings:
     min_rating: float | None = key(None, help="drop chat-log rows rated below this (needs field_map.rating)")
     field_map: FieldMap = key(factory=FieldMap, help="chat-log columns -> roles; rows then need no known format")
     chunk_overlap: int = key(0, help="raw text: tokens shared by consecutive chunks")
+    probes_per_fact: int = key(
+        2, help="rows carrying `fact`: phrasings of each fact held out as probes (data/probes.jsonl), never trained"
+    )
+    unseen_share: float = key(
+        0.1, help="rows carrying `fact`: share of the chunks held out whole (data/unseen.jsonl), never trained"
+    )
 
     def check(self, doc: YamlDoc, prefix: str) -> None:
+        if self.probes_per_fact < 0:
+            raise FtwError(
+                f"{doc.origin(prefix + 'probes_per_fact')}: probes_per_fact is a number of rows per fact, >= 0 "
+                "(0: no probes)"
+            )
+        if not 0 <= self.unseen_share < 1:
+            raise FtwError(
+                f"{doc.origin(prefix + 'unseen_share')}: unseen_share is a share of the chunks, "
+                f"0 <= unseen_share < 1; found {self.unseen_share!r}"
+            )
         if not 0 <= self.val_ratio < 1:
             raise FtwError(
                 f"{doc.origin(prefix + 'val_ratio')}: val_ratio is a share of the rows, "

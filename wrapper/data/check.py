@@ -42,6 +42,7 @@ KIND_NAMES = {
     "mixed_format": "mixed formats",
     "bad_turns": "bad turns",
     "below_min_rating": "below min_rating",
+    "bad_group": "fact or chunk not an id",
 }
 
 

@@ -49,6 +49,8 @@ class Row:
     text: str | None = None
     lang: str | None = None  # from the row's lang field; guessed later when None
     rating: float | None = None
+    fact: str | None = None  # the fact this row phrases (its `fact` key): the knowledge split groups by it
+    chunk: str | None = None  # the document chunk it was written from (its `chunk` key, as `ftw data synth` writes)
 
     @property
     def pieces(self) -> list[str]:
@@ -251,16 +253,46 @@ def parse_row(record: Any, fmt: str, field_map: dict[str, str] | None = None, ne
     if not isinstance(record, dict):
         raise Problem("wrong_type", f"a row must be a JSON object, found {_type_name(record)}")
     if fmt == "alpaca":
-        return _alpaca(record)
-    if fmt == "sharegpt":
-        return _sharegpt(record)
-    if fmt == "openai":
-        return _openai(record)
-    if fmt == "text":
-        return _text(record)
-    if fmt == "mapped":
-        return _mapped(record, field_map or {}, need_rating)
-    raise ValueError(fmt)
+        row = _alpaca(record)
+    elif fmt == "sharegpt":
+        row = _sharegpt(record)
+    elif fmt == "openai":
+        row = _openai(record)
+    elif fmt == "text":
+        row = _text(record)
+    elif fmt == "mapped":
+        row = _mapped(record, field_map or {}, need_rating)
+    else:
+        raise ValueError(fmt)
+    row.fact, row.chunk = _group_key(record, "fact"), _group_key(record, "chunk")
+    if row.text is not None and row.fact is not None:
+        raise Problem(
+            BAD_GROUP,
+            "field 'fact' on a raw-text row: raw text is cut into chunks of cutoff_len tokens, so a row of it "
+            "can't be one phrasing of a fact; write the phrasings as conversations, or remove 'fact'",
+        )
+    return row
+
+
+# A row's `fact` or `chunk` that isn't a usable id: `ftw data prepare` refuses the data rather than set the row
+# aside, since the rows of one fact or chunk would then be split without it (docs/data.md#facts).
+BAD_GROUP = "bad_group"
+
+
+def _group_key(record: dict, key: str) -> str | None:
+    """The row's `fact` or `chunk` id; absent or null is None."""
+    value = record.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Problem(
+            BAD_GROUP,
+            f"field '{key}' must be a string (an id shared by the rows of one {key}), found {_type_name(value)} "
+            f"{json.dumps(value, ensure_ascii=False)[:40]}: write it as a string, or remove the key",
+        )
+    if not value.strip():
+        raise Problem(BAD_GROUP, f"empty field '{key}': give the id of the {key}, or remove the key")
+    return value
 
 
 def unknown_format(record: Any) -> Problem:

@@ -6,6 +6,7 @@ recipe's `data:` section says, splits train/validation (seeded, stratified by la
 and writes into runs/RUN/data/:
 
   train.jsonl, val.jsonl   the rows LLaMA-Factory trains and evaluates on
+  probes.jsonl, unseen.jsonl  instead of val.jsonl when rows carry `fact` (data/knowledge.py)
   rejects.jsonl            every dropped row with its source file:line and the reason
   prepared.json            counts, settings, sources and outputs with sha256
 
@@ -35,6 +36,8 @@ from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import staged_dir, write_text_atomic
 from wrapper.core.paths import check_run_name, display_path, runs_dir
 from wrapper.core.ui import byte_progress, step
+from wrapper.data import knowledge
+from wrapper.data.formats import BAD_GROUP
 from wrapper.data.prepared import DATA_DIR, PREPARED, load_prepared
 from wrapper.data.scan import (
     EXACT,
@@ -142,6 +145,12 @@ class Tally:
     val_langs: Counter = field(default_factory=Counter)
     per_source: dict[int, list[int]] = field(default_factory=dict)  # index -> [read, kept, rejected]
     row_kinds: Counter = field(default_factory=Counter)  # kept rows: conversation / text
+    facts: int = 0  # kept rows that carry `fact`: the knowledge split (data/knowledge.py) when any do
+    chunk_tokens: dict[str, int] = field(default_factory=dict)  # chunk -> tokens of its text, where rows say
+    probes: int = 0
+    unseen: int = 0
+    held_langs: dict[str, Counter] = field(default_factory=dict)  # probes / unseen -> rows per language
+    knowledge: dict | None = None
 
 
 @dataclass
@@ -186,21 +195,25 @@ def reject_record(item: Item, kind: str, reason: str) -> dict:
     return record
 
 
-def _chunk_of(item: Item) -> str | None:
-    """The document chunk of a row written by `ftw data synth` (its `chunk` key), else None."""
-    chunk = item.original.get("chunk") if isinstance(item.original, dict) else None
-    return chunk if isinstance(chunk, str) else None
-
-
 def output_row(item: Item) -> dict:
     out = item.row.as_output()
     out["lang"] = item.lang
     out["source"] = item.where
-    chunk = _chunk_of(item)
-    if chunk is not None:  # a synthesized row: keep the document place it was written from
-        out["chunk"] = chunk
+    if item.row.fact is not None:
+        out["fact"] = item.row.fact
+    if item.row.chunk is not None:  # a synthesized row: keep the document place it was written from
+        out["chunk"] = item.row.chunk
         out["document"] = item.original.get("source")
     return out
+
+
+def refuse_bad_group(item: Item) -> None:
+    """A `fact` or `chunk` that isn't an id: the data is refused, not the row set aside, since its fact's
+    other rows would then be split without it."""
+    raise FtwError(
+        f"{item.where}: {item.problem.reason}. Nothing was prepared; `ftw data check {item.source.name}` lists "
+        "every such row. Fix them, then run `ftw data prepare` again"
+    )
 
 
 def _check_stage(recipe: Recipe, kind: str) -> None:
@@ -326,6 +339,8 @@ def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[
                         tally.read += 1
                         counts[0] += 1
                         rejected = reject_reason(item, settings.dedupe)
+                        if rejected and rejected[0] == BAD_GROUP:
+                            refuse_bad_group(item)
                         if rejected:
                             kind, reason = rejected
                             writers["rejects"].write(reject_record(item, kind, reason))
@@ -337,7 +352,12 @@ def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[
                         tally.row_kinds["text" if is_text else "conversation"] += 1
                         text_kind = text_kind or is_text
                         lang = item.lang or "unknown"
-                        name = split.side(lang, _chunk_of(item))
+                        name = split.side(lang, item.row.chunk)
+                        tally.facts += item.row.fact is not None
+                        if item.row.chunk is not None:
+                            chunk_tokens = knowledge.chunk_tokens_of(item.original, item.where)
+                            if chunk_tokens is not None:
+                                tally.chunk_tokens[item.row.chunk] = chunk_tokens
                         writers[name].write(output_row(item))
                         (tally.val_langs if name == "val" else tally.train_langs)[lang] += 1
                         tally.kept += 1
@@ -353,18 +373,37 @@ def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[
             writer.close()
     tally.train, tally.val = writers["train"].rows, writers["val"].rows
     outputs = {name: writer.record(final_dir) for name, writer in writers.items()}
-    if not tally.val:
+    if tally.facts:
+        _split_knowledge(scanner, tally, outputs, staging, final_dir, settings)
+    elif not tally.val:
         (staging / "val.jsonl").unlink()
         outputs.pop("val")
     return tally, outputs, text_kind
 
 
+def _split_knowledge(scanner: Scanner, tally: Tally, outputs: dict, staging: Path, final_dir: Path, settings) -> None:
+    """Rows carry `fact`: train, probes and unseen replace train and val (data/knowledge.py)."""
+    split = knowledge.split(
+        staging, settings, scanner.counter, tally.chunk_tokens, lambda name: JsonlWriter(staging / f"{name}.jsonl")
+    )
+    del outputs["train"], outputs["val"]
+    outputs.update({name: writer.record(final_dir) for name, writer in split.outputs.items()})
+    tally.train, tally.val = outputs["train"]["rows"], 0
+    tally.probes = outputs["probes"]["rows"] if "probes" in outputs else 0
+    tally.unseen = outputs["unseen"]["rows"] if "unseen" in outputs else 0
+    tally.train_langs, tally.val_langs = split.langs["train"], Counter()
+    tally.held_langs = {name: split.langs[name] for name in ("probes", "unseen") if name in split.langs}
+    tally.knowledge = split.info
+
+
 def _check_invariant(scanner: Scanner, tally: Tally) -> None:
     read = sum(report.read for report in scanner.reports)
-    if not (read == tally.read == tally.kept + tally.rejected and tally.kept == tally.train + tally.val):
+    held = tally.probes + tally.unseen
+    if not (read == tally.read == tally.kept + tally.rejected and tally.kept == tally.train + tally.val + held):
         raise FtwError(
             f"internal error: rows read {read} / {tally.read} != kept {tally.kept} (train {tally.train} "
-            f"+ val {tally.val}) + rejected {tally.rejected}; nothing was prepared"
+            f"+ val {tally.val} + probes {tally.probes} + unseen {tally.unseen}) + rejected {tally.rejected}; "
+            "nothing was prepared"
         )
     for index, (read_here, kept, rejected) in tally.per_source.items():
         if read_here != kept + rejected or read_here != scanner.reports[index].read:
@@ -425,9 +464,16 @@ def _prepared_info(
             "rejected": tally.rejected,
             "train": tally.train,
             "val": tally.val,
+            "probes": tally.probes,
+            "unseen": tally.unseen,
             "rejected_by_kind": dict(tally.reasons),
         },
-        "split": {"train": dict(tally.train_langs), "val": dict(tally.val_langs)},
+        "split": {
+            "train": dict(tally.train_langs),
+            "val": dict(tally.val_langs),
+            **{name: dict(langs) for name, langs in tally.held_langs.items()},
+        },
+        "knowledge": tally.knowledge,  # rows carry `fact`: facts, phrasings, probes, unseen chunks (knowledge.py)
         "lengths": lengths,
         "files": outputs,
         "sources": sources,

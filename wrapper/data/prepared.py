@@ -13,7 +13,9 @@ from wrapper.data.datasets import FORMATS, DatasetFile
 
 DATA_DIR = "data"
 PREPARED = "prepared.json"
-TRAIN_NAME, VAL_NAME = "ftw_train", "ftw_val"
+TRAIN_NAME, VAL_NAME, PROBES_NAME = "ftw_train", "ftw_val", "ftw_probes"
+# LLaMA-Factory's default; a packed sequence is filled from one such batch of consecutive rows
+PREPROCESSING_BATCH_SIZE = 1000
 
 
 @dataclass
@@ -26,10 +28,22 @@ class PreparedData:
         return self.info["kind"]
 
     @property
+    def knowledge(self) -> dict | None:
+        """The knowledge split's numbers (rows carry `fact`: data/knowledge.py), else None."""
+        return self.info.get("knowledge")
+
+    @property
+    def eval_name(self) -> str | None:
+        """The dataset LLaMA-Factory's validation loss is computed on: the probes of a knowledge split
+        (questions never trained, about facts that were), else the validation split."""
+        names = [name for name, _ in self.files if name != TRAIN_NAME]
+        return names[0] if names else None
+
+    @property
     def files(self) -> list[tuple[str, DatasetFile]]:
-        """(dataset name, file) of train and, when there is one, val."""
+        """(dataset name, file) of train and, when there is one, val or probes."""
         found = []
-        for role, name in (("train", TRAIN_NAME), ("val", VAL_NAME)):
+        for role, name in (("train", TRAIN_NAME), ("val", VAL_NAME), ("probes", PROBES_NAME)):
             entry = self.info["files"].get(role)
             if entry:
                 found.append(
@@ -70,15 +84,18 @@ class PreparedData:
             # The chunks already fit cutoff_len with their eos: one chunk, one example. Packing
             # (LLaMA-Factory's default for pt) would re-cut them and drop the last partial block.
             args["packing"], origins["packing"] = False, self.origin
-        if not any(name == VAL_NAME for name, _ in self.files):
+        if self.knowledge is not None:
+            self._keep_facts_apart(args, origins)
+        eval_name = self.eval_name
+        if eval_name is None:
             return
         for key in ("eval_dataset", "val_size"):
             if args.get(key):
                 raise FtwError(
                     f"{origins[key]}: the prepared data has its own validation split "
-                    f"({VAL_NAME}, data.val_ratio); remove '{key}'"
+                    f"({eval_name}, from `ftw data prepare`); remove '{key}'"
                 )
-        args["eval_dataset"], origins["eval_dataset"] = VAL_NAME, self.origin
+        args["eval_dataset"], origins["eval_dataset"] = eval_name, self.origin
         defaults = {
             "eval_strategy": "steps",
             "eval_steps": args.get("save_steps", 500),
@@ -87,6 +104,29 @@ class PreparedData:
         for key, value in defaults.items():
             if key not in args:
                 args[key], origins[key] = value, self.origin
+
+    def _keep_facts_apart(self, args: dict, origins: dict) -> None:
+        """With packing, LLaMA-Factory fills each sequence from one preprocessing batch of consecutive rows,
+        sorted by length (processor/supervised.py, greedy_knapsack), so the order inside a batch keeps
+        nothing apart. The rows of one fact are `spacing` rows apart or more (data/knowledge.py): batches
+        no longer than that never put two of them in one sequence, where the model could copy one's answer
+        from the other instead of learning it. Without packing each row is its own sequence."""
+        if not (args.get("packing") or args.get("neat_packing")):
+            return
+        if args.get("streaming"):
+            raise FtwError(
+                f"{origins.get('streaming', 'train.streaming')}: streaming shuffles rows in a buffer before "
+                "packing, which would put rows of one fact in one sequence; with prepared facts, remove "
+                "'streaming' or turn packing off"
+            )
+        spacing = self.knowledge.get("spacing")
+        if spacing is None or args.get("preprocessing_batch_size", PREPROCESSING_BATCH_SIZE) <= spacing:
+            return
+        args["preprocessing_batch_size"] = spacing
+        origins["preprocessing_batch_size"] = (
+            f"{self.origin}: at most {spacing}, the fewest rows between two rows of one fact, so that packing "
+            "never puts two of them in one sequence"
+        )
 
     def changed_sources(self) -> list[str]:
         """Sources whose size or modification time differ from when they were prepared."""
@@ -109,6 +149,8 @@ class PreparedData:
             "prepared_at": self.info["prepared_at"],
             "train": counts["train"],
             "val": counts["val"],
+            "probes": counts.get("probes", 0),
+            "unseen": counts.get("unseen", 0),
             "rejected": counts["rejected"],
             "read": counts["read"],
             "rejects": self.info["files"]["rejects"],

@@ -6,7 +6,7 @@ Everything a run of it makes lives in runs/RUN/synth/:
   journal.jsonl   one line per finished chunk (its pairs and rejects, tokens, time),
                   appended and flushed as each chunk finishes: a stop of any kind loses
                   at most the chunks in flight, and a torn last line is ignored
-  synth.jsonl     the rows (ShareGPT, with source, chunk, teacher, lang), rebuilt from the
+  synth.jsonl     the rows (ShareGPT, with source, chunk, chunk_tokens, teacher, lang), rebuilt from the
                   journal in document order after every run, so a resumed run and an
                   uninterrupted one write the same file
   rejects.jsonl   every document, chunk and pair that did not become a row, with why
@@ -381,6 +381,7 @@ def row_of(job: Job, chunk: Chunk, pair: dict) -> dict:
         ],
         "source": chunk.source,
         "chunk": chunk.id,
+        "chunk_tokens": chunk.tokens,  # the source's length, for prepare's synthetic-to-source token ratio
         "teacher": job.teacher.id,
         "lang": job.settings.answer_language or chunk.lang,
     }
