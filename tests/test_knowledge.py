@@ -242,6 +242,20 @@ def test_probes_off_and_no_unseen_train_everything_else(runs_dir, tmp_path):
     assert info["knowledge"]["facts_not_probed"] == 6 and info["knowledge"]["probes"] == 0
 
 
+def test_plan_prints_exposures_per_fact_and_warns_under_five_phrasings(capsys, tmp_path):
+    rows = [
+        {"instruction": question(f, p), "output": f"Answer {f}.", "fact": f"f{f}"} for f in range(3) for p in range(3)
+    ]
+    rows += [{"instruction": question(9, p), "output": "Answer 9.", "fact": "f9"} for p in range(6)]
+    data = write_jsonl(tmp_path / "few.jsonl", rows)
+    code, out = ftw(
+        capsys, "plan", "--recipe", "demo", "--profile", "cpu", "--data", str(data), "--set", "num_train_epochs=2"
+    )
+    assert code == 0, out
+    assert "facts: 4, 3 to median 3 phrasings each in training x 2 epochs = 6 to 6 exposures per fact" in out
+    assert "note: 3 of 4 facts train on fewer than 5 phrasings (min 3, median 3" in out
+
+
 LOAD_AS_LLAMAFACTORY_DOES = """
 import json, sys
 import yaml

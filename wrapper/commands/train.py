@@ -210,6 +210,13 @@ def print_plan(report: dict) -> None:
             f"({report['dataset_tokens_counted_by']}) -> ~{report['epoch_hours'] * 60:.1f} min per epoch, "
             f"{report['epochs']:g} epochs"
         )
+    if report.get("facts"):
+        facts = report["facts"]
+        console.print(
+            f"facts: {facts['facts']}, {facts['phrasings_min']} to median {facts['phrasings_median']:g} phrasings "
+            f"each in training x {report['epochs']:g} epochs = {facts['exposures_min']:g} to "
+            f"{facts['exposures_median']:g} exposures per fact"
+        )
     for note in report.get("notes", []):
         console.print(f"note: {note}")
     console.print(f"merged bf16 model ~{report['merged_gb']:.1f} GiB, Q4_K_M GGUF ~{report['gguf_q4_k_m_gb']:.1f} GiB")
