@@ -297,12 +297,13 @@ def test_render_uses_prepared_data_until_told_otherwise(runs_dir):
     # prepare on a rendered run re-renders it with the same profile: LLaMA-Factory's parser checks it
     code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--run", "r")
     assert code == 0, out
-    assert "re-rendered" in out and "eval_dataset ftw_val" in out
+    # the demo's rows carry `fact`: the validation loss is the probes' (tests/test_knowledge.py)
+    assert "re-rendered" in out and "eval_dataset ftw_probes" in out
     train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())
-    assert (train["dataset"], train["eval_dataset"], train["eval_strategy"]) == ("ftw_train", "ftw_val", "steps")
+    assert (train["dataset"], train["eval_dataset"], train["eval_strategy"]) == ("ftw_train", "ftw_probes", "steps")
     assert "val_size" not in train
     manifest = json.loads((runs_dir / "r" / "manifest.json").read_text())
-    assert [d["name"] for d in manifest["datasets"]] == ["ftw_train", "ftw_val"]
+    assert [d["name"] for d in manifest["datasets"]] == ["ftw_train", "ftw_probes"]
     assert all(len(d["sha256"]) == 64 for d in manifest["datasets"])
     assert manifest["plan"]["prepared_data"]["sources"][0]["sha256"] == sha256_of(REPO / "data" / "demo_lore.json")
     # a later render keeps it, and says so

@@ -21,6 +21,8 @@ from wrapper.core.errors import FtwError
 from wrapper.data.knowledge import spread
 from wrapper.data.prepare import prepare
 
+from conftest import REPO
+
 
 def question(fact: int, phrasing: int) -> str:
     return f"Phrasing {phrasing} of fact {fact}: what does record {fact} hold?"
@@ -254,6 +256,8 @@ def test_plan_prints_exposures_per_fact_and_warns_under_five_phrasings(capsys, t
     assert code == 0, out
     assert "facts: 4, 3 to median 3 phrasings each in training x 2 epochs = 6 to 6 exposures per fact" in out
     assert "note: 3 of 4 facts train on fewer than 5 phrasings (min 3, median 3" in out
+    code, out = ftw(capsys, "plan", "--recipe", "demo", "--profile", "cpu")  # the demo: 5 phrasings per fact
+    assert code == 0 and "facts: 6, 5 to median 5 phrasings" in out and "fewer than 5 phrasings" not in out
 
 
 LOAD_AS_LLAMAFACTORY_DOES = """
@@ -325,3 +329,11 @@ def test_packing_never_puts_two_rows_of_a_fact_in_one_sequence(capsys, runs_dir,
     assert sum(map(len, packed["train_dataset"])) == 36 * 4  # the 4 trained phrasings of every fact not unseen
     # without the cap they do meet: the cap is what keeps them apart
     assert any(len(seq) != len(set(seq)) for seq in mixed["train_dataset"])
+
+
+def test_the_demo_lore_groups_its_phrasings_by_fact():
+    rows = json.loads((REPO / "data" / "demo_lore.json").read_text(encoding="utf-8"))
+    by_fact: dict[str, set[str]] = {}
+    for row in rows:
+        by_fact.setdefault(row["fact"], set()).add(row["output"])
+    assert len(by_fact) == 6 and all(len(answers) == 1 for answers in by_fact.values())
