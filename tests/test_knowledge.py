@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_data import DEMO_MODEL, SAMPLES, ftw, jsonl, write_recipe
+from test_data import DEMO_MODEL, SAMPLES, jsonl, write_recipe
 
 from wrapper.config.recipes import load_recipe
 from wrapper.core.errors import FtwError
 from wrapper.data.knowledge import spread
 from wrapper.data.prepare import prepare
 
-from conftest import REPO
+from tests.support.runner import REPO, ftw_in_process
 
 
 def question(fact: int, phrasing: int) -> str:
@@ -89,7 +89,7 @@ def test_probes_and_unseen_chunks_never_reach_training(capsys, runs_dir, tmp_pat
     ]
     rows.append({"instruction": "Hello?", "output": "Hello, traveller."})  # neither key: trains
     data = write_jsonl(tmp_path / "facts.jsonl", rows)
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "k")
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "k")
     assert code == 0, out
     assert "knowledge split" in out and "val_ratio is not used" in out
     info, files = prepared(runs_dir, "k")
@@ -149,7 +149,7 @@ def test_probes_and_unseen_chunks_never_reach_training(capsys, runs_dir, tmp_pat
     assert knowledge["spacing"] == min(gaps) > 1
 
     # the same data and seed split the same way
-    code, _ = ftw(capsys, "data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "again")
+    code, _ = ftw_in_process("data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "again")
     assert code == 0
     assert prepared(runs_dir, "again")[1]["train"] == train
 
@@ -170,7 +170,7 @@ def test_chunks_that_share_a_fact_are_held_out_together(runs_dir, tmp_path):
 
 
 def test_rows_without_fact_prepare_as_before(runs_dir):
-    info = prepare("demo", [str(SAMPLES / "alpaca.jsonl"), str(SAMPLES / "sharegpt.jsonl")], "old")
+    info = prepare("demo", [str(SAMPLES / "alpaca.jsonl"), str(SAMPLES / "sharegpt.jsonl")], "old").info
     data = runs_dir / "old" / "data"
     assert info["knowledge"] is None and set(info["files"]) == {"train", "val", "rejects"}
     assert not (data / "probes.jsonl").exists() and not (data / "unseen.jsonl").exists()
@@ -192,13 +192,13 @@ def test_a_fact_that_is_not_an_id_is_refused_with_its_line(capsys, runs_dir, tmp
     good = {"instruction": "Fine?", "output": "Fine.", "fact": "f"}
     rows = [row] if "text" in row else [good, row, good | {"instruction": "Also fine?"}]
     data = write_jsonl(tmp_path / "mine.jsonl", rows)
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "bad")
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "bad")
     assert code == 2, out
     assert re.search(rf"mine\.jsonl:{line}: {re.escape(words)}", out), out
     assert "Nothing was prepared" in out and "ftw data check" in out
     assert not (runs_dir / "bad" / "data").exists()
     # `ftw data check` lists it as an invalid row, with the same line
-    code, out = ftw(capsys, "data", "check", str(data))
+    code, out = ftw_in_process("data", "check", str(data))
     assert code == 1 and re.search(rf"mine\.jsonl:{line}: {re.escape(words)}", out), out
 
 
@@ -239,7 +239,7 @@ def test_knowledge_settings_errors_name_file_and_line(tmp_path, section, message
 def test_probes_off_and_no_unseen_train_everything_else(runs_dir, tmp_path):
     recipe = write_recipe(tmp_path, "data:\n  probes_per_fact: 0\n  unseen_share: 0\n")
     rows = synth_rows(facts=6)
-    info = prepare(str(recipe), [str(write_jsonl(tmp_path / "f.jsonl", rows))], "all")
+    info = prepare(str(recipe), [str(write_jsonl(tmp_path / "f.jsonl", rows))], "all").info
     assert info["counts"]["train"] == len(rows) and set(info["files"]) == {"train", "rejects"}
     assert info["knowledge"]["facts_not_probed"] == 6 and info["knowledge"]["probes"] == 0
 
@@ -250,13 +250,13 @@ def test_plan_prints_exposures_per_fact_and_warns_under_five_phrasings(capsys, t
     ]
     rows += [{"instruction": question(9, p), "output": "Answer 9.", "fact": "f9"} for p in range(6)]
     data = write_jsonl(tmp_path / "few.jsonl", rows)
-    code, out = ftw(
-        capsys, "plan", "--recipe", "demo", "--profile", "cpu", "--data", str(data), "--set", "num_train_epochs=2"
+    code, out = ftw_in_process(
+        "plan", "--recipe", "demo", "--profile", "cpu", "--data", str(data), "--set", "num_train_epochs=2"
     )
     assert code == 0, out
     assert "facts: 4, 3 to median 3 phrasings each in training x 2 epochs = 6 to 6 exposures per fact" in out
     assert "note: 3 of 4 facts train on fewer than 5 phrasings (min 3, median 3" in out
-    code, out = ftw(capsys, "plan", "--recipe", "demo", "--profile", "cpu")  # the demo: 5 phrasings per fact
+    code, out = ftw_in_process("plan", "--recipe", "demo", "--profile", "cpu")  # the demo: 5 phrasings per fact
     assert code == 0 and "facts: 6, 5 to median 5 phrasings" in out and "fewer than 5 phrasings" not in out
 
 
@@ -310,10 +310,10 @@ def test_packing_never_puts_two_rows_of_a_fact_in_one_sequence(capsys, runs_dir,
     """LLaMA-Factory fills a packed sequence from a preprocessing batch sorted by length: with its default batch
     of 1000 rows, phrasings of one fact do share sequences; render's batch (the prepared spacing) keeps them apart."""
     data = write_jsonl(tmp_path / "facts.jsonl", synth_rows(facts=40, phrasings=6))
-    code, out = ftw(capsys, "data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "packed")
+    code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--data", str(data), "--run", "packed")
     assert code == 0, out
-    code, out = ftw(
-        capsys, "render", "--recipe", "demo", "--profile", "cpu", "--run", "packed", "--set", "packing=true"
+    code, out = ftw_in_process(
+        "render", "--recipe", "demo", "--profile", "cpu", "--run", "packed", "--set", "packing=true"
     )
     assert code == 0, out
     train_yaml = runs_dir / "packed" / "train.yaml"
