@@ -132,6 +132,40 @@ def test_the_other_filters_say_why():
         assert caught.value.kind == kind
 
 
+def test_questions_that_lean_on_the_excerpt_are_rejected_in_three_languages():
+    settings = SynthSettings()
+    grounding = Grounding(CHUNK_RU + " " + PAGES[0])
+    answer_ru, answer_en = "Мечи стражей Велории куют из лунной стали.", "Orlen Vask guards the Amber Gate."
+    leaning = [
+        Pair("Who guards the gate, according to the text?", answer_en),
+        Pair("What does this article say about the Amber Gate?", answer_en),
+        Pair("Who is the guard mentioned above?", answer_en),
+        Pair("Из чего, согласно данному фрагменту, куют мечи?", answer_ru),
+        Pair("Что сказано в тексте о мечах стражей?", answer_ru),
+        Pair("Из чего куют мечи, упомянутые выше?", answer_ru),
+        Pair("Мәтінде семсерлер неден соғылады делінген?", answer_ru),
+        Pair("Осы бапта не айтылған?", answer_ru),
+        Pair("Үзіндіде кім туралы айтылады?", answer_ru),
+    ]
+    for pair in leaning:
+        with pytest.raises(Rejected) as caught:
+            check_pair(pair, grounding, settings)
+        assert caught.value.kind == "not_standalone", pair.question
+    standing = [
+        Pair("Who guards the Amber Gate?", answer_en),
+        Pair("Which document must travellers show at the Amber Gate?", "Travellers show a copper token."),
+        Pair("Что сказано в статье 14 Устава стражи о мечах?", answer_ru),
+        Pair("Какой текст у клятвы стражей Велории?", answer_ru),
+        Pair("Велория стражтарының семсерлері неден соғылады?", answer_ru),
+    ]
+    for pair in standing:
+        check_pair(pair, grounding, settings)
+    for lang in ("en", "ru", "kk"):
+        for kind in ("qa", "cot"):
+            prompt = Prompts(None).ask(lang, kind, chunk="x", source="a.txt:1", n=2, answer_language=lang)
+            assert any(word in prompt for word in ("stand alone", "сам по себе", "өз алдына")), (lang, kind)
+
+
 def test_replies_parse_from_json_prose_or_fences_and_garbage_is_unparseable():
     pair = {"question": "Who guards the gate?", "answer": "Orlen Vask guards it."}
     for text in (

@@ -1,5 +1,6 @@
 """Which of the teacher's pairs become rows: parsed, of a sane length, asked in the user's own
-words, and grounded in the chunk. Each refusal is a (kind, reason) for rejects.jsonl.
+words, standing alone (the model is asked without the excerpt), and grounded in the chunk.
+Each refusal is a (kind, reason) for rejects.jsonl.
 
 Grounding is checked on the surface, which is what a wrong answer usually gets wrong: every
 number, date and article number of the answer occurs in the chunk; every name (a capitalised
@@ -37,6 +38,27 @@ STOPWORDS = frozenset(
     және немесе үшін бойынша туралы бұл осы сол деген болып болады емес бар жоқ мен сен біз олар қандай
     қалай неге сияқты арқылы кейін дейін бірақ сондықтан""".split()  # noqa: SIM905 - a word list reads better as text
 )
+
+# A question that points at "the text" can't be answered by a model asked without it: in en, ru
+# and kk, the words that point at the excerpt (its name, "this/the given/the above ..." before it).
+LEANS_ON_EXCERPT = re.compile(
+    r"\b(?:"
+    r"(?:the|this|that|given|above|following) (?:text|excerpt|passage|fragment|document|section|extract)s?"
+    r"|this (?:article|chapter|paragraph|page)|the author|(?:mentioned|described|stated|said|quoted) above"
+    r"|according to the (?:text|excerpt|passage|document)|(?:in|from) the above"
+    r"|(?:в|из|по|к) текст(?:е|а|у)|фрагмент\w*|отрыв(?:ок|к\w*)"
+    r"|(?:эт|данн|приведённ|приведенн|указанн)\w* (?:текст|стать|документ|раздел|глав)\w*"
+    r"|(?:упомянут|описан|указан|сказан|приведён|приведен)\w* выше|выше(?:упомянут|указанн|изложенн)\w*"
+    r"|мәтін\w*|үзінді\w*|(?:осы|берілген|жоғарыдағы) (?:бап|құжат|бөлім|тарау)\w*|жоғарыда"
+    r")\b",
+    re.IGNORECASE,
+)
+
+
+def leans_on_excerpt(question: str) -> str | None:
+    """The words by which a question points at the excerpt it was written from, if any."""
+    found = LEANS_ON_EXCERPT.search(question)
+    return found.group() if found else None
 
 
 class Rejected(Exception):
@@ -170,6 +192,9 @@ def check_pair(pair: Pair, grounding: Grounding, settings: SynthSettings) -> Non
         raise Rejected(
             "too_long", f"answer of {len(pair.answer)} characters (max_answer_chars {settings.max_answer_chars})"
         )
+    leaning = leans_on_excerpt(pair.question)
+    if leaning:
+        raise Rejected("not_standalone", f"the question leans on the excerpt ({leaning!r}); it is asked without it")
     question = _fold(pair.question)
     if len(question.split()) >= COPIED_QUESTION_WORDS and question in grounding.folded:
         raise Rejected("copied_question", "the question is a sentence of the chunk, not a user's question")
