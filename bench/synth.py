@@ -473,6 +473,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (documents, runs, logs)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     options = parser.parse_args()
+    # the raw side sends one request per chunk, as --kind qa does (--kind facts asks several)
+    options.overrides = ["synth.kind=qa", *options.overrides]
     begun = time.monotonic()
 
     import openai

@@ -24,7 +24,11 @@ from tests.support.runner import copy_run, ftw_in_process, run_ftw, start_ftw
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ("--set", "synth.chunk_tokens=64", "--set", "synth.chunk_overlap=0", "--set", "synth.max_tokens=160")
+# --kind qa: one request per chunk, which these tests count (--kind facts is tests/test_synth.py's)
+SETTINGS = (
+    "--set", "synth.chunk_tokens=64", "--set", "synth.chunk_overlap=0", "--set", "synth.max_tokens=160",
+    "--kind", "qa",
+)  # fmt: skip
 
 
 def demo_gguf() -> Path:

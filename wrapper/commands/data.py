@@ -213,8 +213,8 @@ def data_prepare(
 @click.option("--teacher", required=True, callback=not_empty, help=TEACHER_FORMS[0].upper() + TEACHER_FORMS[1:] + ".")
 @click.option("--teacher-model", default=None, help="The model an endpoint serves (qwen3:8b for Ollama).")
 @run_option
-@click.option("--kind", type=click.Choice(SYNTH_KINDS), default=None, help="qa or cot (default: the recipe's).")
-@click.option("--per-chunk", type=click.IntRange(1, 20), default=None, help="Rows asked per chunk.")
+@click.option("--kind", type=click.Choice(SYNTH_KINDS), default=None, help="facts, qa or cot (default: the recipe's).")
+@click.option("--per-chunk", type=click.IntRange(1, 20), default=None, help="qa, cot: rows asked per chunk.")
 @click.option(
     "--parallel", type=click.IntRange(1, 64), default=1, show_default=True, help="Requests at once (endpoints)."
 )
@@ -262,6 +262,10 @@ def show_synthesized(made: Synthesized) -> None:
         + (f"; {made.not_asked} not asked yet (--limit)" if made.not_asked else "")
     )
     console.print(f"  rows: generated {tally.generated} = kept {tally.kept} + rejected {tally.rejected}")
+    if tally.facts or tally.documents:
+        console.print(
+            f"  facts: {tally.facts} asked in phrasings; {tally.documents} of the kept rows are rewrites of chunks"
+        )
     if tally.reasons:
         console.print("  rejected: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in tally.reasons.most_common()))
     console.print(

@@ -32,7 +32,7 @@ DEDUPE_MODES = ("exact", "near", "none")
 DEVICES = ("cpu", "cuda")
 # How a base is computed when it trains on a CPU (wrapper/config/compute_dtype.py).
 CPU_DTYPES = ("auto", "float32", "bfloat16")
-SYNTH_KINDS = ("qa", "cot")
+SYNTH_KINDS = ("facts", "qa", "cot")
 
 DEFAULT_ORIGIN = "ftw default (wrapper/config/schema.py)"
 # LLaMA-Factory training keys where neither recipe nor profile speaks. Hyperparameters follow
@@ -224,8 +224,15 @@ class SynthSettings:
     """`ftw data synth`: how documents become question-answer rows (docs/data.md)."""
 
     docs: list[str] = key(factory=list, help="documents or folders, relative to the recipe; `--docs` replaces them")
-    kind: str = key("qa", choices=SYNTH_KINDS, help="qa: question + answer; cot: question + reasoning + answer")
-    per_chunk: int = key(3, help="rows asked of the teacher per chunk")
+    kind: str = key(
+        "facts",
+        choices=SYNTH_KINDS,
+        help="facts: each fact of a chunk in varied questions, plus rewrites; qa: question + answer; "
+        "cot: question + reasoning + answer",
+    )
+    per_chunk: int = key(3, help="qa, cot: rows asked of the teacher per chunk")
+    phrasings: int = key(8, help="facts: questions asked per fact, of varied forms")
+    rewrites: int = key(2, help="facts: rewrites of each chunk, trained as its document rows (0: none)")
     chunk_tokens: int = key(512, help="tokens of document text per chunk (the recipe's tokenizer)")
     chunk_overlap: int = key(64, help="tokens shared by consecutive chunks")
     answer_language: str | None = key(
@@ -248,6 +255,8 @@ class SynthSettings:
     def check(self, doc: YamlDoc, prefix: str) -> None:
         rules = (
             ("per_chunk", 1 <= self.per_chunk <= 20, "a number of rows per chunk, 1..20"),
+            ("phrasings", 1 <= self.phrasings <= 20, "a number of questions per fact, 1..20"),
+            ("rewrites", 0 <= self.rewrites <= 10, "a number of rewrites per chunk, 0..10"),
             ("chunk_tokens", self.chunk_tokens >= 64, "a number of tokens >= 64"),
             ("chunk_overlap", 0 <= self.chunk_overlap * 2 < self.chunk_tokens, "tokens >= 0, under half a chunk"),
             ("temperature", 0 <= self.temperature <= 2, "between 0 and 2"),

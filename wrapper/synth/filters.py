@@ -213,3 +213,85 @@ def check_pair(pair: Pair, grounding: Grounding, settings: SynthSettings) -> Non
             f"{share:.0%} of the answer's {words} content words occur in the chunk "
             f"(min_grounding {settings.min_grounding:g})",
         )
+
+
+# ---- --kind facts ------------------------------------------------------------------------------
+
+SUPPORT_SHARE = 0.9  # a support sentence not found verbatim must still be the chunk's words, nearly all
+PHRASING_OVERLAP = 0.8  # two questions of one fact sharing this much of their words say the same
+
+
+@dataclass
+class Fact:
+    id: str  # the chunk's id and the fact's number: the same on every run
+    text: str
+    support: str
+
+    def as_dict(self) -> dict:
+        return {"fact": self.id, "text": self.text, "support": self.support}
+
+
+def parse_facts(text: str) -> list[tuple[str, str]]:
+    """(fact, support sentence) of each fact in a reply {"facts": [...]}."""
+    value = _first_json(text)
+    items = value.get("facts") if isinstance(value, dict) else value
+    if not isinstance(items, list) or not items:
+        raise Rejected("unparseable", "the reply has no list of facts")
+    if not all(
+        isinstance(i, dict) and isinstance(i.get("fact"), str) and isinstance(i.get("support"), str) for i in items
+    ):
+        raise Rejected("unparseable", "a fact without the string fields fact, support")
+    return [(item["fact"].strip(), item["support"].strip()) for item in items]
+
+
+def parse_rewrites(text: str) -> list[str]:
+    value = _first_json(text)
+    items = value.get("rewrites") if isinstance(value, dict) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise Rejected("unparseable", "the reply has no list of rewrites")
+    return [item.strip() for item in items]
+
+
+def check_fact(fact: Fact, grounding: Grounding, settings: SynthSettings) -> None:
+    """The support sentence is the chunk's (verbatim up to case and punctuation, or nearly all its
+    words with every number), and the fact says nothing the chunk doesn't."""
+    if not fact.text or not fact.support:
+        raise Rejected("empty", "a fact or its support sentence is empty")
+    if _fold(fact.support) not in grounding.folded:
+        missing = grounding.missing_numbers(fact.support)
+        share, _ = grounding.content_share(fact.support)
+        if missing or share < SUPPORT_SHARE:
+            raise Rejected("ungrounded_fact", f"the support sentence is not in the chunk: {fact.support[:80]!r}")
+    missing = grounding.missing_numbers(fact.text) or grounding.missing_names(fact.text)
+    share, words = grounding.content_share(fact.text)
+    if missing or share < settings.min_grounding:
+        what = f"{', '.join(missing[:5])} not in the chunk" if missing else f"{share:.0%} of {words} words in the chunk"
+        raise Rejected("ungrounded_fact", f"the fact says more than the chunk ({what})")
+
+
+def fact_grounding(fact: Fact) -> Grounding:
+    """What a phrasing's answer is checked against: its fact, and the sentence behind it."""
+    return Grounding(f"{fact.text}\n{fact.support}")
+
+
+def same_phrasing(question: str, kept: list[str]) -> str | None:
+    """The kept question of the same fact this one nearly repeats (word sets overlapping by
+    PHRASING_OVERLAP or more), if any: a near-identical phrasing adds an exposure, not a form."""
+    words = set(_fold(question).split())
+    for other in kept:
+        others = set(_fold(other).split())
+        if words and others and len(words & others) / len(words | others) >= PHRASING_OVERLAP:
+            return other
+    return None
+
+
+def check_rewrite(text: str, grounding: Grounding) -> None:
+    """A rewrite keeps the chunk's numbers and names and brings none of its own."""
+    if not text:
+        raise Rejected("empty", "an empty rewrite")
+    missing = grounding.missing_numbers(text)
+    if missing:
+        raise Rejected("ungrounded", f"numbers not in the chunk: {', '.join(missing[:5])}")
+    names = grounding.missing_names(text)
+    if names:
+        raise Rejected("ungrounded", f"names not in the chunk: {', '.join(names[:5])}")

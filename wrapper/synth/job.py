@@ -3,10 +3,11 @@
 Everything a run of it makes lives in runs/RUN/synth/:
   inputs.json     what the rows are made from (teacher, prompts, settings, documents),
                   written before the first request; a re-run with other inputs is refused
-  journal.jsonl   one line per finished chunk (its pairs and rejects, tokens, time),
+  journal.jsonl   one line per finished chunk (its facts, pairs, rewrites and rejects, tokens, time),
                   appended and flushed as each chunk finishes: a stop of any kind loses
                   at most the chunks in flight, and a torn last line is ignored
-  synth.jsonl     the rows (ShareGPT, with source, chunk, chunk_tokens, teacher, lang), rebuilt from the
+  synth.jsonl     the rows (ShareGPT, with source, chunk, chunk_tokens, teacher, lang; a phrasing of a
+                  fact with its `fact`, a rewrite of a chunk without one), rebuilt from the
                   journal in document order after every run, so a resumed run and an
                   uninterrupted one write the same file
   rejects.jsonl   every document, chunk and pair that did not become a row, with why
@@ -40,8 +41,22 @@ from wrapper.data.documents import Document, DocumentReject, read_documents
 from wrapper.data.formats import near_key
 from wrapper.data.langs import language_of
 from wrapper.data.scan import recipe_chunker, recipe_counter
-from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
-from wrapper.synth.prompts import JUDGE_SCHEMA, Prompts, pairs_schema
+from wrapper.synth.filters import (
+    Fact,
+    Grounding,
+    Pair,
+    Rejected,
+    check_fact,
+    check_pair,
+    check_rewrite,
+    fact_grounding,
+    parse_facts,
+    parse_pairs,
+    parse_rewrites,
+    parse_score,
+    same_phrasing,
+)
+from wrapper.synth.prompts import JUDGE_SCHEMA, Prompts, facts_schema, pairs_schema, rewrites_schema
 from wrapper.synth.teachers import Teacher, TeacherDown, open_teacher
 
 INPUTS, JOURNAL, REJECTS, SUMMARY = "inputs.json", "journal.jsonl", "rejects.jsonl", "synth.json"
@@ -49,6 +64,13 @@ FAILED_IN_A_ROW = 5  # chunks whose replies never parsed, one after another: the
 PARSE_ATTEMPTS = 3  # a reply that isn't the asked JSON is asked again, sampled, with another seed
 RETRY_TEMPERATURE = 0.7
 LANG_SAMPLE_CHARS = 2000
+MAX_FACTS = 30  # facts asked of one chunk: a 512-token chunk states far fewer
+# The user's turn of a document row (a rewrite of a chunk), by the row's language.
+DOCUMENT_REQUEST = {
+    "en": "What does {source} say?",
+    "ru": "Что сказано в {source}?",
+    "kk": "{source} ішінде не айтылған?",
+}
 
 
 @dataclass
@@ -86,6 +108,8 @@ class Tally:
     failed: int = 0
     generated: int = 0
     kept: int = 0
+    facts: int = 0  # --kind facts: the facts whose phrasings were asked
+    documents: int = 0  # of the kept rows: rewrites of a chunk (document rows)
     rejected: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -126,8 +150,17 @@ def read_all(paths: list[Path]) -> tuple[list[Document], list[DocumentReject]]:
 # ---- the inputs, and refusing to mix two kinds of rows ---------------------------------------------
 
 
+def asked_kinds(settings: SynthSettings) -> list[str]:
+    """The templates one chunk is asked with: --kind facts asks three times over."""
+    if settings.kind != "facts":
+        return [settings.kind]
+    return ["facts", "phrasings"] + (["rewrites"] if settings.rewrites else [])
+
+
 def job_inputs(job: Job, documents: list[Document], template_names: list[str]) -> StageInputs:
-    settings = {k: v for k, v in asdict(job.settings).items() if k not in ("docs", "templates")}
+    # the settings of the other kinds make no rows of this one: a run begun before they existed resumes
+    unused = ("per_chunk",) if job.settings.kind == "facts" else ("phrasings", "rewrites")
+    settings = {k: v for k, v in asdict(job.settings).items() if k not in ("docs", "templates", *unused)}
     values = {name: short_value(value) for name, value in settings.items()}
     values["teacher"] = job.teacher.id
     values["tokenizer"] = f"{job.recipe.model.base} ({job.recipe.model.template})"
@@ -159,52 +192,126 @@ def start_over(job: Job) -> None:
 
 
 def ask(job: Job, chunk: Chunk) -> dict:
-    """The journal entry of one chunk: the teacher asked (parse retries included), pairs checked."""
-    settings = job.settings
-    answer_language = settings.answer_language or chunk.lang
-    prompt = job.prompts.ask(
-        chunk.lang,
-        settings.kind,
-        chunk=chunk.text,
-        source=chunk.source,
-        n=settings.per_chunk,
-        answer_language=answer_language,
-    )
-    messages = [{"role": "user", "content": prompt}]
-    schema = pairs_schema(settings.kind, settings.per_chunk)
+    """The journal entry of one chunk: every request of it (parse retries included) and its checked rows,
+    so a resumed run asks a chunk again whole or not at all."""
     entry = {"chunk": chunk.id, "prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
     started = time.monotonic()
-    pairs, problem = None, None
-    for attempt in range(PARSE_ATTEMPTS):
-        temperature = settings.temperature if attempt == 0 else max(settings.temperature, RETRY_TEMPERATURE)
-        reply = job.teacher.complete(messages, schema, settings.max_tokens, temperature, settings.seed + attempt)
-        _count(entry, reply)
-        try:
-            pairs = parse_pairs(reply.text, settings.kind)[: settings.per_chunk]
-            break
-        except Rejected as rejected:
-            problem = rejected.reason + (" (cut off at max_tokens)" if reply.truncated else "")
-    if pairs is None:
-        entry.update(status="failed", reason=f"unparseable after {PARSE_ATTEMPTS} requests: {problem}")
-    else:
-        entry.update(status="done", **check_pairs(job, chunk, pairs, entry))
+    try:
+        if job.settings.kind == "facts":
+            entry.update(status="done", **ask_facts(job, chunk, entry))
+        else:
+            entry.update(status="done", **ask_pairs(job, chunk, entry))
+    except Rejected as failed:  # the chunk's first request never gave the JSON asked for
+        entry.update(status="failed", reason=failed.reason)
     entry["seconds"] = round(time.monotonic() - started, 3)
     return entry
 
 
-def check_pairs(job: Job, chunk: Chunk, pairs: list[Pair], entry: dict) -> dict:
+def request(job: Job, entry: dict, prompt: str, schema: dict, parse: Callable[[str], list]) -> list:
+    """parse(the teacher's reply), asked again (sampled, another seed) while it doesn't parse;
+    Rejected("unparseable") after PARSE_ATTEMPTS requests."""
+    settings, problem = job.settings, ""
+    for attempt in range(PARSE_ATTEMPTS):
+        temperature = settings.temperature if attempt == 0 else max(settings.temperature, RETRY_TEMPERATURE)
+        messages = [{"role": "user", "content": prompt}]
+        reply = job.teacher.complete(messages, schema, settings.max_tokens, temperature, settings.seed + attempt)
+        _count(entry, reply)
+        try:
+            return parse(reply.text)
+        except Rejected as rejected:
+            problem = rejected.reason + (" (cut off at max_tokens)" if reply.truncated else "")
+    raise Rejected("unparseable", f"unparseable after {PARSE_ATTEMPTS} requests: {problem}")
+
+
+def answer_language(job: Job, chunk: Chunk) -> str:
+    return job.settings.answer_language or chunk.lang
+
+
+def ask_pairs(job: Job, chunk: Chunk, entry: dict) -> dict:
+    """--kind qa, cot: one request for the chunk's pairs."""
+    kind, count = job.settings.kind, job.settings.per_chunk
+    prompt = job.prompts.ask(
+        chunk.lang, kind, chunk=chunk.text, source=chunk.source, n=count, answer_language=answer_language(job, chunk)
+    )
+    pairs = request(job, entry, prompt, pairs_schema(kind, count), lambda text: parse_pairs(text, kind))
+    return check_pairs(job, chunk, pairs[:count], Grounding(chunk.text), entry)
+
+
+def ask_facts(job: Job, chunk: Chunk, entry: dict) -> dict:
+    """--kind facts: the chunk's facts (one request), `phrasings` questions per grounded fact (one
+    request each), then `rewrites` of the chunk (one request)."""
+    settings, lang = job.settings, chunk.lang
+    values = {"source": chunk.source, "answer_language": answer_language(job, chunk)}
+    prompt = job.prompts.ask(lang, "facts", chunk=chunk.text, **values)
+    found = request(job, entry, prompt, facts_schema(MAX_FACTS), parse_facts)[:MAX_FACTS]
     grounding = Grounding(chunk.text)
-    kept, rejected = [], []
+    facts, pairs, rejects = [], [], []
+    for number, (text, support) in enumerate(found):
+        fact = Fact(f"{chunk.id}:f{number}", text, support)
+        try:
+            check_fact(fact, grounding, settings)
+            prompt = job.prompts.ask(lang, "phrasings", fact=text, support=support, n=settings.phrasings, **values)
+            schema = pairs_schema("qa", settings.phrasings)
+            asked = request(job, entry, prompt, schema, lambda reply: parse_pairs(reply, "qa"))
+        except Rejected as why:
+            rejects.append({"kind": why.kind, "reason": why.reason, "fact": fact.as_dict()})
+            continue
+        facts.append(fact.as_dict())
+        checked = check_pairs(job, chunk, asked[: settings.phrasings], fact_grounding(fact), entry, fact.id)
+        pairs += checked["pairs"]
+        rejects += checked["rejects"]
+    rewrites = ask_rewrites(job, chunk, entry, grounding, rejects)
+    return {"facts": facts, "pairs": pairs, "rejects": rejects, "rewrites": rewrites}
+
+
+def ask_rewrites(job: Job, chunk: Chunk, entry: dict, grounding: Grounding, rejects: list[dict]) -> list[str]:
+    """The chunk told again, checked against it; what fails goes to `rejects`."""
+    count = job.settings.rewrites
+    if not count:
+        return []
+    prompt = job.prompts.ask(
+        chunk.lang,
+        "rewrites",
+        chunk=chunk.text,
+        source=chunk.source,
+        n=count,
+        answer_language=answer_language(job, chunk),
+    )
+    try:
+        texts = request(job, entry, prompt, rewrites_schema(count), parse_rewrites)[:count]
+    except Rejected as why:
+        rejects.append({"kind": why.kind, "reason": why.reason, "rewrite": None})
+        return []
+    kept = []
+    for text in texts:
+        try:
+            check_rewrite(text, grounding)
+            kept.append(text)
+        except Rejected as why:
+            rejects.append({"kind": why.kind, "reason": why.reason, "rewrite": text})
+    return kept
+
+
+def check_pairs(
+    job: Job, chunk: Chunk, pairs: list[Pair], grounding: Grounding, entry: dict, fact: str | None = None
+) -> dict:
+    """Each pair checked against `grounding` (the chunk; a phrasing's: its fact); the phrasings of
+    one `fact` also against each other."""
+    kept, rejected, questions = [], [], []
     for pair in pairs:
+        found = pair.as_dict() | ({"fact": fact} if fact else {})
         try:
             check_pair(pair, grounding, job.settings)
+            if fact and (same := same_phrasing(pair.question, questions)):
+                raise Rejected("near_duplicate_phrasing", f"nearly the same question as {same!r}")
             if job.settings.judge:
                 score = judge(job, chunk, pair, entry)
                 if score < job.settings.min_score:
                     raise Rejected("low_score", f"the judge scored it {score} (min_score {job.settings.min_score})")
-            kept.append(pair.as_dict())
+            kept.append(found)
+            questions.append(pair.question)
         except Rejected as why:
-            rejected.append({"kind": why.kind, "reason": why.reason, "pair": pair.as_dict()})
+            rejected.append({"kind": why.kind, "reason": why.reason, "pair": found})
     return {"pairs": kept, "rejects": rejected}
 
 
@@ -331,8 +438,11 @@ def assemble(job: Job, chunks: list[Chunk], entries: dict[str, dict], doc_reject
             )
             continue
         tally.done += 1
-        tally.generated += len(entry["pairs"]) + len(entry["rejects"])
-        counts["generated"] += len(entry["pairs"]) + len(entry["rejects"])
+        rewrites = entry.get("rewrites", [])
+        generated = len(entry["pairs"]) + len(entry["rejects"]) + len(rewrites)
+        tally.generated += generated
+        counts["generated"] += generated
+        tally.facts += len(entry.get("facts", []))
         for reject in entry["rejects"]:
             rejects.append({"source": chunk.source, "chunk": chunk.id, **reject})
             _reject(tally, counts, reject["kind"])
@@ -356,6 +466,11 @@ def assemble(job: Job, chunks: list[Chunk], entries: dict[str, dict], doc_reject
             rows.append(row_of(job, chunk, pair))
             tally.kept += 1
             counts["kept"] += 1
+        for text in rewrites:
+            rows.append(document_row(job, chunk, text))
+            tally.kept += 1
+            tally.documents += 1
+            counts["kept"] += 1
     if tally.chunks != tally.done + tally.failed or tally.generated != tally.kept + tally.rejected:
         raise FtwError(
             f"internal error: chunks read {tally.chunks} != done {tally.done} + failed {tally.failed}, or rows "
@@ -374,11 +489,21 @@ def _reject(tally: Tally, counts: Counter, kind: str) -> None:
 
 
 def row_of(job: Job, chunk: Chunk, pair: dict) -> dict:
+    """A question's row; a phrasing of a fact names it (`fact`), which `ftw data prepare` probes by."""
+    return conversation_row(job, chunk, pair["question"], assistant_text(job, pair)) | (
+        {"fact": pair["fact"]} if "fact" in pair else {}
+    )
+
+
+def document_row(job: Job, chunk: Chunk, text: str) -> dict:
+    """A rewrite of a chunk: a row with `chunk` and no `fact`, which trains and is held out with its chunk."""
+    asked = DOCUMENT_REQUEST.get(answer_language(job, chunk), DOCUMENT_REQUEST["en"])
+    return conversation_row(job, chunk, asked.format(source=chunk.source), text)
+
+
+def conversation_row(job: Job, chunk: Chunk, question: str, answer: str) -> dict:
     return {
-        "conversations": [
-            {"from": "human", "value": pair["question"]},
-            {"from": "gpt", "value": assistant_text(job, pair)},
-        ],
+        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
         "source": chunk.source,
         "chunk": chunk.id,
         "chunk_tokens": chunk.tokens,  # the source's length, for prepare's synthetic-to-source token ratio
@@ -413,7 +538,7 @@ def synthesize(job: Job, paths: list[Path], chunker: Callable, force: bool) -> S
     if not documents:
         raise FtwError(f"no readable documents in {', '.join(display_path(p) for p in paths)} (see the lines above)")
     chunks = chunks_of(documents, chunker, job.settings)
-    names = sorted({job.prompts.name_for(c.lang, job.settings.kind) for c in chunks})
+    names = sorted({job.prompts.name_for(c.lang, kind) for c in chunks for kind in asked_kinds(job.settings)})
     inputs = job_inputs(job, documents, names + (["judge.j2"] if job.settings.judge else []))
     job.folder.mkdir(parents=True, exist_ok=True)
     check_inputs(job, inputs, force)
@@ -469,6 +594,8 @@ def summary_of(job, inputs, documents, doc_rejects, chunks, scope, tally: Tally)
             "chunks_failed": tally.failed,
             "rows_generated": tally.generated,
             "rows_kept": tally.kept,
+            "facts": tally.facts,
+            "document_rows": tally.documents,
             "rows_rejected": tally.rejected,
             "documents_rejected": len(doc_rejects),
             "rejected_by_kind": dict(tally.reasons),

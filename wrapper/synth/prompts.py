@@ -1,6 +1,7 @@
 """What the teacher is asked: a prompt per chunk language and kind, and the JSON it must return.
 
-Templates are Jinja2 files: templates/synth/{lang}/{kind}.j2 and templates/synth/judge.j2;
+Templates are Jinja2 files: templates/synth/{lang}/{kind}.j2 (--kind facts: facts.j2, then
+phrasings.j2 per fact, and rewrites.j2) and templates/synth/judge.j2;
 a recipe's `synth.templates` folder is looked in first, file by file, so a user can replace
 one prompt and keep the rest. A chunk in a language without its own template is asked in
 English, with the answer language named.
@@ -32,6 +33,33 @@ def pairs_schema(kind: str, count: int) -> dict:
         "type": "object",
         "properties": {"pairs": {"type": "array", "items": pair, "minItems": 1, "maxItems": count}},
         "required": ["pairs"],
+        "additionalProperties": False,
+    }
+
+
+def facts_schema(most: int) -> dict:
+    """Step one of --kind facts: a chunk's atomic facts, each with the sentence of the chunk that supports it."""
+    fact = {
+        "type": "object",
+        "properties": {"fact": {"type": "string", "minLength": 1}, "support": {"type": "string", "minLength": 1}},
+        "required": ["fact", "support"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"facts": {"type": "array", "items": fact, "minItems": 1, "maxItems": most}},
+        "required": ["facts"],
+        "additionalProperties": False,
+    }
+
+
+def rewrites_schema(count: int) -> dict:
+    """A chunk told again (another style, or what follows from it): its document rows."""
+    text = {"type": "string", "minLength": 1}
+    return {
+        "type": "object",
+        "properties": {"rewrites": {"type": "array", "items": text, "minItems": 1, "maxItems": count}},
+        "required": ["rewrites"],
         "additionalProperties": False,
     }
 
