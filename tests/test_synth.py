@@ -358,3 +358,138 @@ def test_a_teacher_that_never_answers_in_json_is_stopped_with_its_url(runs_dir):
     journal = [json.loads(line) for line in (runs_dir / "g" / "synth" / "journal.jsonl").read_text().splitlines()]
     assert len(journal) == 5 and {e["status"] for e in journal} == {"failed"}
     assert all(e["requests"] == 3 and "no JSON in the reply" in e["reason"] for e in journal)
+
+
+# ---- --kind facts with a teacher on 127.0.0.1 --------------------------------------------------
+
+PLANTED_FACT = {"fact": "The Amber Gate was rebuilt in 1999.", "support": "The gate was rebuilt in 1999."}
+
+
+def excerpt_lines(prompt: str) -> list[str]:
+    """The lines of the excerpt a prompt quotes (Excerpt:\n\"\"\"\n...\n\"\"\")."""
+    text = prompt.split("Excerpt:", 1)[1].split('"""')[1]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def phrasings_of(fact: str) -> list[dict]:
+    """Five questions about a fact: three forms, one near repeat of the first, one leaning on the excerpt."""
+    words = fact.rstrip(".").split()
+    subject, rest = " ".join(words[:3]), " ".join(words[3:])
+    questions = [
+        f"Is it true that {fact.rstrip('.')}?",
+        f"What do we know about {subject}?",
+        f"Fill in the blank: {subject} ___ {rest}.",
+        f"Is it true that {fact.rstrip('.')} ?!",  # the same words: a near-identical phrasing
+        f"What does the text say about {subject}?",  # leans on the excerpt
+    ]
+    return [{"question": q, "answer": fact} for q in questions]
+
+
+def facts_teacher_reply(prompt: str) -> dict:
+    """The JSON each step of --kind facts asks for, built from the prompt: the excerpt's lines are
+    its facts (plus one planted fact the chunk doesn't support), a fact's phrasings, two rewrites
+    (the excerpt reversed, and one with a planted year)."""
+    if 'JSON only: {"facts"' in prompt:
+        lines = excerpt_lines(prompt)
+        return {"facts": [{"fact": line, "support": line} for line in lines] + [PLANTED_FACT]}
+    if 'JSON only: {"rewrites"' in prompt:
+        lines = excerpt_lines(prompt)
+        return {"rewrites": [" ".join(reversed(lines)), lines[0] + " This happened in 1999."]}
+    fact = prompt.split("Fact: ", 1)[1].split("\n", 1)[0]
+    return {"pairs": phrasings_of(fact)}
+
+
+class FactsTeacher(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint answering --kind facts' three requests with fixed JSON."""
+
+    requests = 0
+
+    def do_GET(self):  # /v1/models
+        self._json({"object": "list", "data": [{"id": "facts", "object": "model"}]})
+
+    def do_POST(self):  # /v1/chat/completions
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests += 1
+        content = json.dumps(facts_teacher_reply(body["messages"][-1]["content"]))
+        message = {"role": "assistant", "content": content}
+        usage = {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        self._json(
+            {"id": "x", "object": "chat.completion", "created": 0, "model": "facts", "choices": [choice]}
+            | {"usage": usage}
+        )
+
+    _json = PoliteRefuser._json
+    log_message = PoliteRefuser.log_message
+
+
+@pytest.fixture
+def facts_teacher():
+    FactsTeacher.requests = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FactsTeacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+FACTS_SETTINGS = ("--set", "synth.chunk_tokens=64", "--set", "synth.chunk_overlap=0", "--kind", "facts")
+
+
+def synth_facts(docs: Path, teacher: str, run: str, *extra: str) -> tuple[int, str]:
+    return ftw_in_process(
+        "data", "synth", "--recipe", "demo-docs", "--docs", str(docs), "--teacher", teacher, "--run", run,
+        *FACTS_SETTINGS, *extra,
+    )  # fmt: skip
+
+
+def jsonl_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_facts_become_phrasings_and_rewrites_that_prepare_splits_into_probes(runs_dir, tmp_path, facts_teacher):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    make_text_pdf(docs / "gate.pdf", PAGES)
+    code, out = synth_facts(docs, facts_teacher, "facts")
+    assert code == 0, out
+    folder = runs_dir / "facts" / "synth"
+    rows, summary = jsonl_of(folder / "synth.jsonl"), json.loads((folder / "synth.json").read_text())
+    questions = [r for r in rows if "fact" in r]
+    documents = [r for r in rows if "fact" not in r]
+    chunks = sorted({r["chunk"] for r in rows})
+    assert len(chunks) == 3  # one per page
+    # three facts per page (its lines), each kept in its three stand-alone, distinct phrasings
+    assert len({r["fact"] for r in questions}) == 9 and len(questions) == 27
+    assert all(r["fact"].startswith(r["chunk"] + ":f") for r in questions)
+    assert {r["fact"] for r in questions} == {f"{c}:f{n}" for c in chunks for n in range(3)}
+    assert not any("the text" in r["conversations"][0]["value"] for r in questions)
+    # one document row per chunk: the grounded rewrite; the one with a planted year is rejected
+    assert len(documents) == 3 and all(r["conversations"][0]["value"].startswith("What does ") for r in documents)
+    assert "Orlen Vask" in documents[0]["conversations"][1]["value"]
+    counts = summary["counts"]
+    assert counts["facts"] == 9 and counts["document_rows"] == 3
+    assert counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"]
+    assert counts["rejected_by_kind"] == {
+        "not_standalone": 9,
+        "near_duplicate_phrasing": 9,
+        "ungrounded_fact": 3,
+        "ungrounded": 3,
+    }
+    rejects = jsonl_of(folder / "rejects.jsonl")
+    assert {r["fact"]["text"] for r in rejects if r["kind"] == "ungrounded_fact"} == {PLANTED_FACT["fact"]}
+    # 3 chunks x (facts + 3 facts' phrasings + rewrites): the planted fact is never asked about
+    assert FactsTeacher.requests == 15
+    assert "facts: 9 asked in phrasings; 3 of the kept rows are rewrites of chunks" in out
+
+    code, out = ftw_in_process(
+        "data", "prepare", "--recipe", "demo-docs", "--run", "facts", "--set", "data.unseen_share=0.34"
+    )
+    assert code == 0, out
+    data = runs_dir / "facts" / "data"
+    train, probes, unseen = (jsonl_of(data / f"{name}.jsonl") for name in ("train", "probes", "unseen"))
+    assert probes and unseen and train
+    assert {r["fact"] for r in probes} <= {r["fact"] for r in train if "fact" in r}
+    trained_questions = {r["conversations"][0]["value"] for r in train}
+    assert trained_questions.isdisjoint(r["conversations"][0]["value"] for r in probes)
+    assert {r["chunk"] for r in unseen}.isdisjoint(r["chunk"] for r in train + probes)
+    assert any("fact" not in r for r in train)  # the rewrites of the trained chunks train with them
