@@ -16,6 +16,7 @@ from wrapper.config.schema import SynthSettings
 from wrapper.core.journal import read_entries
 from wrapper.data.documents import read_documents
 from wrapper.data.scan import recipe_chunker, recipe_counter
+from wrapper.synth import teachers
 from wrapper.synth.filters import Grounding, Pair, Rejected, check_pair, parse_pairs, parse_score
 from wrapper.synth.job import assistant_text, chunks_of
 from wrapper.synth.prompts import Prompts, pairs_schema
@@ -403,12 +404,16 @@ class FactsTeacher(BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint answering --kind facts' three requests with fixed JSON."""
 
     requests = 0
+    fail_after: int | None = None  # answer 500 from this many requests on: a teacher that went away
 
     def do_GET(self):  # /v1/models
         self._json({"object": "list", "data": [{"id": "facts", "object": "model"}]})
 
     def do_POST(self):  # /v1/chat/completions
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.fail_after is not None and self.requests >= self.fail_after:
+            self.send_error(500, "gone")
+            return
         type(self).requests += 1
         content = json.dumps(facts_teacher_reply(body["messages"][-1]["content"]))
         message = {"role": "assistant", "content": content}
@@ -425,7 +430,7 @@ class FactsTeacher(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def facts_teacher():
-    FactsTeacher.requests = 0
+    FactsTeacher.requests, FactsTeacher.fail_after = 0, None
     server = ThreadingHTTPServer(("127.0.0.1", 0), FactsTeacher)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/v1"
@@ -493,3 +498,30 @@ def test_facts_become_phrasings_and_rewrites_that_prepare_splits_into_probes(run
     assert trained_questions.isdisjoint(r["conversations"][0]["value"] for r in probes)
     assert {r["chunk"] for r in unseen}.isdisjoint(r["chunk"] for r in train + probes)
     assert any("fact" not in r for r in train)  # the rewrites of the trained chunks train with them
+
+
+def test_facts_resume_per_chunk_and_write_what_an_uninterrupted_run_writes(
+    runs_dir, tmp_path, facts_teacher, monkeypatch
+):
+    monkeypatch.setattr(teachers, "CONNECT_RETRIES", 0)  # a teacher that fails is down at once
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    make_text_pdf(docs / "gate.pdf", PAGES)
+    assert synth_facts(docs, facts_teacher, "whole")[0] == 0
+    whole = (runs_dir / "whole" / "synth" / "synth.jsonl").read_text(encoding="utf-8")
+    # each chunk: facts, three facts' phrasings, rewrites = 5 requests; the teacher goes away in the second
+    FactsTeacher.requests, FactsTeacher.fail_after = 0, 7
+    code, out = synth_facts(docs, facts_teacher, "stopped")
+    assert code == 1 and "keeps failing" in out
+    journal = runs_dir / "stopped" / "synth" / "journal.jsonl"
+    assert [e["requests"] for e in jsonl_of(journal)] == [5]  # the chunk in flight is not journaled
+    FactsTeacher.requests, FactsTeacher.fail_after = 0, None
+    code, out = synth_facts(docs, facts_teacher, "stopped", "--parallel", "2")
+    assert code == 0, out
+    assert "1 done before, 2 to ask" in " ".join(out.split())
+    assert FactsTeacher.requests == 10  # the two other chunks, each asked whole
+    assert (runs_dir / "stopped" / "synth" / "synth.jsonl").read_text(encoding="utf-8") == whole
+    # the new settings are inputs too: another number of phrasings is refused, not mixed in
+    code, out = synth_facts(docs, facts_teacher, "stopped", "--set", "synth.phrasings=4")
+    assert code == 2 and "phrasings" in out and "--force" in out
+    assert FactsTeacher.requests == 10
