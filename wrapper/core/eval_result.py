@@ -5,6 +5,9 @@ The models (columns) are named by kind: `base` (the model the run trained from),
 HF weights), `gguf:Q4_K_M`, `gguf:Q8_0`, ... (each quantized GGUF scored: `gguf_quants`), `lora` (the base
 GGUF with the LoRA adapter GGUF, when the run has the pair). An eval.json from before every quantized GGUF
 was scored has one, of kind `gguf` and named by `gguf_quant`: it is read in today's form (`upgraded`).
+
+`knowledge` ("does it know the documents?") is there when the run's prepared data has facts
+(probes.jsonl, unseen.jsonl: docs/data.md#facts); an eval.json without it loads with None.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ MODEL_KINDS = ("base", "merged", "gguf", "lora")  # the columns' order; "gguf" s
 GGUF = "gguf"
 SETS = ("control", "val", "general")
 TITLES = {"base": "base", "merged": "merged HF", "lora": "base+LoRA GGUF"}
+# The knowledge sets, in the tables' order: trained questions (a sanity check), held-out phrasings of trained
+# facts (the headline), questions about chunks never trained (what the tune makes up).
+KNOWLEDGE_SETS = ("seen", "probes", "unseen")
 
 
 def gguf_kind(quant: str) -> str:
@@ -53,6 +59,51 @@ def column_order(kind: str) -> int:
 
 
 @dataclass
+class Score:
+    """Answers graded right or wrong: how many, how many right, and the Wilson 95% interval of the share.
+    UNSEEN's answers are graded three ways: right, wrong (`incorrect`: a confident invention) or abstained."""
+
+    n: int
+    correct: int
+    accuracy: float | None
+    low: float | None
+    high: float | None
+    incorrect: int | None = None
+    not_attempted: int | None = None
+
+    @property
+    def confident_wrong(self) -> float | None:
+        return self.incorrect / self.n if self.incorrect is not None and self.n else None
+
+
+def scores_of(data: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts whose leaves are Score dicts (they have "n"), as Scores."""
+    return {key: Score(**value) if isinstance(value.get("n"), int) else scores_of(value) for key, value in data.items()}
+
+
+@dataclass
+class KnowledgeResult:
+    """Does the model know the documents: each knowledge set answered by each model, graded."""
+
+    sets: dict[str, dict[str, Any]]  # seen | probes | unseen -> file, rows, of (seen: sampled), seed
+    key_match: dict[str, dict[str, Score]]  # set -> kind -> the reference's key words in the answer
+    by_language: dict[str, dict[str, dict[str, Score]]] = field(default_factory=dict)  # set -> lang -> kind
+    by_document: dict[str, dict[str, dict[str, Score]]] = field(default_factory=dict)  # set -> document -> kind
+    multiple_choice: dict[str, Score] = field(default_factory=dict)  # kind -> the probes by log-likelihood
+    notes: list[str] = field(default_factory=list)  # how it was measured
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KnowledgeResult:
+        known = {f.name for f in fields(cls)}
+        typed: dict[str, Any] = {
+            key: scores_of(value) if isinstance(value, dict) and key != "sets" else value
+            for key, value in data.items()
+            if key in known and value is not None
+        }
+        return cls(**typed)
+
+
+@dataclass
 class EvalResult:
     run: str
     recipe: str
@@ -71,6 +122,7 @@ class EvalResult:
     quant_loss: dict[str, Any] = field(default_factory=dict)  # eval/quant_loss.py's QuantLossResult
     rows: list[dict[str, Any]] = field(default_factory=list)  # every answer with its metrics
     adapter: dict[str, Any] | None = None  # the adapter pair beside the merged GGUF, when scored
+    knowledge: KnowledgeResult | None = None  # when the run's prepared data has facts
 
     @property
     def kinds(self) -> list[str]:
@@ -98,8 +150,9 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["adapter"] is None:
-            del data["adapter"]
+        for optional in ("adapter", "knowledge"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     @classmethod
@@ -107,6 +160,8 @@ class EvalResult:
         if "gguf_quant" in data or GGUF in data.get("models", {}):
             data = upgraded(data)
         known = {f.name for f in fields(cls)}
+        if isinstance(data.get("knowledge"), dict):
+            data = {**data, "knowledge": KnowledgeResult.from_dict(data["knowledge"])}
         return cls(**{key: value for key, value in data.items() if key in known and value is not None})
 
     @classmethod

@@ -37,11 +37,13 @@ from typing import Any
 from wrapper.core import artifacts, manifest
 from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
-from wrapper.core.eval_result import SETS, EvalResult, gguf_kind, main_quant, model_title, quant_of
+from wrapper.core.eval_result import KNOWLEDGE_SETS, SETS, EvalResult, gguf_kind, main_quant, model_title, quant_of
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.journal import Journal
 from wrapper.core.ui import spinner, stage_progress, step
+from wrapper.eval import knowledge as facts
 from wrapper.eval import metrics, quant_loss
+from wrapper.eval.knowledge import KnowledgeSets, answer_budget
 from wrapper.eval.sets import ADAPTER_MODEL, EvalSets, Item, load_sets, plan_eval, row_model
 from wrapper.prompts.training_format import training_format
 from wrapper.runtime.models import GgufModel, HfModel, load_llama
@@ -157,67 +159,97 @@ def answer_all(
     max_new_tokens: int,
     kinds: tuple[str, ...],
     ggufs: dict[str, Path],
-) -> None:
+    knowledge: KnowledgeSets | None = None,
+) -> dict[str, dict[str, dict[str, dict]]]:
+    """Every model answers every set; returns the knowledge sets' scored rows (kind -> set -> item id -> row)."""
     plan = manifest.plan_of(run_dir)
     titles = {kind: model_title(kind) for kind in kinds}
     tuned_tokenizer = tokenizer_dir(run_dir, plan)
     formats = {}
+    known: dict[str, dict[str, dict[str, dict]]] = {}
     for kind in kinds:
         keyed = row_model(kind)
-        todo = [
-            (s, item) for s in SETS for item in sets.items[s] if item.key(keyed, max_new_tokens) not in rows.entries
-        ]
-        total = sum(len(sets.items[s]) for s in SETS)
-        if not todo:
-            step(f"  {titles[kind]}: all {total} rows already scored (in {rows.path})")
-            continue
         tokenizer = plan.merge_base if kind == "base" else tuned_tokenizer
         if str(tokenizer) not in formats:
             formats[str(tokenizer)] = training_format(tokenizer, plan.template, plan.system)
         fmt = formats[str(tokenizer)]
-        with spinner(f"loading the {titles[kind]} model"):
-            model = _load_model(kind, run_dir, plan, ggufs)
-        threads = _threads_for(model) if isinstance(model, HfModel) else None
-        kept = total - len(todo)
-        if kept:
-            step(f"  {titles[kind]}: {kept} rows kept from before (in {rows.path}), {len(todo)} to answer")
-        try:
-            with stage_progress() as progress:
-                task = progress.add_task(
-                    f"{titles[kind]:>12}",
-                    total=total,
-                    completed=kept,
-                    status=f"{kept} kept from before" if kept else "",
-                )
-                for set_name, item in todo:
-                    ids = fmt.encode(item.messages, item.system)
-                    started = time.perf_counter()
-                    tokens = model.greedy(ids, fmt.stop_ids(), max_tokens=max_new_tokens)
-                    answer = fmt.decode(tokens)
-                    rows.append(
-                        {
-                            "key": item.key(keyed, max_new_tokens),
-                            "model": kind,
-                            "set": set_name,
-                            "id": item.id,
-                            "prompt": item.prompt,
-                            "reference": item.reference,
-                            "expect": item.expect,
-                            "lang": item.lang,
-                            "answer": answer,
-                            "tokens": tokens,
-                            "seconds": round(time.perf_counter() - started, 3),
-                            "metrics": metrics.score(answer, item.reference, item.expect),
-                        }
-                    )
-                    progress.update(task, advance=1, status=set_name)
-        finally:
-            if threads:
-                import torch
+        questions = [(s, item, max_new_tokens) for s in SETS for item in sets.items[s]]
+        if knowledge is not None:
+            questions += [
+                (s, item, answer_budget(len(fmt.encode_answer(item.messages, item.reference, item.system)[1])))
+                for s in KNOWLEDGE_SETS
+                for item in knowledge.items[s]
+            ]
+        todo = [(s, item, budget) for s, item, budget in questions if item.key(keyed, budget) not in rows.entries]
+        total = len(questions)
+        if not todo:
+            step(f"  {titles[kind]}: all {total} rows already scored (in {rows.path})")
+        else:
+            answer_rows(run_dir, plan, ggufs, kind, fmt, todo, total, rows)
+        known[kind] = {s: {} for s in KNOWLEDGE_SETS}
+        for s, item, budget in questions:
+            if s in KNOWLEDGE_SETS:
+                known[kind][s][item.id] = rows.entries[item.key(keyed, budget)]
+    return known
 
-                torch.set_num_threads(threads)  # llama.cpp and later stages get every core back
-            if hasattr(model, "close"):
-                model.close()
+
+def answer_rows(
+    run_dir: Path,
+    plan,
+    ggufs: dict[str, Path],
+    kind: str,
+    fmt,
+    todo: list[tuple[str, Item, int]],
+    total: int,
+    rows: Journal,
+) -> None:
+    """One model answers the questions it has not answered yet; each scored row is journalled at once."""
+    title = model_title(kind)
+    keyed = row_model(kind)
+    with spinner(f"loading the {title} model"):
+        model = _load_model(kind, run_dir, plan, ggufs)
+    threads = _threads_for(model) if isinstance(model, HfModel) else None
+    kept = total - len(todo)
+    if kept:
+        step(f"  {title}: {kept} rows kept from before (in {rows.path}), {len(todo)} to answer")
+    try:
+        with stage_progress() as progress:
+            task = progress.add_task(
+                f"{title:>12}",
+                total=total,
+                completed=kept,
+                status=f"{kept} kept from before" if kept else "",
+            )
+            for set_name, item, budget in todo:
+                ids = fmt.encode(item.messages, item.system)
+                started = time.perf_counter()
+                tokens = model.greedy(ids, fmt.stop_ids(), max_tokens=budget)
+                answer = fmt.decode(tokens)
+                rows.append(
+                    {
+                        "key": item.key(keyed, budget),
+                        "model": kind,
+                        "set": set_name,
+                        "id": item.id,
+                        "prompt": item.prompt,
+                        "reference": item.reference,
+                        "expect": item.expect,
+                        "lang": item.lang,
+                        **({"fact": item.fact, "max_new_tokens": budget} if item.fact else {}),
+                        "answer": answer,
+                        "tokens": tokens,
+                        "seconds": round(time.perf_counter() - started, 3),
+                        "metrics": metrics.score(answer, item.reference, item.expect),
+                    }
+                )
+                progress.update(task, advance=1, status=set_name)
+    finally:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)  # llama.cpp and later stages get every core back
+        if hasattr(model, "close"):
+            model.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,6 +427,16 @@ def by_language(sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple
     return found
 
 
+def knowledge_rows(known: dict[str, dict[str, dict[str, dict]]]) -> list[dict]:
+    """The knowledge sets' answers as eval.json keeps them, each with its grade."""
+    return [
+        {**row, "model": kind, "grade": facts.grade(row["answer"], row["reference"], row["prompt"])}
+        for kind, by_set in known.items()
+        for answers in by_set.values()
+        for row in answers.values()
+    ]
+
+
 def adapter_section(pair: tuple[Path, Path], result: EvalResult, same: dict) -> dict[str, Any]:
     """The base + adapter path beside the merged quantized GGUF (the main one): sizes, perplexity, identical
     greedy answers."""
@@ -440,11 +482,16 @@ def evaluate(
     if max_new_tokens is not None:
         settings["max_new_tokens"] = max_new_tokens
     sets = load_sets(run_dir, settings)
+    knowledge = facts.load_knowledge(run_dir, int(settings["val_sample"]), int(settings.get("seed") or 0))
     if limit is not None:
         for name in SETS:
             sets.items[name] = sets.items[name][:limit]
             sets.sources[name]["rows"] = len(sets.items[name])
-    if not any(sets.items.values()):
+        for name in KNOWLEDGE_SETS:
+            knowledge.items[name] = knowledge.items[name][:limit]
+            if name in knowledge.sources:
+                knowledge.sources[name]["rows"] = len(knowledge.items[name])
+    if not any(sets.items.values()) and knowledge.empty:
         raise FtwError(f"nothing to evaluate: {plan.recipe_file} has no `eval:` prompts and the run has no rows")
     count = {name: len(sets.items[name]) for name in SETS}
     kinds = model_kinds(run_dir, ggufs)
@@ -454,12 +501,15 @@ def evaluate(
         f"prompts x {len(kinds)} models ({', '.join(map(model_title, kinds))}), greedy, "
         f"at most {settings['max_new_tokens']} new tokens"
     )
+    if not knowledge.empty:
+        held = ", ".join(f"{name} {len(knowledge.items[name])}" for name in KNOWLEDGE_SETS)
+        step(f"  does it know the documents: {held} questions, each as long as its reference needs")
     for what, why in skipped.items():
         step(f"  [yellow]left out[/yellow]: {what}: {why['reason']}. To score it: {why['fix']}")
     rows = Journal(run_dir / EVAL_DIR / ROWS, "key")
     max_tokens = int(settings["max_new_tokens"])
     try:
-        answer_all(run_dir, sets, rows, max_tokens, kinds, ggufs)
+        known = answer_all(run_dir, sets, rows, max_tokens, kinds, ggufs, None if knowledge.empty else knowledge)
         ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows, ggufs)
         if measure_quant_loss:
             seed = int(settings.get("seed") or 0)
@@ -502,6 +552,9 @@ def evaluate(
         quant_loss=kld.to_dict(),
         rows=summary["rows"],
     )
+    if not knowledge.empty:
+        result.knowledge = facts.summarize(knowledge, known, kinds)
+        result.rows += knowledge_rows(known)
     pair = adapter_pair(run_dir)
     if pair:
         result.models[ADAPTER_MODEL] = f"{pair[0]} + {pair[1]}"

@@ -47,6 +47,8 @@ class Item:
     expect: str | None = None  # a phrase the answer must contain (general set, optional elsewhere)
     system: str | None = None
     lang: str | None = None
+    fact: str | None = None  # the knowledge sets: the fact the question asks about (not part of the key)
+    document: str | None = None  # and the document it was written from
 
     @property
     def prompt(self) -> str:

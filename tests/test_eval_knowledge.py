@@ -1,0 +1,139 @@
+"""`ftw eval`'s "does it know the documents?" (wrapper/eval/knowledge.py): the knowledge sets read from a
+run's prepared data, the answers graded by the reference's key words, abstentions in en, ru and kk, and
+the section in eval.json, which an eval.json without it still loads around."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wrapper.core.eval_result import EvalResult, KnowledgeResult, Score
+from wrapper.eval import knowledge
+from wrapper.eval.knowledge import abstained, answer_budget, grade, key_match, load_knowledge, wilson
+
+GATE = "The Amber Gate of Veloria is guarded by the knight Orlen Vask."
+DRAGON = "Дракона Северных гор зовут Мирогаст."
+
+
+def sharegpt(question: str, answer: str, **keys) -> str:
+    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return json.dumps({"conversations": turns, **keys}, ensure_ascii=False)
+
+
+def prepared(run_dir: Path, probes: bool = True) -> Path:
+    data = run_dir / "data"
+    data.mkdir(parents=True)
+    train = [sharegpt(f"Who guards the gate, take {n}?", GATE, fact="gate", lang="en") for n in range(5)]
+    train.append(sharegpt("Hello?", "Hi."))  # a row of no fact is not a knowledge question
+    (data / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    if probes:
+        probe = sharegpt("Кто живёт в Северных горах?", DRAGON, fact="dragon", lang="ru", source="lore.json:12")
+        (data / "probes.jsonl").write_text(probe + "\n", encoding="utf-8")
+    return data
+
+
+def test_the_sets_come_from_the_prepared_data_and_none_without_facts(tmp_path):
+    prepared(tmp_path / "facts")
+    sets = load_knowledge(tmp_path / "facts", seen_sample=3, seed=7)
+    assert [len(sets.items[name]) for name in ("seen", "probes", "unseen")] == [3, 1, 0]
+    assert sets.sources["seen"]["of"] == 5 and sets.sources["unseen"] == {
+        "file": str(tmp_path / "facts" / "data" / "unseen.jsonl"),
+        "rows": 0,
+        "of": 0,
+        "seed": 7,
+    }
+    probe = sets.items["probes"][0]
+    assert (probe.prompt, probe.reference, probe.fact, probe.lang, probe.document) == (
+        "Кто живёт в Северных горах?",
+        DRAGON,
+        "dragon",
+        "ru",
+        "lore.json",
+    )
+    assert [i.id for i in load_knowledge(tmp_path / "facts", 3, 7).items["seen"]] == [i.id for i in sets.items["seen"]]
+
+    prepared(tmp_path / "plain", probes=False)  # train.jsonl alone: an ordinary split, no knowledge section
+    assert load_knowledge(tmp_path / "plain", 3, 7).empty
+
+
+def test_an_answer_is_right_when_it_holds_the_key_words_the_question_does_not_give():
+    question = "Who guards the Amber Gate of Veloria?"
+    assert key_match("Orlen Vask guards it.", GATE, question)
+    assert not key_match("The knight Bob guards the Amber Gate of Veloria.", GATE, question)
+    assert key_match("Его зовут Мирогаст.", DRAGON, "Кто живёт в Северных горах?")
+    assert key_match("Мирогаста знают все.", DRAGON, "Кто живёт в Северных горах?")  # an inflection matches
+    assert not key_match("Там живёт медведь.", DRAGON, "Кто живёт в Северных горах?")
+    assert not key_match("It opened in 1913.", "It opened in 1912.", "When did it open?")
+    swords = "Мечи стражей Велории куют из лунной стали."  # no name beyond the question's: the content words
+    assert key_match("Из лунной стали.", swords, "Из чего куют мечи стражей Велории?")
+    assert not key_match("Из железа.", swords, "Из чего куют мечи стражей Велории?")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I don't know who guards it.",
+        "I’m not sure.",
+        "Извините, я не знаю.",
+        "Мне неизвестно, кто там живёт.",
+        "Кешіріңіз, мен білмеймін.",
+        "Бұл туралы ақпарат жоқ.",
+    ],
+)
+def test_an_abstention_is_not_attempted_in_english_russian_and_kazakh(answer):
+    assert abstained(answer) and grade(answer, DRAGON, "Кто живёт в Северных горах?") == "not_attempted"
+
+
+def test_a_confident_invention_is_wrong_and_a_word_that_merely_contains_a_phrase_is_not_an_abstention():
+    assert grade("Там живёт дракон Огнезуб.", DRAGON, "Кто живёт в Северных горах?") == "incorrect"
+    assert not abstained("Там живёт дракон неизвестного цвета.")
+    assert (
+        grade("Не знаю точно, но его зовут Мирогаст.", DRAGON, "Кто живёт в Северных горах?") == "correct"
+    )  # it did answer
+
+
+def test_the_interval_is_wilsons_and_holds_at_none_and_all_right():
+    low, high = wilson(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson(10, 10)
+    assert low == pytest.approx(0.7225, abs=1e-4) and high == pytest.approx(1.0)
+    assert wilson(0, 0) == (None, None)
+    assert answer_budget(40) == 68  # a 40-token reference may take 68 new tokens
+
+
+def test_the_summary_grades_each_model_and_reads_back_from_eval_json(tmp_path):
+    prepared(tmp_path)
+    sets = load_knowledge(tmp_path, 2, 1)
+    answers = {
+        "base": {
+            "seen": {i.id: {"answer": "No idea."} for i in sets.items["seen"]},
+            "probes": {"probes0": {"answer": "Не знаю."}},
+            "unseen": {},
+        },
+        "gguf:Q4_K_M": {
+            "seen": {i.id: {"answer": "Orlen Vask."} for i in sets.items["seen"]},
+            "probes": {"probes0": {"answer": "Мирогаст."}},
+            "unseen": {},
+        },
+    }
+    result = knowledge.summarize(sets, answers, ("base", "gguf:Q4_K_M"))
+    assert result.key_match["probes"]["gguf:Q4_K_M"].correct == 1
+    assert result.key_match["seen"]["base"].accuracy == 0.0 and "unseen" not in result.key_match
+    run = {"run": "r", "recipe": "demo", "profile": "cpu", "evaluated_at": "now", "settings": {}, "models": {}}
+    EvalResult(**run, knowledge=result).save(tmp_path)
+    again = EvalResult.load(tmp_path)
+    assert isinstance(again.knowledge, KnowledgeResult) and again.knowledge == result
+    assert isinstance(again.knowledge.key_match["probes"]["base"], Score)
+    EvalResult(**run).save(tmp_path)  # without facts: no key in eval.json, None when read
+    assert (
+        "knowledge" not in json.loads((tmp_path / "eval.json").read_text())
+        and EvalResult.load(tmp_path).knowledge is None
+    )
+
+
+def test_unseen_counts_right_wrong_and_abstained():
+    score = knowledge.score_of(["correct", "incorrect", "incorrect", "not_attempted"], three_way=True)
+    assert (score.n, score.correct, score.incorrect, score.not_attempted) == (4, 1, 2, 1)
+    assert score.confident_wrong == 0.5

@@ -1,0 +1,247 @@
+"""Does the fine-tune know the documents? The knowledge sets of `ftw eval`, from the run's prepared data
+when its rows carry `fact` (wrapper/data/knowledge.py, docs/data.md#facts):
+
+  seen    a seeded sample of the trained questions (runs/RUN/data/train.jsonl): a sanity check, near 100%
+  probes  the held-out phrasings of trained facts (probes.jsonl): the headline
+  unseen  the questions about chunks never trained (unseen.jsonl): right, wrong or abstained; the wrong
+          ones are what the fine-tune makes up
+
+An answer is right when it holds the reference's key words (`key_match`) of those the question does
+not already give: its numbers and names, or where it has none, most of its content words; words match
+on a stem-sized prefix as the grounding filter of `ftw data synth` matches them (Мирогаст, Мирогаста).
+Each answer may run as long as its reference needs in the model's own tokens (`answer_budget`), so a
+long Russian answer is not cut mid-word and scored wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wrapper.core.eval_result import KNOWLEDGE_SETS, KnowledgeResult, Score
+from wrapper.data.formats import ASSISTANT, USER, detect_format, parse_row
+from wrapper.data.readers import Problem, read_json_records
+from wrapper.eval.sets import Item
+from wrapper.synth.filters import CONTENT_WORD_LETTERS, NUMBER, STOPWORDS, WORD, Grounding
+
+FILES = {"seen": "train.jsonl", "probes": "probes.jsonl", "unseen": "unseen.jsonl"}
+KEY_CONTENT_SHARE = 0.5  # of the reference's content words (those the question lacks) the answer must hold
+Z95 = 1.96
+
+# Phrases an answer that declines to answer uses (casefolded), en, ru, kk: "not attempted", not wrong.
+ABSTENTIONS = (
+    "i don't know",
+    "i do not know",
+    "i'm not sure",
+    "i am not sure",
+    "not sure",
+    "no information",
+    "don't have information",
+    "do not have information",
+    "cannot answer",
+    "can't answer",
+    "unable to answer",
+    "not mentioned",
+    "unknown to me",
+    "не знаю",
+    "не уверен",
+    "нет информации",
+    "нет данных",
+    "нет сведений",
+    "не могу ответить",
+    "не могу сказать",
+    "не указано",
+    "мне неизвестно",
+    "неизвестно",
+    "білмеймін",
+    "білмейміз",
+    "ақпарат жоқ",
+    "мәлімет жоқ",
+    "мәліметім жоқ",
+    "жауап бере алмаймын",
+    "айта алмаймын",
+    "белгісіз",
+    "сенімді емеспін",
+)
+SPACES = re.compile(r"\s+")
+# a phrase counts as a whole: "неизвестно" declines, "неизвестного" (of someone unknown) does not
+ABSTAINS = re.compile("|".join(rf"(?<!\w){re.escape(phrase)}(?!\w)" for phrase in ABSTENTIONS), re.IGNORECASE)
+
+
+@dataclass
+class KnowledgeSets:
+    items: dict[str, list[Item]]  # seen | probes | unseen -> the questions
+    sources: dict[str, dict[str, Any]]  # -> file, rows, of, seed
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.items.values())
+
+
+# ---- the sets --------------------------------------------------------------------------------
+
+
+def fact_rows(path: Path, set_name: str) -> list[Item]:
+    """The questions of a prepared file that name their fact, each with its conversation and reference."""
+    items = []
+    for record in read_json_records(path):
+        value = record.value
+        if record.problem is not None or not isinstance(value, dict) or not value.get("fact"):
+            continue
+        try:
+            row = parse_row(value, detect_format(value) or "sharegpt")
+        except Problem:  # `ftw data check` reports bad rows; prepare kept none
+            continue
+        turns = [
+            {"role": "user" if role == USER else "assistant", "content": text}
+            for role, text in row.turns
+            if role in (USER, ASSISTANT)
+        ]
+        if len(turns) < 2 or turns[-1]["role"] != "assistant" or turns[-2]["role"] != "user":
+            continue
+        items.append(
+            Item(
+                set_name,
+                f"{set_name}{len(items)}",
+                turns[:-1],
+                turns[-1]["content"],
+                system=row.system,
+                lang=row.lang,
+                fact=str(value["fact"]),
+                document=document_of(value),
+            )
+        )
+    return items
+
+
+def document_of(row: dict) -> str | None:
+    """The document a row was written from: its `source` without the line or page ("law.pdf:41" -> law.pdf)."""
+    source = row.get("source")
+    if not isinstance(source, str) or not source:
+        return None
+    head, _, tail = source.rpartition(":")
+    return head if head and tail.isdigit() else source
+
+
+def load_knowledge(run_dir: Path, seen_sample: int, seed: int) -> KnowledgeSets:
+    """The knowledge sets of a run's prepared data; empty unless it holds probes.jsonl or unseen.jsonl."""
+    data = run_dir / "data"
+    sets = KnowledgeSets({name: [] for name in KNOWLEDGE_SETS}, {})
+    if not any((data / FILES[name]).is_file() for name in ("probes", "unseen")):
+        return sets
+    for name in KNOWLEDGE_SETS:
+        path = data / FILES[name]
+        found = fact_rows(path, name) if path.is_file() else []
+        picked = found
+        if name == "seen" and len(found) > seen_sample:
+            picked = [found[i] for i in sorted(random.Random(f"{seed}:seen").sample(range(len(found)), seen_sample))]
+        sets.items[name] = picked
+        sets.sources[name] = {"file": str(path), "rows": len(picked), "of": len(found), "seed": seed}
+    return sets
+
+
+def answer_budget(reference_tokens: int) -> int:
+    """New tokens an answer may take: half as much again as its reference in the model's tokens, and a few
+    more, so that an answer worded a little longer is not cut before it says what it knows."""
+    return reference_tokens + reference_tokens // 2 + 8
+
+
+# ---- grading ---------------------------------------------------------------------------------
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in WORD.findall(text) if len(w) >= CONTENT_WORD_LETTERS and w.casefold() not in STOPWORDS]
+
+
+def key_match(answer: str, reference: str, question: str = "") -> bool:
+    """The answer holds the reference's key words, of those the question does not already give (a question
+    that names the Amber Gate makes the answer say who): every number and name; where the reference has
+    none beyond the question's, most of its content words."""
+    given, said = Grounding(question), Grounding(answer)
+    numbers = [n for n in NUMBER.findall(reference) if not given.has_number(n)]
+    names = [name for name in Grounding("").missing_names(reference) if not given.has_word(name)]
+    if numbers or names:
+        return all(said.has_number(n) for n in numbers) and all(said.has_word(name) for name in names)
+    words = [w for w in content_words(reference) if not given.has_word(w)] or content_words(reference)
+    if not words:
+        return True
+    return sum(said.has_word(w) for w in words) / len(words) >= KEY_CONTENT_SHARE
+
+
+def abstained(answer: str) -> bool:
+    """The answer declines (I don't know, не знаю, білмеймін, ...) rather than states something."""
+    return ABSTAINS.search(SPACES.sub(" ", answer.casefold().replace("’", "'"))) is not None
+
+
+def grade(answer: str, reference: str, question: str = "") -> str:
+    """correct | incorrect | not_attempted (an abstention that does not also give the answer)."""
+    if key_match(answer, reference, question):
+        return "correct"
+    return "not_attempted" if abstained(answer) else "incorrect"
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
+    """The Wilson score interval of a share (95% by default): sound at 0/n and n/n, where the normal one is not."""
+    if not n:
+        return None, None
+    share = correct / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_of(grades: list[str], three_way: bool = False) -> Score:
+    n, correct = len(grades), grades.count("correct")
+    low, high = wilson(correct, n)
+    score = Score(n, correct, correct / n if n else None, low, high)
+    if three_way:
+        score.incorrect, score.not_attempted = grades.count("incorrect"), grades.count("not_attempted")
+    return score
+
+
+# ---- the summary -----------------------------------------------------------------------------
+
+
+def summarize(
+    sets: KnowledgeSets, answers: dict[str, dict[str, dict[str, dict]]], kinds: tuple[str, ...]
+) -> KnowledgeResult:
+    """answers: kind -> set -> item id -> the model's scored row (its "answer")."""
+
+    def scored(items: list[Item], kind: str, set_name: str) -> Score:
+        grades = [grade(answers[kind][set_name][i.id]["answer"], i.reference, i.prompt) for i in items]
+        return score_of(grades, three_way=set_name == "unseen")
+
+    def grouped(by) -> dict[str, dict[str, dict[str, Score]]]:
+        found: dict[str, dict[str, dict[str, Score]]] = {}
+        for set_name in KNOWLEDGE_SETS:
+            groups = sorted({by(item) or "unknown" for item in sets.items[set_name]})
+            if len(groups) < 2:
+                continue
+            found[set_name] = {
+                group: {
+                    kind: scored([i for i in sets.items[set_name] if (by(i) or "unknown") == group], kind, set_name)
+                    for kind in kinds
+                }
+                for group in groups
+            }
+        return found
+
+    return KnowledgeResult(
+        sets=sets.sources,
+        key_match={
+            name: {kind: scored(sets.items[name], kind, name) for kind in kinds}
+            for name in KNOWLEDGE_SETS
+            if sets.items[name]
+        },
+        by_language=grouped(lambda item: item.lang),
+        by_document=grouped(lambda item: item.document),
+        notes=[
+            "An answer is right when it holds the reference's numbers and names (or, where it has none, most of its "
+            "content words) that the question does not give, matched on a stem-sized prefix; 95% Wilson intervals. "
+            "Each answer may take half as many tokens again as its reference, in the model's own tokens."
+        ],
+    )
