@@ -8,10 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+from test_eval_tables import a_result
 
+from wrapper.commands.eval_tables import print_report
 from wrapper.core.eval_result import EvalResult, KnowledgeResult, Score
-from wrapper.eval import knowledge
+from wrapper.core.ui import console
+from wrapper.eval import knowledge, plots, render
 from wrapper.eval.knowledge import abstained, answer_budget, grade, key_match, load_knowledge, wilson
+from wrapper.eval.tables import KNOWLEDGE_TITLE, report_of
 
 GATE = "The Amber Gate of Veloria is guarded by the knight Orlen Vask."
 DRAGON = "Дракона Северных гор зовут Мирогаст."
@@ -137,3 +141,43 @@ def test_unseen_counts_right_wrong_and_abstained():
     score = knowledge.score_of(["correct", "incorrect", "incorrect", "not_attempted"], three_way=True)
     assert (score.n, score.correct, score.incorrect, score.not_attempted) == (4, 1, 2, 1)
     assert score.confident_wrong == 0.5
+
+
+def a_result_with_knowledge() -> EvalResult:
+    result = a_result()
+    scores = {
+        "seen": {"base": knowledge.score_of(["incorrect"] * 4), "gguf:Q4_K_M": knowledge.score_of(["correct"] * 4)},
+        "probes": {
+            "base": knowledge.score_of(["correct"] + ["incorrect"] * 9),
+            "gguf:Q4_K_M": knowledge.score_of(["correct"] * 7 + ["incorrect"] * 3),
+        },
+        "unseen": {
+            kind: knowledge.score_of(["incorrect", "incorrect", "not_attempted", "correct"], three_way=True)
+            for kind in ("base", "gguf:Q4_K_M")
+        },
+    }
+    sets = {name: {"file": f"/runs/tiny/data/{name}.jsonl", "rows": 4, "of": 4, "seed": 42} for name in scores}
+    result.knowledge = KnowledgeResult(sets=sets, key_match=scores, notes=["how it was graded"])
+    return result
+
+
+def test_the_knowledge_table_and_its_headline_read_the_same_in_markdown_html_and_the_terminal():
+    result = a_result_with_knowledge()
+    report = report_of(result)
+    table = report.tables[0]
+    assert table.title == KNOWLEDGE_TITLE and table.header == ["set", "base", "Q4_K_M GGUF"]
+    assert table.rows[1] == ["PROBES: held-out phrasings", "1/10 10% (2%–40%)", "7/10 70% (40%–89%)"]
+    assert table.rows[3] == ["UNSEEN: confident-wrong", "2/4 50%", "2/4 50%"]
+    headline = "Held-out phrasings: base 10% → Q4_K_M GGUF 70% (n=10)."
+    assert table.notes[0] == headline
+
+    md = render.markdown(report, [], "report")
+    assert f"## {KNOWLEDGE_TITLE}" in md and "| PROBES: held-out phrasings | 1/10 10% (2%–40%) |" in md
+    page = render.html(report, {})
+    assert "<td>UNSEEN: abstained</td>" in page and headline in page
+    with console.capture() as captured:
+        print_report(report)
+    assert headline in captured.get() and "how it was graded" not in captured.get()
+
+    assert plots.plot_knowledge(result).startswith(b"\x89PNG")
+    assert plots.plot_knowledge(a_result()) is None and report_of(a_result()).tables[0].title != KNOWLEDGE_TITLE

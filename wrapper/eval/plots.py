@@ -1,12 +1,13 @@
 """The report's plots (matplotlib, Agg, loaded only when a report is written): training and eval loss
-and learning rate from LLaMA-Factory's trainer_log.jsonl, distributions of the per-row metrics, and
-base vs merged vs quantized GGUF bars. PNG bytes; report.md links them, report.html embeds them."""
+and learning rate from LLaMA-Factory's trainer_log.jsonl, distributions of the per-row metrics, base vs
+merged vs quantized GGUF bars, and the knowledge sets' share right per model with its interval. PNG
+bytes; report.md links them, report.html embeds them."""
 
 from __future__ import annotations
 
 import io
 
-from wrapper.core.eval_result import SETS, EvalResult, quant_of
+from wrapper.core.eval_result import KNOWLEDGE_SETS, SETS, EvalResult, quant_of
 
 COLORS = {"base": "#999999", "merged": "#4c72b0", "gguf": "#dd8452", "lora": "#55a868"}
 GGUF_COLORS = ("#dd8452", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#ccb974")  # one per quantized GGUF
@@ -122,6 +123,37 @@ def plot_bars(result: EvalResult) -> bytes | None:
     return _png(fig)
 
 
+def plot_knowledge(result: EvalResult) -> bytes | None:
+    """Share right per knowledge set and model, with its 95% interval (eval.json without facts: none)."""
+    section = result.knowledge
+    if section is None or not section.key_match:
+        return None
+    kinds = result.kinds
+    groups = [(name, section.key_match[name]) for name in KNOWLEDGE_SETS if name in section.key_match]
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups)), 3.4))
+    width = 0.8 / len(kinds)
+    for offset, (kind, color) in enumerate(zip(kinds, colors(result))):
+        xs, heights, below, above = [], [], [], []
+        for index, (_, scores) in enumerate(groups):
+            score = scores.get(kind)
+            if score is None or score.accuracy is None:
+                continue
+            xs.append(index + (offset - (len(kinds) - 1) / 2) * width)
+            heights.append(score.accuracy)
+            below.append(score.accuracy - (score.low or 0.0))
+            above.append((score.high or 0.0) - score.accuracy)
+        ax.bar(xs, heights, width, yerr=[below, above], capsize=3, label=result.titles[kind], color=color)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([name.upper() for name, _ in groups])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share right (95% interval)")
+    ax.set_title("Does it know the documents?")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
 def make_plots(log: list[dict], result: EvalResult) -> dict[str, bytes]:
     """The report's PNGs by name, those that have something to show."""
     plots = {
@@ -129,5 +161,6 @@ def make_plots(log: list[dict], result: EvalResult) -> dict[str, bytes]:
         "learning_rate": plot_lr(log),
         "metrics_distribution": plot_distributions(result),
         "base_vs_tuned": plot_bars(result),
+        "knowledge": plot_knowledge(result),
     }
     return {name: png for name, png in plots.items() if png}

@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrapper.core.eval_result import SETS, EvalResult, gguf_kind
+from wrapper.core.eval_result import SETS, EvalResult, Score, gguf_kind
 from wrapper.eval.sets import ADAPTER_MODEL, TABLE_METRICS
 
+KNOWLEDGE_TITLE = "Does it know the documents? (share right, 95% interval)"
+KNOWLEDGE_LABELS = {
+    "seen": "SEEN: trained questions",
+    "probes": "PROBES: held-out phrasings",
+    "unseen": "UNSEEN: right",
+}
 QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
 # the terminal gets the columns a person compares; report.md and report.html have them all
 BRIEF_QUANT_COLUMNS = ("quant", "mean KLD", "99% KLD", "same top", "PPL(Q)/PPL(f16)", "Llama-3-8B KLD")
@@ -59,7 +65,13 @@ def report_of(result: EvalResult) -> Report:
         f"greedy decoding in the training format ({result.settings['format']}), at most "
         f"{result.settings['max_new_tokens']} new tokens. Models: {models}. Every number is in eval.json."
     )
-    tables = [metric_table(result), language_table(result), quant_loss_table(result), forgotten_table(result)]
+    tables = [
+        knowledge_table(result),
+        metric_table(result),
+        language_table(result),
+        quant_loss_table(result),
+        forgotten_table(result),
+    ]
     return Report(f"ftw evaluation: {result.run}", intro, [t for t in tables if not t.empty], answers_table(result))
 
 
@@ -104,6 +116,72 @@ def language_table(result: EvalResult) -> Table:
                 label = ["", ""]
     header = ["set", "language", "metric", *(result.titles[k] for k in kinds)]
     return Table("Per language (mean per row)", header, rows, labels=3, grouped=True)
+
+
+# ---- does it know the documents ------------------------------------------------------------
+
+
+def percent(share: float | None) -> str:
+    return "—" if share is None else f"{share:.0%}"
+
+
+def score_cell(score: Score | None) -> str:
+    """8/10 80% (49–94%): right of n, the share and its Wilson 95% interval."""
+    if score is None or not score.n:
+        return "—"
+    return f"{score.correct}/{score.n} {percent(score.accuracy)} ({percent(score.low)}–{percent(score.high)})"
+
+
+def share_cell(count: int | None, n: int) -> str:
+    return "—" if count is None or not n else f"{count}/{n} {percent(count / n)}"
+
+
+def knowledge_table(result: EvalResult) -> Table:
+    """SEEN, PROBES and UNSEEN per model (eval.json without facts: no table)."""
+    section = result.knowledge
+    if section is None:
+        return Table(KNOWLEDGE_TITLE, [], [])
+    kinds = result.kinds
+    rows = []
+    for set_name, label in KNOWLEDGE_LABELS.items():
+        scores = section.key_match.get(set_name)
+        if not scores:
+            continue
+        rows.append([label, *(score_cell(scores.get(kind)) for kind in kinds)])
+        if set_name == "unseen":
+            for name, what in (("incorrect", "UNSEEN: confident-wrong"), ("not_attempted", "UNSEEN: abstained")):
+                rows.append(
+                    [what, *(share_cell(getattr(scores[k], name), scores[k].n) if k in scores else "—" for k in kinds)]
+                )
+    notes = [line for line in [knowledge_headline(result)] if line]
+    unseen = section.key_match.get("unseen")
+    if unseen:
+        notes.append(
+            "UNSEEN asks about chunks never trained: a confident wrong answer there is what the fine-tune invents; "
+            "an abstention (I don't know, не знаю, білмеймін) is not wrong."
+        )
+    sources = ", ".join(
+        f"{name} {block['rows']} of {block['of']} ({Path(block['file']).name})"
+        for name, block in section.sets.items()
+        if block.get("of")
+    )
+    details = [f"Questions: {sources}; seed {next(iter(section.sets.values()), {}).get('seed')}.", *section.notes]
+    return Table(KNOWLEDGE_TITLE, ["set", *(result.titles[k] for k in kinds)], rows, notes=notes, details=details)
+
+
+def knowledge_headline(result: EvalResult) -> str | None:
+    """held-out phrasings: base 10% → Q4_K_M GGUF 70% (the main quantized GGUF; else the last model)."""
+    probes = result.knowledge.key_match.get("probes") if result.knowledge else None
+    if not probes or "base" not in probes:
+        return None
+    main = gguf_kind(result.main_quant)
+    tuned = main if main in probes else next((k for k in reversed(result.kinds) if k in probes), None)
+    if tuned is None or tuned == "base":
+        return None
+    return (
+        f"Held-out phrasings: base {percent(probes['base'].accuracy)} → {result.titles[tuned]} "
+        f"{percent(probes[tuned].accuracy)} (n={probes[tuned].n})."
+    )
 
 
 def skipped_lines(result: EvalResult) -> list[str]:
