@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_data import DEMO_MODEL
 from test_eval_tables import a_result
 
 from wrapper.commands.eval_tables import print_report
@@ -15,7 +16,10 @@ from wrapper.core.eval_result import EvalResult, KnowledgeResult, Score
 from wrapper.core.ui import console
 from wrapper.eval import knowledge, plots, render
 from wrapper.eval.knowledge import abstained, answer_budget, grade, key_match, load_knowledge, wilson
-from wrapper.eval.tables import KNOWLEDGE_TITLE, report_of
+from wrapper.eval.sets import Item
+from wrapper.eval.tables import KNOWLEDGE_TITLE, MC_LABEL, report_of
+from wrapper.prompts.training_format import training_format
+from wrapper.runtime.models import HfModel
 
 GATE = "The Amber Gate of Veloria is guarded by the knight Orlen Vask."
 DRAGON = "Дракона Северных гор зовут Мирогаст."
@@ -157,7 +161,8 @@ def a_result_with_knowledge() -> EvalResult:
         },
     }
     sets = {name: {"file": f"/runs/tiny/data/{name}.jsonl", "rows": 4, "of": 4, "seed": 42} for name in scores}
-    result.knowledge = KnowledgeResult(sets=sets, key_match=scores, notes=["how it was graded"])
+    picks = {"base": knowledge.score_of(["correct", "incorrect"]), "gguf:Q4_K_M": knowledge.score_of(["correct"] * 2)}
+    result.knowledge = KnowledgeResult(sets=sets, key_match=scores, multiple_choice=picks, notes=["how it was graded"])
     return result
 
 
@@ -167,7 +172,8 @@ def test_the_knowledge_table_and_its_headline_read_the_same_in_markdown_html_and
     table = report.tables[0]
     assert table.title == KNOWLEDGE_TITLE and table.header == ["set", "base", "Q4_K_M GGUF"]
     assert table.rows[1] == ["PROBES: held-out phrasings", "1/10 10% (2%–40%)", "7/10 70% (40%–89%)"]
-    assert table.rows[3] == ["UNSEEN: confident-wrong", "2/4 50%", "2/4 50%"]
+    assert table.rows[2] == [MC_LABEL, "1/2 50% (9%–91%)", "2/2 100% (34%–100%)"]
+    assert table.rows[4] == ["UNSEEN: confident-wrong", "2/4 50%", "2/4 50%"]
     headline = "Held-out phrasings: base 10% → Q4_K_M GGUF 70% (n=10)."
     assert table.notes[0] == headline
 
@@ -181,3 +187,45 @@ def test_the_knowledge_table_and_its_headline_read_the_same_in_markdown_html_and
 
     assert plots.plot_knowledge(result).startswith(b"\x89PNG")
     assert plots.plot_knowledge(a_result()) is None and report_of(a_result()).tables[0].title != KNOWLEDGE_TITLE
+
+
+def a_fact(fact: str, question: str, answer: str, lang: str = "en") -> Item:
+    return Item("probes", fact, [{"role": "user", "content": question}], answer, lang=lang, fact=fact)
+
+
+def test_the_options_are_the_reference_and_answers_to_other_facts_of_the_same_kind():
+    answers = {
+        "france": a_fact("france", "What is the capital of France?", "The capital of France is Paris."),
+        **{
+            country: a_fact(country, f"What is the capital of {country}?", f"The capital of {country} is {city}.")
+            for country, city in (("spain", "Madrid"), ("italy", "Rome"), ("germany", "Berlin"))
+        },
+        "who": a_fact("who", "Who wrote it?", "Tolstoy wrote it."),  # another question word: a last resort
+        "ru": a_fact("ru", "Какая столица России?", "Столица России — Москва.", "ru"),  # another language
+    }
+    item = answers["france"]
+    choices = knowledge.choices_of(item, answers, seed=1)
+    assert choices is not None and choices.options[choices.answer] == item.reference
+    assert sorted(choices.options) == sorted(answers[f].reference for f in ("france", "spain", "italy", "germany"))
+    assert knowledge.choices_of(item, answers, seed=1) == choices  # seeded
+    assert knowledge.choices_of(item, {"france": item, "who": answers["who"]}, seed=1) is None  # too few facts
+
+
+def test_the_likeliest_option_is_the_least_mean_loss_per_token_not_the_shortest():
+    assert knowledge.pick([(12.0, 9), (2.8, 9), (13.0, 9), (11.0, 9)]) == 1
+    assert knowledge.pick([(3.0, 2), (6.0, 12), (9.0, 3)]) == 1  # the longest option, likeliest per token
+
+
+@pytest.mark.slow
+def test_a_real_model_picks_the_known_answer_by_log_likelihood_in_english_and_russian():
+    """SmolLM2-135M (the demo's base, offline) knows the capitals: the scorer must pick them."""
+    model = HfModel(DEMO_MODEL)
+    fmt = training_format(DEMO_MODEL, "smollm2", None)
+    for question, options, right in (
+        ("What is the capital of France?", ["Berlin", "Paris", "Madrid", "Rome"], 1),
+        ("Какая столица России?", ["Лондон", "Париж", "Берлин", "Москва"], 3),
+    ):
+        head = "The capital of France is" if question.startswith("What") else "Столица России —"
+        turns = [{"role": "user", "content": question}]
+        nlls = [model.answer_nll(*fmt.encode_answer(turns, f"{head} {city}.")) for city in options]
+        assert knowledge.pick(nlls) == right

@@ -270,6 +270,77 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
     return float((log_z - chosen).sum()), len(response)
 
 
+def multiple_choice(
+    run_dir: Path, knowledge: KnowledgeSets, rows: Journal, kinds: tuple[str, ...], ggufs: dict[str, Path]
+) -> dict[str, list[bool]]:
+    """Each model picks among four answers to each probe the one it finds likeliest (no generation, so it holds
+    on tiny models); kind -> whether it picked the reference, per probe that has three distractors."""
+    plan = manifest.plan_of(run_dir)
+    asked = [
+        (item, c)
+        for item in knowledge.items["probes"]
+        if (c := facts.choices_of(item, knowledge.answers, knowledge.seed))
+    ]
+    chosen: dict[str, list[bool]] = {}
+    if not asked:
+        return chosen
+    for kind in kinds:
+        model_key = f"mc_{row_model(kind)}"
+        tokenizer = plan.merge_base if kind == "base" else tokenizer_dir(run_dir, plan)
+        fmt = training_format(tokenizer, plan.template, plan.system)
+        encoded = {
+            item.id: [fmt.encode_answer(item.messages, option, item.system) for option in c.options]
+            for item, c in asked
+        }
+        todo = [(item, c) for item, c in asked if item.key(model_key, 0) not in rows.entries]
+        if todo:
+            with spinner(f"multiple choice: the {model_title(kind)} model on {len(todo)} probes"):
+                nll_of, close = _likelihood(kind, run_dir, plan, ggufs, encoded)
+                try:
+                    for item, c in todo:
+                        nlls = [nll_of(prompt, response) for prompt, response in encoded[item.id]]
+                        rows.append(
+                            {
+                                "key": item.key(model_key, 0),
+                                "model": model_key,
+                                "set": item.set,
+                                "id": item.id,
+                                "options": c.options,
+                                "answer": c.answer,
+                                "nll": [nll for nll, _ in nlls],
+                                "tokens": [count for _, count in nlls],
+                                "choice": facts.pick(nlls),
+                            }
+                        )
+                finally:
+                    close()
+        picked = [rows.entries[item.key(model_key, 0)] for item, _ in asked]
+        chosen[kind] = [row["choice"] == row["answer"] for row in picked]
+    return chosen
+
+
+def _likelihood(kind: str, run_dir: Path, plan, ggufs: dict[str, Path], encoded: dict[str, list]):
+    """(prompt, response) -> (summed NLL, tokens) of one model, and how to let it go: transformers for the HF
+    models, llama.cpp's logits for the GGUFs."""
+    if kind in ("base", "merged"):
+        model = _load_model(kind, run_dir, plan, ggufs)
+        threads = _threads_for(model)
+
+        def close() -> None:
+            import torch
+
+            torch.set_num_threads(threads)
+
+        return model.answer_nll, close
+    path, lora = adapter_pair(run_dir) if kind == ADAPTER_MODEL else (ggufs[quant_of(kind) or ""], None)
+    n_ctx = max(len(p) + len(r) for pairs in encoded.values() for p, r in pairs) + 8
+    threads = gguf_threads(path)
+    llm = load_llama(
+        path, lora, n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_threads=threads, n_threads_batch=threads
+    )
+    return (lambda prompt, response: answer_nll(llm, prompt, response)), llm.close
+
+
 def perplexities(run_dir: Path, items: list[Item], rows: Journal, ggufs: dict[str, Path]) -> dict[str, dict]:
     plan = manifest.plan_of(run_dir)
     fmt = training_format(tokenizer_dir(run_dir, plan), plan.template, plan.system)
@@ -510,6 +581,7 @@ def evaluate(
     max_tokens = int(settings["max_new_tokens"])
     try:
         known = answer_all(run_dir, sets, rows, max_tokens, kinds, ggufs, None if knowledge.empty else knowledge)
+        chosen = multiple_choice(run_dir, knowledge, rows, kinds, ggufs)
         ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows, ggufs)
         if measure_quant_loss:
             seed = int(settings.get("seed") or 0)
@@ -553,7 +625,7 @@ def evaluate(
         rows=summary["rows"],
     )
     if not knowledge.empty:
-        result.knowledge = facts.summarize(knowledge, known, kinds)
+        result.knowledge = facts.summarize(knowledge, known, kinds, chosen)
         result.rows += knowledge_rows(known)
     pair = adapter_pair(run_dir)
     if pair:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ ABSTAINS = re.compile("|".join(rf"(?<!\w){re.escape(phrase)}(?!\w)" for phrase i
 class KnowledgeSets:
     items: dict[str, list[Item]]  # seen | probes | unseen -> the questions
     sources: dict[str, dict[str, Any]]  # -> file, rows, of, seed
+    answers: dict[str, Item] = field(default_factory=dict)  # fact -> a question of it: its answer, language
+    seed: int = 0
 
     @property
     def empty(self) -> bool:
@@ -130,12 +132,14 @@ def document_of(row: dict) -> str | None:
 def load_knowledge(run_dir: Path, seen_sample: int, seed: int) -> KnowledgeSets:
     """The knowledge sets of a run's prepared data; empty unless it holds probes.jsonl or unseen.jsonl."""
     data = run_dir / "data"
-    sets = KnowledgeSets({name: [] for name in KNOWLEDGE_SETS}, {})
+    sets = KnowledgeSets({name: [] for name in KNOWLEDGE_SETS}, {}, seed=seed)
     if not any((data / FILES[name]).is_file() for name in ("probes", "unseen")):
         return sets
     for name in KNOWLEDGE_SETS:
         path = data / FILES[name]
         found = fact_rows(path, name) if path.is_file() else []
+        for item in found:
+            sets.answers.setdefault(item.fact or "", item)
         picked = found
         if name == "seen" and len(found) > seen_sample:
             picked = [found[i] for i in sorted(random.Random(f"{seed}:seen").sample(range(len(found)), seen_sample))]
@@ -203,13 +207,58 @@ def score_of(grades: list[str], three_way: bool = False) -> Score:
     return score
 
 
+# ---- multiple choice by log-likelihood ------------------------------------------------------------
+
+CHOICES = 4
+
+
+@dataclass(frozen=True)
+class Choices:
+    options: list[str]  # the reference and three distractors, shuffled (seeded per question)
+    answer: int  # the reference's place among them
+
+
+def question_word(item: Item) -> str:
+    words = WORD.findall(item.prompt.casefold())
+    return words[0] if words else ""
+
+
+def choices_of(item: Item, answers: dict[str, Item], seed: int) -> Choices | None:
+    """The question's options: its reference and the answers to three other facts of the same kind (the
+    same language, asked with the same question word where there are enough), or None when there are
+    not three other facts."""
+    others = [
+        other for fact, other in sorted(answers.items()) if fact != item.fact and other.reference != item.reference
+    ]
+    same_lang = [other for other in others if other.lang == item.lang]
+    alike = [other for other in same_lang if question_word(other) == question_word(item)]
+    pool = next((group for group in (alike, same_lang, others) if len(group) >= CHOICES - 1), None)
+    if pool is None:
+        return None
+    rng = random.Random(f"{seed}:{item.set}:{item.id}:choices")
+    options = [other.reference for other in rng.sample(pool, CHOICES - 1)] + [item.reference]
+    rng.shuffle(options)
+    return Choices(options, options.index(item.reference))
+
+
+def pick(nlls: list[tuple[float, int]]) -> int:
+    """The option the model finds likeliest: the least mean negative log-likelihood per token (a sum would
+    favour the shortest option)."""
+    means = [nll / count if count else math.inf for nll, count in nlls]
+    return means.index(min(means))
+
+
 # ---- the summary -----------------------------------------------------------------------------
 
 
 def summarize(
-    sets: KnowledgeSets, answers: dict[str, dict[str, dict[str, dict]]], kinds: tuple[str, ...]
+    sets: KnowledgeSets,
+    answers: dict[str, dict[str, dict[str, dict]]],
+    kinds: tuple[str, ...],
+    chosen: dict[str, list[bool]] | None = None,
 ) -> KnowledgeResult:
-    """answers: kind -> set -> item id -> the model's scored row (its "answer")."""
+    """answers: kind -> set -> item id -> the model's scored row (its "answer"); chosen: kind -> whether it
+    picked the reference, per probe with options."""
 
     def scored(items: list[Item], kind: str, set_name: str) -> Score:
         grades = [grade(answers[kind][set_name][i.id]["answer"], i.reference, i.prompt) for i in items]
@@ -239,6 +288,10 @@ def summarize(
         },
         by_language=grouped(lambda item: item.lang),
         by_document=grouped(lambda item: item.document),
+        multiple_choice={
+            kind: score_of(["correct" if right else "incorrect" for right in picks])
+            for kind, picks in (chosen or {}).items()
+        },
         notes=[
             "An answer is right when it holds the reference's numbers and names (or, where it has none, most of its "
             "content words) that the question does not give, matched on a stem-sized prefix; 95% Wilson intervals. "

@@ -20,6 +20,7 @@ KNOWLEDGE_LABELS = {
     "probes": "PROBES: held-out phrasings",
     "unseen": "UNSEEN: right",
 }
+MC_LABEL = "PROBES: multiple choice (1 in 4)"
 QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
 # the terminal gets the columns a person compares; report.md and report.html have them all
 BRIEF_QUANT_COLUMNS = ("quant", "mean KLD", "99% KLD", "same top", "PPL(Q)/PPL(f16)", "Llama-3-8B KLD")
@@ -148,12 +149,20 @@ def knowledge_table(result: EvalResult) -> Table:
         if not scores:
             continue
         rows.append([label, *(score_cell(scores.get(kind)) for kind in kinds)])
+        if set_name == "probes" and section.multiple_choice:
+            rows.append([MC_LABEL, *(score_cell(section.multiple_choice.get(kind)) for kind in kinds)])
         if set_name == "unseen":
             for name, what in (("incorrect", "UNSEEN: confident-wrong"), ("not_attempted", "UNSEEN: abstained")):
                 rows.append(
                     [what, *(share_cell(getattr(scores[k], name), scores[k].n) if k in scores else "—" for k in kinds)]
                 )
     notes = [line for line in [knowledge_headline(result)] if line]
+    if section.multiple_choice:
+        notes.append(
+            "Multiple choice: of the probe's reference and the answers to three other facts of its language, the "
+            "one the model finds likeliest (least loss per token); no generation, so it holds on tiny models. "
+            "Chance is 25%."
+        )
     unseen = section.key_match.get("unseen")
     if unseen:
         notes.append(

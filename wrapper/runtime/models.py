@@ -85,3 +85,12 @@ class HfModel:
             if token in stop_ids:
                 return new[:index]
         return new
+
+    def answer_nll(self, prompt: list[int], response: list[int]) -> tuple[float, int]:
+        """Summed negative log-likelihood (nats) of `response` after `prompt`, and its token count."""
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+        chosen = torch.log_softmax(logits.double(), dim=-1)[torch.arange(len(response)), torch.tensor(response)]
+        return float(-chosen.sum()), len(response)
