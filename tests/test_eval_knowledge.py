@@ -17,7 +17,7 @@ from wrapper.core.ui import console
 from wrapper.eval import knowledge, plots, render
 from wrapper.eval.knowledge import abstained, answer_budget, grade, key_match, load_knowledge, wilson
 from wrapper.eval.sets import Item
-from wrapper.eval.tables import KNOWLEDGE_TITLE, MC_LABEL, report_of
+from wrapper.eval.tables import KNOWLEDGE_TITLE, MC_LABEL, OPEN_BOOK_LABEL, RECOVERY_LABEL, report_of
 from wrapper.prompts.training_format import training_format
 from wrapper.runtime.models import HfModel
 
@@ -162,7 +162,14 @@ def a_result_with_knowledge() -> EvalResult:
     }
     sets = {name: {"file": f"/runs/tiny/data/{name}.jsonl", "rows": 4, "of": 4, "seed": 42} for name in scores}
     picks = {"base": knowledge.score_of(["correct", "incorrect"]), "gguf:Q4_K_M": knowledge.score_of(["correct"] * 2)}
-    result.knowledge = KnowledgeResult(sets=sets, key_match=scores, multiple_choice=picks, notes=["how it was graded"])
+    result.knowledge = KnowledgeResult(
+        sets=sets,
+        key_match=scores,
+        multiple_choice=picks,
+        open_book=knowledge.score_of(["correct"] * 9 + ["incorrect"]),
+        recovery={"gguf:Q4_K_M": 0.75},
+        notes=["how it was graded"],
+    )
     return result
 
 
@@ -173,7 +180,9 @@ def test_the_knowledge_table_and_its_headline_read_the_same_in_markdown_html_and
     assert table.title == KNOWLEDGE_TITLE and table.header == ["set", "base", "Q4_K_M GGUF"]
     assert table.rows[1] == ["PROBES: held-out phrasings", "1/10 10% (2%–40%)", "7/10 70% (40%–89%)"]
     assert table.rows[2] == [MC_LABEL, "1/2 50% (9%–91%)", "2/2 100% (34%–100%)"]
-    assert table.rows[4] == ["UNSEEN: confident-wrong", "2/4 50%", "2/4 50%"]
+    assert table.rows[3] == [OPEN_BOOK_LABEL, "9/10 90% (60%–98%)", "—"]
+    assert table.rows[4] == [RECOVERY_LABEL, "—", "0.75"]
+    assert table.rows[6] == ["UNSEEN: confident-wrong", "2/4 50%", "2/4 50%"]
     headline = "Held-out phrasings: base 10% → Q4_K_M GGUF 70% (n=10)."
     assert table.notes[0] == headline
 
@@ -229,3 +238,35 @@ def test_a_real_model_picks_the_known_answer_by_log_likelihood_in_english_and_ru
         turns = [{"role": "user", "content": question}]
         nlls = [model.answer_nll(*fmt.encode_answer(turns, f"{head} {city}.")) for city in options]
         assert knowledge.pick(nlls) == right
+
+
+def test_open_book_asks_the_base_with_the_chunk_and_recovery_is_the_share_of_its_gain(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    text = "The Amber Gate is guarded by the knight Orlen Vask, who never sleeps."
+    train = [
+        sharegpt("Recite gate.txt:1.", text, chunk="gate:1", source="gate.txt:1"),  # the chunk's document row
+        sharegpt("Who guards the gate?", GATE, fact="gate", chunk="gate:1", lang="en"),
+    ]
+    (data / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    probe = sharegpt("Who keeps the Amber Gate of Veloria?", GATE, fact="gate", chunk="gate:1", lang="en")
+    (data / "probes.jsonl").write_text(probe + "\n", encoding="utf-8")
+    sets = load_knowledge(tmp_path, 5, 1)
+    [asked] = sets.open_book
+    assert asked.set == "open_book" and asked.id == "probes0" and asked.prompt.startswith(text)
+    assert asked.prompt.endswith("Who keeps the Amber Gate of Veloria?") and asked.reference == GATE
+
+    answers = {
+        "base": {"seen": {"seen0": {"answer": "?"}}, "probes": {"probes0": {"answer": "?"}}},
+        "gguf:Q4_K_M": {"seen": {"seen0": {"answer": "Orlen Vask."}}, "probes": {"probes0": {"answer": "Orlen Vask."}}},
+    }
+    answers["base"]["open_book"] = {"probes0": {"answer": "The knight Orlen Vask."}}
+    result = knowledge.summarize(sets, answers, ("base", "gguf:Q4_K_M"))
+    assert result.open_book is not None and result.open_book.correct == 1 and result.recovery == {"gguf:Q4_K_M": 1.0}
+    assert knowledge.recovery_of(0.5, 0.2, 0.8) == pytest.approx(0.5)
+    assert knowledge.recovery_of(0.5, 0.2, 0.2) is None  # the chunk gives the base nothing: no ratio
+    assert knowledge.question_of("open_book", "probes0", sets, asked.prompt) == "Who keeps the Amber Gate of Veloria?"
+
+    run = {"run": "r", "recipe": "demo", "profile": "cpu", "evaluated_at": "now", "settings": {}, "models": {}}
+    EvalResult(**run, knowledge=result).save(tmp_path)
+    assert EvalResult.load(tmp_path).knowledge == result

@@ -90,16 +90,20 @@ class KnowledgeResult:
     by_language: dict[str, dict[str, dict[str, Score]]] = field(default_factory=dict)  # set -> lang -> kind
     by_document: dict[str, dict[str, dict[str, Score]]] = field(default_factory=dict)  # set -> document -> kind
     multiple_choice: dict[str, Score] = field(default_factory=dict)  # kind -> the probes by log-likelihood
+    # the base with each probe's chunk in the prompt (the probes whose chunk's text is known), and per tuned
+    # model (its right - the base's) / (open book's - the base's) on those probes: how much of it was learned
+    open_book: Score | None = None
+    recovery: dict[str, float | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # how it was measured
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KnowledgeResult:
         known = {f.name for f in fields(cls)}
-        typed: dict[str, Any] = {
-            key: scores_of(value) if isinstance(value, dict) and key != "sets" else value
-            for key, value in data.items()
-            if key in known and value is not None
-        }
+        typed: dict[str, Any] = {key: value for key, value in data.items() if key in known and value is not None}
+        for key in ("key_match", "by_language", "by_document", "multiple_choice"):
+            typed[key] = scores_of(typed.get(key) or {})
+        if isinstance(typed.get("open_book"), dict):
+            typed["open_book"] = Score(**typed["open_book"])
         return cls(**typed)
 
 

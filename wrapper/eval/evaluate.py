@@ -175,10 +175,12 @@ def answer_all(
         fmt = formats[str(tokenizer)]
         questions = [(s, item, max_new_tokens) for s in SETS for item in sets.items[s]]
         if knowledge is not None:
+            asked = [(s, item) for s in KNOWLEDGE_SETS for item in knowledge.items[s]]
+            if kind == "base":  # the base alone reads the chunk: what the fine-tune is measured against
+                asked += [(facts.OPEN_BOOK, item) for item in knowledge.open_book]
             questions += [
                 (s, item, answer_budget(len(fmt.encode_answer(item.messages, item.reference, item.system)[1])))
-                for s in KNOWLEDGE_SETS
-                for item in knowledge.items[s]
+                for s, item in asked
             ]
         todo = [(s, item, budget) for s, item, budget in questions if item.key(keyed, budget) not in rows.entries]
         total = len(questions)
@@ -186,10 +188,10 @@ def answer_all(
             step(f"  {titles[kind]}: all {total} rows already scored (in {rows.path})")
         else:
             answer_rows(run_dir, plan, ggufs, kind, fmt, todo, total, rows)
-        known[kind] = {s: {} for s in KNOWLEDGE_SETS}
+        known[kind] = {}
         for s, item, budget in questions:
-            if s in KNOWLEDGE_SETS:
-                known[kind][s][item.id] = rows.entries[item.key(keyed, budget)]
+            if s not in SETS:
+                known[kind].setdefault(s, {})[item.id] = rows.entries[item.key(keyed, budget)]
     return known
 
 
@@ -498,12 +500,18 @@ def by_language(sets: EvalSets, rows: Journal, max_new_tokens: int, kinds: tuple
     return found
 
 
-def knowledge_rows(known: dict[str, dict[str, dict[str, dict]]]) -> list[dict]:
+def knowledge_rows(knowledge: KnowledgeSets, known: dict[str, dict[str, dict[str, dict]]]) -> list[dict]:
     """The knowledge sets' answers as eval.json keeps them, each with its grade."""
     return [
-        {**row, "model": kind, "grade": facts.grade(row["answer"], row["reference"], row["prompt"])}
+        {
+            **row,
+            "model": kind,
+            "grade": facts.grade(
+                row["answer"], row["reference"], facts.question_of(set_name, row["id"], knowledge, row["prompt"])
+            ),
+        }
         for kind, by_set in known.items()
-        for answers in by_set.values()
+        for set_name, answers in by_set.items()
         for row in answers.values()
     ]
 
@@ -626,7 +634,7 @@ def evaluate(
     )
     if not knowledge.empty:
         result.knowledge = facts.summarize(knowledge, known, kinds, chosen)
-        result.rows += knowledge_rows(known)
+        result.rows += knowledge_rows(knowledge, known)
     pair = adapter_pair(run_dir)
     if pair:
         result.models[ADAPTER_MODEL] = f"{pair[0]} + {pair[1]}"

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from wrapper.core.eval_result import KNOWLEDGE_SETS, KnowledgeResult, Score
-from wrapper.data.formats import ASSISTANT, USER, detect_format, parse_row
+from wrapper.data.formats import ASSISTANT, USER, Row, detect_format, parse_row
 from wrapper.data.readers import Problem, read_json_records
 from wrapper.eval.sets import Item
 from wrapper.synth.filters import CONTENT_WORD_LETTERS, NUMBER, STOPWORDS, WORD, Grounding
 
+OPEN_BOOK = "open_book"
+OPEN_BOOK_PROMPT = "{text}\n\n{question}"  # the chunk, then the probe: the model may read the answer
 FILES = {"seen": "train.jsonl", "probes": "probes.jsonl", "unseen": "unseen.jsonl"}
 KEY_CONTENT_SHARE = 0.5  # of the reference's content words (those the question lacks) the answer must hold
 Z95 = 1.96
@@ -77,7 +79,30 @@ class KnowledgeSets:
     items: dict[str, list[Item]]  # seen | probes | unseen -> the questions
     sources: dict[str, dict[str, Any]]  # -> file, rows, of, seed
     answers: dict[str, Item] = field(default_factory=dict)  # fact -> a question of it: its answer, language
+    chunk_texts: dict[str, str] = field(default_factory=dict)  # chunk -> its text (a document row's)
     seed: int = 0
+
+    @property
+    def open_book(self) -> list[Item]:
+        """The probes whose chunk's text is known, asked with it in the prompt (the base model answers them)."""
+        return [
+            Item(
+                OPEN_BOOK,
+                item.id,
+                [
+                    *item.messages[:-1],
+                    {"role": "user", "content": OPEN_BOOK_PROMPT.format(text=text, question=item.prompt)},
+                ],
+                item.reference,
+                system=item.system,
+                lang=item.lang,
+                fact=item.fact,
+                document=item.document,
+                chunk=item.chunk,
+            )
+            for item in self.items["probes"]
+            if item.chunk and (text := self.chunk_texts.get(item.chunk))
+        ]
 
     @property
     def empty(self) -> bool:
@@ -87,23 +112,21 @@ class KnowledgeSets:
 # ---- the sets --------------------------------------------------------------------------------
 
 
-def fact_rows(path: Path, set_name: str) -> list[Item]:
-    """The questions of a prepared file that name their fact, each with its conversation and reference."""
+def fact_rows(path: Path, set_name: str, chunk_texts: dict[str, str] | None = None) -> list[Item]:
+    """The questions of a prepared file that name their fact, each with its conversation and reference;
+    `chunk_texts` gets the text of each chunk a document row of the file gives (its `chunk`, no `fact`)."""
     items = []
     for record in read_json_records(path):
         value = record.value
-        if record.problem is not None or not isinstance(value, dict) or not value.get("fact"):
+        if record.problem is not None or not isinstance(value, dict):
             continue
-        try:
-            row = parse_row(value, detect_format(value) or "sharegpt")
-        except Problem:  # `ftw data check` reports bad rows; prepare kept none
+        parsed = conversation_of(value)
+        if parsed is None:
             continue
-        turns = [
-            {"role": "user" if role == USER else "assistant", "content": text}
-            for role, text in row.turns
-            if role in (USER, ASSISTANT)
-        ]
-        if len(turns) < 2 or turns[-1]["role"] != "assistant" or turns[-2]["role"] != "user":
+        turns, row = parsed
+        if not value.get("fact"):
+            if value.get("chunk") and chunk_texts is not None:
+                chunk_texts.setdefault(str(value["chunk"]), turns[-1]["content"])
             continue
         items.append(
             Item(
@@ -115,9 +138,27 @@ def fact_rows(path: Path, set_name: str) -> list[Item]:
                 lang=row.lang,
                 fact=str(value["fact"]),
                 document=document_of(value),
+                chunk=str(value["chunk"]) if value.get("chunk") else None,
             )
         )
     return items
+
+
+def conversation_of(value: dict) -> tuple[list[dict], Row] | None:
+    """A row's user/assistant turns ending in an answer to a question, with the row parsed; None for a row
+    prepare would not keep."""
+    try:
+        row = parse_row(value, detect_format(value) or "sharegpt")
+    except Problem:  # `ftw data check` reports bad rows; prepare kept none
+        return None
+    turns = [
+        {"role": "user" if role == USER else "assistant", "content": text}
+        for role, text in row.turns
+        if role in (USER, ASSISTANT)
+    ]
+    if len(turns) < 2 or turns[-1]["role"] != "assistant" or turns[-2]["role"] != "user":
+        return None
+    return turns, row
 
 
 def document_of(row: dict) -> str | None:
@@ -137,7 +178,7 @@ def load_knowledge(run_dir: Path, seen_sample: int, seed: int) -> KnowledgeSets:
         return sets
     for name in KNOWLEDGE_SETS:
         path = data / FILES[name]
-        found = fact_rows(path, name) if path.is_file() else []
+        found = fact_rows(path, name, sets.chunk_texts) if path.is_file() else []
         for item in found:
             sets.answers.setdefault(item.fact or "", item)
         picked = found
@@ -179,6 +220,14 @@ def key_match(answer: str, reference: str, question: str = "") -> bool:
 def abstained(answer: str) -> bool:
     """The answer declines (I don't know, не знаю, білмеймін, ...) rather than states something."""
     return ABSTAINS.search(SPACES.sub(" ", answer.casefold().replace("’", "'"))) is not None
+
+
+def question_of(set_name: str, item_id: str, sets: KnowledgeSets, asked: str) -> str:
+    """The question an answer is graded against: an open-book answer's is its probe's, not the chunk with it
+    (the chunk would give every key word)."""
+    if set_name != OPEN_BOOK:
+        return asked
+    return next((item.prompt for item in sets.items["probes"] if item.id == item_id), asked)
 
 
 def grade(answer: str, reference: str, question: str = "") -> str:
@@ -251,6 +300,30 @@ def pick(nlls: list[tuple[float, int]]) -> int:
 # ---- the summary -----------------------------------------------------------------------------
 
 
+def recovery_of(tuned: float | None, base: float | None, open_book: float | None) -> float | None:
+    """(tuned - base) / (open book - base): the share of what reading the chunk gives the base that the
+    fine-tune gives without it; None where the chunk gives the base nothing."""
+    if tuned is None or base is None or open_book is None or open_book <= base:
+        return None
+    return (tuned - base) / (open_book - base)
+
+
+def open_book_of(sets: KnowledgeSets, answers, kinds: tuple[str, ...], scored) -> tuple[Score | None, dict]:
+    """The base's score with the chunks in the prompt, and each tuned model's recovery, on the same probes."""
+    asked = sets.open_book
+    base_answers = answers.get("base", {}).get(OPEN_BOOK, {})
+    if not asked or not all(item.id in base_answers for item in asked):
+        return None, {}
+    ids = {item.id for item in asked}
+    probes = [item for item in sets.items["probes"] if item.id in ids]  # in the same order as asked
+    open_score = score_of([grade(base_answers[i.id]["answer"], i.reference, i.prompt) for i in probes])
+    closed = {kind: scored(probes, kind, "probes").accuracy for kind in kinds}
+    recovery = {
+        kind: recovery_of(closed[kind], closed["base"], open_score.accuracy) for kind in kinds if kind != "base"
+    }
+    return open_score, recovery
+
+
 def summarize(
     sets: KnowledgeSets,
     answers: dict[str, dict[str, dict[str, dict]]],
@@ -279,8 +352,11 @@ def summarize(
             }
         return found
 
+    open_score, recovery = open_book_of(sets, answers, kinds, scored)
     return KnowledgeResult(
         sets=sets.sources,
+        open_book=open_score,
+        recovery=recovery,
         key_match={
             name: {kind: scored(sets.items[name], kind, name) for kind in kinds}
             for name in KNOWLEDGE_SETS

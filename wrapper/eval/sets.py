@@ -49,6 +49,7 @@ class Item:
     lang: str | None = None
     fact: str | None = None  # the knowledge sets: the fact the question asks about (not part of the key)
     document: str | None = None  # and the document it was written from
+    chunk: str | None = None  # and the chunk of it
 
     @property
     def prompt(self) -> str:

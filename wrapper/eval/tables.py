@@ -21,6 +21,8 @@ KNOWLEDGE_LABELS = {
     "unseen": "UNSEEN: right",
 }
 MC_LABEL = "PROBES: multiple choice (1 in 4)"
+OPEN_BOOK_LABEL = "PROBES: open book (the chunk in the prompt)"
+RECOVERY_LABEL = "PROBES: recovery of the open book"
 QUANT_LOSS_TITLE = "Quantization loss (KL divergence from the f16 GGUF, llama.cpp's way)"
 # the terminal gets the columns a person compares; report.md and report.html have them all
 BRIEF_QUANT_COLUMNS = ("quant", "mean KLD", "99% KLD", "same top", "PPL(Q)/PPL(f16)", "Llama-3-8B KLD")
@@ -151,6 +153,9 @@ def knowledge_table(result: EvalResult) -> Table:
         rows.append([label, *(score_cell(scores.get(kind)) for kind in kinds)])
         if set_name == "probes" and section.multiple_choice:
             rows.append([MC_LABEL, *(score_cell(section.multiple_choice.get(kind)) for kind in kinds)])
+        if set_name == "probes" and section.open_book is not None:
+            rows.append([OPEN_BOOK_LABEL, *(score_cell(section.open_book) if k == "base" else "—" for k in kinds)])
+            rows.append([RECOVERY_LABEL, *("—" if k == "base" else fmt(section.recovery.get(k), 2) for k in kinds)])
         if set_name == "unseen":
             for name, what in (("incorrect", "UNSEEN: confident-wrong"), ("not_attempted", "UNSEEN: abstained")):
                 rows.append(
@@ -162,6 +167,11 @@ def knowledge_table(result: EvalResult) -> Table:
             "Multiple choice: of the probe's reference and the answers to three other facts of its language, the "
             "one the model finds likeliest (least loss per token); no generation, so it holds on tiny models. "
             "Chance is 25%."
+        )
+    if section.open_book is not None:
+        notes.append(
+            f"Open book: the base model answers {section.open_book.n} probes with their chunk's text in the prompt; "
+            "recovery = (tuned - base) / (open book - base) on those probes: 1.0 is as good as reading the chunk."
         )
     unseen = section.key_match.get("unseen")
     if unseen:
