@@ -17,7 +17,14 @@ from wrapper.core.ui import console
 from wrapper.eval import knowledge, plots, render
 from wrapper.eval.knowledge import abstained, answer_budget, grade, key_match, load_knowledge, wilson
 from wrapper.eval.sets import Item
-from wrapper.eval.tables import KNOWLEDGE_TITLE, MC_LABEL, OPEN_BOOK_LABEL, RECOVERY_LABEL, report_of
+from wrapper.eval.tables import (
+    KNOWLEDGE_GROUPS_TITLE,
+    KNOWLEDGE_TITLE,
+    MC_LABEL,
+    OPEN_BOOK_LABEL,
+    RECOVERY_LABEL,
+    report_of,
+)
 from wrapper.prompts.training_format import training_format
 from wrapper.runtime.models import HfModel
 
@@ -168,6 +175,7 @@ def a_result_with_knowledge() -> EvalResult:
         multiple_choice=picks,
         open_book=knowledge.score_of(["correct"] * 9 + ["incorrect"]),
         recovery={"gguf:Q4_K_M": 0.75},
+        by_language={"probes": {"en": scores["seen"], "ru": scores["probes"]}},
         notes=["how it was graded"],
     )
     return result
@@ -186,6 +194,11 @@ def test_the_knowledge_table_and_its_headline_read_the_same_in_markdown_html_and
     headline = "Held-out phrasings: base 10% → Q4_K_M GGUF 70% (n=10)."
     assert table.notes[0] == headline
 
+    groups = report.tables[1]
+    assert groups.title == KNOWLEDGE_GROUPS_TITLE and groups.rows == [
+        ["PROBES by language", "en", "0/4 0% (0%–49%)", "4/4 100% (51%–100%)"],
+        ["", "ru", "1/10 10% (2%–40%)", "7/10 70% (40%–89%)"],
+    ]
     md = render.markdown(report, [], "report")
     assert f"## {KNOWLEDGE_TITLE}" in md and "| PROBES: held-out phrasings | 1/10 10% (2%–40%) |" in md
     page = render.html(report, {})

@@ -20,6 +20,7 @@ KNOWLEDGE_LABELS = {
     "probes": "PROBES: held-out phrasings",
     "unseen": "UNSEEN: right",
 }
+KNOWLEDGE_GROUPS_TITLE = "Does it know the documents? Per language and per document (share right, 95% interval)"
 MC_LABEL = "PROBES: multiple choice (1 in 4)"
 OPEN_BOOK_LABEL = "PROBES: open book (the chunk in the prompt)"
 RECOVERY_LABEL = "PROBES: recovery of the open book"
@@ -70,6 +71,7 @@ def report_of(result: EvalResult) -> Report:
     )
     tables = [
         knowledge_table(result),
+        knowledge_groups_table(result),
         metric_table(result),
         language_table(result),
         quant_loss_table(result),
@@ -186,6 +188,22 @@ def knowledge_table(result: EvalResult) -> Table:
     )
     details = [f"Questions: {sources}; seed {next(iter(section.sets.values()), {}).get('seed')}.", *section.notes]
     return Table(KNOWLEDGE_TITLE, ["set", *(result.titles[k] for k in kinds)], rows, notes=notes, details=details)
+
+
+def knowledge_groups_table(result: EvalResult) -> Table:
+    """The knowledge sets per language and per document, where a set holds more than one."""
+    section = result.knowledge
+    kinds = result.kinds
+    rows = []
+    if section is not None:
+        for by, groups in (("language", section.by_language), ("document", section.by_document)):
+            for set_name, block in groups.items():
+                label = [f"{set_name.upper()} by {by}"]
+                for group, scores in block.items():
+                    rows.append([*label, group, *(score_cell(scores.get(kind)) for kind in kinds)])
+                    label = [""]
+    header = ["set", "language or document", *(result.titles[k] for k in kinds)]
+    return Table(KNOWLEDGE_GROUPS_TITLE, header, rows, labels=2, grouped=True)
 
 
 def knowledge_headline(result: EvalResult) -> str | None:
