@@ -5,6 +5,8 @@ the section in eval.json, which an eval.json without it still loads around."""
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,10 @@ from test_eval_tables import a_result
 
 from wrapper.commands.eval_tables import print_report
 from wrapper.core.eval_result import EvalResult, KnowledgeResult, Score
+from wrapper.core.journal import Journal
 from wrapper.core.ui import console
 from wrapper.eval import knowledge, plots, render
+from wrapper.eval.evaluate import judge_answers
 from wrapper.eval.knowledge import abstained, answer_budget, grade, key_match, load_knowledge, wilson
 from wrapper.eval.sets import Item
 from wrapper.eval.tables import (
@@ -27,6 +31,7 @@ from wrapper.eval.tables import (
 )
 from wrapper.prompts.training_format import training_format
 from wrapper.runtime.models import HfModel
+from wrapper.synth.teachers import open_teacher
 
 GATE = "The Amber Gate of Veloria is guarded by the knight Orlen Vask."
 DRAGON = "Дракона Северных гор зовут Мирогаст."
@@ -175,6 +180,8 @@ def a_result_with_knowledge() -> EvalResult:
         multiple_choice=picks,
         open_book=knowledge.score_of(["correct"] * 9 + ["incorrect"]),
         recovery={"gguf:Q4_K_M": 0.75},
+        judged={"probes": scores["probes"]},
+        judge="endpoint http://judge model j",
         by_language={"probes": {"en": scores["seen"], "ru": scores["probes"]}},
         notes=["how it was graded"],
     )
@@ -190,7 +197,8 @@ def test_the_knowledge_table_and_its_headline_read_the_same_in_markdown_html_and
     assert table.rows[2] == [MC_LABEL, "1/2 50% (9%–91%)", "2/2 100% (34%–100%)"]
     assert table.rows[3] == [OPEN_BOOK_LABEL, "9/10 90% (60%–98%)", "—"]
     assert table.rows[4] == [RECOVERY_LABEL, "—", "0.75"]
-    assert table.rows[6] == ["UNSEEN: confident-wrong", "2/4 50%", "2/4 50%"]
+    assert table.rows[5] == ["PROBES: right by the judge", "1/10 10% (2%–40%)", "7/10 70% (40%–89%)"]
+    assert table.rows[7] == ["UNSEEN: confident-wrong", "2/4 50%", "2/4 50%"]
     headline = "Held-out phrasings: base 10% → Q4_K_M GGUF 70% (n=10)."
     assert table.notes[0] == headline
 
@@ -283,3 +291,77 @@ def test_open_book_asks_the_base_with_the_chunk_and_recovery_is_the_share_of_its
     run = {"run": "r", "recipe": "demo", "profile": "cpu", "evaluated_at": "now", "settings": {}, "models": {}}
     EvalResult(**run, knowledge=result).save(tmp_path)
     assert EvalResult.load(tmp_path).knowledge == result
+
+
+class Judge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible judge: right when the graded answer names Мирогаст, not attempted when it says
+    не знаю, else wrong; it counts the answers it was asked about."""
+
+    asked: list[str] = []
+
+    def do_GET(self):  # /v1/models
+        self._json({"object": "list", "data": [{"id": "judge", "object": "model"}]})
+
+    def do_POST(self):  # /v1/chat/completions
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = request["messages"][-1]["content"]
+        graded = prompt.split("Answer to grade: ")[1].split("\n")[0]
+        Judge.asked.append(prompt)
+        verdict = "correct" if "Мирогаст" in graded else "not_attempted" if "не знаю" in graded else "incorrect"
+        message = {"role": "assistant", "content": json.dumps({"verdict": verdict})}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+        self._json(
+            {
+                "id": "j",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "judge",
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    def _json(self, value):
+        body = json.dumps(value).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_judge_grades_the_free_answers_shown_the_reference_and_its_verdicts_are_journalled(tmp_path):
+    prepared(tmp_path)
+    (tmp_path / "data" / "unseen.jsonl").write_text(
+        sharegpt("Как зовут дракона?", DRAGON, fact="dragon2", lang="ru") + "\n", encoding="utf-8"
+    )
+    sets = load_knowledge(tmp_path, 1, 1)
+    known = {
+        "base": {"probes": {"probes0": {"answer": "Не знаю."}}, "unseen": {"unseen0": {"answer": "Огнезуб."}}},
+        "gguf:Q4_K_M": {"probes": {"probes0": {"answer": "Мирогаст."}}, "unseen": {"unseen0": {"answer": "не знаю"}}},
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Judge.asked = []
+    try:
+        teacher = open_teacher(f"http://127.0.0.1:{server.server_port}/v1", None)
+        with Journal(tmp_path / "rows.jsonl", "key") as rows:
+            judged = judge_answers(teacher, sets, known, rows, seed=0)
+        with Journal(tmp_path / "rows.jsonl", "key") as rows:  # again: every verdict is kept, none asked twice
+            assert judge_answers(teacher, sets, known, rows, seed=0) == judged
+    finally:
+        server.shutdown()
+    assert len(Judge.asked) == 4 and f"Reference answer: {DRAGON}" in Judge.asked[0]
+    assert judged["gguf:Q4_K_M"] == {"probes": {"probes0": "correct"}, "unseen": {"unseen0": "not_attempted"}}
+    assert judged["base"]["unseen"] == {"unseen0": "incorrect"}
+    answers = {
+        kind: {**by_set, "seen": {i.id: {"answer": "?"} for i in sets.items["seen"]}} for kind, by_set in known.items()
+    }
+    result = knowledge.summarize(sets, answers, ("base", "gguf:Q4_K_M"), judged=judged, judge=teacher.id)
+    assert result.judged["probes"]["gguf:Q4_K_M"].correct == 1 and result.judged["unseen"]["base"].incorrect == 1
+    assert knowledge.parse_verdict('sure: {"verdict": "incorrect"}') == "incorrect"
+    assert knowledge.parse_verdict("no idea") is None

@@ -50,6 +50,14 @@ from wrapper.eval.tables import report_of
     type=click.Choice(QUANT_TYPES, case_sensitive=False),
     help="A quantized GGUF of the run to score; repeat for several (default: every one the run has).",
 )
+@click.option(
+    "--judge",
+    default=None,
+    metavar="URL",
+    help="An OpenAI-compatible endpoint (or a teacher as `ftw data synth --teacher` takes) whose model also "
+    "grades the held-out and unseen answers, shown the reference and the chunk (runs with facts only).",
+)
+@click.option("--judge-model", default=None, metavar="M", help="The judge's model (default: the one it serves).")
 @writes_run
 def eval_command(
     run: str,
@@ -59,6 +67,8 @@ def eval_command(
     quant_loss: bool,
     build_tools: bool,
     quants: tuple[str, ...],
+    judge: str | None,
+    judge_model: str | None,
 ) -> None:
     """Base vs merged vs each quantized GGUF on control prompts, validation rows and general knowledge.
 
@@ -70,6 +80,10 @@ def eval_command(
     f16 GGUF on the validation rows (llama-perplexity, built on first use; skipped with the reason
     where it can't be, or with --no-quant-loss).
 
+    When the run's prepared data has facts (probes.jsonl, unseen.jsonl from `ftw data prepare`): does
+    it know the documents? Trained questions, held-out phrasings (key words and multiple choice) and
+    questions about chunks never trained, per model, with 95% intervals.
+
     Writes runs/RUN/eval.json, report.md and report.html.
 
     Interrupted? Run it again: rows already scored (runs/RUN/eval/rows.jsonl) are kept.
@@ -78,6 +92,7 @@ def eval_command(
     Example:
       ftw eval --run demo --limit 2
       ftw eval --run demo --quant Q8_0
+      ftw eval --run demo --judge http://localhost:11434/v1 --judge-model qwen3:8b
     """
     run_dir = run_dir_of(run)
     result = evaluate(
@@ -88,6 +103,7 @@ def eval_command(
         measure_quant_loss=quant_loss,
         build_tools=build_tools,
         quants=quants,
+        judge=(judge, judge_model) if judge else None,
     )
     print_report(report_of(result))
     md, html = write_report(run_dir)

@@ -94,13 +94,15 @@ class KnowledgeResult:
     # model (its right - the base's) / (open book's - the base's) on those probes: how much of it was learned
     open_book: Score | None = None
     recovery: dict[str, float | None] = field(default_factory=dict)
+    judged: dict[str, dict[str, Score]] = field(default_factory=dict)  # probes | unseen -> kind (--judge)
+    judge: str | None = None  # the judge model: "endpoint URL model M"
     notes: list[str] = field(default_factory=list)  # how it was measured
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KnowledgeResult:
         known = {f.name for f in fields(cls)}
         typed: dict[str, Any] = {key: value for key, value in data.items() if key in known and value is not None}
-        for key in ("key_match", "by_language", "by_document", "multiple_choice"):
+        for key in ("key_match", "by_language", "by_document", "multiple_choice", "judged"):
             typed[key] = scores_of(typed.get(key) or {})
         if isinstance(typed.get("open_book"), dict):
             typed["open_book"] = Score(**typed["open_book"])

@@ -28,6 +28,7 @@ then report.md and report.html (wrapper/eval/report.py).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from datetime import datetime, timezone
@@ -47,6 +48,7 @@ from wrapper.eval.knowledge import KnowledgeSets, answer_budget
 from wrapper.eval.sets import ADAPTER_MODEL, EvalSets, Item, load_sets, plan_eval, row_model
 from wrapper.prompts.training_format import training_format
 from wrapper.runtime.models import GgufModel, HfModel, load_llama
+from wrapper.synth.teachers import open_teacher
 
 EVAL_DIR = "eval"
 ROWS = "rows.jsonl"
@@ -270,6 +272,33 @@ def answer_nll(llm, prompt: list[int], response: list[int]) -> tuple[float, int]
     log_z = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
     chosen = logits[np.arange(len(response)), response]
     return float((log_z - chosen).sum()), len(response)
+
+
+def judge_answers(
+    teacher, knowledge: KnowledgeSets, known: dict[str, dict[str, dict[str, dict]]], rows: Journal, seed: int
+) -> dict[str, dict[str, dict[str, str | None]]]:
+    """A judge model's verdict on every PROBES and UNSEEN answer (kind -> set -> item id -> verdict or None
+    when it gave none), shown the reference and, when known, the chunk; journalled like the answers."""
+    judged: dict[str, dict[str, dict[str, str | None]]] = {}
+    for kind, by_set in known.items():
+        judged[kind] = {}
+        for set_name in facts.JUDGED_SETS:
+            judged[kind][set_name] = {}
+            todo = [item for item in knowledge.items[set_name] if item.id in by_set.get(set_name, {})]
+            with spinner(f"the judge grades the {model_title(kind)} model's {len(todo)} {set_name} answers"):
+                for item in todo:
+                    answer = by_set[set_name][item.id]["answer"]
+                    what = hashlib.sha1(f"{teacher.id}\n{answer}".encode()).hexdigest()[:12]
+                    key = f"{item.key(f'judge_{row_model(kind)}', 0)}|{what}"
+                    if key not in rows.entries:
+                        messages = facts.judge_messages(item, answer, knowledge.chunk_texts.get(item.chunk or ""))
+                        reply = teacher.complete(messages, facts.JUDGE_SCHEMA, 64, 0.0, seed)
+                        verdict = facts.parse_verdict(reply.text)
+                        rows.append(
+                            {"key": key, "model": f"judge_{kind}", "set": set_name, "id": item.id, "verdict": verdict}
+                        )
+                    judged[kind][set_name][item.id] = rows.entries[key]["verdict"]
+    return judged
 
 
 def multiple_choice(
@@ -548,10 +577,12 @@ def evaluate(
     measure_quant_loss: bool = True,
     build_tools: bool = True,
     quants: tuple[str, ...] = (),
+    judge: tuple[str, str | None] | None = None,
 ) -> EvalResult:
     """Answer, score and summarise; writes runs/RUN/eval.json and returns what it holds.
     `measure_quant_loss`: the KL divergence of the quantized GGUFs (builds llama-perplexity on first use
     unless not `build_tools`). `quants`: the quantized GGUFs scored (default: every one the run has).
+    `judge`: (URL or teacher, model) of a judge model that also grades the PROBES and UNSEEN answers.
     What the run no longer has (the merged weights, the f16 GGUF) is left out and named with its command."""
     plan = manifest.plan_of(run_dir)
     settings = plan_eval(plan)
@@ -590,6 +621,8 @@ def evaluate(
     try:
         known = answer_all(run_dir, sets, rows, max_tokens, kinds, ggufs, None if knowledge.empty else knowledge)
         chosen = multiple_choice(run_dir, knowledge, rows, kinds, ggufs)
+        teacher = open_teacher(*judge) if judge and not knowledge.empty else None
+        judged = judge_answers(teacher, knowledge, known, rows, int(settings.get("seed") or 0)) if teacher else None
         ppl = perplexities(run_dir, sets.items["val"] or sets.items["control"], rows, ggufs)
         if measure_quant_loss:
             seed = int(settings.get("seed") or 0)
@@ -633,7 +666,9 @@ def evaluate(
         rows=summary["rows"],
     )
     if not knowledge.empty:
-        result.knowledge = facts.summarize(knowledge, known, kinds, chosen)
+        result.knowledge = facts.summarize(
+            knowledge, known, kinds, chosen, judged, teacher.id if teacher is not None else None
+        )
         result.rows += knowledge_rows(knowledge, known)
     pair = adapter_pair(run_dir)
     if pair:

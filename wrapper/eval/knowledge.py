@@ -15,6 +15,7 @@ long Russian answer is not cut mid-word and scored wrong.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -297,6 +298,51 @@ def pick(nlls: list[tuple[float, int]]) -> int:
     return means.index(min(means))
 
 
+# ---- a judge model (optional) -------------------------------------------------------------------
+
+JUDGED_SETS = ("probes", "unseen")
+VERDICTS = ("correct", "incorrect", "not_attempted")
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {"verdict": {"type": "string", "enum": list(VERDICTS)}},
+    "required": ["verdict"],
+}
+JUDGE_PROMPT = """You grade one answer to a question against the reference answer{source_said}.
+
+Question: {question}
+Reference answer: {reference}{source}
+Answer to grade: {answer}
+
+The verdict is "correct" when the answer states what the reference states (in any words or language),
+"incorrect" when it states something else or contradicts it, "not_attempted" when it declines or says
+it does not know. Reply with JSON only: {{"verdict": "correct" | "incorrect" | "not_attempted"}}"""
+VERDICT = re.compile(r"\b(not_attempted|incorrect|correct)\b")
+
+
+def judge_messages(item: Item, answer: str, chunk: str | None) -> list[dict]:
+    """What the judge is asked about one answer: the question, the reference and, when known, the chunk."""
+    prompt = JUDGE_PROMPT.format(
+        source_said=" and the source text it was written from" if chunk else "",
+        question=item.prompt,
+        reference=item.reference,
+        source=f"\nSource text: {chunk}" if chunk else "",
+        answer=answer,
+    )
+    return [{"role": "user", "content": prompt}]
+
+
+def parse_verdict(text: str) -> str | None:
+    """The judge's verdict: the JSON's, else the first verdict word of the reply; None when there is none."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and value.get("verdict") in VERDICTS:
+        return str(value["verdict"])
+    found = VERDICT.search(text.casefold())
+    return found.group(1) if found else None
+
+
 # ---- the summary -----------------------------------------------------------------------------
 
 
@@ -329,6 +375,8 @@ def summarize(
     answers: dict[str, dict[str, dict[str, dict]]],
     kinds: tuple[str, ...],
     chosen: dict[str, list[bool]] | None = None,
+    judged: dict[str, dict[str, dict[str, str | None]]] | None = None,
+    judge: str | None = None,
 ) -> KnowledgeResult:
     """answers: kind -> set -> item id -> the model's scored row (its "answer"); chosen: kind -> whether it
     picked the reference, per probe with options."""
@@ -353,7 +401,16 @@ def summarize(
         return found
 
     open_score, recovery = open_book_of(sets, answers, kinds, scored)
+
+    def verdicts(kind: str, set_name: str) -> Score:
+        found = [(judged or {})[kind][set_name].get(item.id) for item in sets.items[set_name]]
+        return score_of([v for v in found if v], three_way=set_name == "unseen")
+
     return KnowledgeResult(
+        judged={
+            name: {kind: verdicts(kind, name) for kind in kinds} for name in JUDGED_SETS if judged and sets.items[name]
+        },
+        judge=judge,
         sets=sets.sources,
         open_book=open_score,
         recovery=recovery,

@@ -21,6 +21,7 @@ KNOWLEDGE_LABELS = {
     "unseen": "UNSEEN: right",
 }
 KNOWLEDGE_GROUPS_TITLE = "Does it know the documents? Per language and per document (share right, 95% interval)"
+JUDGED = "right by the judge"
 MC_LABEL = "PROBES: multiple choice (1 in 4)"
 OPEN_BOOK_LABEL = "PROBES: open book (the chunk in the prompt)"
 RECOVERY_LABEL = "PROBES: recovery of the open book"
@@ -158,6 +159,9 @@ def knowledge_table(result: EvalResult) -> Table:
         if set_name == "probes" and section.open_book is not None:
             rows.append([OPEN_BOOK_LABEL, *(score_cell(section.open_book) if k == "base" else "—" for k in kinds)])
             rows.append([RECOVERY_LABEL, *("—" if k == "base" else fmt(section.recovery.get(k), 2) for k in kinds)])
+        if set_name in section.judged:
+            judged = section.judged[set_name]
+            rows.append([f"{set_name.upper()}: {JUDGED}", *(score_cell(judged.get(kind)) for kind in kinds)])
         if set_name == "unseen":
             for name, what in (("incorrect", "UNSEEN: confident-wrong"), ("not_attempted", "UNSEEN: abstained")):
                 rows.append(
@@ -174,6 +178,10 @@ def knowledge_table(result: EvalResult) -> Table:
         notes.append(
             f"Open book: the base model answers {section.open_book.n} probes with their chunk's text in the prompt; "
             "recovery = (tuned - base) / (open book - base) on those probes: 1.0 is as good as reading the chunk."
+        )
+    if section.judged:
+        notes.append(
+            f"The judge ({section.judge}) graded each free answer shown the reference and, when known, the chunk."
         )
     unseen = section.key_match.get("unseen")
     if unseen:
