@@ -5,8 +5,6 @@ the section in eval.json, which an eval.json without it still loads around."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,8 @@ from wrapper.eval.tables import (
 from wrapper.prompts.training_format import training_format
 from wrapper.runtime.models import HfModel
 from wrapper.synth.teachers import open_teacher
+
+from tests.support.teacher import StubModel, serving
 
 GATE = "The Amber Gate of Veloria is guarded by the knight Orlen Vask."
 DRAGON = "Дракона Северных гор зовут Мирогаст."
@@ -293,45 +293,18 @@ def test_open_book_asks_the_base_with_the_chunk_and_recovery_is_the_share_of_its
     assert EvalResult.load(tmp_path).knowledge == result
 
 
-class Judge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible judge: right when the graded answer names Мирогаст, not attempted when it says
-    не знаю, else wrong; it counts the answers it was asked about."""
+class Judge(StubModel):
+    """A judge: right when the graded answer names Мирогаст, not attempted when it says не знаю, else wrong;
+    it counts the answers it was asked about."""
 
+    model = "judge"
     asked: list[str] = []
 
-    def do_GET(self):  # /v1/models
-        self._json({"object": "list", "data": [{"id": "judge", "object": "model"}]})
-
-    def do_POST(self):  # /v1/chat/completions
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = request["messages"][-1]["content"]
+    def answer(self, prompt: str) -> str:
         graded = prompt.split("Answer to grade: ")[1].split("\n")[0]
         Judge.asked.append(prompt)
         verdict = "correct" if "Мирогаст" in graded else "not_attempted" if "не знаю" in graded else "incorrect"
-        message = {"role": "assistant", "content": json.dumps({"verdict": verdict})}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        usage = {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
-        self._json(
-            {
-                "id": "j",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "judge",
-                "choices": [choice],
-                "usage": usage,
-            }
-        )
-
-    def _json(self, value):
-        body = json.dumps(value).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        return json.dumps({"verdict": verdict})
 
 
 def test_a_judge_grades_the_free_answers_shown_the_reference_and_its_verdicts_are_journalled(tmp_path):
@@ -344,17 +317,13 @@ def test_a_judge_grades_the_free_answers_shown_the_reference_and_its_verdicts_ar
         "base": {"probes": {"probes0": {"answer": "Не знаю."}}, "unseen": {"unseen0": {"answer": "Огнезуб."}}},
         "gguf:Q4_K_M": {"probes": {"probes0": {"answer": "Мирогаст."}}, "unseen": {"unseen0": {"answer": "не знаю"}}},
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     Judge.asked = []
-    try:
-        teacher = open_teacher(f"http://127.0.0.1:{server.server_port}/v1", None)
+    with serving(Judge) as url:
+        teacher = open_teacher(url, None)
         with Journal(tmp_path / "rows.jsonl", "key") as rows:
             judged = judge_answers(teacher, sets, known, rows, seed=0)
         with Journal(tmp_path / "rows.jsonl", "key") as rows:  # again: every verdict is kept, none asked twice
             assert judge_answers(teacher, sets, known, rows, seed=0) == judged
-    finally:
-        server.shutdown()
     assert len(Judge.asked) == 4 and f"Reference answer: {DRAGON}" in Judge.asked[0]
     assert judged["gguf:Q4_K_M"] == {"probes": {"probes0": "correct"}, "unseen": {"unseen0": "not_attempted"}}
     assert judged["base"]["unseen"] == {"unseen0": "incorrect"}

@@ -5,8 +5,6 @@ The teachers themselves are in tests/test_synth_teachers.py (a real server, a re
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from wrapper.synth.teachers import ollama_blob
 
 from tests.support.documents import make_docx, make_text, make_text_pdf, make_vtt
 from tests.support.runner import ftw_in_process
+from tests.support.teacher import StubModel, serving
 
 PAGES = [  # ~40 tokens each: with 64-token chunks, no two pages share a chunk
     "The Amber Gate is guarded by Orlen Vask.\nHe has kept the gate for forty years.\n"
@@ -310,50 +309,20 @@ def test_synth_refuses_bad_settings_before_loading_anything(runs_dir):
     assert code == 2 and "--teacher 'nowhere.gguf': no such file" in out
 
 
-class PoliteRefuser(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint whose model never writes the JSON asked for."""
+class PoliteRefuser(StubModel):
+    """A model that never writes the JSON asked for."""
 
-    def do_GET(self):  # /v1/models
-        self._json({"object": "list", "data": [{"id": "refuser", "object": "model"}]})
+    model = "refuser"
 
-    def do_POST(self):  # /v1/chat/completions
-        self.rfile.read(int(self.headers["Content-Length"]))
-        message = {"role": "assistant", "content": "I am sorry, I can't help with that."}
-        usage = {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        self._json(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "refuser",
-                "choices": [choice],
-                "usage": usage,
-            }
-        )
-
-    def _json(self, value):
-        body = json.dumps(value).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+    def answer(self, prompt: str) -> str:
+        return "I am sorry, I can't help with that."
 
 
 def test_a_teacher_that_never_answers_in_json_is_stopped_with_its_url(runs_dir):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PoliteRefuser)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/v1"
-    try:
+    with serving(PoliteRefuser) as url:
         code, out = ftw_in_process(
             "data", "synth", "--recipe", "demo-docs", "--teacher", url, "--run", "g", "--parallel", "2"
         )
-    finally:
-        server.shutdown()
     assert code == 1
     assert f"the teacher ({url}) answered 5 chunks in a row without the JSON asked for" in out
     journal = [json.loads(line) for line in (runs_dir / "g" / "synth" / "journal.jsonl").read_text().splitlines()]
@@ -400,41 +369,25 @@ def facts_teacher_reply(prompt: str) -> dict:
     return {"pairs": phrasings_of(fact)}
 
 
-class FactsTeacher(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint answering --kind facts' three requests with fixed JSON."""
+class FactsTeacher(StubModel):
+    """Answers --kind facts' three requests with fixed JSON."""
 
+    model = "facts"
     requests = 0
     fail_after: int | None = None  # answer 500 from this many requests on: a teacher that went away
 
-    def do_GET(self):  # /v1/models
-        self._json({"object": "list", "data": [{"id": "facts", "object": "model"}]})
-
-    def do_POST(self):  # /v1/chat/completions
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, prompt: str) -> str | None:
         if self.fail_after is not None and self.requests >= self.fail_after:
-            self.send_error(500, "gone")
-            return
+            return None
         type(self).requests += 1
-        content = json.dumps(facts_teacher_reply(body["messages"][-1]["content"]))
-        message = {"role": "assistant", "content": content}
-        usage = {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        self._json(
-            {"id": "x", "object": "chat.completion", "created": 0, "model": "facts", "choices": [choice]}
-            | {"usage": usage}
-        )
-
-    _json = PoliteRefuser._json
-    log_message = PoliteRefuser.log_message
+        return json.dumps(facts_teacher_reply(prompt))
 
 
 @pytest.fixture
 def facts_teacher():
     FactsTeacher.requests, FactsTeacher.fail_after = 0, None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FactsTeacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serving(FactsTeacher) as url:
+        yield url
 
 
 FACTS_SETTINGS = ("--set", "synth.chunk_tokens=64", "--set", "synth.chunk_overlap=0", "--kind", "facts")
