@@ -21,47 +21,43 @@ SHIPPED = TEMPLATES_DIR / "synth"
 FALLBACK_LANG = "en"
 
 
-def pairs_schema(kind: str, count: int) -> dict:
-    fields = ("question", "reasoning", "answer") if kind == "cot" else ("question", "answer")
-    pair = {
+def non_empty() -> dict:
+    return {"type": "string", "minLength": 1}
+
+
+def strings_object(fields: tuple[str, ...]) -> dict:
+    """An object of exactly these non-empty string fields."""
+    return {
         "type": "object",
-        "properties": {name: {"type": "string", "minLength": 1} for name in fields},
+        "properties": {name: non_empty() for name in fields},
         "required": list(fields),
         "additionalProperties": False,
     }
+
+
+def list_answer(key: str, item: dict, most: int) -> dict:
+    """The teacher's whole answer: {key: [1 to `most` items]}."""
     return {
         "type": "object",
-        "properties": {"pairs": {"type": "array", "items": pair, "minItems": 1, "maxItems": count}},
-        "required": ["pairs"],
+        "properties": {key: {"type": "array", "items": item, "minItems": 1, "maxItems": most}},
+        "required": [key],
         "additionalProperties": False,
     }
+
+
+def pairs_schema(kind: str, count: int) -> dict:
+    fields = ("question", "reasoning", "answer") if kind == "cot" else ("question", "answer")
+    return list_answer("pairs", strings_object(fields), count)
 
 
 def facts_schema(most: int) -> dict:
     """Step one of --kind facts: a chunk's atomic facts, each with the sentence of the chunk that supports it."""
-    fact = {
-        "type": "object",
-        "properties": {"fact": {"type": "string", "minLength": 1}, "support": {"type": "string", "minLength": 1}},
-        "required": ["fact", "support"],
-        "additionalProperties": False,
-    }
-    return {
-        "type": "object",
-        "properties": {"facts": {"type": "array", "items": fact, "minItems": 1, "maxItems": most}},
-        "required": ["facts"],
-        "additionalProperties": False,
-    }
+    return list_answer("facts", strings_object(("fact", "support")), most)
 
 
 def rewrites_schema(count: int) -> dict:
     """A chunk told again (another style, or what follows from it): its document rows."""
-    text = {"type": "string", "minLength": 1}
-    return {
-        "type": "object",
-        "properties": {"rewrites": {"type": "array", "items": text, "minItems": 1, "maxItems": count}},
-        "required": ["rewrites"],
-        "additionalProperties": False,
-    }
+    return list_answer("rewrites", non_empty(), count)
 
 
 JUDGE_SCHEMA = {
