@@ -148,7 +148,7 @@ def test_the_summary_grades_each_model_and_reads_back_from_eval_json(tmp_path):
     assert isinstance(again.knowledge.key_match["probes"]["base"], Score)
     EvalResult(**run).save(tmp_path)  # without facts: no key in eval.json, None when read
     assert (
-        "knowledge" not in json.loads((tmp_path / "eval.json").read_text())
+        "knowledge" not in json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))
         and EvalResult.load(tmp_path).knowledge is None
     )
 

@@ -76,7 +76,7 @@ def text_of(row: dict) -> str:
 
 def prepared(runs_dir: Path, run: str) -> tuple[dict, dict[str, list[dict]]]:
     data = runs_dir / run / "data"
-    info = json.loads((data / "prepared.json").read_text())
+    info = json.loads((data / "prepared.json").read_text(encoding="utf-8"))
     files = {name: jsonl(data / f"{name}.jsonl") for name in ("train", "probes", "unseen", "rejects")}
     return info, files
 
@@ -317,8 +317,10 @@ def test_packing_never_puts_two_rows_of_a_fact_in_one_sequence(capsys, runs_dir,
     )
     assert code == 0, out
     train_yaml = runs_dir / "packed" / "train.yaml"
-    args = yaml.safe_load(train_yaml.read_text())
-    spacing = json.loads((runs_dir / "packed" / "data" / "prepared.json").read_text())["knowledge"]["spacing"]
+    args = yaml.safe_load(train_yaml.read_text(encoding="utf-8"))
+    spacing = json.loads((runs_dir / "packed" / "data" / "prepared.json").read_text(encoding="utf-8"))["knowledge"][
+        "spacing"
+    ]
     assert args["packing"] is True and args["preprocessing_batch_size"] == spacing < 1000
     assert args["eval_dataset"] == "ftw_probes"
     # as rendered, and with LLaMA-Factory's own batch of 1000 rows

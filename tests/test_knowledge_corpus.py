@@ -97,7 +97,7 @@ def test_prepare_splits_the_corpus_and_no_probe_trains(runs_dir, tmp_path):
     assert code == 0, out
     data = runs_dir / "kb" / "data"
     train, probes, unseen = (jsonl(data / f"{name}.jsonl") for name in ("train", "probes", "unseen"))
-    info = json.loads((data / "prepared.json").read_text())["knowledge"]
+    info = json.loads((data / "prepared.json").read_text(encoding="utf-8"))["knowledge"]
     assert info["facts"] == len(facts(rows_of("trained"))) + len(facts(rows_of("unseen")))
     assert info["facts_not_probed"] == 0 and len(probes) == 2 * info["facts_probed"]
     trained_texts = {json.dumps(r["conversations"], ensure_ascii=False) for r in train}

@@ -27,7 +27,9 @@ class TextStage:
 
     def make(self, partial: Path) -> None:
         self.made += 1
-        partial.write_text("".join(need.target.read_text() for need in self.needs) + self.setting)
+        partial.write_text(
+            "".join(need.target.read_text(encoding="utf-8") for need in self.needs) + self.setting, encoding="utf-8"
+        )
 
     def verify(self, partial: Path) -> str:
         return f"{partial.stat().st_size} bytes"
@@ -36,7 +38,7 @@ class TextStage:
 def new_run(tmp_path: Path) -> Path:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / manifest.MANIFEST).write_text(json.dumps({"artifacts": {}}))
+    (run_dir / manifest.MANIFEST).write_text(json.dumps({"artifacts": {}}), encoding="utf-8")
     return run_dir
 
 
@@ -53,7 +55,7 @@ def test_an_intermediate_is_made_for_what_needs_it_then_removed(tmp_path):
     full, quant, steps = pipeline(run_dir)
     made = stage.run_steps(steps)
     assert (full.made, quant.made) == (1, 1)
-    assert quant.target.read_text() == "f16q4" and not full.target.exists()
+    assert quant.target.read_text(encoding="utf-8") == "f16q4" and not full.target.exists()
     assert set(made) == {quant.key}
 
     full, quant, steps = pipeline(run_dir)
@@ -62,7 +64,7 @@ def test_an_intermediate_is_made_for_what_needs_it_then_removed(tmp_path):
 
     full, quant, steps = pipeline(run_dir, setting="bf16")
     stage.run_steps(steps)
-    assert (full.made, quant.made) == (1, 1) and quant.target.read_text() == "bf16q4"
+    assert (full.made, quant.made) == (1, 1) and quant.target.read_text(encoding="utf-8") == "bf16q4"
 
 
 def test_an_artifact_made_again_from_other_inputs_forgets_what_was_made_from_it(tmp_path):
@@ -87,6 +89,6 @@ def test_a_failed_make_leaves_no_partial_and_keeps_the_finished_artifact(tmp_pat
         stage.run_atomic(broken)
     except ValueError:
         pass
-    assert broken.target.read_text() == "adapter 1"
+    assert broken.target.read_text(encoding="utf-8") == "adapter 1"
     assert not list(run_dir.glob("*.partial*"))
     assert manifest.load(run_dir)["artifacts"][artifacts.MERGED] == str(broken.target)

@@ -325,7 +325,10 @@ def test_a_teacher_that_never_answers_in_json_is_stopped_with_its_url(runs_dir):
         )
     assert code == 1
     assert f"the teacher ({url}) answered 5 chunks in a row without the JSON asked for" in out
-    journal = [json.loads(line) for line in (runs_dir / "g" / "synth" / "journal.jsonl").read_text().splitlines()]
+    journal = [
+        json.loads(line)
+        for line in (runs_dir / "g" / "synth" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(journal) == 5 and {e["status"] for e in journal} == {"failed"}
     assert all(e["requests"] == 3 and "no JSON in the reply" in e["reason"] for e in journal)
 
@@ -411,7 +414,7 @@ def test_facts_become_phrasings_and_rewrites_that_prepare_splits_into_probes(run
     code, out = synth_facts(docs, facts_teacher, "facts")
     assert code == 0, out
     folder = runs_dir / "facts" / "synth"
-    rows, summary = jsonl_of(folder / "synth.jsonl"), json.loads((folder / "synth.json").read_text())
+    rows, summary = jsonl_of(folder / "synth.jsonl"), json.loads((folder / "synth.json").read_text(encoding="utf-8"))
     questions = [r for r in rows if "fact" in r]
     documents = [r for r in rows if "fact" not in r]
     chunks = sorted({r["chunk"] for r in rows})

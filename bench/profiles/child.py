@@ -112,7 +112,7 @@ def tokenizer_dirs(families: list[str]) -> list[Path]:
 
 def ensure_random_model(config: dict, tokenizer_dir: Path, target: Path, device: str, dtype: str) -> Path:
     marker = target / "bench-profiles.json"
-    built = json.loads(marker.read_text()) if marker.is_file() else {}
+    built = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
     if target.is_dir() and (built.get("config") != config or built.get("dtype", "bfloat16") != dtype):
         shutil.rmtree(target)  # built from another config or dtype: rebuild
 
@@ -138,7 +138,7 @@ def ensure_random_model(config: dict, tokenizer_dir: Path, target: Path, device:
         del model
         tokenizer.save_pretrained(out)
         marker_text = json.dumps({"config": config, "dtype": dtype, "built_at": now()}) + "\n"
-        (out / "bench-profiles.json").write_text(marker_text)
+        (out / "bench-profiles.json").write_text(marker_text, encoding="utf-8")
 
     if not target.is_dir():
         with staged_dir(target) as out:
