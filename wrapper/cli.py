@@ -82,11 +82,15 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+# Windows has no SIGHUP: there a closed console ends the process without a signal Python sees.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def stop_on_signals() -> None:
     def handler(signum, _frame):
         raise Stopped(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
 
 

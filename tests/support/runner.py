@@ -92,7 +92,7 @@ def ftw_in_process(*args: str) -> Ran:
     from wrapper import cli
 
     argv, env = sys.argv, dict(os.environ)
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    handlers = {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS}
     out, err = io.StringIO(), io.StringIO()
     sys.argv = ["ftw", *args]
     try:
