@@ -333,6 +333,46 @@ def test_a_teacher_that_never_answers_in_json_is_stopped_with_its_url(runs_dir):
     assert all(e["requests"] == 3 and "no JSON in the reply" in e["reason"] for e in journal)
 
 
+class JudgingTeacher(StubModel):
+    """Writes two pairs per excerpt (its first line asked about, and a vague one) and, as judge,
+    scores a pair 5 when its answer is a line of the excerpt, else 2."""
+
+    model = "judging"
+    judged: list[str] = []
+
+    def answer(self, prompt: str) -> str:
+        if 'JSON only: {"score"' in prompt:
+            answer = prompt.rsplit("Answer: ", 1)[1].strip()
+            type(self).judged.append(answer)
+            return json.dumps({"score": 5 if answer in excerpt_lines(prompt) else 2})
+        line = excerpt_lines(prompt)[0]
+        vague = {"question": f"Why does {line.split()[0]} matter so much?", "answer": "It matters a lot, truly."}
+        return json.dumps({"pairs": [{"question": f"What is true of {line.split()[0]}?", "answer": line}, vague]})
+
+
+def test_the_judge_scores_every_pair_that_passes_the_filters_and_low_scores_are_rejected(runs_dir, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    make_text_pdf(docs / "gate.pdf", PAGES)
+    JudgingTeacher.judged = []
+    with serving(JudgingTeacher) as url:
+        code, out = ftw_in_process(
+            "data", "synth", "--recipe", "demo-docs", "--docs", str(docs), "--teacher", url, "--run", "judged",
+            "--kind", "qa", "--judge", "--set", "synth.chunk_tokens=64", "--set", "synth.chunk_overlap=0",
+            "--set", "synth.min_grounding=0", "--set", "synth.min_answer_chars=1", "--set", "synth.min_score=3",
+        )  # fmt: skip
+    assert code == 0, out
+    folder = runs_dir / "judged" / "synth"
+    journal = jsonl_of(folder / "journal.jsonl")
+    assert len(journal) == 3  # one chunk per page
+    # one request for the pairs, one per pair for its score
+    assert [e["requests"] for e in journal] == [3, 3, 3] and len(JudgingTeacher.judged) == 6
+    assert all(len(e["pairs"]) == 1 and [r["kind"] for r in e["rejects"]] == ["low_score"] for e in journal)
+    assert all("the judge scored it 2 (min_score 3)" in e["rejects"][0]["reason"] for e in journal)
+    counts = json.loads((folder / "synth.json").read_text(encoding="utf-8"))["counts"]
+    assert counts["rows_kept"] == 3 and counts["rejected_by_kind"] == {"low_score": 3}
+
+
 # ---- --kind facts with a teacher on 127.0.0.1 --------------------------------------------------
 
 PLANTED_FACT = {"fact": "The Amber Gate was rebuilt in 1999.", "support": "The gate was rebuilt in 1999."}

@@ -188,7 +188,8 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
         runs,
         "data", "synth", "--recipe", "demo-docs", "--docs", str(docs / "gate.pdf"), "--teacher", "smollm2:135m",
         "--run", "local", "--limit", "3", *SETTINGS,  # three pages of ~40 tokens: three chunks
-        # lenient filters, so that pairs reach the judge: each is scored in a request of its own
+        # lenient filters, so that any pair reaches the judge (tests/test_synth.py checks the judge's
+        # counts with a teacher whose replies do not depend on the CPU)
         "--judge", "--set", "synth.min_grounding=0", "--set", "synth.min_answer_chars=1",
         env={"OLLAMA_MODELS": str(store)},
     )  # fmt: skip
@@ -196,11 +197,10 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     assert summary["teacher"].startswith("gguf ollama smollm2:135m"), result.stdout
     counts = summary["counts"]
     assert counts["chunks_done"] == 3 and counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"]
-    # The tiny teacher's greedy output differs between CPUs (SIMD rounding): on one machine a chunk may
-    # yield no well-formed pair at all, so the judge is asked about the pairs of three chunks.
+    # The tiny teacher's greedy output differs between CPUs (SIMD rounding): on CI's CPU no chunk gave a
+    # well-formed pair, so how many pairs reach the judge is not asserted here, only that each was scored.
     entries = [json.loads(line) for line in (runs / "local" / "synth" / "journal.jsonl").read_text().splitlines()]
     judged = [len(e["pairs"]) + sum(r["kind"] == "low_score" for r in e["rejects"]) for e in entries]
-    assert sum(judged) > 0, entries
     assert all(e["requests"] >= 1 + count for e, count in zip(entries, judged, strict=True))
 
 
