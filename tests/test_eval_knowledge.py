@@ -236,9 +236,38 @@ def test_the_options_are_the_reference_and_answers_to_other_facts_of_the_same_ki
     item = answers["france"]
     choices = knowledge.choices_of(item, answers, seed=1)
     assert choices is not None and choices.options[choices.answer] == item.reference
-    assert sorted(choices.options) == sorted(answers[f].reference for f in ("france", "spain", "italy", "germany"))
+    # the reference's sentence with another fact's key in its place: only the asked-for name differs
+    cities = ("Paris", "Madrid", "Rome", "Berlin")
+    assert sorted(choices.options) == sorted(f"The capital of France is {city}." for city in cities)
     assert knowledge.choices_of(item, answers, seed=1) == choices  # seeded
     assert knowledge.choices_of(item, {"france": item, "who": answers["who"]}, seed=1) is None  # too few facts
+
+
+def test_distractors_swap_a_key_of_the_same_kind_numbers_for_numbers_names_for_names():
+    dates = {
+        fact: a_fact(fact, question, answer)
+        for fact, question, answer in (
+            ("charter", "When was the Charter of Kelmora sealed?", "The charter was sealed on 14 March 1502."),
+            ("guild", "When was the Saltwright Guild founded?", "1534"),
+            ("tithe", "How much was the yearly tithe?", "7 silver marks"),
+            ("bridge", "When did the bridge fall?", "It fell in 1611, in the great flood."),
+            ("warden", "Who was the first Warden?", "Maren Tolvey"),
+        )
+    }
+    choices = knowledge.choices_of(dates["charter"], dates, seed=3)
+    assert choices is not None
+    assert sorted(choices.options) == sorted(
+        f"The charter was sealed on {key}." for key in ("14 March 1502", "1534", "7", "1611")
+    )
+    assert [s.kind for s in knowledge.key_spans("The knight Orlen Vask, in 1204.", "Who guards it?")] == [
+        "name",
+        "number",
+    ]
+    # a capitalised first word is the sentence's start, unless it is all there is
+    said = "Дракона Северных гор зовут Мирогаст."
+    start = said.index("Мирогаст")
+    assert knowledge.key_spans(said, "Как зовут дракона Северных гор?") == [knowledge.KeySpan(start, start + 8, "name")]
+    assert knowledge.key_spans("Odran Pell", "Who settled Kelmora?") == [knowledge.KeySpan(0, 10, "name")]
 
 
 def test_the_likeliest_option_is_the_least_mean_loss_per_token_not_the_shortest():

@@ -273,22 +273,76 @@ def question_word(item: Item) -> str:
     return words[0] if words else ""
 
 
+KEY_TOKEN = re.compile(r"\w+(?:[-'’]\w+)*")
+
+
+@dataclass(frozen=True)
+class KeySpan:
+    """Where a reference states what its question asks: a run of names and numbers the question lacks."""
+
+    start: int
+    end: int
+    kind: str  # "number" when it holds a digit, else "name"
+
+
+def key_spans(reference: str, question: str) -> list[KeySpan]:
+    """The reference's runs of capitalised words and numbers that its question does not contain ("Orlen
+    Vask" in "The Amber Gate is guarded by the knight Orlen Vask."; "14 March 1502"). A capitalised first
+    word counts only when nothing else does: it is most often just the start of the sentence."""
+    asked = {word.casefold() for word in KEY_TOKEN.findall(question)}
+    runs: list[list[int]] = []
+    for token in KEY_TOKEN.finditer(reference):
+        word = token.group()
+        is_key = any(c.isdigit() for c in word) or (word[0].isupper() and word.casefold() not in asked)
+        if not is_key:
+            continue
+        if runs and reference[runs[-1][1] : token.start()].isspace():
+            runs[-1][1] = token.end()
+        else:
+            runs.append([token.start(), token.end()])
+    spans = [KeySpan(a, b, "number" if any(c.isdigit() for c in reference[a:b]) else "name") for a, b in runs]
+    if len(spans) > 1 and spans[0].start == 0 and spans[0].kind == "name":
+        spans = spans[1:]
+    return spans
+
+
+def with_key_of(item: Item, other: Item) -> str | None:
+    """The reference of `item` stating `other`'s key instead of its own (the knight Duskmere), or None when
+    `other` has no key of the kind `item`'s states."""
+    spans = key_spans(item.reference, item.prompt)
+    theirs = key_spans(other.reference, other.prompt)
+    text, changed = item.reference, False
+    for span in reversed(spans):  # from the end, so the earlier offsets hold
+        same_kind = [t for t in theirs if t.kind == span.kind]
+        if same_kind:
+            swap = same_kind[min(spans.index(span), len(same_kind) - 1)]
+            text = text[: span.start] + other.reference[swap.start : swap.end] + text[span.end :]
+            changed = True
+    return text if changed else None
+
+
 def choices_of(item: Item, answers: dict[str, Item], seed: int) -> Choices | None:
-    """The question's options: its reference and the answers to three other facts of the same kind (the
-    same language, asked with the same question word where there are enough), or None when there are
-    not three other facts."""
-    others = [
-        other for fact, other in sorted(answers.items()) if fact != item.fact and other.reference != item.reference
+    """The question's options: its reference and three distractors from other facts of the same kind (the
+    same language, asked with the same question word where there are enough), or None when there are not
+    three. Where the reference states its key in a sentence, a distractor is that sentence with another
+    fact's key of the same kind in its place, so that the options differ only in what is asked, not in
+    how much they echo the question. Never answers in another language: a model rejects those unread."""
+    same_lang = [
+        other
+        for fact, other in sorted(answers.items())
+        if fact != item.fact and other.reference != item.reference and other.lang == item.lang
     ]
-    same_lang = [other for other in others if other.lang == item.lang]
     alike = [other for other in same_lang if question_word(other) == question_word(item)]
-    pool = next((group for group in (alike, same_lang, others) if len(group) >= CHOICES - 1), None)
-    if pool is None:
-        return None
     rng = random.Random(f"{seed}:{item.set}:{item.id}:choices")
-    options = [other.reference for other in rng.sample(pool, CHOICES - 1)] + [item.reference]
-    rng.shuffle(options)
-    return Choices(options, options.index(item.reference))
+    swapped = bool(key_spans(item.reference, item.prompt))
+    for pool in (alike, same_lang):
+        candidates = [with_key_of(item, other) if swapped else other.reference for other in pool]
+        distinct = sorted({c for c in candidates if c and c != item.reference})
+        if len(distinct) >= CHOICES - 1:
+            options = rng.sample(distinct, CHOICES - 1) + [item.reference]
+            rng.shuffle(options)
+            return Choices(options, options.index(item.reference))
+    return None
 
 
 def pick(nlls: list[tuple[float, int]]) -> int:
