@@ -18,6 +18,7 @@ from test_data import DEMO_MODEL, SAMPLES, jsonl, write_recipe
 
 from wrapper.config.recipes import load_recipe
 from wrapper.core.errors import FtwError
+from wrapper.data.formats import near_key
 from wrapper.data.knowledge import spread
 from wrapper.data.prepare import prepare
 
@@ -167,6 +168,23 @@ def test_chunks_that_share_a_fact_are_held_out_together(runs_dir, tmp_path):
     assert held.isdisjoint(trained) and len(held) + len(trained) == 40
     assert ("doc:0" in held) == ("doc:1" in held)
     assert info["knowledge"]["units"] == 39
+
+
+def test_the_demo_keeps_what_its_checks_ask_in_training_and_probes_the_rest(runs_dir):
+    """The demo's lore carries `fact`; `ftw smoke` asks the recipe's checks of the GGUF, so those rows train
+    and their facts are never held out whole, whatever the seed draws."""
+    checks = [near_key(check.prompt) for check in load_recipe("demo").checks]
+    for seed in range(6):
+        run = f"demo{seed}"
+        code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--run", run, "--set", f"data.seed={seed}")
+        assert code == 0, out
+        info, files = prepared(runs_dir, run)
+        trained = {near_key(row["conversations"][0]["value"]) for row in files["train"]}
+        held = [near_key(row["conversations"][0]["value"]) for row in files["probes"] + files["unseen"]]
+        assert set(checks) <= trained and not set(checks) & set(held)
+        assert info["knowledge"]["pinned_rows"] == len(checks) == 4
+        assert info["knowledge"]["facts_probed"] >= 5 and info["counts"]["unseen"] == 5  # one fact of six
+    assert "4 row(s) ask what the recipe's checks ask: trained" in " ".join(out.split())
 
 
 def test_rows_without_fact_prepare_as_before(runs_dir):

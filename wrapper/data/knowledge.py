@@ -13,7 +13,9 @@ ordinary split wrote (train.jsonl and val.jsonl in the staging folder) are split
 
 A chunk is the unit held out: a fact without a chunk is its own unit, and chunks that share a
 fact are one unit (else a phrasing of an unseen fact would train). The rows of a chunk without a
-`fact` are its document rows (its text, rewrites of it); rows with neither key train.
+`fact` are its document rows (its text, rewrites of it); rows with neither key train. A row that
+asks what one of the recipe's checks asks trains, and its unit is never held out: `ftw smoke`
+expects the GGUF to know it.
 
 Why the layout: paraphrases of one fact that sit in one training sequence let the model copy the
 answer from the neighbouring row instead of storing it (github.com/ykrmm/PhysicsLLM_3.1: 7% -> 97%
@@ -40,7 +42,7 @@ from typing import Any
 
 from wrapper.config.schema import DataSettings
 from wrapper.core.errors import FtwError
-from wrapper.data.formats import parse_row
+from wrapper.data.formats import near_key, parse_row
 from wrapper.data.tokens import TokenCounter
 
 NO_FACT = -1
@@ -71,6 +73,7 @@ class Stored:
     chunk: str | None
     unit: str | None  # the chunk (or chunks joined by a fact, or a fact without one); None: neither key
     lang: str
+    pinned: bool = False  # its question is one the recipe's checks ask: it trains, and so does its unit
 
 
 class StoredReader:
@@ -126,10 +129,17 @@ class Units:
         return f"{kind}:{value}"
 
 
-def _read_stored(files: list[Path]) -> tuple[list[Stored], list[str]]:
+def _first_question(row: dict) -> str | None:
+    for turn in row.get("conversations") or []:
+        if turn.get("from") == "human":
+            return turn.get("value")
+    return None
+
+
+def _read_stored(files: list[Path], pinned: frozenset[str]) -> tuple[list[Stored], list[str]]:
     facts: dict[str, int] = {}
     units = Units()
-    rows: list[tuple[Path, int, int, str | None, str | None, str]] = []
+    rows: list[tuple[Path, int, int, str | None, str | None, str, bool]] = []
     for path in files:
         offset = 0
         with path.open("rb") as handle:
@@ -141,7 +151,9 @@ def _read_stored(files: list[Path]) -> tuple[list[Stored], list[str]]:
                     units.join(keys)
                 if fact is not None:
                     facts.setdefault(fact, len(facts))
-                rows.append((path, offset, len(line), fact, chunk, row.get("lang") or "unknown"))
+                question = _first_question(row)
+                is_pinned = question is not None and near_key(question) in pinned
+                rows.append((path, offset, len(line), fact, chunk, row.get("lang") or "unknown", is_pinned))
                 offset += len(line)
     stored = [
         Stored(
@@ -152,8 +164,9 @@ def _read_stored(files: list[Path]) -> tuple[list[Stored], list[str]]:
             chunk,
             None if fact is None and chunk is None else units.name(("chunk", chunk) if chunk else ("fact", fact)),
             lang,
+            is_pinned,
         )
-        for path, offset, length, fact, chunk, lang in rows
+        for path, offset, length, fact, chunk, lang, is_pinned in rows
     ]
     return stored, list(facts)
 
@@ -211,10 +224,12 @@ def _spacing(order: list[int], facts: list[int]) -> int | None:
     return least
 
 
-def _unseen_units(units: list[str], share: float, rng: random.Random) -> set[str]:
-    """The nearest whole number of units to `share` of them (never all), chosen at random."""
-    count = min(int(share * len(units) + 0.5), len(units) - 1)
-    return set(rng.sample(units, count)) if count > 0 else set()
+def _unseen_units(units: list[str], share: float, rng: random.Random, pinned: set[str]) -> set[str]:
+    """The nearest whole number of units to `share` of them (never all), chosen at random among those
+    without a pinned row."""
+    free = [unit for unit in units if unit not in pinned]
+    count = min(int(share * len(units) + 0.5), len(units) - 1, len(free))
+    return set(rng.sample(free, count)) if count > 0 else set()
 
 
 def _copy(rows: list[Stored], order: list[int], writer) -> Counter:
@@ -241,26 +256,31 @@ def split(
     counter: TokenCounter | None,
     chunk_tokens: dict[str, int],
     make_writer,
+    pinned: frozenset[str] = frozenset(),
 ) -> KnowledgeSplit:
     """Split the rows of staging/train.jsonl and val.jsonl into train, probes and unseen (see the module's
-    docstring); make_writer(name) opens the JSONL writer of staging/NAME.jsonl."""
+    docstring); make_writer(name) opens the JSONL writer of staging/NAME.jsonl. A row whose question is in
+    `pinned` (near_key of the recipe's checks' prompts: `ftw smoke` asks them of the GGUF) trains, and its
+    chunk is never held out."""
     before = [staging / f"{name}.jsonl" for name in ("train", "val") if (staging / f"{name}.jsonl").is_file()]
     moved = []
     for path in before:  # the new train.jsonl is written while the old one is read
         moved.append(path.rename(path.with_name(f"{path.stem}.before")))
-    rows, fact_names = _read_stored(moved)
+    rows, fact_names = _read_stored(moved, pinned)
     rng = random.Random(f"{settings.seed}:knowledge")
     units = sorted({row.unit for row in rows if row.unit is not None})
-    unseen_units = _unseen_units(units, settings.unseen_share, rng)
+    pinned_units = {row.unit for row in rows if row.pinned and row.unit is not None}
+    unseen_units = _unseen_units(units, settings.unseen_share, rng, pinned_units)
     unseen = [i for i, row in enumerate(rows) if row.unit in unseen_units]
     phrasings: dict[int, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
-        if row.fact != NO_FACT and row.unit not in unseen_units:
+        if row.fact != NO_FACT and row.unit not in unseen_units and not row.pinned:
             phrasings[row.fact].append(index)
     probes: list[int] = []
     probed = 0
-    for fact in sorted(phrasings):  # a fact keeps at least one phrasing in training
-        if settings.probes_per_fact and len(phrasings[fact]) > settings.probes_per_fact:
+    pinned_facts = {row.fact for row in rows if row.pinned and row.fact != NO_FACT}
+    for fact in sorted(phrasings):  # a fact keeps at least one phrasing in training (a pinned one counts)
+        if settings.probes_per_fact and len(phrasings[fact]) + (fact in pinned_facts) > settings.probes_per_fact:
             probes += rng.sample(phrasings[fact], settings.probes_per_fact)
             probed += 1
     held = set(unseen) | set(probes)
@@ -298,6 +318,7 @@ def split(
         "unseen_units": len(unseen_units),
         "unseen_facts": len({rows[i].fact for i in unseen if rows[i].fact != NO_FACT}),
         "unseen_rows": len(unseen),
+        "pinned_rows": sum(1 for row in rows if row.pinned),  # asked by the recipe's checks: trained
         "document_rows": sum(1 for i in train if rows[i].fact == NO_FACT and rows[i].unit is not None),
         "other_rows": sum(1 for i in train if rows[i].unit is None),
         # the least distance, in rows, between two rows of one fact in train.jsonl and probes.jsonl:
@@ -339,6 +360,11 @@ def summary_lines(info: dict, counts: dict, settings: dict, langs) -> list[str]:
         "trained document rows "
         f"{info['document_rows']}, rows of no fact or chunk {info['other_rows']}",
     ]
+    if info.get("pinned_rows"):
+        lines.append(
+            f"{info['pinned_rows']} row(s) ask what the recipe's checks ask: trained, never probes or unseen "
+            "(`ftw smoke` asks them of the GGUF)"
+        )
     ratio = info["synthetic_to_source"]
     lines.append(
         f"synthetic/source tokens: {ratio:g} ({info['synthetic_tokens']:,} / {info['source_tokens']:,})"

@@ -37,7 +37,7 @@ from wrapper.core.fsutil import staged_dir, write_text_atomic
 from wrapper.core.paths import check_run_name, display_path, runs_dir
 from wrapper.core.ui import byte_progress, step
 from wrapper.data import knowledge
-from wrapper.data.formats import BAD_GROUP
+from wrapper.data.formats import BAD_GROUP, near_key
 from wrapper.data.prepared import DATA_DIR, PREPARED, load_prepared
 from wrapper.data.scan import (
     EXACT,
@@ -294,7 +294,8 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
     run_dir.mkdir(parents=True, exist_ok=True)
     final_dir = run_dir / DATA_DIR
     with staged_dir(final_dir) as staging:
-        tally, outputs, text_kind = _write(scanner, staging, final_dir, settings)
+        pinned = frozenset(near_key(check.prompt) for check in recipe.checks)
+        tally, outputs, text_kind = _write(scanner, staging, final_dir, settings, pinned)
         if kind == "json" and text_kind:
             kind = "pt"
         if kind == "json":
@@ -323,7 +324,9 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
     return PrepareResult(info, tally, sources, lengths, 1 if info["kind"] == "pt" else scanner.length_every)
 
 
-def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[Tally, dict, bool]:
+def _write(
+    scanner: Scanner, staging: Path, final_dir: Path, settings, pinned: frozenset[str]
+) -> tuple[Tally, dict, bool]:
     tally = Tally()
     split = LanguageSplit(settings.val_ratio, settings.seed)
     writers = {name: JsonlWriter(staging / f"{name}.jsonl") for name in ("train", "val", "rejects")}
@@ -374,17 +377,25 @@ def _write(scanner: Scanner, staging: Path, final_dir: Path, settings) -> tuple[
     tally.train, tally.val = writers["train"].rows, writers["val"].rows
     outputs = {name: writer.record(final_dir) for name, writer in writers.items()}
     if tally.facts:
-        _split_knowledge(scanner, tally, outputs, staging, final_dir, settings)
+        _split_knowledge(scanner, tally, outputs, staging, final_dir, settings, pinned)
     elif not tally.val:
         (staging / "val.jsonl").unlink()
         outputs.pop("val")
     return tally, outputs, text_kind
 
 
-def _split_knowledge(scanner: Scanner, tally: Tally, outputs: dict, staging: Path, final_dir: Path, settings) -> None:
-    """Rows carry `fact`: train, probes and unseen replace train and val (data/knowledge.py)."""
+def _split_knowledge(
+    scanner: Scanner, tally: Tally, outputs: dict, staging: Path, final_dir: Path, settings, pinned: frozenset[str]
+) -> None:
+    """Rows carry `fact`: train, probes and unseen replace train and val (data/knowledge.py); the questions
+    the recipe's checks ask (`pinned`) train."""
     split = knowledge.split(
-        staging, settings, scanner.counter, tally.chunk_tokens, lambda name: JsonlWriter(staging / f"{name}.jsonl")
+        staging,
+        settings,
+        scanner.counter,
+        tally.chunk_tokens,
+        lambda name: JsonlWriter(staging / f"{name}.jsonl"),
+        pinned,
     )
     del outputs["train"], outputs["val"]
     outputs.update({name: writer.record(final_dir) for name, writer in split.outputs.items()})
