@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from wrapper.commands.eval_tables import print_report, print_table
 from wrapper.commands.options import run_option, runs_option, writes_run
 from wrapper.core.eval_result import EVAL_JSON
 from wrapper.core.gguf_io import QUANT_TYPES
 from wrapper.core.manifest import run_dir_of
-from wrapper.core.ui import done
+from wrapper.core.ui import console, done
 from wrapper.eval.evaluate import evaluate
 from wrapper.eval.report import compare_runs, write_comparison, write_report
-from wrapper.eval.tables import report_of
+from wrapper.eval.tables import knowledge_headline, report_of
 
 
 @click.command("eval")
@@ -107,6 +108,8 @@ def eval_command(
     )
     print_report(report_of(result))
     md, html = write_report(run_dir)
+    if headline := knowledge_headline(result):  # last, where it is read: does it know the documents?
+        console.print(f"[bold]{escape(headline)}[/bold]", soft_wrap=True)
     done(f"{run_dir / EVAL_JSON}, {md}, {html}")
 
 
