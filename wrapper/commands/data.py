@@ -22,7 +22,7 @@ from wrapper.config.profiles import load_profile
 from wrapper.config.schema import SYNTH_KINDS
 from wrapper.core.paths import SYNTH_ROWS, check_run_name, display_path, runs_dir
 from wrapper.core.ui import console, done
-from wrapper.data import knowledge
+from wrapper.data import knowledge, replay
 from wrapper.data.check import (
     KIND_NAMES,
     CheckEvent,
@@ -302,6 +302,8 @@ def show_prepared(prepared: PrepareResult) -> None:
         words = {"train": by_count(tally.train_langs)}
         for line in knowledge.summary_lines(tally.knowledge, info["counts"], settings, words):
             console.print(f"  {line}", markup=False)
+    if info.get("replay"):
+        console.print(f"  {replay.summary_line(info['replay'])}", markup=False)
     if prepared.lengths is not None:
         for line in lengths_lines(prepared.lengths, settings["cutoff_len"], prepared.length_every):
             console.print(f"  {line}")

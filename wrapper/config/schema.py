@@ -163,6 +163,12 @@ class DataSettings:
     unseen_share: float = key(
         0.1, help="rows carrying `fact`: share of the chunks held out whole (data/unseen.jsonl), never trained"
     )
+    replay: str | None = key(
+        None,
+        help="a file of general rows (Alpaca, ShareGPT, messages), relative to the recipe, mixed into "
+        "train.jsonl against forgetting",
+    )
+    replay_share: float = key(0.1, help="with replay: share of train.jsonl's rows drawn from the replay file")
 
     def check(self, doc: YamlDoc, prefix: str) -> None:
         if self.probes_per_fact < 0:
@@ -174,6 +180,15 @@ class DataSettings:
             raise FtwError(
                 f"{doc.origin(prefix + 'unseen_share')}: unseen_share is a share of the chunks, "
                 f"0 <= unseen_share < 1; found {self.unseen_share!r}"
+            )
+        if not 0 < self.replay_share < 1:
+            raise FtwError(
+                f"{doc.origin(prefix + 'replay_share')}: replay_share is the share of train.jsonl's rows drawn "
+                f"from data.replay, 0 < replay_share < 1; found {self.replay_share!r}"
+            )
+        if self.replay is not None and not self.replay.strip():
+            raise FtwError(
+                f"{doc.origin(prefix + 'replay')}: replay is a file of general rows; give its path or remove the key"
             )
         if not 0 <= self.val_ratio < 1:
             raise FtwError(

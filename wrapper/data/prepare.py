@@ -7,6 +7,8 @@ and writes into runs/RUN/data/:
 
   train.jsonl, val.jsonl   the rows LLaMA-Factory trains and evaluates on
   probes.jsonl, unseen.jsonl  instead of val.jsonl when rows carry `fact` (data/knowledge.py)
+                           train.jsonl also holds data.replay's general rows when the recipe names a file
+                           (data/replay.py)
   rejects.jsonl            every dropped row with its source file:line and the reason
   prepared.json            counts, settings, sources and outputs with sha256
 
@@ -36,9 +38,10 @@ from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import staged_dir, write_text_atomic
 from wrapper.core.paths import check_run_name, display_path, runs_dir
 from wrapper.core.ui import byte_progress, step
-from wrapper.data import knowledge
+from wrapper.data import knowledge, replay
 from wrapper.data.formats import BAD_GROUP, near_key
 from wrapper.data.prepared import DATA_DIR, PREPARED, load_prepared
+from wrapper.data.replay import ReplayTally
 from wrapper.data.scan import (
     EXACT,
     FILTERED,
@@ -46,6 +49,7 @@ from wrapper.data.scan import (
     NEAR,
     Item,
     Scanner,
+    Source,
     input_paths,
     recipe_counter,
     recipe_cutoff_len,
@@ -151,6 +155,7 @@ class Tally:
     unseen: int = 0
     held_langs: dict[str, Counter] = field(default_factory=dict)  # probes / unseen -> rows per language
     knowledge: dict | None = None
+    replay: ReplayTally | None = None  # data.replay's rows, counted apart from the data's
 
 
 @dataclass
@@ -235,8 +240,8 @@ def _check_stage(recipe: Recipe, kind: str) -> None:
         )
 
 
-def data_kind(scanner: Scanner) -> str:
-    kinds = {("pt" if s.kind in ("plain", "subtitles") else "json") for s in scanner.sources}
+def data_kind(sources: list[Source]) -> str:
+    kinds = {("pt" if s.kind in ("plain", "subtitles") else "json") for s in sources}
     return "pt" if kinds == {"pt"} else "mixed" if "pt" in kinds else "json"
 
 
@@ -260,13 +265,14 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
     recipe = load_recipe(recipe_name, overrides)
     settings = recipe.data
     files, skipped = input_paths(data_files, recipe, run_dir)
+    general = replay.replay_file(recipe)  # read last, as one more source: the same readers, checks, duplicates
     cutoff_len = recipe_cutoff_len(recipe)
     counter, why_not = recipe_counter(recipe)
-    scanner = Scanner(files, settings, counter, cutoff_len)
+    scanner = Scanner(files + ([general] if general else []), settings, counter, cutoff_len)
     scanner.counter_missing = why_not
     # Lengths are the job of `ftw data check`; here a sample of ~64 MB of rows is enough to warn.
     scanner.length_every = max(1, math.ceil(scanner.total_bytes() / LENGTH_SAMPLE_BYTES))
-    kind = data_kind(scanner)
+    kind = data_kind(scanner.sources[: len(files)])
     if kind == "mixed":
         raise FtwError(
             "the files mix raw text (.txt/.md/.srt/.vtt) with JSON rows: a run trains on one or the "
@@ -288,6 +294,7 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
         f"Preparing run [bold]{run}[/bold] from {len(files)} file(s), recipe {recipe.name}: "
         f"val_ratio {settings.val_ratio}, seed {settings.seed}, dedupe {settings.dedupe}"
         + (f", min_rating {settings.min_rating:g}" if settings.min_rating is not None else "")
+        + (f", replay {escape(display_path(general))} at share {settings.replay_share:g}" if general else "")
     )
     for path in skipped:
         step(f"  [yellow]skipped[/yellow] {escape(display_path(path))}: not a data file")
@@ -295,7 +302,7 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
     final_dir = run_dir / DATA_DIR
     with staged_dir(final_dir) as staging:
         pinned = frozenset(near_key(check.prompt) for check in recipe.checks)
-        tally, outputs, text_kind = _write(scanner, staging, final_dir, settings, pinned)
+        tally, outputs, text_kind = _write(scanner, staging, final_dir, settings, pinned, general is not None)
         if kind == "json" and text_kind:
             kind = "pt"
         if kind == "json":
@@ -303,8 +310,10 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
         _check_invariant(scanner, tally)
         if len(tally.row_kinds) > 1:
             raise FtwError(
-                'the files mix raw text ({"text"} rows) with conversations: a run trains on one or '
-                "the other (stage pt on text, sft on conversations). Prepare them as separate runs."
+                'the files mix raw text ({"text"} rows) with conversations'
+                + (" (data.replay's rows count too)" if general else "")
+                + ": a run trains on one or the other (stage pt on text, sft on conversations). "
+                "Prepare them as separate runs."
             )
         if tally.kept == 0:
             raise FtwError("no rows left to train on: every row was rejected (run `ftw data check` on the files)")
@@ -316,26 +325,46 @@ def prepare(recipe_name: str, data_files: list[str], run: str, overrides: list[s
         run_dir / "dataset_info.json", json.dumps(prepared.dataset_info(), ensure_ascii=False, indent=2) + "\n"
     )
     sources = []
-    for source in scanner.sources:
+    for source in data_sources(scanner, tally):
         read, kept, rejected = tally.per_source[source.index]
         fmt = scanner.reports[source.index].format or "unknown format"
         sources.append(SourceCount(source.name, fmt, read, kept, rejected))
-    lengths = _all_lengths(scanner) if counter is not None else None
+    lengths = _all_lengths(scanner, tally) if counter is not None else None
     return PrepareResult(info, tally, sources, lengths, 1 if info["kind"] == "pt" else scanner.length_every)
 
 
+def data_sources(scanner: Scanner, tally: Tally) -> list[Source]:
+    """The sources of the data, without data.replay's file."""
+    return [s for s in scanner.sources if tally.replay is None or s.index != tally.replay.index]
+
+
+def _check_whole(scanner: Scanner, source: Source) -> None:
+    report = scanner.reports[source.index]
+    if report.fatal:
+        raise FtwError(
+            f"{report.fatal}. Rows after it would be lost, so nothing was prepared: "
+            "fix the file (ftw data check lists every problem) or write it as JSONL."
+        )
+
+
 def _write(
-    scanner: Scanner, staging: Path, final_dir: Path, settings, pinned: frozenset[str]
+    scanner: Scanner, staging: Path, final_dir: Path, settings, pinned: frozenset[str], with_replay: bool
 ) -> tuple[Tally, dict, bool]:
+    """Read every source into staging: the data's rows split into train and val (then the knowledge split
+    when they carry `fact`), the replay file's kept rows aside until they are drawn into train.jsonl."""
     tally = Tally()
+    if with_replay:
+        last = scanner.sources[-1]
+        tally.replay = ReplayTally(last.path, last.index)
     split = LanguageSplit(settings.val_ratio, settings.seed)
     writers = {name: JsonlWriter(staging / f"{name}.jsonl") for name in ("train", "val", "rejects")}
+    replay_kept = JsonlWriter(staging / replay.KEPT)
     text_kind = False
     try:
         with byte_progress() as progress:
             task = progress.add_task("preparing", total=scanner.total_bytes())
             scanner.on_bytes = lambda n: progress.advance(task, n)
-            for source in scanner.sources:
+            for source in data_sources(scanner, tally):
                 counts = tally.per_source.setdefault(source.index, [0, 0, 0])
                 for batch in scanner.batches(source):
                     for item in batch:
@@ -365,14 +394,11 @@ def _write(
                         (tally.val_langs if name == "val" else tally.train_langs)[lang] += 1
                         tally.kept += 1
                         counts[1] += 1
-                report = scanner.reports[source.index]
-                if report.fatal:
-                    raise FtwError(
-                        f"{report.fatal}. Rows after it would be lost, so nothing was prepared: "
-                        "fix the file (ftw data check lists every problem) or write it as JSONL."
-                    )
+                _check_whole(scanner, source)
+            if tally.replay is not None:  # last: a row in both trains as the data's, the replay's is its duplicate
+                _read_replay(scanner, scanner.sources[-1], tally, writers["rejects"], replay_kept, settings.dedupe)
     finally:
-        for writer in writers.values():
+        for writer in (*writers.values(), replay_kept):
             writer.close()
     tally.train, tally.val = writers["train"].rows, writers["val"].rows
     outputs = {name: writer.record(final_dir) for name, writer in writers.items()}
@@ -381,7 +407,53 @@ def _write(
     elif not tally.val:
         (staging / "val.jsonl").unlink()
         outputs.pop("val")
+    if tally.replay is not None:
+        _mix_replay(tally, outputs, staging, final_dir, settings)
+    else:
+        replay_kept.path.unlink()
     return tally, outputs, text_kind
+
+
+def _read_replay(scanner: Scanner, source: Source, tally: Tally, rejects: JsonlWriter, kept: JsonlWriter, dedupe: str):
+    """The replay file's rows, each rejected (into rejects.jsonl, as the data's are) or kept aside in `kept`
+    without fact or chunk: they are drawn into train.jsonl once the split is done (_mix_replay)."""
+    general = tally.replay
+    counts = tally.per_source.setdefault(source.index, [0, 0, 0])
+    for batch in scanner.batches(source):
+        for item in batch:
+            general.read += 1
+            counts[0] += 1
+            rejected = reject_reason(item, dedupe)
+            if rejected:  # a bad `fact` too: the row is dropped, not the data refused, since replay rows have none
+                kind, reason = rejected
+                rejects.write(reject_record(item, kind, reason))
+                general.rejected += 1
+                counts[2] += 1
+                general.reasons[kind] += 1
+                continue
+            # raw text among conversations (or the reverse) is refused as it is between the data's files
+            tally.row_kinds["text" if item.row.text is not None else "conversation"] += 1
+            kept.write(replay.general_row(output_row(item)))
+            general.tokens.append(item.tokens)
+            general.kept += 1
+            counts[1] += 1
+    _check_whole(scanner, source)
+
+
+def _mix_replay(tally: Tally, outputs: dict, staging: Path, final_dir: Path, settings) -> None:
+    """Draw data.replay's rows into train.jsonl at random places (data/replay.py). Rows only go between
+    rows, so the knowledge split's `spacing` between two rows of one fact stays a floor."""
+    writer = replay.mix(
+        staging,
+        tally.replay,
+        settings.replay_share,
+        settings.seed,
+        tally.train,
+        lambda name: JsonlWriter(staging / f"{name}.jsonl"),
+    )
+    outputs["train"] = writer.record(final_dir)
+    tally.train = writer.rows
+    tally.train_langs.update(tally.replay.langs)
 
 
 def _split_knowledge(
@@ -408,13 +480,20 @@ def _split_knowledge(
 
 
 def _check_invariant(scanner: Scanner, tally: Tally) -> None:
-    read = sum(report.read for report in scanner.reports)
+    general = tally.replay or ReplayTally(Path(), -1)
+    read = sum(report.read for report in scanner.reports) - general.read
     held = tally.probes + tally.unseen
-    if not (read == tally.read == tally.kept + tally.rejected and tally.kept == tally.train + tally.val + held):
+    trained = tally.train - general.drawn  # the data's rows in train.jsonl
+    if not (read == tally.read == tally.kept + tally.rejected and tally.kept == trained + tally.val + held):
         raise FtwError(
-            f"internal error: rows read {read} / {tally.read} != kept {tally.kept} (train {tally.train} "
+            f"internal error: rows read {read} / {tally.read} != kept {tally.kept} (train {trained} "
             f"+ val {tally.val} + probes {tally.probes} + unseen {tally.unseen}) + rejected {tally.rejected}; "
             "nothing was prepared"
+        )
+    if not (general.read == general.kept + general.rejected and general.drawn <= general.kept):
+        raise FtwError(
+            f"internal error: replay rows read {general.read} != kept {general.kept} + rejected "
+            f"{general.rejected}, or drawn {general.drawn} > kept; nothing was prepared"
         )
     for index, (read_here, kept, rejected) in tally.per_source.items():
         if read_here != kept + rejected or read_here != scanner.reports[index].read:
@@ -437,7 +516,7 @@ def _prepared_info(
 ) -> dict:
     lengths = None
     if counter is not None:
-        total = _all_lengths(scanner)
+        total = _all_lengths(scanner, tally)
         lengths = {
             **total.summary(),
             "cutoff_len": cutoff_len,
@@ -446,7 +525,7 @@ def _prepared_info(
             "sampled_1_in": 1 if kind == "pt" else scanner.length_every,
         }
     sources = []
-    for source in scanner.sources:
+    for source in data_sources(scanner, tally):
         report = scanner.reports[source.index]
         read, kept, rejected = tally.per_source[source.index]
         stat = source.path.stat()
@@ -477,6 +556,7 @@ def _prepared_info(
             "val": tally.val,
             "probes": tally.probes,
             "unseen": tally.unseen,
+            "replay": tally.replay.drawn if tally.replay else 0,  # of train: data.replay's general rows
             "rejected_by_kind": dict(tally.reasons),
         },
         "split": {
@@ -485,6 +565,11 @@ def _prepared_info(
             **{name: dict(langs) for name, langs in tally.held_langs.items()},
         },
         "knowledge": tally.knowledge,  # rows carry `fact`: facts, phrasings, probes, unseen chunks (knowledge.py)
+        "replay": (
+            tally.replay.info(recipe.data.replay_share, scanner.reports[tally.replay.index].sha256)
+            if tally.replay
+            else None
+        ),
         "lengths": lengths,
         "files": outputs,
         "sources": sources,
@@ -492,8 +577,11 @@ def _prepared_info(
     }
 
 
-def _all_lengths(scanner: Scanner) -> Lengths:
+def _all_lengths(scanner: Scanner, tally: Tally) -> Lengths:
+    """The token lengths of the rows that train or are held out: the data's, and the replay rows drawn."""
     total = Lengths.empty()
-    for report in scanner.reports:
-        total.merge(report.lengths)
+    for source in data_sources(scanner, tally):
+        total.merge(scanner.reports[source.index].lengths)
+    if tally.replay is not None:
+        total.merge(tally.replay.lengths)
     return total

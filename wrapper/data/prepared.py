@@ -129,9 +129,10 @@ class PreparedData:
         )
 
     def changed_sources(self) -> list[str]:
-        """Sources whose size or modification time differ from when they were prepared."""
+        """Sources (and data.replay's file) whose size or modification time differ from when they were prepared."""
         changed = []
-        for source in self.info["sources"]:
+        general = self.info.get("replay")
+        for source in self.info["sources"] + ([general] if general else []):
             path = Path(source["path"])
             if not path.is_file():
                 changed.append(f"{source['path']} (gone)")
@@ -158,6 +159,11 @@ class PreparedData:
                 {key: s[key] for key in ("path", "format", "sha256", "read", "kept", "rejected")}
                 for s in self.info["sources"]
             ],
+            "replay": (  # data.replay's file: an input of train.jsonl as the sources are
+                {key: self.info["replay"][key] for key in ("path", "sha256", "drawn", "share")}
+                if self.info.get("replay")
+                else None
+            ),
             "changed_sources": self.changed_sources(),
         }
 
