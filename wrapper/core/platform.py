@@ -1,0 +1,24 @@
+"""What differs between Windows and the POSIX systems, decided here and nowhere else.
+
+Everything reads `sys.platform` when called (not at import), so that tests can take the Windows
+branch on Linux with `monkeypatch.setattr(sys, "platform", "win32")`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def is_windows() -> bool:
+    return sys.platform == "win32"
+
+
+def exe_name(name: str) -> str:
+    """A program's file name: Windows runs only files with an extension it knows, here `.exe`."""
+    return f"{name}.exe" if is_windows() else name
+
+
+def venv_bin_dir() -> Path:
+    """Where the venv's console scripts and the programs PyPI packages ship land: Scripts\\ on Windows."""
+    return Path(sys.prefix) / "Scripts" if is_windows() else Path(sys.executable).parent
