@@ -6,12 +6,14 @@ so these tests hold the logic (names, layouts, fallbacks), not Windows' own beha
 
 from __future__ import annotations
 
+import ast
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from wrapper.core import platform
+from wrapper.core import fsutil, platform
 from wrapper.prompts import gorender
 
 
@@ -36,3 +38,82 @@ def test_venv_programs_are_in_scripts_on_windows(windows, monkeypatch, tmp_path)
 
 def test_venv_programs_on_posix_are_beside_python():
     assert platform.venv_bin_dir() == Path(sys.executable).parent
+
+
+# ---- files other programs read: "\n" on every system ------------------------------------------
+
+WRAPPER = Path(__file__).resolve().parents[1] / "wrapper"
+TEXT = 'FROM ./gguf/demo.gguf\nTEMPLATE """{{ .Prompt }}\n"""\nқазақ тілі, русский\n'
+
+
+def test_text_files_hold_exactly_the_text(tmp_path):
+    exact, atomic = tmp_path / "Modelfile", tmp_path / "manifest.json"
+    fsutil.write_text_exact(exact, TEXT)
+    fsutil.write_text_atomic(atomic, TEXT)
+    for path in (exact, atomic):
+        assert path.read_bytes() == TEXT.encode("utf-8")
+        assert b"\r" not in path.read_bytes()
+
+
+OPEN_MODULES = ("io", "os", "codecs", "gzip", "bz2", "lzma")  # open(file, mode): the mode second
+ARCHIVE_MODULES = ("tarfile", "zipfile")
+
+
+def text_writes(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, what) for each way of writing text that turns "\\n" into "\\r\\n" on Windows: Path.write_text (one
+    helper is easier to hold than a keyword at every call), and a text-mode open for writing without
+    newline="\\n" (or "")."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name == "write_text":
+            yield node.lineno, "write_text"
+        elif name in ("open", "fdopen"):
+            receiver = ast.unparse(func.value) if isinstance(func, ast.Attribute) else ""
+            if receiver in ARCHIVE_MODULES or (receiver, name) == ("os", "open"):
+                continue  # binary archives; os.open's second argument is flags
+            method_of_path = name == "open" and receiver not in ("", *OPEN_MODULES)
+            positional = node.args[0 if method_of_path else 1 :]
+            keywords = {kw.arg: kw.value for kw in node.keywords}
+            mode_node = keywords.get("mode", positional[0] if positional else None)
+            if mode_node is None:
+                continue  # "r"
+            if not isinstance(mode_node, ast.Constant):
+                yield node.lineno, f"open with a computed mode {ast.unparse(mode_node)}"
+                continue
+            mode = mode_node.value
+            writes = any(flag in mode for flag in "wax+")
+            newline = keywords.get("newline")
+            exact = isinstance(newline, ast.Constant) and newline.value in ("\n", "")
+            if writes and "b" not in mode and not exact:
+                yield node.lineno, f"open({mode!r}) without newline='\\n'"
+
+
+def test_no_text_write_in_wrapper_translates_newlines():
+    """Every text file ftw writes goes through fsutil.write_text_exact / write_text_atomic, or opens with
+    newline="\\n": on Windows these files are read by Ollama, llama.cpp, LM Studio and the Hub as bytes."""
+    found = []
+    for path in sorted(WRAPPER.rglob("*.py")):
+        for line, what in text_writes(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (path.name == "fsutil.py" and what == "write_text"):
+                found.append(f"{path.relative_to(WRAPPER.parent)}:{line}: {what}")
+    assert not found, "use wrapper.core.fsutil.write_text_exact:\n" + "\n".join(found)
+
+
+def test_the_check_finds_what_it_forbids():
+    source = (
+        'p.write_text("x", encoding="utf-8")\n'
+        'open(f, "w", encoding="utf-8")\n'
+        'p.open("a", encoding="utf-8")\n'
+        'os.fdopen(h, "w")\n'
+        'gzip.open(f, "wt")\n'
+        "p.open(mode)\n"
+        'open(f, "w", encoding="utf-8", newline="\\n")\n'
+        'p.open("wb")\n'
+        'p.open(encoding="utf-8")\n'
+        "open(f)\n"
+        'tarfile.open(f, "w:gz")\n'
+    )
+    assert [line for line, _ in text_writes(ast.parse(source))] == [1, 2, 3, 4, 5, 6]

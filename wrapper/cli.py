@@ -132,7 +132,7 @@ def unexpected(exc: BaseException) -> None:
     text = "".join(traceback.format_exception(exc))
     log = Path(tempfile.gettempdir()) / "ftw-error.log"
     try:
-        with log.open("a", encoding="utf-8") as handle:
+        with log.open("a", encoding="utf-8", newline="\n") as handle:
             handle.write(f"--- ftw {' '.join(sys.argv[1:])}\n{text}\n")
     except OSError:
         log = None

@@ -25,6 +25,7 @@ from typing import Any
 from wrapper.config.ollama import check_parameters
 from wrapper.config.yamldoc import YamlDoc, did_you_mean
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.paths import PROJECT_ROOT, display_path
 
 METHODS = ("lora", "qlora", "full")
@@ -526,5 +527,5 @@ def with_reference(page: str) -> str:
 if __name__ == "__main__":
     # Rewrites the key tables of docs/reference.md from the dataclasses above.
     page = PROJECT_ROOT / "docs" / "reference.md"
-    page.write_text(with_reference(page.read_text(encoding="utf-8")), encoding="utf-8")
+    write_text_exact(page, with_reference(page.read_text(encoding="utf-8")))
     print(f"updated the key tables in {page}")

@@ -19,10 +19,19 @@ def default_mode(kind: int) -> int:
     return kind & ~umask
 
 
+def write_text_exact(path: Path, text: str) -> None:
+    """`text` as UTF-8, each newline one "\\n" byte on every system. Text mode would write "\\r\\n" on
+    Windows, which the programs reading these files keep (Ollama's Modelfile parser keeps it inside a
+    TEMPLATE), while ftw's own read-back, with universal newlines, would not notice."""
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        out.write(text)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
+    """`text` as write_text_exact writes it, made beside `path` and renamed onto it."""
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
             out.write(text)
         os.chmod(tmp, default_mode(0o666))  # mkstemp's file is private (0600); the finished one is not
         os.replace(tmp, path)

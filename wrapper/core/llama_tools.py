@@ -142,7 +142,7 @@ def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec
     out = build_dir(llama_cpp_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = build_log(llama_cpp_dir)
-    log.write_text("", encoding="utf-8")
+    log.write_bytes(b"")
     step(
         f"Building llama.cpp's {', '.join(spec.targets)} ({platform.machine()}, {cpu_jobs()} jobs; "
         f"a few minutes, once per llama.cpp commit); full log: {log}"

@@ -19,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.paths import runs_dir
 
 LOCKS = ".locks"
@@ -48,7 +49,7 @@ def run_lock(run: str, command: str | None = None) -> Iterator[None]:
         raise FtwError(busy_message(run, holder(run))) from None
     try:
         who = {"pid": os.getpid(), "command": command or " ".join(["ftw", *sys.argv[1:]]), "since": time.time()}
-        holder_file.write_text(json.dumps(who) + "\n", encoding="utf-8")
+        write_text_exact(holder_file, json.dumps(who) + "\n")
         yield
     finally:
         holder_file.unlink(missing_ok=True)

@@ -158,7 +158,9 @@ def check(given: list[str], recipe_name: str, report_path: Path | None = None) -
         )
     yield CheckStarted(recipe, files, skipped, cutoff_len, counter.description if counter else None, why_not)
     with ExitStack() as stack:
-        report_file = ReportFile(stack.enter_context(report_path.open("w", encoding="utf-8")) if report_path else None)
+        report_file = ReportFile(
+            stack.enter_context(report_path.open("w", encoding="utf-8", newline="\n")) if report_path else None
+        )
         progress = stack.enter_context(byte_progress())
         task = progress.add_task("reading", total=scanner.total_bytes())
         scanner.on_bytes = lambda n: progress.advance(task, n)

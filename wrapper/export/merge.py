@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.safetensors_io import ST_DTYPES, ST_ITEMSIZE, TensorInfo, read_header, read_tensor, weight_files
 
 PREFIX = "base_model.model."
@@ -359,7 +360,7 @@ def merge_weights(base_dir: Path, adapter_dir: Path, out_dir: Path, weights_dtyp
     if index.is_file():
         data = json.loads(index.read_text(encoding="utf-8"))
         data.setdefault("metadata", {})["total_size"] = total
-        (out_dir / index.name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_text_exact(out_dir / index.name, json.dumps(data, indent=2) + "\n")
     for name in CONFIG_FILES:
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, out_dir / name)

@@ -30,6 +30,7 @@ from pathlib import Path
 from wrapper.config.models import local_model_dir
 from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import (
     DEFAULT_QUANT,
     QUANT_TYPES,
@@ -291,7 +292,7 @@ class AdapterStage:
         config = json.loads((self.trained_on / "config.json").read_text(encoding="utf-8"))
         # The converter reads only the shapes, yet refuses a bitsandbytes config (a QLoRA's base).
         config.pop("quantization_config", None)
-        (config_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        write_text_exact(config_dir / "config.json", json.dumps(config, indent=2))
         step(f"Converting the adapter {self.adapter} with llama.cpp; full log: {self.log_path}")
         argv = [sys.executable, str(llama_cpp_script("convert_lora_to_gguf.py")), "--base", str(config_dir)]
         argv += ["--outtype", self.outtype, "--outfile", str(partial), str(self.adapter)]

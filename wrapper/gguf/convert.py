@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import ftype_of, verify_gguf
 from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.core.plan import RunPlan
@@ -57,7 +58,7 @@ def write_chat_template(source: Path, target: Path, template: str, log_path: Pat
     gguf_new_metadata, from the same gguf-py the converter uses)."""
     script = LLAMA_CPP_DIR / "gguf-py" / "gguf" / "scripts" / "gguf_new_metadata.py"
     template_file = target.with_name(target.name + ".jinja")
-    template_file.write_text(template, encoding="utf-8")
+    write_text_exact(template_file, template)
     try:
         run_with_status(
             [

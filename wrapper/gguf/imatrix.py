@@ -15,6 +15,7 @@ from pathlib import Path
 from wrapper.core import artifacts, stage
 from wrapper.core.cpu import cpu_jobs
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import field_value
 from wrapper.core.llama_tools import tool
 from wrapper.core.plan import RunPlan
@@ -81,7 +82,7 @@ class ImatrixStage:
 
     def make(self, partial: Path) -> None:
         text_file = partial.with_name(partial.name + ".txt")  # a helper of the partial: removed with it
-        text_file.write_text(self.calib.sample.text, encoding="utf-8")
+        write_text_exact(text_file, self.calib.sample.text)
         argv = [str(tool("llama-imatrix")), "-m", str(self.source), "-f", str(text_file), "-o", str(partial)]
         argv += ["--output-format", "gguf", "-c", str(self.calib.context), "--parse-special"]
         argv += ["-t", str(cpu_jobs()), "--no-ppl"]

@@ -20,6 +20,7 @@ from wrapper.core import artifacts, manifest, stage
 from wrapper.core.cpu import cpu_jobs
 from wrapper.core.disk import check_free_space
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import NEEDS_IMATRIX, QUANT_BITS, QUANT_TYPES, ftype_of, verify_gguf
 from wrapper.core.llama_tools import tool
 from wrapper.core.paths import llama_cpp_commit
@@ -193,11 +194,11 @@ def remove_intermediates(run_dir: Path, merged: Path, full: Path, outtype: str, 
         manifest.record_removed(
             run_dir, artifacts.MERGED, {"weights": [path.name for path in weights], "bytes": freed[artifacts.MERGED]}
         )
-        (merged / WEIGHTS_REMOVED_NOTE).write_text(
+        write_text_exact(
+            merged / WEIGHTS_REMOVED_NOTE,
             "The merged weights were removed by `ftw gguf` once the quantized GGUF was verified, to free disk.\n"
             f"Make them again with: ftw export --run {run_dir.name} --force  (and keep them next time with\n"
             "ftw gguf --keep-intermediates). Config and tokenizer files stay here for the later stages.\n",
-            encoding="utf-8",
         )
         for path in weights:
             path.unlink()

@@ -84,11 +84,10 @@ def helper() -> Path:
 
 
 def _call(mode: str, stdin: str) -> dict:
-    done = subprocess.run(
-        [str(helper()), mode], input=stdin, capture_output=True, text=True, encoding="utf-8", check=False
-    )
+    # Bytes both ways: a text-mode pipe would send the Modelfile's "\n" as "\r\n" on Windows.
+    done = subprocess.run([str(helper()), mode], input=stdin.encode("utf-8"), capture_output=True, check=False)
     if done.returncode != 0:
-        raise FtwError(done.stderr.strip() or f"gotemplate {mode} exited {done.returncode}")
+        raise FtwError(done.stderr.decode("utf-8", "replace").strip() or f"gotemplate {mode} exited {done.returncode}")
     return json.loads(done.stdout)
 
 

