@@ -7,6 +7,7 @@ so these tests hold the logic (names, layouts, fallbacks), not Windows' own beha
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from wrapper.core import fsutil, platform
+from wrapper.core.errors import FtwError
 from wrapper.prompts import gorender
 
 
@@ -117,3 +119,53 @@ def test_the_check_finds_what_it_forbids():
         'tarfile.open(f, "w:gz")\n'
     )
     assert [line for line, _ in text_writes(ast.parse(source))] == [1, 2, 3, 4, 5, 6]
+
+
+# ---- replacing a finished file that another program holds -------------------------------------
+
+
+REAL_REPLACE = os.replace
+
+
+class HeldOpen:
+    """os.replace as Windows answers while another program has the target open, `times` times."""
+
+    def __init__(self, times: int):
+        self.times, self.calls = times, 0
+
+    def __call__(self, source, target):
+        self.calls += 1
+        if self.calls <= self.times:
+            raise PermissionError(13, "The process cannot access the file because it is being used", str(target))
+        REAL_REPLACE(source, target)
+
+
+def test_replace_waits_for_a_scanner_to_let_go_on_windows(windows, monkeypatch, tmp_path):
+    source, target = tmp_path / "a.partial", tmp_path / "a.gguf"
+    source.write_bytes(b"new")
+    target.write_bytes(b"old")
+    held = HeldOpen(times=3)
+    monkeypatch.setattr(fsutil.os, "replace", held)
+    monkeypatch.setattr(fsutil, "REPLACE_RETRY_S", 60.0)  # not timed: a loaded machine may be slow
+    fsutil.replace_retrying(source, target)
+    assert target.read_bytes() == b"new" and held.calls == 4
+
+
+def test_replace_names_the_file_and_its_holders_when_it_stays_held(windows, monkeypatch, tmp_path):
+    monkeypatch.setattr(fsutil, "REPLACE_RETRY_S", 0.1)
+    monkeypatch.setattr(fsutil.os, "replace", HeldOpen(times=10**6))
+    monkeypatch.setattr(sys, "argv", ["ftw", "gguf", "--run", "demo"])
+    target = tmp_path / "demo-Q4_K_M.gguf"
+    with pytest.raises(FtwError) as error:
+        fsutil.replace_retrying(tmp_path / "x.partial", target)
+    message = str(error.value)
+    assert str(target) in message and "Ollama, LM Studio, llama-server" in message
+    assert message.endswith("then run: ftw gguf --run demo")
+
+
+def test_replace_on_posix_is_one_os_replace(monkeypatch, tmp_path):
+    held = HeldOpen(times=1)
+    monkeypatch.setattr(fsutil.os, "replace", held)
+    with pytest.raises(PermissionError):
+        fsutil.replace_retrying(tmp_path / "a", tmp_path / "b")
+    assert held.calls == 1

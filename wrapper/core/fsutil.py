@@ -6,10 +6,21 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from wrapper.core.errors import FtwError
+from wrapper.core.platform import is_windows
+
+# Windows refuses to replace a file another program has open. A virus scanner or indexer lets go
+# within moments; a model server does not, and then the user has to act.
+REPLACE_RETRY_S = 1.0
+REPLACE_RETRY_PAUSE_S = 0.05
+HELD_OPEN = "another program (Ollama, LM Studio, llama-server) may hold it open; close it there"
 
 
 def default_mode(kind: int) -> int:
@@ -34,10 +45,33 @@ def write_text_atomic(path: Path, text: str) -> None:
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
             out.write(text)
         os.chmod(tmp, default_mode(0o666))  # mkstemp's file is private (0600); the finished one is not
-        os.replace(tmp, path)
+        replace_retrying(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_retrying(source: str | Path, target: str | Path, held_open: str = HELD_OPEN) -> None:
+    """os.replace; on Windows retried for about a second while the target is held open, then an FtwError
+    naming the file, and `held_open`: who may hold it and what to do (POSIX replaces an open file, so
+    there it is one os.replace, as it always was)."""
+    if not is_windows():
+        os.replace(source, target)
+        return
+    deadline = time.monotonic() + REPLACE_RETRY_S
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError as error:
+            if time.monotonic() >= deadline:
+                raise FtwError(in_use_message(Path(target), held_open)) from error
+            time.sleep(REPLACE_RETRY_PAUSE_S)
+
+
+def in_use_message(target: Path, held_open: str) -> str:
+    command = " ".join(["ftw", *sys.argv[1:]])
+    return f"{target} could not be replaced: {held_open}, then run: {command}"
 
 
 @contextmanager

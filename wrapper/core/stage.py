@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from wrapper.core import manifest, ui
 from wrapper.core.errors import FtwError
-from wrapper.core.fsutil import sha256_of, write_text_atomic
+from wrapper.core.fsutil import replace_retrying, sha256_of, write_text_atomic
 from wrapper.core.ui import done
 
 FULL_HASH_BYTES = 512 * 2**20
@@ -318,4 +318,4 @@ def replace(partial: Path, target: Path) -> None:
     """Rename the verified partial to the target, replacing an older one."""
     if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
-    partial.replace(target)
+    replace_retrying(partial, target)

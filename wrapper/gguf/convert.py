@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wrapper.core import manifest
 from wrapper.core.errors import FtwError
-from wrapper.core.fsutil import write_text_exact
+from wrapper.core.fsutil import replace_retrying, write_text_exact
 from wrapper.core.gguf_io import ftype_of, verify_gguf
 from wrapper.core.paths import LLAMA_CPP_DIR
 from wrapper.core.plan import RunPlan
@@ -109,7 +109,7 @@ def ensure_training_template(
     count = verify_gguf(rewritten, expected_ftype)
     if GgufChat.read(rewritten).chat_template != template:
         raise FtwError(f"{rewritten}: the chat template did not read back as written")
-    rewritten.replace(partial)
+    replace_retrying(rewritten, partial)
     done(f"chat template replaced by the training format ({source}; {count} tensors kept); it differed: {reason}")
 
 
