@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from wrapper.core import fsutil, platform
+from wrapper.core import fsutil, llama_tools, platform
 from wrapper.core.errors import FtwError
 from wrapper.prompts import gorender
 
@@ -169,3 +170,56 @@ def test_replace_on_posix_is_one_os_replace(monkeypatch, tmp_path):
     with pytest.raises(PermissionError):
         fsutil.replace_retrying(tmp_path / "a", tmp_path / "b")
     assert held.calls == 1
+
+
+# ---- llama.cpp's programs: MSVC and its build layout -------------------------------------------
+
+
+def test_programs_are_found_where_a_multi_config_build_puts_them(windows, tmp_path):
+    tree = tmp_path / "llama.cpp"
+    assert llama_tools.binary("llama-server", tree) == tree / "build" / "bin" / "llama-server.exe"  # none built yet
+    release = tree / "build" / "bin" / "Release" / "llama-server.exe"
+    release.parent.mkdir(parents=True)
+    release.write_bytes(b"MZ")
+    assert llama_tools.binary("llama-server", tree) == release
+
+
+def test_programs_on_posix_stay_in_bin(tmp_path):
+    tree = tmp_path / "llama.cpp"
+    built = tree / "build" / "bin" / "llama-server"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"\x7fELF")
+    assert llama_tools.binary("llama-server", tree) == built
+
+
+def test_an_installed_visual_studio_is_a_compiler(windows, monkeypatch, tmp_path):
+    monkeypatch.setattr(shutil, "which", lambda name: "cmake" if name == "cmake" else None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PROGRAMFILES(X86)", str(tmp_path))
+    assert llama_tools.missing_build_tools() == ["compiler"]
+    locator = tmp_path / "Microsoft Visual Studio" / "Installer" / "vswhere.exe"
+    locator.parent.mkdir(parents=True)
+    locator.write_bytes(b"MZ")
+    assert llama_tools.missing_build_tools() == []
+
+
+def test_cl_on_path_is_a_compiler(windows, monkeypatch, tmp_path):
+    monkeypatch.setattr(shutil, "which", lambda name: name if name in ("cmake", "cl") else None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PROGRAMFILES(X86)", str(tmp_path))
+    assert llama_tools.missing_build_tools() == []
+
+
+def test_windows_is_told_to_install_the_build_tools_and_cmake(windows, monkeypatch, tmp_path):
+    tree = tmp_path / "llama.cpp"
+    tree.mkdir()
+    (tree / "FTW_COMMIT").write_bytes(b"0123abcd\n")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PROGRAMFILES(X86)", str(tmp_path))
+    with pytest.raises(llama_tools.ToolsUnavailable) as caught:
+        llama_tools.build(tree)
+    message = str(caught.value)
+    assert 'Visual Studio 2022 Build Tools with the "Desktop development with C++" workload' in message
+    assert "winget install Kitware.CMake" in message and "apt" not in message
+    assert message.endswith("Then: make tools")

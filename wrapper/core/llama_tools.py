@@ -16,7 +16,6 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from wrapper.core.cpu import cpu_jobs, native_build_cflags
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.paths import LLAMA_CPP_DIR, llama_cpp_commit
+from wrapper.core.platform import exe_name, is_windows, msvc_found
 from wrapper.core.procs import last_lines, run_logged
 from wrapper.core.ui import done, stage_progress, step
 
@@ -48,6 +48,15 @@ INSTALL_HINT = {
     "compiler": "install a C++ compiler (Debian/Ubuntu: sudo apt install build-essential; "
     "macOS: xcode-select --install)",
 }
+WINDOWS_INSTALL_HINT = {
+    "cmake": "install CMake (winget install Kitware.CMake, or pip install cmake)",
+    "compiler": 'install Visual Studio 2022 Build Tools with the "Desktop development with C++" workload '
+    '(winget install Microsoft.VisualStudio.2022.BuildTools --override "--passive --wait '
+    '--add Microsoft.VisualStudio.Workload.VCTools --includeRecommended")',
+}
+# Where the programs land: bin/ with a single-configuration generator (Makefiles, Ninja), bin/Release/
+# with a multi-configuration one (Visual Studio's, the default on Windows; Ninja Multi-Config).
+BIN_DIRS = (Path("bin"), Path("bin") / "Release")
 PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
 
@@ -71,8 +80,9 @@ def build_log(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
 
 
 def binary(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
-    suffix = ".exe" if sys.platform == "win32" else ""
-    return build_dir(llama_cpp_dir) / "bin" / f"{name}{suffix}"
+    """The program where the build put it; where a single-configuration build would, before one exists."""
+    candidates = [build_dir(llama_cpp_dir) / folder / exe_name(name) for folder in BIN_DIRS]
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def accelerator_flags() -> tuple[str, ...]:
@@ -125,9 +135,14 @@ def failed_before(spec: BuildSpec, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> bool:
 def missing_build_tools() -> list[str]:
     missing = [] if shutil.which("cmake") else ["cmake"]
     compilers = ("c++", "g++", "clang++") if not os.environ.get("CXX") else (os.environ["CXX"],)
-    if not any(shutil.which(name) for name in compilers):
+    if not (any(shutil.which(name) for name in compilers) or msvc_found()):
         missing.append("compiler")
     return missing
+
+
+def install_hints(missing: list[str]) -> str:
+    hints = WINDOWS_INSTALL_HINT if is_windows() else INSTALL_HINT
+    return "; ".join(hints[m] for m in missing)
 
 
 def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec:
@@ -137,8 +152,9 @@ def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec
         return spec
     missing = missing_build_tools()
     if missing:
-        hints = "; ".join(INSTALL_HINT[m] for m in missing)
-        raise ToolsUnavailable(f"llama.cpp's programs need {' and '.join(missing)} to build: {hints}. Then: make tools")
+        raise ToolsUnavailable(
+            f"llama.cpp's programs need {' and '.join(missing)} to build: {install_hints(missing)}. Then: make tools"
+        )
     out = build_dir(llama_cpp_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = build_log(llama_cpp_dir)
@@ -155,7 +171,7 @@ def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec
         write_stamp(spec, "failed", llama_cpp_dir, log=str(log))
         raise ToolsUnavailable(build_failed_message(log)) from error
     write_stamp(spec, "built", llama_cpp_dir)
-    done(f"built {', '.join(spec.targets)} in {out / 'bin'}")
+    done(f"built {', '.join(spec.targets)} in {binary(spec.targets[0], llama_cpp_dir).parent}")
     return spec
 
 
