@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from wrapper.core import fsutil, llama_tools, platform
+from wrapper.core import artifacts, fsutil, llama_tools, manifest, platform
 from wrapper.core.errors import FtwError
 from wrapper.prompts import gorender
+from wrapper.serve import lmstudio
 
 
 @pytest.fixture
@@ -223,3 +224,65 @@ def test_windows_is_told_to_install_the_build_tools_and_cmake(windows, monkeypat
     assert 'Visual Studio 2022 Build Tools with the "Desktop development with C++" workload' in message
     assert "winget install Kitware.CMake" in message and "apt" not in message
     assert message.endswith("Then: make tools")
+
+
+# ---- LM Studio: links Windows may refuse, files it holds --------------------------------------
+
+
+@pytest.fixture
+def run_with_gguf(tmp_path) -> Path:
+    run_dir = tmp_path / "runs" / "demo"
+    (run_dir / "gguf").mkdir(parents=True)
+    gguf = run_dir / "gguf" / "demo-Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    manifest.save(run_dir, {"run": "demo", "artifacts": {}})
+    manifest.record_artifacts(run_dir, **{artifacts.gguf("Q4_K_M"): gguf})
+    return run_dir
+
+
+def refuse(*args, **kwargs):
+    raise OSError(1314, "A required privilege is not held by the client")
+
+
+def test_lmstudio_symlinks_where_it_can(run_with_gguf, tmp_path):
+    placed = lmstudio.place(run_with_gguf, models_dir=tmp_path)
+    assert placed.how == "symbolic link" and placed.target.is_symlink()
+    again = lmstudio.place(run_with_gguf, models_dir=tmp_path)
+    assert again.already and again.how == "symbolic link"
+
+
+def test_lmstudio_hard_links_where_symlinks_are_refused(run_with_gguf, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "symlink", refuse)
+    placed = lmstudio.place(run_with_gguf, models_dir=tmp_path)
+    gguf = run_with_gguf / "gguf" / "demo-Q4_K_M.gguf"
+    assert placed.how == "hard link" and not placed.target.is_symlink() and placed.target.samefile(gguf)
+    again = lmstudio.place(run_with_gguf, models_dir=tmp_path)
+    assert again.already and again.how == "hard link"
+
+
+def test_lmstudio_copies_where_no_link_can_be_made(run_with_gguf, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "symlink", refuse)
+    monkeypatch.setattr(os, "link", refuse)
+    placed = lmstudio.place(run_with_gguf, models_dir=tmp_path)
+    gguf = run_with_gguf / "gguf" / "demo-Q4_K_M.gguf"
+    assert placed.how == "copy" and placed.target.read_bytes() == gguf.read_bytes()
+    assert not placed.target.samefile(gguf)
+
+
+def test_lmstudio_says_unload_when_the_placed_file_is_loaded(run_with_gguf, tmp_path, monkeypatch):
+    placed = lmstudio.place(run_with_gguf, models_dir=tmp_path, copy=True)
+
+    def loaded(self, missing_ok=False):
+        if self == placed.target:
+            raise PermissionError(13, "The process cannot access the file because it is being used", str(self))
+
+    monkeypatch.setattr(Path, "unlink", loaded)
+    with pytest.raises(FtwError, match=r"unload the model in LM Studio .*then run: ftw lmstudio --run demo$"):
+        lmstudio.place(run_with_gguf, models_dir=tmp_path, copy=True)
+
+
+def test_lmstudio_says_unload_when_windows_will_not_replace_it(run_with_gguf, tmp_path, windows, monkeypatch):
+    monkeypatch.setattr(fsutil, "REPLACE_RETRY_S", 0.1)
+    monkeypatch.setattr(fsutil.os, "replace", HeldOpen(times=10**6))
+    with pytest.raises(FtwError, match="unload the model in LM Studio"):
+        lmstudio.place(run_with_gguf, models_dir=tmp_path, copy=True)

@@ -171,6 +171,15 @@ def read_piped() -> str:
     return line
 
 
+PLACED_AS = {"symbolic link": "linked", "hard link": "hard-linked", "copy": "copied"}
+PLACED_NOTE = {
+    "symbolic link": " -> {gguf}",
+    "hard link": " (the same file as {gguf}: this system refused a symbolic link; Windows makes them "
+    "with Developer Mode on)",
+    "copy": " (no link could be made here: another drive, or a file system without links)",
+}
+
+
 @click.command()
 @run_option
 @quant_option(help="Which quantized GGUF to place.")
@@ -202,7 +211,8 @@ def lmstudio(run: str, quant: str, models_dir: Path | None, copy: bool) -> None:
     if placed.already:
         done(f"LM Studio already sees {placed.target} -> {placed.gguf}")
         return
-    done(f"{'copied' if copy else 'linked'} for LM Studio: {placed.target}" + ("" if copy else f" -> {placed.gguf}"))
+    note = "" if copy else PLACED_NOTE[placed.how].format(gguf=placed.gguf)
+    done(f"{PLACED_AS[placed.how]} for LM Studio: {placed.target}{note}")
     console.print(
         f"In LM Studio: My Models shows {PUBLISHER}/{run_dir.name}; its prompt format comes from the "
         f"chat template inside the file (the training format, written by `ftw gguf`).",
