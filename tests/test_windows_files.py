@@ -7,17 +7,19 @@ so these tests hold the logic (names, layouts, fallbacks), not Windows' own beha
 from __future__ import annotations
 
 import ast
+import ntpath
 import os
 import shutil
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import pytest
 
-from wrapper.core import artifacts, fsutil, llama_tools, manifest, platform
+from wrapper.core import artifacts, fsutil, llama_tools, manifest, paths, platform
 from wrapper.core.errors import FtwError
 from wrapper.prompts import gorender
+from wrapper.publish import stage as publish_stage
 from wrapper.serve import lmstudio
 
 
@@ -286,3 +288,43 @@ def test_lmstudio_says_unload_when_windows_will_not_replace_it(run_with_gguf, tm
     monkeypatch.setattr(fsutil.os, "replace", HeldOpen(times=10**6))
     with pytest.raises(FtwError, match="unload the model in LM Studio"):
         lmstudio.place(run_with_gguf, models_dir=tmp_path, copy=True)
+
+
+# ---- paths in Modelfiles and links: "/" and other drives --------------------------------------
+
+
+def test_modelfiles_name_files_with_slashes_on_windows():
+    run = PureWindowsPath(r"C:\Users\Айгерим\ftw\runs\demo")
+    assert paths.named_from(run / "gguf" / "demo-Q4_K_M.gguf", run) == "./gguf/demo-Q4_K_M.gguf"
+    assert paths.named_from(PureWindowsPath(r"c:\users\айгерим\FTW\runs\demo\adapter.gguf"), run) == "./adapter.gguf"
+    assert paths.named_from(PureWindowsPath(r"D:\models\base-Q8_0.gguf"), run) == "D:/models/base-Q8_0.gguf"
+
+
+def test_modelfiles_name_run_files_relative_and_others_absolute(tmp_path):
+    run, elsewhere = tmp_path / "runs" / "demo", tmp_path / "models"
+    (elsewhere / "gguf").mkdir(parents=True)
+    run.mkdir(parents=True)
+    (run / "gguf").symlink_to(elsewhere / "gguf", target_is_directory=True)  # a linked copy of a run
+    assert paths.modelfile_path(run / "gguf" / "demo-Q4_K_M.gguf", run) == "./gguf/demo-Q4_K_M.gguf"
+    assert paths.modelfile_path(elsewhere / "base.gguf", run) == str(elsewhere / "base.gguf")
+
+
+def test_a_path_on_another_drive_stays_absolute(monkeypatch):
+    monkeypatch.setattr(os.path, "relpath", ntpath.relpath)
+    assert paths.relative_or_absolute(r"D:\runs\demo\gguf\x.gguf", r"C:\hub\demo") == r"D:\runs\demo\gguf\x.gguf"
+    assert paths.relative_or_absolute(r"C:\runs\demo\gguf\x.gguf", r"C:\runs\hub") == r"..\demo\gguf\x.gguf"
+
+
+def test_published_files_link_absolutely_where_no_relative_path_exists(monkeypatch, tmp_path):
+    source = tmp_path / "runs" / "demo" / "gguf" / "demo-Q4_K_M.gguf"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"GGUF")
+    target = tmp_path / "hub" / "demo-Q4_K_M.gguf"
+    target.parent.mkdir()
+
+    def other_drive(path, start=None):
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+
+    monkeypatch.setattr(os.path, "relpath", other_drive)
+    publish_stage.link(source, target)
+    assert target.is_symlink() and os.readlink(target) == str(source.resolve())

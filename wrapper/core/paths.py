@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from wrapper.core.errors import FtwError
 
@@ -45,6 +45,27 @@ def llama_cpp_commit(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> str | None:
     if not marker.is_file():
         return None
     return marker.read_text().split()[0]
+
+
+def modelfile_path(path: Path, run_dir: Path) -> str:
+    """A file as a Modelfile names it, with "/" on every system (the same Modelfile is read on each): one
+    in the run folder relative to it (the folder can move), one elsewhere by its absolute path (it stays
+    put when the run folder moves; on Windows it may be on another drive, where no relative path exists).
+    The paths are taken as given, not resolved: a run's gguf/ that links elsewhere is still ./gguf/."""
+    return named_from(Path(os.path.abspath(path)), Path(os.path.abspath(run_dir)))
+
+
+def named_from(path: PurePath, folder: PurePath) -> str:
+    """`path` as ./a/b when it is inside `folder`, else as itself; both absolute, "/" either way."""
+    return f"./{path.relative_to(folder).as_posix()}" if path.is_relative_to(folder) else path.as_posix()
+
+
+def relative_or_absolute(path: Path, start: Path) -> str:
+    """os.path.relpath, or `path` itself where no relative path exists (Windows: another drive)."""
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:
+        return str(path)
 
 
 def display_path(path: Path) -> str:

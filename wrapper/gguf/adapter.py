@@ -22,7 +22,6 @@ checked here: the Modelfile still names it, and the message says how to check it
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from wrapper.core.gguf_io import (
     verify_gguf,
 )
 from wrapper.core.ollama_store import ollama_blob, ollama_manifest, ollama_models_dir
-from wrapper.core.paths import llama_cpp_commit
+from wrapper.core.paths import llama_cpp_commit, modelfile_path
 from wrapper.core.plan import ADAPTER_FILES, RunPlan
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import done, step
@@ -54,13 +53,6 @@ OUTTYPES = ("f16", "bf16", "q8_0")
 def size_text(path: Path) -> str:
     size = path.stat().st_size / 2**20
     return f"{size:.1f} MiB" if size < 100 else f"{size:,.0f} MiB"
-
-
-def modelfile_path(path: Path, run_dir: Path) -> str:
-    """A file as a Modelfile names it: one in the run folder relative to it (the folder can move), one
-    elsewhere by its absolute path (it stays where it is when the run folder moves)."""
-    relative = os.path.relpath(path.resolve(), run_dir.resolve())
-    return str(path.resolve()) if relative.startswith("..") else "./" + relative
 
 
 # ---- the run's base, as folders and as llama.cpp sees it -----------------------------------------
@@ -230,7 +222,9 @@ def resolve_base(
     """The base from --base (checked), or ftw's own GGUF of the run's base when none is given."""
     if spec is None:
         made = stage.run_atomic(BaseGgufStage(run_dir, plan, quant, log_path), force)
-        return AdapterBase(modelfile_path(made, run_dir), made, f"the run's base as {quant} ({made.name})", True)
+        return AdapterBase(
+            modelfile_path(made.resolve(), run_dir.resolve()), made, f"the run's base as {quant} ({made.name})", True
+        )
     if looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -240,7 +234,7 @@ def resolve_base(
             )
         path = path.resolve()
         shape = check_base(run_dir, plan, path, str(path), log_path)
-        return AdapterBase(modelfile_path(path, run_dir), path, path.name, True, shape.architecture)
+        return AdapterBase(modelfile_path(path, run_dir.resolve()), path, path.name, True, shape.architecture)
     name = spec.removeprefix("ollama:")
     if not ollama_manifest(name).is_file():
         step(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import mmap
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.eval_result import EVAL_JSON
 from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import DEFAULT_QUANT, GGUF_MAGIC
-from wrapper.core.paths import TEMPLATES_DIR
+from wrapper.core.paths import TEMPLATES_DIR, relative_or_absolute
 from wrapper.core.plan import RunPlan
 from wrapper.core.ui import step
 from wrapper.publish import card, hub
@@ -269,7 +268,7 @@ def eval_digest(run_dir: Path) -> str:
 def link(source: Path, target: Path) -> None:
     """A relative symbolic link, so that the run folder can move; a copy where links can't be made."""
     try:
-        target.symlink_to(os.path.relpath(source.resolve(), target.parent.resolve()))
+        target.symlink_to(relative_or_absolute(source.resolve(), target.parent.resolve()))
     except OSError:
         shutil.copyfile(source, target)
 

@@ -16,7 +16,6 @@ base model (a GGUF relative to the run folder, or an Ollama name) and ADAPTER th
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from wrapper.core import artifacts, manifest, stage
 from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import DEFAULT_QUANT
-from wrapper.core.paths import TEMPLATES_DIR
+from wrapper.core.paths import TEMPLATES_DIR, modelfile_path
 from wrapper.core.templates import template_env
 from wrapper.core.ui import step
 from wrapper.prompts import gorender
@@ -172,7 +171,7 @@ class ModelfileStage:
     def __init__(self, run_dir: Path, quant: str = DEFAULT_QUANT):
         gguf = manifest.artifact(run_dir, artifacts.gguf(quant))
         recorded = stage.recorded_digest(run_dir, artifacts.gguf(quant)) or stage.file_digest(gguf)
-        serves = Serves("./" + os.path.relpath(gguf, run_dir), f"{gguf.name} {recorded}", gguf)
+        serves = Serves(modelfile_path(gguf, run_dir), f"{gguf.name} {recorded}", gguf)
         self.setup(run_dir, artifacts.MODELFILE, serves, manifest.artifact(run_dir, artifacts.MERGED))
 
     def setup(self, run_dir: Path, key: str, serves: Serves, tokenizer_dir: Path) -> None:
@@ -237,7 +236,7 @@ class AdapterModelfileStage(ModelfileStage):
         """`base_from`: the FROM value; `base_gguf`: that base's file here (None: an Ollama name not pulled here)."""
         base_id = f"{base_from} {stage.file_digest(base_gguf)}" if base_gguf else base_from
         adapter_id = f"{lora.name} {stage.recorded_digest(run_dir, artifacts.GGUF_LORA) or stage.file_digest(lora)}"
-        serves = Serves(base_from, base_id, header_gguf, "./" + os.path.relpath(lora, run_dir), adapter_id)
+        serves = Serves(base_from, base_id, header_gguf, modelfile_path(lora, run_dir), adapter_id)
         self.setup(run_dir, "modelfile_adapter", serves, training_tokenizer_dir(run_dir))
 
 
