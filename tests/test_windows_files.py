@@ -11,6 +11,7 @@ import ntpath
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 
@@ -328,3 +329,26 @@ def test_published_files_link_absolutely_where_no_relative_path_exists(monkeypat
     monkeypatch.setattr(os.path, "relpath", other_drive)
     publish_stage.link(source, target)
     assert target.is_symlink() and os.readlink(target) == str(source.resolve())
+
+
+# ---- run names Windows can't make -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run", ["CON", "nul", "Aux", "prn.txt", "com1", "LPT9.tar.gz", "com0", "Con."])
+def test_windows_device_names_are_refused_as_run_names(run):
+    with pytest.raises(FtwError, match=rf"--run '{run}': \w+ is a device name on Windows.*e.g.: --run my-"):
+        paths.check_run_name(run)
+
+
+@pytest.mark.parametrize("run", ["demo", "console", "con-1", "nul_run", "COM10", "lpt", "my-con.txt"])
+def test_names_that_only_resemble_device_names_are_fine(run):
+    paths.check_run_name(run)
+
+
+@pytest.mark.skipif(not hasattr(PureWindowsPath, "is_reserved"), reason="removed from pathlib in this Python")
+def test_device_names_agree_with_python_on_windows_paths():
+    """Python's own table (deprecated in 3.13, where os.path.isreserved, Windows-only, replaces it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in paths.WINDOWS_DEVICE_NAMES - {"COM0", "LPT0"}:  # Python 3.11's table predates these two
+            assert PureWindowsPath(f"{name.lower()}.gguf").is_reserved()

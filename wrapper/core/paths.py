@@ -24,6 +24,11 @@ SYNTH_ROWS = Path("synth") / "synth.jsonl"
 
 # ASCII: the run's name also names its GGUF files and the Ollama model, which takes no other.
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Windows' device names: no file or folder there may take one, in any case, with any extension; a run
+# folder (or the GGUFs and Hub repo named after it) moved to Windows could not exist.
+WINDOWS_DEVICE_NAMES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(10))}
+)
 
 
 def runs_dir() -> Path:
@@ -36,6 +41,13 @@ def check_run_name(run: str) -> None:
         raise FtwError(
             f"--run {run!r}: use ASCII letters, digits, '.', '_' or '-' (it names the folder under runs/, "
             f"the GGUF files and the Ollama model); the runs folder itself may be any path (FTW_RUNS_DIR)"
+        )
+    device = run.split(".")[0].upper()
+    if device in WINDOWS_DEVICE_NAMES:
+        raise FtwError(
+            f"--run {run!r}: {device} is a device name on Windows, where no folder or file may be called "
+            f"that (with any extension), so the run's folder and GGUF files could not exist there. "
+            f"Pick another name, e.g.: --run my-{run}"
         )
 
 
