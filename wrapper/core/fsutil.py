@@ -3,6 +3,7 @@ rename), and reading a file's digest."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -58,6 +59,11 @@ def replace_retrying(source: str | Path, target: str | Path, held_open: str = HE
     if not is_windows():
         os.replace(source, target)
         return
+    try:
+        os.replace(source, target)
+        return
+    except PermissionError:
+        gc.collect()  # a GGUFReader's memory map of the file, no longer used, closes only when collected
     deadline = time.monotonic() + REPLACE_RETRY_S
     while True:
         try:
