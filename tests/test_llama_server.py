@@ -27,7 +27,7 @@ from wrapper.core import artifacts
 from wrapper.core.errors import StageError
 from wrapper.core.llama_tools import ToolsUnavailable, tool
 from wrapper.core.paths import LLAMA_CPP_DIR
-from wrapper.core.procs import group_members
+from wrapper.core.platform import group_members
 from wrapper.serve.server import SERVER_FLAGS, Server, ServerSettings, settings_for_run, start
 
 from tests.support.runner import run_ftw, start_ftw

@@ -1,15 +1,206 @@
-"""What differs between Windows and the POSIX systems, decided here and nowhere else.
+"""The one place that knows the operating system for child processes: how a child starts in a group of its
+own, how that group is stopped and how it dies with ftw.
 
-Everything reads `sys.platform` when called (not at import), so that tests can take the Windows
-branch on Linux with `monkeypatch.setattr(sys, "platform", "win32")`.
+POSIX (Linux, macOS): a child leads a new session (its process group); stopping it is SIGTERM to
+the group, a grace, then SIGKILL; on Linux it also gets SIGTERM if ftw is killed outright
+(PR_SET_PDEATHSIG).
+
+Windows: a child starts with CREATE_NEW_PROCESS_GROUP (Ctrl-C at the console no longer reaches it:
+ftw stops it); stopping it is CTRL_BREAK_EVENT to its group, a grace, then a kill of its whole tree
+(psutil). Before the first child, ftw puts itself in a Job Object that kills every process in it when
+its last handle closes, so the children it starts die with it even when it is killed outright.
+None of the Windows branches has run on Windows yet: they are unit-tested from Linux with the
+platform monkeypatched (tests/test_platform.py). Known gaps there: a grandchild started after the
+stop began and whose parent has already exited is not found by the tree kill (the Job Object still
+ends it when ftw exits), and if the Job Object cannot be made (ftw's console host forbids it),
+a child of an ftw that is killed outright keeps running.
+
+Also the names and places that differ (`.exe`, the venv's Scripts folder, MSVC). Everything reads
+`sys.platform` when called (not at import), so that tests can take the Windows branch on Linux with
+`monkeypatch.setattr(sys, "platform", "win32")`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import psutil
+
+# Win32 constants, spelled here because the Python modules define them only on Windows.
+CREATE_NEW_PROCESS_GROUP = 0x00000200  # winbase.h
+CTRL_BREAK_EVENT = 1  # wincon.h; signal.CTRL_BREAK_EVENT on Windows
+JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS = 9  # JobObjectExtendedLimitInformation
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
+
+KILLED_WAIT_S = 10  # for a killed grandchild to be gone (its own child, ftw waits for without a limit)
+
+
+# --- starting a child in its own group ---------------------------------------------------------
+
+
+def own_group_options() -> dict[str, Any]:
+    """subprocess.Popen's arguments that start a child in a process group of its own, dying with ftw."""
+    if sys.platform == "win32":
+        join_kill_on_close_job()
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True, "preexec_fn": die_with_parent}
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: if ftw itself is killed outright (kill -9), the child gets SIGTERM
+    instead of training on unattended in its own session (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _BasicLimits(ctypes.Structure):
+    _fields_ = [
+        ("PerProcessUserTimeLimit", ctypes.c_int64),
+        ("PerJobUserTimeLimit", ctypes.c_int64),
+        ("LimitFlags", ctypes.c_uint32),
+        ("MinimumWorkingSetSize", ctypes.c_size_t),
+        ("MaximumWorkingSetSize", ctypes.c_size_t),
+        ("ActiveProcessLimit", ctypes.c_uint32),
+        ("Affinity", ctypes.c_size_t),
+        ("PriorityClass", ctypes.c_uint32),
+        ("SchedulingClass", ctypes.c_uint32),
+    ]
+
+
+class _IoCounters(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64) for name in ("Reads", "Writes", "Others", "ReadBytes", "WriteBytes", "OtherBytes")
+    ]
+
+
+class JobLimits(ctypes.Structure):
+    """JOBOBJECT_EXTENDED_LIMIT_INFORMATION (winnt.h)."""
+
+    _fields_ = [
+        ("BasicLimitInformation", _BasicLimits),
+        ("IoInfo", _IoCounters),
+        ("ProcessMemoryLimit", ctypes.c_size_t),
+        ("JobMemoryLimit", ctypes.c_size_t),
+        ("PeakProcessMemoryUsed", ctypes.c_size_t),
+        ("PeakJobMemoryUsed", ctypes.c_size_t),
+    ]
+
+
+_job: list[int] = []  # the Job Object's handle, held (never closed) for as long as ftw runs
+
+
+def kernel32() -> Any:
+    return ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
+
+
+def join_kill_on_close_job() -> bool:
+    """Windows: put ftw in a Job Object whose processes all end when its handle closes, that is when ftw
+    ends however it ends. Children inherit the job when they start, so none escapes before it is added
+    (the venv's python.exe and console-script launchers start a second process at once). True once ftw
+    is in it; False if Windows refused (the stop on ftw's own way out still ends the children)."""
+    if _job:
+        return True
+    k32 = kernel32()
+    k32.CreateJobObjectW.restype = ctypes.c_void_p
+    k32.GetCurrentProcess.restype = ctypes.c_void_p
+    k32.SetInformationJobObject.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+    k32.AssignProcessToJobObject.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    job = k32.CreateJobObjectW(None, None)  # no security attributes: the handle is not inherited
+    if not job:
+        return False
+    limits = JobLimits()
+    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    limited = k32.SetInformationJobObject(
+        job, JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS, ctypes.byref(limits), ctypes.sizeof(limits)
+    )
+    if not (limited and k32.AssignProcessToJobObject(job, k32.GetCurrentProcess())):
+        k32.CloseHandle(job)
+        return False
+    _job.append(job)
+    return True
+
+
+# --- stopping a child's group ------------------------------------------------------------------
+
+
+def stop_group(child: subprocess.Popen, grace_s: float) -> None:
+    """Ask the child's whole group to stop, wait up to grace_s for all of it (not only the child:
+    torchrun's agent outlives llamafactory-cli while it stops the training processes), then kill what is left.
+    POSIX: SIGTERM to the process group, then SIGKILL."""
+    if sys.platform == "win32":
+        stop_tree(child, grace_s)
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=grace_s)
+    while group_members(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if child.poll() is None or group_members(child.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def stop_tree(child: subprocess.Popen, grace_s: float) -> None:
+    """Windows: CTRL_BREAK_EVENT to the child's group (it was started with CREATE_NEW_PROCESS_GROUP), then
+    kill the process tree. The tree is read before the child can exit: Windows does not re-parent
+    orphans, so once the child is gone its children can no longer be found from it."""
+    tree = process_tree(child.pid)
+    if child.poll() is None:
+        try:
+            child.send_signal(CTRL_BREAK_EVENT)
+        except OSError:  # no console shared with the child (ftw started detached): kill at once
+            grace_s = 0
+    _gone, alive = psutil.wait_procs(tree, timeout=grace_s)
+    alive += [found for found in process_tree(child.pid) if found not in alive]
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    child.wait()  # a kill only starts the end; the files the tree held are released before ftw removes them
+    psutil.wait_procs([process for process in alive if process.pid != child.pid], timeout=KILLED_WAIT_S)
+
+
+def process_tree(pid: int) -> list[Any]:
+    """psutil processes: pid and every descendant of it, or none once pid has exited."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def group_members(group: int) -> list[int]:
+    """The live processes of a child's group: on POSIX from /proc (Linux; elsewhere none are seen), where
+    zombies don't count (an orphan's zombie may never be reaped where PID 1 is not an init, and kill(0)
+    still finds it); on Windows the child's process tree."""
+    if sys.platform == "win32":
+        return [process.pid for process in process_tree(group) if process.is_running()]
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            state, _parent, process_group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if state != "Z" and int(process_group) == group:
+            found.append(int(entry.name))
+    return found
+
+
+# ---- names and places -----------------------------------------------------------------------------
 
 
 def is_windows() -> bool:

@@ -2,28 +2,26 @@
 
 Children get their own process group so that Ctrl-C stops the whole tree
 (llamafactory-cli starts workers of its own), and on failure the last lines of the
-log are shown with the log's path.
+log are shown with the log's path. How a group starts and stops on each system: platform.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from wrapper.core import platform
 from wrapper.core.errors import StageError
 from wrapper.core.ui import stage_progress, users_env
 
 TAIL_LINES = 15
 LOW_DISK_BYTES = 256 * 2**20  # less than this free after a child failed: the disk filled up
-STOP_GRACE_S = 10  # after SIGTERM, before SIGKILL
+STOP_GRACE_S = 10  # after SIGTERM (Windows: CTRL_BREAK_EVENT), before SIGKILL (the tree killed)
 
 
 def last_lines(log_path: Path, count: int = TAIL_LINES) -> list[str]:
@@ -49,14 +47,6 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     return env
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: if ftw itself is killed outright (kill -9), the child gets SIGTERM
-    instead of training on unattended in its own session (Linux; elsewhere nothing)."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def disk_full_hint(folder: Path | None) -> str:
@@ -90,8 +80,7 @@ def popen_logged(
             stdin=subprocess.DEVNULL,
             env=child_env(env),
             cwd=cwd,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
+            **platform.own_group_options(),
         )
 
 
@@ -124,35 +113,8 @@ def run_logged(
 
 
 def stop_group(child: subprocess.Popen) -> None:
-    """SIGTERM to the child's whole group, and wait for all of it, not only the child: torchrun's agent
-    outlives llamafactory-cli while it stops the training processes. SIGKILL what is left after the grace."""
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + STOP_GRACE_S
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=STOP_GRACE_S)
-    while group_members(child.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if child.poll() is None or group_members(child.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-
-
-def group_members(group: int) -> list[int]:
-    """The live processes of a process group, from /proc (Linux; elsewhere none are seen). Zombies don't count:
-    an orphan's zombie may never be reaped where PID 1 is not an init, and kill(0) still finds it."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            state, _parent, process_group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if state != "Z" and int(process_group) == group:
-            found.append(int(entry.name))
-    return found
+    """Stop the child's whole group and wait for all of it; what outlives the grace is killed (platform.py)."""
+    platform.stop_group(child, STOP_GRACE_S)
 
 
 def run_with_status(
