@@ -11,9 +11,11 @@ test_llama_server.py (slow).
 from __future__ import annotations
 
 import ctypes
+import signal
 import subprocess
 import sys
 import time
+import types
 
 import psutil  # before any test pretends to be Windows: psutil picks its platform when first imported
 import pytest
@@ -183,3 +185,12 @@ def test_windows_stop_of_an_exited_child_sends_nothing(windows):
     child = ConsoleEventsRecorded(popen)
     platform.stop_group(child, grace_s=1)
     assert child.sent == []
+
+
+# --- the signals that stop ftw -------------------------------------------------------------------------
+
+
+def test_ftw_stops_on_the_signals_each_system_has():
+    assert platform.STOP_SIGNALS == (signal.SIGTERM, signal.SIGHUP)
+    windows_signals = types.SimpleNamespace(SIGINT=2, SIGTERM=15, SIGBREAK=21)  # Windows' signal module
+    assert platform.stop_signals(windows_signals) == (15, 21)

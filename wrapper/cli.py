@@ -4,7 +4,8 @@ the path); here they are assembled, and every failure becomes a message and an e
   0  done
   1  a child process failed (the message names its log), or `ftw data check` found invalid rows
   2  bad input or a precondition not met; the message says what to do
-  128+N  stopped by signal N (Ctrl-C, SIGTERM, SIGHUP): children stopped, unfinished files removed
+  128+N  stopped by signal N (Ctrl-C, SIGTERM, SIGHUP; Windows: SIGBREAK): children stopped, unfinished
+         files removed
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.markup import escape
 from wrapper.commands import data, evaluate, export, publish, serve, status, train
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import package_version, versions
+from wrapper.core.platform import STOP_SIGNALS
 from wrapper.core.ui import error_console, quiet_libraries
 
 INTERRUPTED = (
@@ -74,16 +76,12 @@ for module in (train, export, serve, evaluate, data, publish, status):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a shutdown, `kill`, a closed terminal): unwinds like Ctrl-C, so that the
-    children are stopped and partial files removed on the way out."""
+    """SIGTERM, SIGHUP or Windows' SIGBREAK (a shutdown, `kill`, a closed terminal, Ctrl-Break): unwinds
+    like Ctrl-C, so that the children are stopped and partial files removed on the way out."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-
-
-# Windows has no SIGHUP: there a closed console ends the process without a signal Python sees.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def stop_on_signals() -> None:

@@ -1,5 +1,5 @@
 """The one place that knows the operating system for child processes: how a child starts in a group of its
-own, how that group is stopped and how it dies with ftw.
+own, how that group is stopped, how it dies with ftw, and which signals stop ftw.
 
 POSIX (Linux, macOS): a child leads a new session (its process group); stopping it is SIGTERM to
 the group, a grace, then SIGKILL; on Linux it also gets SIGTERM if ftw is killed outright
@@ -198,6 +198,18 @@ def group_members(group: int) -> list[int]:
         if state != "Z" and int(process_group) == group:
             found.append(int(entry.name))
     return found
+
+
+# --- the signals that stop ftw ---------------------------------------------------------------
+
+
+def stop_signals(signals: Any = signal) -> tuple[int, ...]:
+    """The signals that stop ftw like Ctrl-C does (cli.py), of those the system has: Windows has no SIGHUP;
+    its SIGBREAK is Ctrl-Break, and the C runtime also routes a closed console window there."""
+    return tuple(getattr(signals, name) for name in ("SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signals, name))
+
+
+STOP_SIGNALS = stop_signals()
 
 
 # ---- names and places -----------------------------------------------------------------------------
