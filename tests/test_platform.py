@@ -21,6 +21,7 @@ import psutil  # before any test pretends to be Windows: psutil picks its platfo
 import pytest
 
 from wrapper.core import platform
+from wrapper.core.procs import child_env
 
 
 @pytest.fixture
@@ -194,3 +195,15 @@ def test_ftw_stops_on_the_signals_each_system_has():
     assert platform.STOP_SIGNALS == (signal.SIGTERM, signal.SIGHUP)
     windows_signals = types.SimpleNamespace(SIGINT=2, SIGTERM=15, SIGBREAK=21)  # Windows' signal module
     assert platform.stop_signals(windows_signals) == (15, 21)
+
+
+# --- the child's environment and program ---------------------------------------------------------------
+
+
+def test_children_write_utf8_on_every_system(monkeypatch):
+    monkeypatch.delenv("PYTHONUTF8", raising=False)
+    monkeypatch.setenv("PYTHONIOENCODING", "cp1252")
+    env = child_env()
+    assert env["PYTHONUTF8"] == "1" and env["PYTHONIOENCODING"] == "utf-8", "their stdout is a log read as UTF-8"
+    monkeypatch.setenv("PYTHONUTF8", "0")
+    assert child_env()["PYTHONUTF8"] == "0", "a user who turned UTF-8 mode off is heard"

@@ -1,5 +1,6 @@
 """The one place that knows the operating system for child processes: how a child starts in a group of its
-own, how that group is stopped, how it dies with ftw, and which signals stop ftw.
+own, how that group is stopped, how it dies with ftw, which signals stop ftw, and what every child's
+environment adds.
 
 POSIX (Linux, macOS): a child leads a new session (its process group); stopping it is SIGTERM to
 the group, a grace, then SIGKILL; on Linux it also gets SIGTERM if ftw is killed outright
@@ -210,6 +211,17 @@ def stop_signals(signals: Any = signal) -> tuple[int, ...]:
 
 
 STOP_SIGNALS = stop_signals()
+
+
+# --- the child's environment and program ------------------------------------------------------
+
+
+def add_utf8(env: dict[str, str]) -> None:
+    """Python children write UTF-8: their stdout is ftw's log, read back as UTF-8, and on Windows a
+    redirected stdout would otherwise use the ANSI code page and fail on Russian or Kazakh text.
+    PYTHONUTF8 yields to a user who turned UTF-8 mode off; the log's encoding is ftw's to choose."""
+    env.setdefault("PYTHONUTF8", "1")
+    env["PYTHONIOENCODING"] = "utf-8"
 
 
 # ---- names and places -----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Children are the venv's tools; make sure they find each other even if the venv isn't activated.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    platform.add_utf8(env)
     env.update(extra or {})
     return env
 
