@@ -16,12 +16,14 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import psutil  # before any test pretends to be Windows: psutil picks its platform when first imported
 import pytest
 
 from wrapper.core import platform
-from wrapper.core.procs import child_env
+from wrapper.core.errors import FtwError
+from wrapper.core.procs import child_env, run_logged
 
 
 @pytest.fixture
@@ -207,3 +209,39 @@ def test_children_write_utf8_on_every_system(monkeypatch):
     assert env["PYTHONUTF8"] == "1" and env["PYTHONIOENCODING"] == "utf-8", "their stdout is a log read as UTF-8"
     monkeypatch.setenv("PYTHONUTF8", "0")
     assert child_env()["PYTHONUTF8"] == "0", "a user who turned UTF-8 mode off is heard"
+
+
+def write_program(folder: Path, name: str, source: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / name
+    program.write_text(f"#!{sys.executable}\n{source}", encoding="utf-8")
+    program.chmod(0o755)
+    return program
+
+
+def test_a_bare_program_name_runs_from_the_childs_path_with_argv_unchanged(tmp_path):
+    program = write_program(
+        tmp_path / "bin",
+        "ftw-probe",
+        "import os, sys\nprint('argv', sys.argv[1:], os.environ['PYTHONUTF8'], os.environ['PYTHONIOENCODING'])\n"
+        "print('Қазақ тілі, русский язык')\n",
+    )
+    log = tmp_path / "logs" / "probe.log"
+    run_logged(["ftw-probe", "one", "два"], log, "the probe", env={"PATH": str(program.parent)})
+    text = log.read_text(encoding="utf-8")
+    assert "$ ftw-probe one два\n" in text
+    assert "argv ['one', 'два'] 1 utf-8" in text and "Қазақ тілі, русский язык" in text
+
+
+def test_a_missing_program_is_a_message_before_anything_starts(tmp_path):
+    log = tmp_path / "logs" / "missing.log"
+    with pytest.raises(FtwError) as error:
+        run_logged(["ftw-no-such-program", "train"], log, "training", env={"PATH": str(tmp_path)})
+    message = str(error.value)
+    assert message.startswith("ftw-no-such-program was not found on PATH")
+    assert message.endswith(f"{sys.executable} -m pip install -r requirements.txt")
+    assert not log.exists()
+
+
+def test_a_program_given_as_a_path_is_not_looked_up(tmp_path):
+    assert platform.find_program(str(tmp_path / "llama-server"), {"PATH": ""}) == str(tmp_path / "llama-server")

@@ -1,6 +1,6 @@
 """The one place that knows the operating system for child processes: how a child starts in a group of its
-own, how that group is stopped, how it dies with ftw, which signals stop ftw, and what every child's
-environment adds.
+own, how that group is stopped, how it dies with ftw, which signals stop ftw, what every child's
+environment adds, and which program a bare name starts.
 
 POSIX (Linux, macOS): a child leads a new session (its process group); stopping it is SIGTERM to
 the group, a grace, then SIGKILL; on Linux it also gets SIGTERM if ftw is killed outright
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from wrapper.core.errors import FtwError
 
 # Win32 constants, spelled here because the Python modules define them only on Windows.
 CREATE_NEW_PROCESS_GROUP = 0x00000200  # winbase.h
@@ -222,6 +224,21 @@ def add_utf8(env: dict[str, str]) -> None:
     PYTHONUTF8 yields to a user who turned UTF-8 mode off; the log's encoding is ftw's to choose."""
     env.setdefault("PYTHONUTF8", "1")
     env["PYTHONIOENCODING"] = "utf-8"
+
+
+def find_program(name: str, env: dict[str, str]) -> str:
+    """A bare program name (llamafactory-cli, cmake) as the path the child's PATH finds: Windows
+    searches only ftw's own PATH for it, not the venv-first one the child gets, and finds `.exe` this way."""
+    if os.path.dirname(name):
+        return name
+    found = shutil.which(name, path=env.get("PATH"))
+    if found is None:
+        raise FtwError(
+            f"{name} was not found on PATH (ftw's venv, {Path(sys.executable).parent}, is searched first). "
+            f"Install it there or put it on PATH; ftw's own tools (llamafactory-cli) install with: "
+            f"{sys.executable} -m pip install -r requirements.txt"
+        )
+    return found
 
 
 # ---- names and places -----------------------------------------------------------------------------

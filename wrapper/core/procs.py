@@ -69,7 +69,10 @@ def disk_full_hint(folder: Path | None) -> str:
 def popen_logged(
     argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.Popen:
-    """argv started in its own process group, its output appended to log_path after a `$ argv` line."""
+    """argv started in its own process group, its output appended to log_path after a `$ argv` line.
+    A bare program name is looked up on the child's PATH (its venv first) before anything starts."""
+    child_environment = child_env(env)
+    program = platform.find_program(argv[0], child_environment)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"\n$ {' '.join(argv)}\n".encode())
@@ -79,7 +82,8 @@ def popen_logged(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=child_env(env),
+            executable=program,
+            env=child_environment,
             cwd=cwd,
             **platform.own_group_options(),
         )
