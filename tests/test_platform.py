@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -245,3 +246,12 @@ def test_a_missing_program_is_a_message_before_anything_starts(tmp_path):
 
 def test_a_program_given_as_a_path_is_not_looked_up(tmp_path):
     assert platform.find_program(str(tmp_path / "llama-server"), {"PATH": ""}) == str(tmp_path / "llama-server")
+
+
+# --- the port probe ------------------------------------------------------------------------------------
+
+
+def test_the_port_probe_reuses_time_wait_on_posix_and_binds_exclusively_on_windows(monkeypatch):
+    assert platform.exclusive_bind_option() == (socket.SOL_SOCKET, socket.SO_REUSEADDR)
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert platform.exclusive_bind_option() == (socket.SOL_SOCKET, -5)  # SO_EXCLUSIVEADDRUSE, ~SO_REUSEADDR

@@ -1,6 +1,6 @@
 """The one place that knows the operating system for child processes: how a child starts in a group of its
 own, how that group is stopped, how it dies with ftw, which signals stop ftw, what every child's
-environment adds, and which program a bare name starts.
+environment adds, which program a bare name starts, and how a port is probed.
 
 POSIX (Linux, macOS): a child leads a new session (its process group); stopping it is SIGTERM to
 the group, a grace, then SIGKILL; on Linux it also gets SIGTERM if ftw is killed outright
@@ -28,6 +28,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from wrapper.core.errors import FtwError
 # Win32 constants, spelled here because the Python modules define them only on Windows.
 CREATE_NEW_PROCESS_GROUP = 0x00000200  # winbase.h
 CTRL_BREAK_EVENT = 1  # wincon.h; signal.CTRL_BREAK_EVENT on Windows
+SO_EXCLUSIVEADDRUSE = ~0x0004  # winsock2.h: ~SO_REUSEADDR; socket.SO_EXCLUSIVEADDRUSE on Windows
 JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS = 9  # JobObjectExtendedLimitInformation
 JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
 
@@ -239,6 +241,18 @@ def find_program(name: str, env: dict[str, str]) -> str:
             f"{sys.executable} -m pip install -r requirements.txt"
         )
     return found
+
+
+# --- a port to listen on -----------------------------------------------------------------------
+
+
+def exclusive_bind_option() -> tuple[int, int]:
+    """The socket option a server sets before it binds, for a probe that must fail where the port is in use:
+    SO_REUSEADDR on POSIX (a port in TIME_WAIT is free); on Windows SO_REUSEADDR would let the probe bind
+    a port another server holds, so SO_EXCLUSIVEADDRUSE."""
+    if sys.platform == "win32":
+        return socket.SOL_SOCKET, SO_EXCLUSIVEADDRUSE
+    return socket.SOL_SOCKET, socket.SO_REUSEADDR
 
 
 # ---- names and places -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from wrapper.core import platform
 from wrapper.core.errors import FtwError, StageError
 from wrapper.core.procs import last_lines, popen_logged, stop_group
 from wrapper.core.ui import done, spinner, step
@@ -49,7 +50,7 @@ class Address:
 
 
 def check_address(address: Address) -> None:
-    """Bind host:port for a moment, as the service will (SO_REUSEADDR)."""
+    """Bind host:port for a moment, as the service will (SO_REUSEADDR; Windows: SO_EXCLUSIVEADDRUSE)."""
     host, port = address.host, address.port
     try:
         family, kind, proto, _name, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -59,7 +60,7 @@ def check_address(address: Address) -> None:
             f"Run: {address.retry(LOOPBACK, port)}"
         ) from None
     with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(*platform.exclusive_bind_option(), 1)
         try:
             sock.bind(sockaddr)
         except OSError as exc:
