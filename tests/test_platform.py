@@ -11,6 +11,8 @@ test_llama_server.py (slow).
 from __future__ import annotations
 
 import ctypes
+import io
+import json
 import signal
 import socket
 import subprocess
@@ -22,9 +24,11 @@ from pathlib import Path
 import psutil  # before any test pretends to be Windows: psutil picks its platform when first imported
 import pytest
 
-from wrapper.core import platform
+from wrapper.core import platform, ui
 from wrapper.core.errors import FtwError
 from wrapper.core.procs import child_env, run_logged
+
+from tests.support.runner import REPO, ftw_argv, ftw_env
 
 
 @pytest.fixture
@@ -255,3 +259,41 @@ def test_the_port_probe_reuses_time_wait_on_posix_and_binds_exclusively_on_windo
     assert platform.exclusive_bind_option() == (socket.SOL_SOCKET, socket.SO_REUSEADDR)
     monkeypatch.setattr(sys, "platform", "win32")
     assert platform.exclusive_bind_option() == (socket.SOL_SOCKET, -5)  # SO_EXCLUSIVEADDRUSE, ~SO_REUSEADDR
+
+
+# --- the console ---------------------------------------------------------------------------------------
+
+
+def test_a_stream_without_cyrillic_or_the_done_mark_replaces_them(monkeypatch):
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="cp1252")
+    utf8 = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(sys, "stderr", utf8)
+    ui.never_fail_to_print()
+    stream.write("✓ Қазақ — done")
+    stream.flush()
+    assert raw.getvalue() == "? ????? — done".encode("cp1252"), "the stream keeps its encoding"
+    assert (stream.errors, utf8.errors) == ("replace", "strict")
+
+
+def test_ftw_prints_russian_and_kazakh_to_a_cp1252_stdout_without_a_traceback(tmp_path):
+    """As on Windows with stdout redirected: a file named in Kazakh and Russian, rows in both."""
+    rows = [
+        {"instruction": "Какая столица Казахстана?", "output": "Астана."},
+        {"instruction": "Қазақстанның астанасы қай қала?", "output": "Астана қаласы: ұлы дала, әңгіме, өнер."},
+        {"instruction": "Какая столица Казахстана?", "output": "Астана."},  # a duplicate: its file:line is printed
+    ]
+    data = tmp_path / "қазақ_данные.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    result = subprocess.run(
+        [*ftw_argv(installed=True), "data", "check", str(data)],
+        cwd=REPO,
+        env=ftw_env(tmp_path / "runs", {"PYTHONIOENCODING": "cp1252"}),
+        capture_output=True,
+        timeout=600,
+    )
+    out, err = result.stdout.decode("cp1252"), result.stderr.decode("cp1252")
+    assert result.returncode == 0, out + err
+    assert "Traceback" not in out + err and "UnicodeEncodeError" not in out + err
+    assert "3 rows read, 3 valid" in out and ":3: exact duplicate of" in out

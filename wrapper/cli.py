@@ -25,7 +25,7 @@ from wrapper.commands import data, evaluate, export, publish, serve, status, tra
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import package_version, versions
 from wrapper.core.platform import STOP_SIGNALS
-from wrapper.core.ui import error_console, quiet_libraries
+from wrapper.core.ui import error_console, never_fail_to_print, quiet_libraries
 
 INTERRUPTED = (
     "[yellow]interrupted[/yellow]: the child processes were stopped and unfinished files removed. "
@@ -95,6 +95,7 @@ def stop_on_signals() -> None:
 def main() -> None:
     """Results go to stdout; every message about a failure or a stop goes to stderr, so that
     `ftw plan --json | jq` reads the JSON alone."""
+    never_fail_to_print()
     quiet_libraries()
     stop_on_signals()
     try:

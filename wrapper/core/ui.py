@@ -9,6 +9,7 @@ and the progress bars. tests/test_architecture.py holds every module to that.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -33,6 +34,25 @@ error_console = Console(highlight=False, stderr=True)
 # settings back (see procs.child_env), so the stage logs stay complete.
 QUIET_ENV = {"LLAMAFACTORY_VERBOSITY": "ERROR", "TRANSFORMERS_VERBOSITY": "error"}
 users_env: dict[str, str | None] = {}
+
+
+# What ftw prints beyond ASCII: the done mark, Russian and Kazakh (paths, rows, languages).
+PRINTED_TEXT = "✓ Қазақ Русский"
+
+
+def never_fail_to_print() -> None:
+    """stdout and stderr replace what their encoding lacks instead of raising UnicodeEncodeError. A Windows
+    console takes any text (PEP 528), but a redirected or piped stdout there (`ftw ... > log.txt`, CI) has the
+    ANSI code page, cp1252 say, which has neither `✓` nor Cyrillic. The encoding itself stays what whoever
+    reads the stream expects; a UTF-8 stream is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if not encoding or not hasattr(stream, "reconfigure"):
+            continue  # not a text file (a test's StringIO): nothing to encode
+        try:
+            PRINTED_TEXT.encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            stream.reconfigure(errors="replace")
 
 
 def quiet_libraries() -> None:
