@@ -8,6 +8,7 @@ from wrapper.config.schema import Profile, parse
 from wrapper.config.yamldoc import find_named, load_yaml, parse_yaml
 from wrapper.core.errors import FtwError
 from wrapper.core.paths import PROFILES_DIR
+from wrapper.core.platform import NO_SEVERAL_GPUS, several_processes_available
 
 MULTI_GPU = re.compile(r"(?P<base>.+)x(?P<count>[0-9]+)")
 
@@ -39,6 +40,8 @@ def load_profile(name_or_path: str) -> Profile:
         name, gpus = multi["base"], int(multi["count"])
         if gpus < 1:
             raise FtwError(f"profile {name_or_path!r}: the GPU count after 'x' must be at least 1")
+        if gpus > 1 and not several_processes_available():
+            raise FtwError(f"profile {name_or_path!r}: {NO_SEVERAL_GPUS}. Train on one: --profile {name}")
     name = aliases.get(name, name)
     path = find_named(name, PROFILES_DIR, "profile")
     doc = load_yaml(path)

@@ -283,3 +283,25 @@ def msvc_found() -> bool:
     """MSVC on Windows: `cl` on PATH (a Developer prompt), or an installed Visual Studio, which CMake's
     Visual Studio generator finds without PATH."""
     return is_windows() and (shutil.which("cl") is not None or vswhere().is_file())
+
+
+# ---- what trains where ---------------------------------------------------------------------------
+
+NO_LIGER = (
+    "Liger's fused kernels are Linux only (liger-kernel needs triton, which has no Windows build): "
+    "planned and trained without them (wrapper/core/platform.py)"
+)
+NO_SEVERAL_GPUS = (
+    "several GPUs or processes (NAMExN) are Linux only: NCCL and DeepSpeed have no Windows build, "
+    "and torch.distributed there is gloo only"
+)
+
+
+def liger_available() -> bool:
+    """liger-kernel is installed where triton is (requirements.txt's marker): not on Windows."""
+    return not is_windows()
+
+
+def several_processes_available() -> bool:
+    """Training on several GPUs (or cpuxN processes) through torchrun and DeepSpeed: not on Windows."""
+    return not is_windows()

@@ -35,6 +35,7 @@ from wrapper.core.errors import FtwError
 from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.paths import TEMPLATES_DIR, check_run_name, display_path, runs_dir
 from wrapper.core.plan import RunPlan
+from wrapper.core.platform import NO_LIGER, liger_available
 from wrapper.core.templates import template_env
 from wrapper.data.datasets import DatasetFile, inspect_dataset
 from wrapper.data.prepared import PreparedData, load_prepared
@@ -65,6 +66,9 @@ def tuned_args(recipe: Recipe, profile: Profile) -> tuple[dict[str, Any], dict[s
                 )
             args[key] = value
             origins[key] = str(doc.origin(f"train.{key}"))
+    if args.get("enable_liger_kernel") and not liger_available():
+        args["enable_liger_kernel"] = False
+        origins["enable_liger_kernel"] = NO_LIGER
     return args, origins
 
 
@@ -193,6 +197,8 @@ def build_plan(
     fit = None
     if profile.device == "cuda" and profile.memory_gb > 0:  # the generic `cuda` profile promises no memory
         fit = _fit_to_profile(recipe, profile, args, origins, base_model, quantization, run_dir, ignore_fit)
+        if origins.get("enable_liger_kernel") == NO_LIGER:  # said where render and plan show the planner's notes
+            fit["notes"] = [*fit["notes"], NO_LIGER]
     elif profile.gpus > 1:  # no memory plan, yet its processes must keep the recipe's effective batch too
         processes.apply_process_args(args, origins, profile, recipe.doc.overrides)
     if prepared:
