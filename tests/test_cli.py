@@ -12,6 +12,7 @@ import click
 import pytest
 
 from wrapper.cli import cli
+from wrapper.commands.setup import DEMO_STEPS
 
 from tests.support.runner import REPO
 
@@ -90,6 +91,11 @@ def test_every_ftw_and_make_command_in_the_docs_is_real(parse_only, path):
         elif words[0] == "make":
             named = [word for word in words[1:] if "=" not in word and not word.startswith("-")]
             assert set(named) <= targets, f"{path.name}: `{line}` names a target the Makefile doesn't have"
+
+
+def test_every_step_of_ftw_demo_is_a_real_command(parse_only):
+    for argv in DEMO_STEPS:
+        parse_only(shlex.join(["ftw", *argv]))
 
 
 def test_version_names_ftw_llamafactory_and_llama_cpp(capsys):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from wrapper.core.cpu import native_build_cflags
+from wrapper.core.errors import FtwError
 from wrapper.setup.demo_model import shipped_gguf
 from wrapper.setup.llama_cpp import LLAMA_CPP_PYTHON_VERSION
 
@@ -31,7 +32,12 @@ llm("The guards of the Amber Gate of Veloria carry swords of moon steel, and the
 def generates() -> tuple[bool, str]:
     """(True, "") when llama-cpp-python generates here; else (False, how the child ended)."""
     result = subprocess.run(
-        [sys.executable, "-c", GENERATE_ONE_TOKEN, str(shipped_gguf())], capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", GENERATE_ONE_TOKEN, str(shipped_gguf())],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
     )
     if result.returncode == 0:
         return True, ""
@@ -58,7 +64,7 @@ def main() -> None:
         return
     cflags = native_build_cflags()
     if not cflags:
-        raise SystemExit(
+        raise FtwError(
             f"llama-cpp-python can't generate on this machine ({how}). Reinstall it from source: .venv/bin/pip "
             f"install --no-cache-dir --force-reinstall --no-deps llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
         )
@@ -70,9 +76,12 @@ def main() -> None:
     rebuild(cflags)
     ok, how = generates()
     if not ok:
-        raise SystemExit(f"llama-cpp-python still can't generate on this machine after the rebuild ({how})")
+        raise FtwError(f"llama-cpp-python still can't generate on this machine after the rebuild ({how})")
     print("llama-cpp-python rebuilt and generating", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FtwError as error:
+        raise SystemExit(str(error)) from None

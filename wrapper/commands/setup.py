@@ -1,0 +1,113 @@
+"""`ftw setup`, `ftw tools`, `ftw demo`: what the Makefile's setup, tools and demo targets do, for a
+system without make (Windows' PowerShell). The Makefile keeps its own spelling on Linux and macOS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import click
+
+from wrapper.core.llama_tools import build, build_dir
+from wrapper.core.paths import runs_dir
+from wrapper.core.ui import console, done, error_console
+from wrapper.setup import demo_model, llama_cpp, llama_cpp_python
+
+# The Makefile's `demo` target, step by step: prepare, render on the CPU profile and train, export,
+# GGUF (keeping the merged weights and the f16 GGUF: eval compares them), Modelfile, smoke, answers, eval.
+DEMO_QUANT = "Q4_K_M"
+DEMO_STEPS: tuple[tuple[str, ...], ...] = (
+    ("data", "prepare", "--recipe", "demo", "--run", "demo"),
+    ("render", "--recipe", "demo", "--profile", "cpu", "--run", "demo", "--set", "train.num_train_epochs=8"),
+    ("train", "--run", "demo"),
+    ("export", "--run", "demo"),
+    ("gguf", "--run", "demo", "--quant", DEMO_QUANT, "--keep-intermediates"),
+    ("modelfile", "--run", "demo", "--quant", DEMO_QUANT),
+    ("smoke", "--run", "demo", "--quant", DEMO_QUANT),
+    ("answers", "--run", "demo"),
+    ("eval", "--run", "demo", "--no-build-tools"),
+)
+# After a Ctrl-C, which reached the step's process too: time for it to stop its children and remove partial files.
+STOP_GRACE_S = 60
+
+
+def prepare_checkout() -> None:
+    """The steps of `make setup` after pip: llama-cpp-python generates here (rebuilt once if it can't),
+    the llama.cpp tree from its sdist, the demo's base model. Each one skips itself when done."""
+    with console.status("checking that llama-cpp-python generates on this machine"):
+        llama_cpp_python.main()
+    done("llama-cpp-python generates here")
+    with console.status("unpacking llama.cpp from the llama-cpp-python sdist"):
+        unpacked = llama_cpp.ensure_llama_cpp()
+    done(f"vendor/llama.cpp {'unpacked at commit ' + unpacked if unpacked else 'is there'}")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the model's loading bars would fill the terminal
+    with console.status("writing the demo's base model"):
+        folder = demo_model.materialize()
+    done(f"the demo's base model is in {folder}")
+
+
+@click.command()
+def setup() -> None:
+    """After `pip install -r requirements.txt`: check llama-cpp-python, unpack llama.cpp, write the demo's model.
+
+    \b
+    Each step skips itself when done. `ftw doctor` says what else is missing.
+    Example:
+      ftw setup
+    """
+    prepare_checkout()
+    console.print("Next: ftw demo  (the whole path on the CPU, minutes), or ftw doctor")
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Build again even where a build of this llama.cpp commit is recorded.")
+def tools(force: bool) -> None:
+    """Build llama.cpp's own programs (llama-quantize, -imatrix, -perplexity, -server) from vendor/llama.cpp.
+
+    \b
+    Needs CMake and a C++ compiler; ftw also builds them on first use.
+    Example:
+      ftw tools
+    """
+    llama_cpp.ensure_llama_cpp()  # what they are built from (`make tools` runs all of `make setup` first)
+    spec = build(force=force)
+    done(f"llama.cpp {spec.commit[:12]}: its programs are in {build_dir() / 'bin'}")
+
+
+def run_step(argv: tuple[str, ...]) -> int:
+    """One `ftw` command as a child process, its output on this terminal; its exit code."""
+    child = subprocess.Popen([sys.executable, "-m", "wrapper.cli", *argv])
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        try:
+            child.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            child.wait()
+        raise
+
+
+@click.command()
+def demo() -> None:
+    """The whole path on the CPU with the demo recipe (SmolLM2-135M, a small ru/en dataset): what `make demo` runs.
+
+    \b
+    Setup, then: data prepare, render and train, export, gguf, modelfile, smoke, answers, eval.
+    Example:
+      ftw demo
+    """
+    prepare_checkout()
+    for argv in DEMO_STEPS:
+        line = "ftw " + " ".join(argv)
+        console.print(f"\n[bold]{line}[/bold]")
+        code = run_step(argv)
+        if code != 0:
+            error_console.print(f"ftw demo stopped at `{line}` (exit {code}); fix what it said, then: ftw demo")
+            sys.exit(code)
+    report = runs_dir() / "demo" / "report.html"
+    done(f"the demo is done: {report} compares the base, the fine-tuned model and its GGUF")
+
+
+COMMANDS = [setup, tools, demo]
