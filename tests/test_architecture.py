@@ -34,6 +34,7 @@ HEAVY_LIBRARIES = {
     "bs4",
     "openai",
     "tokenizers",
+    "bitsandbytes",
 }
 
 

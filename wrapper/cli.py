@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from wrapper.commands import data, evaluate, export, publish, serve, setup, status, train
+from wrapper.commands import data, doctor, evaluate, export, publish, serve, setup, status, train
 from wrapper.core.errors import FtwError
 from wrapper.core.manifest import package_version, versions
 from wrapper.core.platform import STOP_SIGNALS
@@ -70,7 +70,7 @@ def cli() -> None:
     """
 
 
-for module in (setup, train, export, serve, evaluate, data, publish, status):
+for module in (setup, train, export, serve, evaluate, data, publish, status, doctor):
     for command in module.COMMANDS:
         cli.add_command(command)
 
