@@ -77,6 +77,21 @@ def doc_command_lines(path: Path) -> list[str]:
     return lines
 
 
+# The venv's ftw as PowerShell runs it (README.md, "Windows"): `.venv\Scripts\ftw ...` is `ftw ...`.
+POWERSHELL_FTW = re.compile(r"^(?:\.\\)?\.venv\\Scripts\\ftw(?:\.exe)?(?=\s|$)")
+
+
+def powershell_ftw_lines(path: Path) -> list[str]:
+    """The `ftw` command lines in the powershell blocks of a Markdown file, spelled `ftw ...`."""
+    lines = []
+    for block in re.findall(r"```powershell\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+        for line in block.splitlines():
+            line = re.split(r"\s+#", line.strip(), maxsplit=1)[0].strip()
+            if POWERSHELL_FTW.match(line):
+                lines.append(POWERSHELL_FTW.sub("ftw", line))
+    return lines
+
+
 def test_the_docs_have_commands_to_check():
     assert sum(len(doc_command_lines(path)) for path in DOCS) > 20
 
@@ -84,13 +99,17 @@ def test_the_docs_have_commands_to_check():
 @pytest.mark.parametrize("path", DOCS, ids=[str(p.relative_to(REPO)) for p in DOCS])
 def test_every_ftw_and_make_command_in_the_docs_is_real(parse_only, path):
     targets = set(re.findall(r"^([a-z][a-z-]*):", (REPO / "Makefile").read_text(encoding="utf-8"), re.M))
-    for line in doc_command_lines(path):
+    for line in doc_command_lines(path) + powershell_ftw_lines(path):
         words = shlex.split(line)
         if words[0] == "ftw":
             parse_only(line)
         elif words[0] == "make":
             named = [word for word in words[1:] if "=" not in word and not word.startswith("-")]
             assert set(named) <= targets, f"{path.name}: `{line}` names a target the Makefile doesn't have"
+
+
+def test_the_windows_section_runs_ftw_setup_and_demo_from_the_venv():
+    assert {"ftw setup", "ftw demo"} <= set(powershell_ftw_lines(REPO / "README.md"))
 
 
 def test_every_step_of_ftw_demo_is_a_real_command(parse_only):
