@@ -45,6 +45,7 @@ def lint_imports(repo: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
+        encoding="utf-8",
     )
 
 
@@ -103,7 +104,9 @@ def test_the_command_line_starts_without_the_heavy_libraries():
         "import sys, wrapper.cli; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         f"{sorted(HEAVY_LIBRARIES - {'numpy'})!r}); print(heavy)"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, encoding="utf-8"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -70,7 +70,9 @@ def test_commands_name_the_run_before_their_options():
 
 def test_forgetting_keeps_keys_an_older_ftw_recorded(tmp_path):
     recorded = {key: str(tmp_path / key) for key in (artifacts.ADAPTER, artifacts.MERGED, Q4, "something_older")}
-    (tmp_path / manifest.MANIFEST).write_text(json.dumps({"artifacts": recorded, manifest.REMOVED: {"merged": {}}}))
+    (tmp_path / manifest.MANIFEST).write_text(
+        json.dumps({"artifacts": recorded, manifest.REMOVED: {"merged": {}}}), encoding="utf-8"
+    )
     manifest.forget_from(tmp_path, artifacts.MERGED)
     data = manifest.load(tmp_path)
     assert set(data["artifacts"]) == {artifacts.ADAPTER, "something_older"}
@@ -80,6 +82,6 @@ def test_forgetting_keeps_keys_an_older_ftw_recorded(tmp_path):
 def test_a_missing_artifact_names_the_command_that_makes_it(tmp_path):
     run = tmp_path / "lawyer"
     run.mkdir()
-    (run / manifest.MANIFEST).write_text(json.dumps({"artifacts": {}}))
+    (run / manifest.MANIFEST).write_text(json.dumps({"artifacts": {}}), encoding="utf-8")
     with pytest.raises(Exception, match=r"run lawyer has no Q8_0 GGUF yet\. Run `ftw gguf --run lawyer --quant Q8_0`"):
         manifest.artifact(run, Q8)

@@ -65,6 +65,7 @@ def test_cpu_smoke_runs_every_kind(tmp_path):
         capture_output=True,
         text=True,
         timeout=900,
+        encoding="utf-8",
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "tokens/s" in done.stdout and "cpu-smoke" in done.stdout
@@ -124,6 +125,7 @@ def test_list_prints_cells_estimates_and_parts():
         capture_output=True,
         text=True,
         timeout=120,
+        encoding="utf-8",
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout

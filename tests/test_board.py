@@ -20,7 +20,7 @@ from tests.support.runner import ftw_in_process
 def fake_run(runs_dir: Path, name: str, events: bool = True) -> Path:
     run = runs_dir / name
     (run / "adapter" / "runs" / "Dec03_host").mkdir(parents=True)
-    (run / manifest.MANIFEST).write_text("{}")
+    (run / manifest.MANIFEST).write_text("{}", encoding="utf-8")
     if events:
         (run / "adapter" / "runs" / "Dec03_host" / "events.out.tfevents.1.host.1.0").write_bytes(b"")
     return run
@@ -56,7 +56,10 @@ def test_training_writes_curves_and_board_shows_runs_side_by_side(demo_run, tmp_
     events = EventAccumulator(str(runs[0]))
     events.Reload()
     losses = [event.value for event in events.Scalars("train/loss")]
-    logged = [json.loads(line) for line in (demo_run / "adapter" / "trainer_log.jsonl").read_text().splitlines()]
+    logged = [
+        json.loads(line)
+        for line in (demo_run / "adapter" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert losses and losses == pytest.approx([entry["loss"] for entry in logged if "loss" in entry], rel=1e-4)
 
     # two runs with the demo's curves: the board reads only their logs

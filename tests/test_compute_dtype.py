@@ -84,7 +84,9 @@ def rendered(runs_dir: Path, run: str, *overrides: str) -> tuple[dict, object]:
 def test_guard_a_cpu_without_fast_bf16_never_loads_bf16_weights(runs_dir, cpu_reports):
     """The demo's base says bfloat16 in its config.json: on an AVX2-only CPU, train.yaml must point
     LLaMA-Factory at a config that says float32."""
-    assert compute_dtype.config_dtype(json.loads((DEMO_MODEL / "config.json").read_text())) == "bfloat16"
+    assert (
+        compute_dtype.config_dtype(json.loads((DEMO_MODEL / "config.json").read_text(encoding="utf-8"))) == "bfloat16"
+    )
     cpu_reports(EPYC_FLAGS)
     train, plan = rendered(runs_dir, "slow-cpu")
     assert plan.compute_dtype == "float32" and "no fast bfloat16" in plan.compute_dtype_reason
@@ -113,11 +115,13 @@ def test_gpu_profiles_keep_the_base_as_it_is(runs_dir):
 
 def fake_model(folder: Path) -> Path:
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "bfloat16"}))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llama", "torch_dtype": "bfloat16"}), encoding="utf-8"
+    )
     (folder / "model.safetensors").write_bytes(b"\0" * 1024)
-    (folder / "tokenizer.json").write_text("{}")
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")
     (folder / "extra").mkdir()
-    (folder / "extra" / "notes.txt").write_text("kept")
+    (folder / "extra" / "notes.txt").write_text("kept", encoding="utf-8")
     return folder
 
 
@@ -125,12 +129,14 @@ def test_the_folder_links_the_weights_and_changes_only_the_dtype(tmp_path):
     source = fake_model(tmp_path / "base")
     folder = tmp_path / "run" / "base-float32"
     base_dtype.make(source, folder, "float32")
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     assert config == {"model_type": "llama", "torch_dtype": "float32", "dtype": "float32"}
     assert b"\r" not in (folder / "config.json").read_bytes()
     assert os.path.samefile(folder / "model.safetensors", source / "model.safetensors")  # linked, not copied
-    assert (folder / "extra" / "notes.txt").read_text() == "kept"
-    assert json.loads((source / "config.json").read_text())["torch_dtype"] == "bfloat16"  # the base is untouched
+    assert (folder / "extra" / "notes.txt").read_text(encoding="utf-8") == "kept"
+    assert (
+        json.loads((source / "config.json").read_text(encoding="utf-8"))["torch_dtype"] == "bfloat16"
+    )  # the base is untouched
     assert base_dtype.is_current(folder, source, "float32") and not base_dtype.is_current(folder, source, "bfloat16")
     assert not list(folder.parent.glob(".base-float32-*"))  # no staging folder left behind
 
@@ -170,6 +176,7 @@ def test_llamafactory_really_holds_the_frozen_weights_in_the_chosen_dtype(runs_d
         text=True,
         timeout=600,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+        encoding="utf-8",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     dtypes = json.loads(result.stdout.strip().splitlines()[-1])

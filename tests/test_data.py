@@ -87,7 +87,7 @@ def test_prepare_rejects_each_bad_row_with_its_line_and_loses_nothing(runs_dir, 
         assert reason in found["reason"]
         assert found.get("row") or found.get("raw") or found.get("text")  # the dropped row itself
     kept = len(jsonl(data / "train.jsonl")) + (len(jsonl(data / "val.jsonl")) if (data / "val.jsonl").exists() else 0)
-    counts = json.loads((data / "prepared.json").read_text())["counts"]
+    counts = json.loads((data / "prepared.json").read_text(encoding="utf-8"))["counts"]
     assert counts["read"] == counts["kept"] + counts["rejected"] == kept + len(rejects)
     assert f"read {counts['read']} = kept {counts['kept']} + rejected {counts['rejected']}" in out
 
@@ -195,7 +195,7 @@ def test_subtitles_become_plain_text():
 
 def test_raw_text_is_chunked_to_cutoff_len_and_trains_as_pt(runs_dir, tmp_path):
     recipe = write_recipe(tmp_path, "data:\n  chunk_overlap: 8\n  val_ratio: 0.2\n", train="")
-    recipe.write_text(recipe.read_text().replace("cutoff_len: 256", "cutoff_len: 64"))
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("cutoff_len: 256", "cutoff_len: 64"), encoding="utf-8")
     code, out = ftw_in_process(
         "data",
         "prepare",
@@ -221,9 +221,9 @@ def test_raw_text_is_chunked_to_cutoff_len_and_trains_as_pt(runs_dir, tmp_path):
     assert all(set(r) == {"text", "lang", "source"} for r in rows)
     chronicle = [r for r in rows if r["source"].startswith("data/samples/text/chronicle.md:")]
     assert chronicle[0]["source"] == "data/samples/text/chronicle.md:1"
-    train = yaml.safe_load((runs_dir / "text" / "train.yaml").read_text())
+    train = yaml.safe_load((runs_dir / "text" / "train.yaml").read_text(encoding="utf-8"))
     assert train["stage"] == "pt" and train["packing"] is False and train["dataset"] == "ftw_train"
-    info = json.loads((runs_dir / "text" / "dataset_info.json").read_text())
+    info = json.loads((runs_dir / "text" / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["ftw_train"]["columns"] == {"prompt": "text"}
 
 
@@ -248,7 +248,7 @@ def test_prepare_merges_every_format_and_keeps_the_invariant(runs_dir):
     assert code == 0, out
     data = runs_dir / "merged" / "data"
     train, val, rejects = jsonl(data / "train.jsonl"), jsonl(data / "val.jsonl"), jsonl(data / "rejects.jsonl")
-    info = json.loads((data / "prepared.json").read_text())
+    info = json.loads((data / "prepared.json").read_text(encoding="utf-8"))
     read = 5 + 8 + 4 + 3 + 6 * 3
     assert info["counts"]["read"] == read == len(train) + len(val) + len(rejects)
     assert sum(s["read"] for s in info["sources"]) == read
@@ -293,36 +293,38 @@ def test_split_is_seeded_and_stratified_by_language():
 def test_render_uses_prepared_data_until_told_otherwise(runs_dir):
     code, out = ftw_in_process("render", "--recipe", "demo", "--profile", "cpu", "--run", "r")
     assert code == 0, out
-    assert yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())["dataset"].startswith("ftw_0_demo_lore")
+    assert yaml.safe_load((runs_dir / "r" / "train.yaml").read_text(encoding="utf-8"))["dataset"].startswith(
+        "ftw_0_demo_lore"
+    )
     # prepare on a rendered run re-renders it with the same profile: LLaMA-Factory's parser checks it
     code, out = ftw_in_process("data", "prepare", "--recipe", "demo", "--run", "r")
     assert code == 0, out
     # the demo's rows carry `fact`: the validation loss is the probes' (tests/test_knowledge.py)
     assert "re-rendered" in out and "eval_dataset ftw_probes" in out
-    train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())
+    train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text(encoding="utf-8"))
     assert (train["dataset"], train["eval_dataset"], train["eval_strategy"]) == ("ftw_train", "ftw_probes", "steps")
     assert "val_size" not in train
-    manifest = json.loads((runs_dir / "r" / "manifest.json").read_text())
+    manifest = json.loads((runs_dir / "r" / "manifest.json").read_text(encoding="utf-8"))
     assert [d["name"] for d in manifest["datasets"]] == ["ftw_train", "ftw_probes"]
     assert all(len(d["sha256"]) == 64 for d in manifest["datasets"])
     assert manifest["plan"]["prepared_data"]["sources"][0]["sha256"] == sha256_of(REPO / "data" / "demo_lore.json")
     # a later render keeps it, and says so
     code, out = ftw_in_process("render", "--recipe", "demo", "--profile", "cpu", "--run", "r", "--set", "seed=3")
     assert code == 0 and "data: prepared by `ftw data prepare`" in out
-    assert yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())["dataset"] == "ftw_train"
+    assert yaml.safe_load((runs_dir / "r" / "train.yaml").read_text(encoding="utf-8"))["dataset"] == "ftw_train"
     # --data wins for that render
     code, out = ftw_in_process(
         "render", "--recipe", "demo", "--profile", "cpu", "--run", "r", "--data", str(SAMPLES / "openai.jsonl")
     )
     assert code == 0 and "the prepared data in" in out and "is not used this time" in out
-    train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text())
+    train = yaml.safe_load((runs_dir / "r" / "train.yaml").read_text(encoding="utf-8"))
     assert train["dataset"] == "ftw_0_openai" and "eval_dataset" not in train
 
 
 def test_prepared_files_that_changed_are_refused(runs_dir):
     prepare("demo", [str(SAMPLES / "alpaca.jsonl")], "changed")
     train = runs_dir / "changed" / "data" / "train.jsonl"
-    train.write_text(train.read_text() + "\n")
+    train.write_text(train.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     with pytest.raises(FtwError, match="missing or changed since `ftw data prepare` wrote it"):
         load_prepared(runs_dir / "changed")
 
@@ -405,7 +407,8 @@ def test_a_big_json_array_is_read_in_bounded_memory(tmp_path):
 def test_a_hub_tokenizer_that_is_not_cached_skips_lengths_quickly(tmp_path):
     recipe = tmp_path / "hub.yaml"
     recipe.write_text(
-        f"model: {{base: nobody/not-a-model-{tmp_path.name}, template: qwen}}\ndataset: [{SAMPLES / 'openai.jsonl'}]\n"
+        f"model: {{base: nobody/not-a-model-{tmp_path.name}, template: qwen}}\ndataset: [{SAMPLES / 'openai.jsonl'}]\n",
+        encoding="utf-8",
     )
     code, out = ftw_in_process("data", "check", "--recipe", str(recipe), str(SAMPLES / "openai.jsonl"))
     assert code == 0 and "token lengths skipped" in out and "not in the local Hugging Face cache" in out
@@ -453,7 +456,7 @@ def test_render_check_and_prepare_classify_a_row_the_same(runs_dir, tmp_path, ro
     scanner = Scanner([data], DataSettings(), recipe_counter(load_recipe("demo"))[0], 256)
     first = next(scanner.batches(scanner.sources[0]))[0]
     prepare("demo", [str(data)], "p")
-    prepared = json.loads((runs_dir / "p" / "data" / "prepared.json").read_text())
+    prepared = json.loads((runs_dir / "p" / "data" / "prepared.json").read_text(encoding="utf-8"))
     if fmt:  # an unknown row leaves the file's format to the companion
         assert scanner.reports[0].format == fmt
         assert prepared["sources"][0]["format"] == fmt
@@ -464,7 +467,10 @@ def test_render_check_and_prepare_classify_a_row_the_same(runs_dir, tmp_path, ro
     assert first.problem.reason.startswith(problem)
     with pytest.raises(FtwError, match=re.escape(f"one.jsonl:1: {problem}")):
         render("demo", "cpu", "r", [str(data)], [])
-    (reject,) = [json.loads(line) for line in (runs_dir / "p" / "data" / "rejects.jsonl").read_text().splitlines()]
+    (reject,) = [
+        json.loads(line)
+        for line in (runs_dir / "p" / "data" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert reject["reason"].startswith(problem) and reject["source"].endswith("one.jsonl:1")
 
 

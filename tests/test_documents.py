@@ -209,7 +209,9 @@ def test_reading_documents_loads_no_document_library_until_a_document_is_read():
         "import sys, wrapper.data.documents; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pypdf', 'docx', 'bs4')))"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, encoding="utf-8"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -49,7 +49,7 @@ def processes_mentioning(text: str) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            state = (entry / "stat").read_text().split(") ", 1)[1][0]
+            state = (entry / "stat").read_text(encoding="utf-8").split(") ", 1)[1][0]
         except OSError:
             continue
         if text in cmdline and state != "Z":
@@ -80,7 +80,7 @@ def test_a_checkpoint_cut_off_while_saving_is_dropped_before_resuming(tmp_path):
     adapter = tmp_path / "adapter"
     for step, state in ((10, '{"global_step": 10}'), (20, '{"global_st')):
         (adapter / f"checkpoint-{step}").mkdir(parents=True)
-        (adapter / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+        (adapter / f"checkpoint-{step}" / "trainer_state.json").write_text(state, encoding="utf-8")
     (adapter / "checkpoint-30").mkdir()  # killed before anything was written
     kept = drop_incomplete_checkpoints(adapter)
     assert [p.name for p in kept] == ["checkpoint-10"]
@@ -207,6 +207,7 @@ def run_on_small_disk(
         capture_output=True,
         text=True,
         timeout=900,
+        encoding="utf-8",
     )
 
 
@@ -224,7 +225,7 @@ def test_disk_filling_up_mid_conversion_is_a_clean_error_and_nothing_corrupt(ggu
     assert result.returncode == 1, output
     assert f"The disk under {gguf_dir} is full" in output and "gguf.log" in output
     assert "Traceback" not in result.stdout + result.stderr.split("Last lines of the log")[0]
-    assert listing.read_text().split() == ["ballast"], "a partial GGUF was left on the full disk"
+    assert listing.read_text(encoding="utf-8").split() == ["ballast"], "a partial GGUF was left on the full disk"
     assert manifest_of(gguf_run)["artifacts"] == manifest_before["artifacts"]
 
     run_ftw(runs_dir, "gguf", "--run", RUN, "--keep-intermediates")
@@ -247,7 +248,7 @@ def test_full_disk_while_ftw_writes_its_own_files_is_a_clean_error(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the disk is full" in result.stderr and "No space left on device" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert ".partial" not in listing.read_text()
+    assert ".partial" not in listing.read_text(encoding="utf-8")
 
 
 @needs_private_mounts
@@ -265,7 +266,9 @@ def test_training_stops_before_starting_when_checkpoints_wont_fit(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "not enough free disk for ftw train" in result.stderr and "checkpoints" in result.stderr
     assert "GB is free" in result.stderr
-    assert [name for name in listing.read_text().split() if name != LOCKS] == ["small"]  # beside the runs' locks
+    assert [name for name in listing.read_text(encoding="utf-8").split() if name != LOCKS] == [
+        "small"
+    ]  # beside the runs' locks
 
 
 # --- a busy GPU --------------------------------------------------------------------------
@@ -276,7 +279,7 @@ def test_training_stops_when_the_gpu_has_too_little_free_memory(runs_dir, tmp_pa
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     smi = fake_bin / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho '1024, 12282'\n")
+    smi.write_text("#!/bin/sh\necho '1024, 12282'\n", encoding="utf-8")
     smi.chmod(0o755)
     run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "rtx4070", "--run", "busy")
     path = f"{fake_bin}{os.pathsep}{os.environ['PATH']}"

@@ -396,6 +396,7 @@ ollama:
         text=True,
         check=False,
         env=dict(os.environ, FTW_RUNS_DIR=str(tmp_path / "runs"), COLUMNS="300"),
+        encoding="utf-8",
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "r.yaml:9 (key 'ollama.parameters.temprature')" in done.stderr

@@ -74,7 +74,10 @@ def test_modelfile_adapter_reads_back_with_the_modelfiles_template(adapter_run):
 
     run = adapter_run["run"]
     text = (run / "Modelfile.adapter").read_text(encoding="utf-8")
-    adapter, plain = gorender.parse_modelfile(text), gorender.parse_modelfile((run / "Modelfile").read_text())
+    adapter, plain = (
+        gorender.parse_modelfile(text),
+        gorender.parse_modelfile((run / "Modelfile").read_text(encoding="utf-8")),
+    )
     read = dict(adapter)
     assert read["model"] == "./gguf/e2e-base-Q4_K_M.gguf" and read["adapter"] == "./gguf/e2e-lora.gguf"
     assert [c for c in adapter if c[0] not in ("model", "adapter")] == [c for c in plain if c[0] != "model"]
@@ -125,7 +128,10 @@ def test_an_ollama_name_is_checked_in_the_local_store_or_said_unchecked(adapter_
 
     done = run_ftw(run.parent, "adapter", "--run", run.name, "--base", "smollm2:135m", env=env)
     assert "Ollama's smollm2:135m" in done.stdout and "matches the run's base" in done.stdout
-    assert dict(gorender.parse_modelfile((run / "Modelfile.adapter").read_text()))["model"] == "smollm2:135m"
+    assert (
+        dict(gorender.parse_modelfile((run / "Modelfile.adapter").read_text(encoding="utf-8")))["model"]
+        == "smollm2:135m"
+    )
     assert artifacts(run)["gguf_lora_base"].startswith(str(store / "blobs"))
 
     refused = run_ftw(run.parent, "adapter", "--run", run.name, "--base", "qwen3:8b", env=env, check=False)
@@ -136,7 +142,10 @@ def test_an_ollama_name_is_checked_in_the_local_store_or_said_unchecked(adapter_
     unchecked = run_ftw(run.parent, "adapter", "--run", run.name, "--base", "llama3.2:1b", env=env)
     out = " ".join(unchecked.stdout.split())
     assert "not checked" in out and "ollama pull llama3.2:1b" in out
-    assert dict(gorender.parse_modelfile((run / "Modelfile.adapter").read_text()))["model"] == "llama3.2:1b"
+    assert (
+        dict(gorender.parse_modelfile((run / "Modelfile.adapter").read_text(encoding="utf-8")))["model"]
+        == "llama3.2:1b"
+    )
     assert "gguf_lora_base" not in artifacts(run)  # nothing local for ftw eval to load
 
 

@@ -39,7 +39,7 @@ def test_gguf_removes_merged_weights_and_f16_after_verifying(copied_run):
     assert not f16.exists()
     assert not list((run / "merged").glob("*.safetensors"))
     assert (run / "merged" / "tokenizer.json").is_file() and (run / "merged" / "config.json").is_file()
-    assert "ftw export --run e2e --force" in (run / "merged" / "WEIGHTS_REMOVED.txt").read_text()
+    assert "ftw export --run e2e --force" in (run / "merged" / "WEIGHTS_REMOVED.txt").read_text(encoding="utf-8")
     data = manifest_of(run)
     assert "gguf_f16" not in data["artifacts"]  # a key in the manifest means a file that exists
     assert data["removed_intermediates"]["merged"]["bytes"] == merged_weights

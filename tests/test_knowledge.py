@@ -312,6 +312,7 @@ def packed_sequences(train_yaml: Path, out: Path, *changes: dict) -> list[dict[s
         text=True,
         timeout=600,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_DATASETS_OFFLINE="1"),
+        encoding="utf-8",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.removeprefix("PACKED ") for line in result.stdout.splitlines() if line.startswith("PACKED ")]

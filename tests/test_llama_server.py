@@ -87,7 +87,9 @@ def fake_run(runs_dir: Path, name: str, gguf: Path | None = None, parameters: di
         origins={},
         ollama_parameters=parameters or {},
     )
-    (run / "manifest.json").write_text(json.dumps({"plan": plan, "artifacts": {"gguf_q4_k_m": str(target)}}))
+    (run / "manifest.json").write_text(
+        json.dumps({"plan": plan, "artifacts": {"gguf_q4_k_m": str(target)}}), encoding="utf-8"
+    )
     return run
 
 
@@ -112,7 +114,7 @@ def servers_of(gguf: Path) -> list[int]:
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = (entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
         if state != "Z" and argv and argv[0].endswith(b"llama-server") and str(gguf).encode() in argv:

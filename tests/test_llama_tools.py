@@ -28,9 +28,10 @@ def fake_tree(tmp_path) -> Path:
     """A llama.cpp tree whose CMake configuration fails, like a broken toolchain would."""
     tree = tmp_path / "llama.cpp"
     tree.mkdir()
-    (tree / "FTW_COMMIT").write_text("0123abcd\n")
+    (tree / "FTW_COMMIT").write_text("0123abcd\n", encoding="utf-8")
     (tree / "CMakeLists.txt").write_text(
-        'cmake_minimum_required(VERSION 3.14)\nproject(broken C)\nmessage(FATAL_ERROR "no usable compiler here")\n'
+        'cmake_minimum_required(VERSION 3.14)\nproject(broken C)\nmessage(FATAL_ERROR "no usable compiler here")\n',
+        encoding="utf-8",
     )
     return tree
 
@@ -51,9 +52,9 @@ def test_a_failed_build_names_its_log_and_is_not_retried_on_use(fake_tree, monke
     with pytest.raises(ToolsUnavailable) as caught:
         llama_tools.build(fake_tree)
     log = fake_tree / "build" / "ftw-build.log"
-    assert str(log) in str(caught.value) and "no usable compiler here" in log.read_text()
+    assert str(log) in str(caught.value) and "no usable compiler here" in log.read_text(encoding="utf-8")
     assert "quantizes with llama-cpp-python's library" in str(caught.value)
-    assert json.loads((fake_tree / "build" / "ftw-tools.json").read_text())["status"] == "failed"
+    assert json.loads((fake_tree / "build" / "ftw-tools.json").read_text(encoding="utf-8"))["status"] == "failed"
 
     def no_second_try(*args, **kwargs):
         raise AssertionError("a build that failed for this commit must not be started again on use")
@@ -152,7 +153,7 @@ def test_without_the_tools_gguf_still_quantizes_and_imatrix_says_so(copied, monk
     build = tmp_path / "no-tools"
     monkeypatch.setattr(llama_tools, "build_dir", lambda llama_cpp_dir=None: build)
     build.mkdir()
-    (build / "ftw-build.log").write_text("error: the compiler crashed\n")
+    (build / "ftw-build.log").write_text("error: the compiler crashed\n", encoding="utf-8")
     llama_tools.write_stamp(llama_tools.wanted_spec(), "failed", log=str(build / "ftw-build.log"))
 
     code, out = ftw_in_process("gguf", "--run", copied.name, "--imatrix", "--keep-intermediates")
@@ -176,13 +177,13 @@ def test_types_that_need_an_importance_matrix_ask_for_one():
 def test_a_new_llama_cpp_commit_or_other_flags_mean_a_rebuild(tmp_path):
     tree = tmp_path / "llama.cpp"
     (tree / "build" / "bin").mkdir(parents=True)
-    (tree / "FTW_COMMIT").write_text("aaaa\nfrom the sdist\n")
+    (tree / "FTW_COMMIT").write_text("aaaa\nfrom the sdist\n", encoding="utf-8")
     for name in TOOLS:
         (tree / "build" / "bin" / name).write_bytes(b"")
     spec = llama_tools.wanted_spec(tree)
     llama_tools.write_stamp(spec, "built", tree)
     assert llama_tools.is_built(spec, tree) and llama_tools.built_tool("llama-server", tree)
-    (tree / "FTW_COMMIT").write_text("bbbb\nfrom a newer sdist\n")
+    (tree / "FTW_COMMIT").write_text("bbbb\nfrom a newer sdist\n", encoding="utf-8")
     assert not llama_tools.is_built(llama_tools.wanted_spec(tree), tree)
     assert llama_tools.built_tool("llama-server", tree) is None
     other_flags = dataclasses.replace(spec, flags=(*spec.flags, "-DGGML_CUDA=ON"))

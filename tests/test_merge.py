@@ -152,7 +152,7 @@ def test_f16_stored_merge_is_peft_rounded_and_converts_to_the_same_gguf(rslora_c
         assert torch.equal(in_f16[name], tensor.to(expected)), name
     assert_same_as_peft({n: t.to(torch.bfloat16) for n, t in in_f16.items()}, peft_merged(adapter).state_dict())
     # config.json keeps the base's dtype: transformers loads the same bf16 values back
-    assert json.loads((tmp_path / "f16" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "f16" / "config.json").read_text(encoding="utf-8"))["dtype"] == "bfloat16"
 
     ggufs = {}
     for label in ("bf16", "f16"):

@@ -23,7 +23,7 @@ def run(demo_run) -> Path:
 
 
 def artifacts(run: Path) -> dict[str, str]:
-    return json.loads((run / "manifest.json").read_text())["artifacts"]
+    return json.loads((run / "manifest.json").read_text(encoding="utf-8"))["artifacts"]
 
 
 def test_manifest_records_every_artifact(run):
@@ -32,7 +32,7 @@ def test_manifest_records_every_artifact(run):
         assert Path(found[key]).exists(), key
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert (run / "adapter" / "training_loss.png").is_file()
-    assert "llamafactory-cli train" in (run / "logs" / "train.log").read_text()
+    assert "llamafactory-cli train" in (run / "logs" / "train.log").read_text(encoding="utf-8")
 
 
 def test_no_half_written_files_are_left(run):
@@ -96,7 +96,7 @@ def test_smoke_stage_passes_and_reports(run):
 
 def test_modelfile_names_the_file_and_stop_tokens(run):
     """(c) the Modelfile names the produced file and the right stop tokens."""
-    text = (run / "Modelfile").read_text()
+    text = (run / "Modelfile").read_text(encoding="utf-8")
     from_lines = [line for line in text.splitlines() if line.startswith("FROM ")]
     assert len(from_lines) == 1
     target = (run / from_lines[0].removeprefix("FROM ").strip()).resolve()

@@ -20,12 +20,12 @@ def test_failing_child_shows_tail_and_log_path(tmp_path):
     assert "the stage (exit code 3) failed" in message
     assert "line 39" in message and "line 10" not in message
     assert f"Full log: {log}" in message
-    assert "line 0" in log.read_text()
+    assert "line 0" in log.read_text(encoding="utf-8")
     assert error.value.exit_code == 1
 
 
 def test_atomic_write_leaves_only_the_finished_file(tmp_path):
     target = tmp_path / "out.txt"
     write_text_atomic(target, "done\n")
-    assert target.read_text() == "done\n"
+    assert target.read_text(encoding="utf-8") == "done\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

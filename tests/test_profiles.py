@@ -59,7 +59,7 @@ def test_every_recipe_renders_on_every_profile(runs_dir, recipe):
             refused.add(profile)
             plan = render(recipe, profile, run, [], [], ignore_fit=True)
             assert not plan.fit["fits"]
-        train = yaml.safe_load((runs_dir / run / "train.yaml").read_text())
+        train = yaml.safe_load((runs_dir / run / "train.yaml").read_text(encoding="utf-8"))
         if profile == "cpu":
             # Every LLaMA-Factory check runs on the CPU; only "will it stop" waits for a hub model's tokenizer.
             assert [s for s in plan.skipped_checks if not s.startswith("will it stop")] == [] and plan.fit is None
@@ -116,10 +116,10 @@ def test_multi_gpu_renders_zero2_and_launches_through_torchrun(runs_dir):
 
     plan = render("qwen3-8b", "a100-40x8", "ds", [], [])
     run = runs_dir / "ds"
-    train = yaml.safe_load((run / "train.yaml").read_text())
+    train = yaml.safe_load((run / "train.yaml").read_text(encoding="utf-8"))
     assert train["deepspeed"] == str(run / "ds_config.json")
-    shipped = json.loads((REPO / "templates" / "deepspeed" / "ds_z2_config.json").read_text())
-    config = json.loads((run / "ds_config.json").read_text())
+    shipped = json.loads((REPO / "templates" / "deepspeed" / "ds_z2_config.json").read_text(encoding="utf-8"))
+    config = json.loads((run / "ds_config.json").read_text(encoding="utf-8"))
     assert config == shipped and config["zero_optimization"]["stage"] == 2
     assert not HfDeepSpeedConfig(config).is_zero3()
     # the recipe's effective batch of 8 is kept across 8 GPUs
@@ -132,7 +132,7 @@ def test_full_fine_tune_that_needs_sharding_gets_zero3(runs_dir):
     from transformers.integrations import HfDeepSpeedConfig
 
     plan = render("qwen3-8b", "rtx4090x4", "z3", [], ["method=full"])
-    config = json.loads((runs_dir / "z3" / "ds_config.json").read_text())
+    config = json.loads((runs_dir / "z3" / "ds_config.json").read_text(encoding="utf-8"))
     assert plan.fit["settings"]["zero_stage"] == 3
     assert HfDeepSpeedConfig(config).is_zero3()
 
@@ -236,7 +236,8 @@ def test_plan_json_has_the_promised_keys(tmp_path):
     assert report["tokens_per_step"] == 8 * 2048
     data = tmp_path / "more.jsonl"
     data.write_text(
-        "".join(json.dumps({"instruction": "q" * 50, "input": "", "output": "a" * 500}) + "\n" for _ in range(90))
+        "".join(json.dumps({"instruction": "q" * 50, "input": "", "output": "a" * 500}) + "\n" for _ in range(90)),
+        encoding="utf-8",
     )
     with_data = json.loads(
         run_ftw(
@@ -266,7 +267,7 @@ def test_planner_matches_committed_gpu_measurements():
     if not results:
         pytest.skip("no GPU measurements committed yet (bench/results/profiles-*.json)")
     for path in results:
-        for cell in json.loads(path.read_text())["cells"]:
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
             if cell["kind"] == "ftw" and cell.get("fits") and cell.get("planner_peak_gb"):
                 assert cell["peak_reserved_gb"] == pytest.approx(cell["planner_peak_gb"], rel=0.15), (path.name, cell)
 
@@ -275,7 +276,7 @@ def test_offloaded_checkpoints_only_where_they_make_it_fit(runs_dir):
     """Llama-3.1-8B QLoRA at 2048 fits the 8 GB card only with its checkpoints in host RAM; the 12 GB
     card doesn't need them. Liger and offload together pass LLaMA-Factory's parser."""
     tight = render("llama31-8b", "rtx3070", "tight", [], [])
-    train = yaml.safe_load((runs_dir / "tight" / "train.yaml").read_text())
+    train = yaml.safe_load((runs_dir / "tight" / "train.yaml").read_text(encoding="utf-8"))
     assert train["use_unsloth_gc"] is True and train["enable_liger_kernel"] is True
     assert train["quantization_bit"] == 4 and train["cutoff_len"] == 2048 and train["lora_rank"] == 16
     assert "planner for profile rtx3070" in tight.origins["use_unsloth_gc"]
@@ -343,7 +344,10 @@ def test_plan_max_context_refuses_what_it_cannot_plan(tmp_path, arguments, messa
     if "demo-unknown-shape" in arguments:
         recipe = tmp_path / "demo-unknown-shape.yaml"
         recipe.write_text(
-            (REPO / "recipes" / "qwen3-8b.yaml").read_text().replace("Qwen/Qwen3-8B", "someone/unknown-8b")
+            (REPO / "recipes" / "qwen3-8b.yaml")
+            .read_text(encoding="utf-8")
+            .replace("Qwen/Qwen3-8B", "someone/unknown-8b"),
+            encoding="utf-8",
         )
         arguments = ["--recipe", str(recipe)]
     result = run_ftw(tmp_path / "runs", "plan", *arguments, "--max-context", check=False)

@@ -45,7 +45,7 @@ def minimal_recipe(folder: Path, extra: str = "", dataset: Path = DEMO_DATA, bas
 
 def test_demo_renders_and_validates(runs_dir):
     plan = render("demo", "cpu", "demo", [], [])
-    train = yaml.safe_load((runs_dir / "demo" / "train.yaml").read_text())
+    train = yaml.safe_load((runs_dir / "demo" / "train.yaml").read_text(encoding="utf-8"))
     # the tests compute in float32 (conftest.py): the demo's bfloat16 base is loaded through its float32 config
     assert train["model_name_or_path"] == str(runs_dir / "demo" / "base-float32")
     assert plan.base_model == str(DEMO_MODEL)
@@ -53,14 +53,14 @@ def test_demo_renders_and_validates(runs_dir):
     assert train["output_dir"] == str(runs_dir / "demo" / "adapter")
     assert train["bf16"] is False  # from the cpu profile
     assert train["lora_rank"] == 16  # from the recipe, over the default
-    info = json.loads((runs_dir / "demo" / "dataset_info.json").read_text())
+    info = json.loads((runs_dir / "demo" / "dataset_info.json").read_text(encoding="utf-8"))
     (entry,) = info.values()
     assert entry["file_name"] == str(DEMO_DATA)
     assert entry["formatting"] == "alpaca"
     assert "history" not in entry["columns"]  # not in the file: LLaMA-Factory would fail on it
-    export = yaml.safe_load((runs_dir / "demo" / "export.yaml").read_text())
+    export = yaml.safe_load((runs_dir / "demo" / "export.yaml").read_text(encoding="utf-8"))
     assert export["adapter_name_or_path"] == str(runs_dir / "demo" / "adapter")
-    manifest = json.loads((runs_dir / "demo" / "manifest.json").read_text())
+    manifest = json.loads((runs_dir / "demo" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["recipe"] == "demo" and manifest["profile"] == "cpu"
     assert manifest["datasets"][0]["rows"] == 30 and len(manifest["datasets"][0]["sha256"]) == 64
     assert len(manifest["versions"]["llama.cpp"]) == 40
@@ -70,7 +70,7 @@ def test_demo_renders_and_validates(runs_dir):
 
 def test_rendered_yaml_names_the_origin_of_each_value(runs_dir):
     render("demo", "cpu", "demo", [], ["learning_rate=5e-5"])
-    text = (runs_dir / "demo" / "train.yaml").read_text()
+    text = (runs_dir / "demo" / "train.yaml").read_text(encoding="utf-8")
     assert "learning_rate: 5.0e-05  # --set" in text
     assert "lora_rank: 16  # recipes/demo.yaml:" in text
     assert yaml.safe_load(text)["learning_rate"] == 5e-5
@@ -95,7 +95,10 @@ def test_unknown_profile(runs_dir):
 
 def test_unknown_llamafactory_key_names_file_line_and_suggestion(runs_dir, tmp_path):
     recipe = minimal_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("  cutoff_len: 128\n", "  cutoff_len: 128\n  lora_rnak: 8\n"))
+    recipe.write_text(
+        recipe.read_text(encoding="utf-8").replace("  cutoff_len: 128\n", "  cutoff_len: 128\n  lora_rnak: 8\n"),
+        encoding="utf-8",
+    )
     with pytest.raises(FtwError) as error:
         render(str(recipe), "cpu", "r", [], [])
     message = str(error.value)
@@ -105,14 +108,17 @@ def test_unknown_llamafactory_key_names_file_line_and_suggestion(runs_dir, tmp_p
 
 def test_wrong_type_is_caught_although_llamafactory_accepts_it(runs_dir, tmp_path):
     recipe = minimal_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("cutoff_len: 128", "lora_rank: abc"))
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("cutoff_len: 128", "lora_rank: abc"), encoding="utf-8")
     with pytest.raises(FtwError, match=r"mine.yaml:8 \(key 'train.lora_rank'\): 'lora_rank' must be int"):
         render(str(recipe), "cpu", "r", [], [])
 
 
 def test_llamafactory_rejection_points_at_the_key(runs_dir, tmp_path):
     recipe = minimal_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("cutoff_len: 128", "neat_packing: true\n  stage: pt"))
+    recipe.write_text(
+        recipe.read_text(encoding="utf-8").replace("cutoff_len: 128", "neat_packing: true\n  stage: pt"),
+        encoding="utf-8",
+    )
     with pytest.raises(FtwError) as error:
         render(str(recipe), "cpu", "r", [], [])
     assert "LLaMA-Factory rejects r/train.yaml: `neat_packing` cannot be set as True except SFT" in str(error.value)
@@ -201,14 +207,16 @@ def test_run_names_are_ascii_because_they_name_the_ollama_model(runs_dir):
 
 def test_unknown_chat_template(runs_dir, tmp_path):
     recipe = minimal_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("template: smollm2", "template: smolm2"))
+    recipe.write_text(
+        recipe.read_text(encoding="utf-8").replace("template: smollm2", "template: smolm2"), encoding="utf-8"
+    )
     with pytest.raises(FtwError, match=r"model.template'\): LLaMA-Factory has no chat template 'smolm2'.*smollm2"):
         render(str(recipe), "cpu", "r", [], [])
 
 
 def test_owned_key_in_train_section(runs_dir, tmp_path):
     recipe = minimal_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("cutoff_len: 128", "template: qwen"))
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("cutoff_len: 128", "template: qwen"), encoding="utf-8")
     with pytest.raises(FtwError, match="'template' is set by ftw from model.template"):
         render(str(recipe), "cpu", "r", [], [])
 
@@ -221,14 +229,14 @@ def test_missing_dataset_file(runs_dir, tmp_path):
 @pytest.mark.parametrize("content", ["[]", "", "\n\n"])
 def test_empty_dataset(runs_dir, tmp_path, content):
     data = tmp_path / ("empty.json" if content == "[]" else "empty.jsonl")
-    data.write_text(content)
+    data.write_text(content, encoding="utf-8")
     with pytest.raises(FtwError, match="the dataset has no rows"):
         render("demo", "cpu", "r", [str(data)], [])
 
 
 def test_invalid_jsonl_line_is_named(runs_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
-    data.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "c", oops}\n')
+    data.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "c", oops}\n', encoding="utf-8")
     with pytest.raises(FtwError, match=r"bad.jsonl:2: invalid JSON"):
         render("demo", "cpu", "r", [str(data)], [])
 
@@ -245,19 +253,20 @@ def test_user_data_replaces_recipe_dataset_in_each_format(runs_dir, tmp_path):
     )
     openai = tmp_path / "messages.json"
     openai.write_text(
-        json.dumps([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}])
+        json.dumps([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]),
+        encoding="utf-8",
     )
     plan = render("demo", "cpu", "mine", [str(sharegpt), str(openai)], [])
     assert [d["format"] for d in plan.datasets] == ["sharegpt", "openai"]
-    info = json.loads((runs_dir / "mine" / "dataset_info.json").read_text())
+    info = json.loads((runs_dir / "mine" / "dataset_info.json").read_text(encoding="utf-8"))
     assert [entry["file_name"] for entry in info.values()] == [str(sharegpt), str(openai)]
     assert list(info.values())[1]["tags"]["role_tag"] == "role"
-    assert str(DEMO_DATA) not in (runs_dir / "mine" / "dataset_info.json").read_text()
+    assert str(DEMO_DATA) not in (runs_dir / "mine" / "dataset_info.json").read_text(encoding="utf-8")
 
 
 def test_unknown_row_format(runs_dir, tmp_path):
     data = tmp_path / "odd.jsonl"
-    data.write_text('{"question": "a", "answer": "b"}\n')
+    data.write_text('{"question": "a", "answer": "b"}\n', encoding="utf-8")
     with pytest.raises(FtwError, match=r"odd.jsonl:1: unknown format \(keys: question, answer\)"):
         render("demo", "cpu", "r", [str(data)], [])
 
@@ -294,7 +303,7 @@ def test_gpu_profile_renders_on_a_machine_without_gpu(runs_dir):
     if torch.cuda.is_available():
         pytest.skip("this test is about machines without a GPU")
     render("demo", "cuda", "gpu", [], [])
-    train = yaml.safe_load((runs_dir / "gpu" / "train.yaml").read_text())
+    train = yaml.safe_load((runs_dir / "gpu" / "train.yaml").read_text(encoding="utf-8"))
     assert train["bf16"] is True and train["gradient_accumulation_steps"] == 8
     with pytest.raises(FtwError, match="'bf16' must be bool"):
         render("demo", "cuda", "gpu", [], ["bf16=maybe"])
@@ -319,8 +328,8 @@ def test_hub_bases_render_offline_and_merge_into_full_precision(runs_dir, tmp_pa
         """,
     )
     plan = render(str(recipe), "cuda", "hub", [], [])
-    train = yaml.safe_load((runs_dir / "hub" / "train.yaml").read_text())
-    export = yaml.safe_load((runs_dir / "hub" / "export.yaml").read_text())
+    train = yaml.safe_load((runs_dir / "hub" / "train.yaml").read_text(encoding="utf-8"))
+    export = yaml.safe_load((runs_dir / "hub" / "export.yaml").read_text(encoding="utf-8"))
     assert train["model_name_or_path"] == base
     assert export["model_name_or_path"] == merge_base
     # On-the-fly 4-bit only for a full-precision base; a bnb checkpoint is already 4-bit.

@@ -25,7 +25,9 @@ with run_lock("busy", "ftw data synth --run busy"):
 @pytest.fixture
 def holding(runs_dir):
     """Another process holds run 'busy', as a long `ftw data synth` would."""
-    child = subprocess.Popen([sys.executable, "-c", HOLD], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD], cwd=REPO, stdout=subprocess.PIPE, text=True, encoding="utf-8"
+    )
     assert child.stdout.readline().strip() == "held"
     yield child
     child.kill()

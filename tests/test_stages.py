@@ -26,9 +26,9 @@ def test_changes_are_listed_per_input():
 
 def test_big_files_are_known_by_size_and_time_small_ones_by_content(tmp_path, monkeypatch):
     small = tmp_path / "adapter_config.json"
-    small.write_text("{}")
+    small.write_text("{}", encoding="utf-8")
     before = file_digest(small)
-    small.write_text("{} ")
+    small.write_text("{} ", encoding="utf-8")
     assert file_digest(small) != before and file_digest(small).startswith("sha256 ")
     monkeypatch.setattr("wrapper.core.stage.FULL_HASH_BYTES", 1)
     assert file_digest(small).startswith("size 3, mtime ")

@@ -58,7 +58,7 @@ def server(tmp_path_factory):
                 urllib.request.urlopen(f"{url}/models", timeout=1)
                 break
             except OSError:
-                assert process.poll() is None, log.read_text()
+                assert process.poll() is None, log.read_text(encoding="utf-8")
                 time.sleep(0.5)
         yield url
     finally:
@@ -114,7 +114,10 @@ def test_documents_become_rows_with_their_page_or_line_and_every_row_is_counted(
         "north.txt": {"1"},
         "talk.vtt": {"4"},
     }  # the line of the first cue's text
-    journal = [json.loads(line) for line in (uninterrupted / "synth" / "journal.jsonl").read_text().splitlines()]
+    journal = [
+        json.loads(line)
+        for line in (uninterrupted / "synth" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(journal) == counts["chunks_total"] == 6  # three pages, and one chunk of each other document
     for record in rows + [r for r in rejects if "chunk" in r]:
         name, _, place = Path(record["source"]).name.rpartition(":")
@@ -159,7 +162,7 @@ def test_changed_settings_are_refused_with_the_difference_unless_forced(tmp_path
         runs, "whole", server, "--docs", str(docs), *SETTINGS, "--set", "synth.per_chunk=1", "--force", "--limit", "1"
     )
     assert "1 to ask" in result.stdout
-    assert len((runs / "whole" / "synth" / "journal.jsonl").read_text().splitlines()) == 1
+    assert len((runs / "whole" / "synth" / "journal.jsonl").read_text(encoding="utf-8").splitlines()) == 1
 
 
 def test_a_teacher_that_is_down_gets_one_clear_line_naming_it(runs_dir, docs, monkeypatch):
@@ -182,7 +185,7 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     layer = {"mediaType": "application/vnd.ollama.image.model", "digest": digest.replace("-", ":"), "size": 1}
     manifest = store / "manifests" / "registry.ollama.ai" / "library" / "smollm2" / "135m"
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}))
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}), encoding="utf-8")
     runs = tmp_path / "runs"
     result = run_ftw(
         runs,
@@ -199,7 +202,10 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     assert counts["chunks_done"] == 3 and counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"]
     # The tiny teacher's greedy output differs between CPUs (SIMD rounding): on CI's CPU no chunk gave a
     # well-formed pair, so how many pairs reach the judge is not asserted here, only that each was scored.
-    entries = [json.loads(line) for line in (runs / "local" / "synth" / "journal.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(line)
+        for line in (runs / "local" / "synth" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     judged = [len(e["pairs"]) + sum(r["kind"] == "low_score" for r in e["rejects"]) for e in entries]
     assert all(e["requests"] >= 1 + count for e, count in zip(entries, judged, strict=True))
 

@@ -174,7 +174,7 @@ def _build_llama3_tokenizer(out: Path) -> None:
     tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
     tokenizer.chat_template = (
         LLAMA_CPP_DIR / "models" / "templates" / "meta-llama-Llama-3.1-8B-Instruct.jinja"
-    ).read_text()
+    ).read_text(encoding="utf-8")
     tokenizer.save_pretrained(out)
 
 

@@ -58,6 +58,7 @@ def run_ftw(
         capture_output=True,
         text=True,
         timeout=timeout,
+        encoding="utf-8",
     )
     if check and result.returncode != 0:
         raise AssertionError(f"ftw {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
@@ -73,6 +74,7 @@ def start_ftw(runs_dir: Path, *args: str, env: dict[str, str | None] | None = No
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        encoding="utf-8",
         **popen,
     )
 

@@ -46,6 +46,7 @@ def free_vram_gib() -> list[tuple[float, float]] | None:
             text=True,
             timeout=30,
             check=True,
+            encoding="utf-8",
         ).stdout
         gpus = [
             (float(free) / 1024, float(total) / 1024)

@@ -88,7 +88,7 @@ def binary(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
 def accelerator_flags() -> tuple[str, ...]:
     """CUDA where its compiler and a GPU are both here; Metal is llama.cpp's own default on Apple silicon."""
     if shutil.which("nvcc") and shutil.which("nvidia-smi"):
-        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False, encoding="utf-8")
         if probe.returncode == 0 and probe.stdout.strip():
             return ("-DGGML_CUDA=ON",)
     return ()

@@ -56,7 +56,7 @@ def llama_cpp_commit(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> str | None:
     marker = llama_cpp_dir / LLAMA_CPP_COMMIT_FILE
     if not marker.is_file():
         return None
-    return marker.read_text().split()[0]
+    return marker.read_text(encoding="utf-8").split()[0]
 
 
 def modelfile_path(path: Path, run_dir: Path) -> str:

