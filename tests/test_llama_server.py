@@ -16,6 +16,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -108,6 +109,10 @@ def server_binary() -> Path:
         pytest.skip(f"llama-server can't be built here: {exc}")
 
 
+# Processes are found through /proc and Ctrl-C is a SIGINT to a process group: POSIX, skipped on Windows.
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="/proc and SIGINT to a process group")
+
+
 def servers_of(gguf: Path) -> list[int]:
     """Live llama-server processes serving `gguf` (Linux /proc)."""
     found = []
@@ -173,6 +178,7 @@ def test_a_port_in_use_is_named_with_the_command_for_another(runs_dir):
 
 
 @slow
+@posix_only
 def test_a_server_that_exits_before_it_is_ready_names_its_log(tmp_path, server_binary):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)  # a header and nothing else: llama.cpp refuses it
@@ -195,6 +201,7 @@ def ctrl_c_as_from_a_terminal() -> None:
 
 
 @slow
+@posix_only
 def test_ftw_serve_prints_the_url_answers_and_stops_on_ctrl_c(runs_dir, server_binary):
     run = fake_run(runs_dir, "tiny", gguf=small_gguf(), parameters={"temperature": 0.2, "num_ctx": 1024})
     port = free_port()

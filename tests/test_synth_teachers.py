@@ -127,6 +127,7 @@ def test_documents_become_rows_with_their_page_or_line_and_every_row_is_counted(
         assert 0 < row["chunk_tokens"] <= summary["settings"]["chunk_tokens"]  # for prepare's token ratio
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM and SIGKILL exit codes are POSIX")
 def test_a_stopped_and_killed_run_resumes_to_exactly_the_uninterrupted_rows(tmp_path, docs):
     """With the GGUF in process: each chunk's reply depends on that chunk alone. (A server may
     reuse a cached prompt prefix after a stop, which changes greedy replies in the last digits.)"""
