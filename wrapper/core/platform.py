@@ -197,7 +197,7 @@ def group_members(group: int) -> list[int]:
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            state, _parent, process_group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            state, _parent, process_group = (entry / "stat").read_text(encoding="latin-1").rsplit(")", 1)[1].split()[:3]
         except (OSError, ValueError):
             continue
         if state != "Z" and int(process_group) == group:
