@@ -43,7 +43,7 @@ def test_missing_cmake_and_compiler_say_what_to_install(fake_tree, monkeypatch):
         llama_tools.build(fake_tree)
     message = str(caught.value)
     assert "cmake and compiler" in message and "apt install cmake" in message and "build-essential" in message
-    assert message.endswith("Then: make tools")
+    assert message.endswith("Then: ftw tools")
     assert not (fake_tree / "build" / "ftw-tools.json").exists()  # nothing was tried: nothing to remember
 
 
@@ -60,7 +60,7 @@ def test_a_failed_build_names_its_log_and_is_not_retried_on_use(fake_tree, monke
         raise AssertionError("a build that failed for this commit must not be started again on use")
 
     monkeypatch.setattr(llama_tools, "build", no_second_try)
-    with pytest.raises(ToolsUnavailable, match="make tools"):
+    with pytest.raises(ToolsUnavailable, match="ftw tools"):
         llama_tools.tool("llama-imatrix", fake_tree)
     assert llama_tools.built_tool("llama-server", fake_tree) is None
 
@@ -157,7 +157,7 @@ def test_without_the_tools_gguf_still_quantizes_and_imatrix_says_so(copied, monk
     llama_tools.write_stamp(llama_tools.wanted_spec(), "failed", log=str(build / "ftw-build.log"))
 
     code, out = ftw_in_process("gguf", "--run", copied.name, "--imatrix", "--keep-intermediates")
-    assert code == 2 and "did not build" in out and "the compiler crashed" in out and "make tools" in out
+    assert code == 2 and "did not build" in out and "the compiler crashed" in out and "ftw tools" in out
     assert "gguf_imatrix" not in manifest.load(copied)["artifacts"]
 
     code, out = ftw_in_process("gguf", "--run", copied.name, "--quant", "Q8_0", "--keep-intermediates")

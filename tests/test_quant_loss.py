@@ -190,7 +190,7 @@ def test_an_unchanged_measurement_is_reused_without_the_tools(measured, monkeypa
     unbuilt = quant_loss.measure(
         run, measured["plan"], seed=42, threads=lambda path: 1, max_tokens=SMALL_TEXT + 200, build_tools=False
     )
-    assert unbuilt.status == "skipped" and "not built yet" in unbuilt.reason and unbuilt.fix.startswith("make tools")
+    assert unbuilt.status == "skipped" and "not built yet" in unbuilt.reason and unbuilt.fix.startswith("ftw tools")
     assert asked == ["llama-perplexity"]
 
 
@@ -219,7 +219,7 @@ def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f
     (run / quant_loss.CACHE_FILE).unlink()
 
     def unavailable(name):
-        raise llama_tools.ToolsUnavailable("llama.cpp's programs need cmake to build: install CMake. Then: make tools")
+        raise llama_tools.ToolsUnavailable("llama.cpp's programs need cmake to build: install CMake. Then: ftw tools")
 
     monkeypatch.setattr(llama_tools, "tool", unavailable)
     result = evaluate(run, val_sample=1, limit=1, max_new_tokens=2)

@@ -40,7 +40,7 @@ def version_line() -> str:
     return (
         f"ftw {named['ftw']} (LLaMA-Factory {named['llamafactory']}, "
         f"llama-cpp-python {named['llama_cpp_python']}, "
-        f"llama.cpp {commit[:12] if commit else 'not unpacked: run make setup'})"
+        f"llama.cpp {commit[:12] if commit else 'not unpacked: run ftw setup'})"
     )
 
 

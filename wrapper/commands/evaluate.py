@@ -35,7 +35,7 @@ from wrapper.eval.tables import knowledge_headline, report_of
     default=True,
     show_default=True,
     help="Measure each quantized GGUF's KL divergence from the f16 GGUF with llama-perplexity "
-    "(built on first use, a few minutes once: make tools).",
+    "(built on first use, a few minutes once: ftw tools).",
 )
 @click.option(
     "--build-tools/--no-build-tools",

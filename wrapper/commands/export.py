@@ -62,7 +62,7 @@ def export(run: str, weights_dtype: str, force: bool) -> None:
     "--imatrix",
     is_flag=True,
     help="Quantize with an importance matrix computed on the run's own training rows in the training "
-    "format (llama.cpp's llama-imatrix and llama-quantize, built on first use: make tools).",
+    "format (llama.cpp's llama-imatrix and llama-quantize, built on first use: ftw tools).",
 )
 @click.option(
     "--imatrix-tokens",

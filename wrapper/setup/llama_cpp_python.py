@@ -1,4 +1,4 @@
-"""`make setup`: llama-cpp-python's library must generate on this machine, or everything that answers from a
+"""`ftw setup`: llama-cpp-python's library must generate on this machine, or everything that answers from a
 GGUF (smoke, eval, chat, the tests) dies with the process.
 
 It is compiled from source with -march=native. On a CPU with AMX, ggml's AMX kernels were seen to stop the

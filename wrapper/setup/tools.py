@@ -1,6 +1,6 @@
-"""`make tools`: build llama.cpp's own programs from vendor/llama.cpp (wrapper/core/llama_tools.py).
+"""`ftw tools`: build llama.cpp's own programs from vendor/llama.cpp (wrapper/core/llama_tools.py).
 
-`make tools FORCE=1` builds again even where a build of this commit is recorded (after a failure
+`ftw tools --force` builds again even where a build of this commit is recorded (after a failure
 whose cause was fixed, or a change of compiler).
 """
 
