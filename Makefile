@@ -94,15 +94,10 @@ lmstudio: setup
 	$(FTW) lmstudio --run $(RUN) --quant $(firstword $(QUANT))
 
 # The whole path on CPU with the embedded default: SmolLM2-135M + a small ru/en dataset whose rows
-# carry `fact`, so prepare holds 2 of each fact's 5 phrasings (and one fact whole) out for eval to ask.
-# 8 epochs over the 3 phrasings left show each fact as often as the recipe's 4 over all 30 rows (the
-# tests train those, unsplit).
+# carry `fact`: prepare, train, merge, GGUF, Modelfile, smoke, answers, eval (the steps are
+# wrapper/commands/setup.py's DEMO_STEPS, so that `ftw demo` runs the same ones without make).
 demo: setup
-	$(MAKE) --no-print-directory data RECIPE=demo RUN=demo
-	$(MAKE) --no-print-directory train RECIPE=demo PROFILE=cpu RUN=demo SET=train.num_train_epochs=8
-	$(MAKE) --no-print-directory gguf RUN=demo KEEP_INTERMEDIATES=1
-	$(FTW) answers --run demo
-	$(FTW) eval --run demo --no-build-tools
+	$(FTW) demo
 
 # Base vs merged vs Q4_K_M on the recipe's control prompts, validation rows and general
 # knowledge; writes runs/RUN/eval.json, report.md and report.html. Re-running resumes.

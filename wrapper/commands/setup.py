@@ -10,12 +10,14 @@ import sys
 import click
 
 from wrapper.core.llama_tools import build, build_dir
-from wrapper.core.paths import runs_dir
 from wrapper.core.ui import console, done, error_console
 from wrapper.setup import demo_model, llama_cpp, llama_cpp_python
 
-# The Makefile's `demo` target, step by step: prepare, render on the CPU profile and train, export,
+# The demo, step by step (`make demo` runs `ftw demo`): prepare, render on the CPU profile and train, export,
 # GGUF (keeping the merged weights and the f16 GGUF: eval compares them), Modelfile, smoke, answers, eval.
+# The lore's rows carry `fact`, so prepare holds 2 of each fact's 5 phrasings (and one fact whole) out for
+# eval to ask; 8 epochs over the 3 phrasings left show each fact as often as the recipe's 4 over all 30
+# rows (the tests train those, unsplit).
 DEMO_QUANT = "Q4_K_M"
 DEMO_STEPS: tuple[tuple[str, ...], ...] = (
     ("data", "prepare", "--recipe", "demo", "--run", "demo"),
@@ -106,8 +108,7 @@ def demo() -> None:
         if code != 0:
             error_console.print(f"ftw demo stopped at `{line}` (exit {code}); fix what it said, then: ftw demo")
             sys.exit(code)
-    report = runs_dir() / "demo" / "report.html"
-    done(f"the demo is done: {report} compares the base, the fine-tuned model and its GGUF")
+    # eval's last lines end the demo: did it learn the facts (held-out phrasings, base -> GGUF), and its files
 
 
 COMMANDS = [setup, tools, demo]
