@@ -307,6 +307,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def earlier_cells(out: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """The configurations an earlier run measured into `out` with the same probes and exposures (a rerun
+    with more --phrasings adds to them; --fresh measures all again)."""
+    if args.fresh or args.quick or not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text(encoding="utf-8"))
+    same = earlier.get("exposures") == args.exposures and earlier.get("probes_per_fact") == args.probes
+    return {cell["name"]: cell for cell in earlier["cells"]} if same and earlier.get("seed") == args.seed else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phrasings", type=int, nargs="+", default=[1, 3, 6], help="trained phrasings per fact")
@@ -322,6 +332,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench-knowledge", help="runs, rows, logs")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/knowledge-cpu.json")
     parser.add_argument("--quick", action="store_true", help="smoke: 1 phrasing, no docs, 2 steps, 8 prompts a set")
+    parser.add_argument("--fresh", action="store_true", help="measure again what --out already holds")
     args = parser.parse_args()
 
     trained, unseen = read_rows(CORPUS / "trained.jsonl"), read_rows(CORPUS / "unseen.jsonl")
@@ -333,16 +344,23 @@ def main() -> None:
     else:
         grid = configs(args.phrasings, [True, False] if args.docs is None else [args.docs], args.exposures)
         out = args.out or RESULTS / "knowledge-cpu.json"
+    measured = earlier_cells(out, args)
     cells = []
     for config in grid:
-        print(f"{config.name}: {config.phrasings} phrasing(s) x {config.epochs} epoch(s)", flush=True)
-        rows = training_rows(pool, documents, config)
-        cells.append(run_config(config, args.work, rows, probes, unseen, args.quick))
+        if config.name in measured:  # each configuration takes the best part of an hour on 2 cores
+            print(f"{config.name}: kept from {out}", flush=True)
+            cells.append(measured[config.name])
+        else:
+            print(f"{config.name}: {config.phrasings} phrasing(s) x {config.epochs} epoch(s)", flush=True)
+            rows = training_rows(pool, documents, config)
+            cells.append(run_config(config, args.work, rows, probes, unseen, args.quick))
         report = {
             "command": [Path(sys.executable).name, *sys.argv],
             "machine": platform.platform(),
             "corpus": {"trained_facts": len(pool), "probes": len(probes), "unseen_rows": len(unseen)},
             "exposures": args.exposures,
+            "probes_per_fact": args.probes,
+            "seed": args.seed,
             "cells": cells,
             "targets": targets(cells),
             "target_bounds": TARGETS,
