@@ -224,7 +224,7 @@ def test_eval_json_has_the_section_and_eval_completes_without_the_tools_or_the_f
     monkeypatch.setattr(llama_tools, "tool", unavailable)
     result = evaluate(run, val_sample=1, limit=1, max_new_tokens=2)
     section = result.quant_loss
-    assert section["status"] == "skipped" and "need cmake" in section["reason"] and section["fix"] == "make tools"
+    assert section["status"] == "skipped" and "need cmake" in section["reason"] and section["fix"] == "ftw tools"
     assert section["quants"] == {} and result.aggregate["control"]["gguf:Q4_K_M"]["rows"] == 1
     md, _ = write_report(run)
     assert "KL divergence skipped" in md.read_text(encoding="utf-8")

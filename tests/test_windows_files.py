@@ -226,7 +226,7 @@ def test_windows_is_told_to_install_the_build_tools_and_cmake(windows, monkeypat
     message = str(caught.value)
     assert 'Visual Studio 2022 Build Tools with the "Desktop development with C++" workload' in message
     assert "winget install Kitware.CMake" in message and "apt" not in message
-    assert message.endswith("Then: make tools")
+    assert message.endswith("Then: ftw tools")
 
 
 # ---- LM Studio: links Windows may refuse, files it holds --------------------------------------
