@@ -361,6 +361,11 @@ def test_conversations_with_a_pt_stage_are_refused(runs_dir, tmp_path):
         ("data:\n  val_ratio: 1.5\n", r"mine.yaml:8 \(key 'data.val_ratio'\): val_ratio is a share"),
         ("data:\n  min_rating: 3\n", r"mine.yaml:8 \(key 'data.min_rating'\): min_rating needs field_map.rating"),
         ("data:\n  seed: many\n", r"mine.yaml:8 \(key 'data.seed'\): expected int"),
+        ("data:\n  replay_share: 0\n", r"mine.yaml:8 \(key 'data.replay_share'\): replay_share is the share"),
+        ("data:\n  replay_share: 1\n", r"mine.yaml:8 \(key 'data.replay_share'\): .*0 < replay_share < 1; found 1"),
+        ("data:\n  replay_share: -0.1\n", r"found -0.1"),
+        ("data:\n  replay: ''\n", r"mine.yaml:8 \(key 'data.replay'\): replay is a file of general rows"),
+        ("data:\n  replay: [a.json]\n", r"mine.yaml:8 \(key 'data.replay'\): expected str"),
     ],
 )
 def test_recipe_data_section_errors_name_file_and_line(tmp_path, section, message):

@@ -17,8 +17,6 @@ import pytest
 from test_data import SAMPLES, jsonl, write_recipe
 from test_knowledge import prepared, synth_rows, text_of, write_jsonl
 
-from wrapper.config.recipes import load_recipe
-from wrapper.core.errors import FtwError
 from wrapper.data.prepare import prepare
 from wrapper.data.prepared import load_prepared
 
@@ -121,21 +119,6 @@ def test_a_missing_replay_file_stops_before_anything_is_written(runs_dir, tmp_pa
     assert "mine.yaml:9 (key 'data.replay'): the replay file" in out and "nowhere/general.json not found" in out
     assert out.rstrip().endswith("then run `ftw data prepare` again")
     assert not (runs_dir / "lost").exists()
-
-
-@pytest.mark.parametrize(
-    "section, message",
-    [
-        ("data:\n  replay_share: 0\n", r"mine.yaml:8 \(key 'data.replay_share'\): replay_share is the share"),
-        ("data:\n  replay_share: 1\n", r"mine.yaml:8 \(key 'data.replay_share'\): .*0 < replay_share < 1; found 1"),
-        ("data:\n  replay_share: -0.1\n", r"found -0.1"),
-        ("data:\n  replay: ''\n", r"mine.yaml:8 \(key 'data.replay'\): replay is a file of general rows"),
-        ("data:\n  replay: [a.json]\n", r"mine.yaml:8 \(key 'data.replay'\): expected str"),
-    ],
-)
-def test_bad_replay_settings_are_refused_with_file_and_line(tmp_path, section, message):
-    with pytest.raises(FtwError, match=message):
-        load_recipe(str(write_recipe(tmp_path, section)))
 
 
 @pytest.mark.skipif(not LLAMAFACTORY_DEMO.is_file(), reason="LLaMA-Factory's demo data is not on this machine")
