@@ -306,10 +306,9 @@ def key_spans(reference: str, question: str) -> list[KeySpan]:
     return spans
 
 
-def with_key_of(item: Item, other: Item) -> str | None:
-    """The reference of `item` stating `other`'s key instead of its own (the knight Duskmere), or None when
-    `other` has no key of the kind `item`'s states."""
-    spans = key_spans(item.reference, item.prompt)
+def with_key_of(item: Item, spans: list[KeySpan], other: Item) -> str | None:
+    """The reference of `item` (whose key_spans are `spans`) stating `other`'s key instead of its own (the
+    knight Duskmere), or None when `other` has no key of the kind `item`'s states."""
     theirs = key_spans(other.reference, other.prompt)
     text, changed = item.reference, False
     for span in reversed(spans):  # from the end, so the earlier offsets hold
@@ -334,9 +333,9 @@ def choices_of(item: Item, answers: dict[str, Item], seed: int) -> Choices | Non
     ]
     alike = [other for other in same_lang if question_word(other) == question_word(item)]
     rng = random.Random(f"{seed}:{item.set}:{item.id}:choices")
-    swapped = bool(key_spans(item.reference, item.prompt))
+    spans = key_spans(item.reference, item.prompt)
     for pool in (alike, same_lang):
-        candidates = [with_key_of(item, other) if swapped else other.reference for other in pool]
+        candidates = [with_key_of(item, spans, other) if spans else other.reference for other in pool]
         distinct = sorted({c for c in candidates if c and c != item.reference})
         if len(distinct) >= CHOICES - 1:
             options = rng.sample(distinct, CHOICES - 1) + [item.reference]
