@@ -363,3 +363,10 @@ def test_a_judge_grades_the_free_answers_shown_the_reference_and_its_verdicts_ar
     assert result.judged["probes"]["gguf:Q4_K_M"].correct == 1 and result.judged["unseen"]["base"].incorrect == 1
     assert knowledge.parse_verdict('sure: {"verdict": "incorrect"}') == "incorrect"
     assert knowledge.parse_verdict("no idea") is None
+
+
+def test_eval_says_why_multiple_choice_asked_fewer_probes_than_there_are():
+    assert knowledge.choices_note(10, {"base": [True] * 10, "merged": [False] * 10}) == []
+    (note,) = knowledge.choices_note(10, {})  # the demo: three facts per language, too few for four options
+    assert note.startswith("Multiple choice asked 0 of the 10 probes") and "three other facts" in note
+    assert knowledge.choices_note(10, {"base": [True] * 7})[0].startswith("Multiple choice asked 7 of the 10")

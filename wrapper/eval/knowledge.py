@@ -481,6 +481,18 @@ def summarize(
         notes=[
             "An answer is right when it holds the reference's numbers and names (or, where it has none, most of its "
             "content words) that the question does not give, matched on a stem-sized prefix; 95% Wilson intervals. "
-            "Each answer may take half as many tokens again as its reference, in the model's own tokens."
+            "Each answer may take half as many tokens again as its reference, in the model's own tokens.",
+            *choices_note(len(sets.items["probes"]), chosen),
         ],
     )
+
+
+def choices_note(probes: int, chosen: dict[str, list[bool]] | None) -> list[str]:
+    """Why multiple choice asked fewer probes than there are, when it did (a small dataset: the demo's)."""
+    asked = max((len(picks) for picks in (chosen or {}).values()), default=0)
+    if asked >= probes:
+        return []
+    return [
+        f"Multiple choice asked {asked} of the {probes} probes: a probe needs three other facts in its language "
+        f"whose answers state a key of the kind its own does (a name, a number), and the rest had fewer."
+    ]
