@@ -10,18 +10,23 @@ import ast
 import ntpath
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
+from types import SimpleNamespace
 
 import pytest
 
 from wrapper.core import artifacts, fsutil, llama_tools, manifest, paths, platform
-from wrapper.core.errors import FtwError
+from wrapper.core.errors import FtwError, StageError
+from wrapper.eval import quant_loss
+from wrapper.gguf import imatrix
+from wrapper.gguf import stage as gguf_stage
 from wrapper.prompts import gorender
 from wrapper.publish import stage as publish_stage
-from wrapper.serve import lmstudio
+from wrapper.serve import lmstudio, server
 
 
 @pytest.fixture
@@ -374,3 +379,200 @@ def test_a_helper_a_parallel_ftw_built_and_runs_is_kept(monkeypatch, tmp_path):
         assert gorender.helper() == made_by_the_other[0]
     finally:
         gorender.helper.cache_clear()
+
+
+# ---- llama.cpp's programs: paths they can open (argv in the ANSI code page) ---------------------
+
+RUN = PureWindowsPath(r"C:\Users\Иван\ftw\runs\demo")
+
+
+def test_a_tool_gets_a_file_under_a_cyrillic_folder_relative_to_where_it_runs(windows):
+    gguf = RUN / "gguf"
+    assert platform.tool_path_arg(gguf / "demo-f16.gguf", gguf) == "demo-f16.gguf"
+    assert platform.tool_path_arg(RUN / "eval" / "quant_loss.txt", gguf) == r"..\eval\quant_loss.txt"
+    ollama_blob = PureWindowsPath(r"C:\Users\Иван\.ollama\models\blobs\sha256-0123")
+    assert platform.tool_path_arg(ollama_blob, gguf) == r"..\..\..\..\.ollama\models\blobs\sha256-0123"
+
+
+def test_a_tool_gets_a_file_on_another_drive_by_its_absolute_path(windows):
+    assert platform.tool_path_arg(PureWindowsPath(r"D:\models\base.gguf"), RUN) == r"D:\models\base.gguf"
+
+
+def test_a_file_with_no_ascii_path_to_it_is_given_as_it_is_with_a_note(windows, monkeypatch):
+    notes: list[str] = []
+    monkeypatch.setattr(platform, "step", notes.append)
+    assert platform.tool_path_arg(PureWindowsPath(r"D:\модели\base.gguf"), RUN) == r"D:\модели\base.gguf"
+    assert len(notes) == 1 and "llama.cpp#18571" in notes[0]
+
+
+def test_a_tool_on_posix_gets_every_path_as_it_is_in_ftws_folder(tmp_path):
+    gguf = tmp_path / "мои прогоны" / "demo" / "gguf"
+    assert platform.tool_path_arg(gguf / "demo-f16.gguf", gguf) == str(gguf / "demo-f16.gguf")
+    assert platform.tool_path_arg(Path("runs/demo/x.gguf"), gguf) == "runs/demo/x.gguf"
+    assert platform.ToolFolder(gguf).cwd is None
+
+
+class Started:
+    """subprocess.Popen for a program that cannot run here: records what it was given and has exited."""
+
+    calls: list[tuple[list[str], Path | None]] = []
+
+    def __init__(self, argv: list[str], **options) -> None:
+        Started.calls.append((argv, options.get("cwd")))
+        self.pid, self.returncode = 2**31 - 1, 0  # no such process: stopping it finds nothing to stop
+
+    def poll(self) -> int:
+        return 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+
+@pytest.fixture
+def started_tools(request, monkeypatch, tmp_path) -> tuple[Path, Path, list[tuple[list[str], Path | None]]]:
+    """(run folder under a Cyrillic folder, a llama.cpp program, what each start was given) on each system."""
+    monkeypatch.setattr(sys, "platform", request.param)
+    monkeypatch.setattr(platform, "own_group_options", dict)  # the Job Object is Windows' own
+    monkeypatch.setattr(subprocess, "Popen", Started)
+    monkeypatch.setattr(Started, "calls", [])
+    run_dir = tmp_path / "мои прогоны" / "demo"
+    for folder in ("gguf", "eval", "logs"):
+        (run_dir / folder).mkdir(parents=True)
+    for name in ("demo-f16.gguf", "demo-imatrix.gguf", "demo-Q4_K_M.gguf"):
+        (run_dir / "gguf" / name).write_bytes(b"GGUF")
+    program = tmp_path / "мои прогоны" / "llama.cpp" / "llama-tool"
+    return run_dir, program, Started.calls
+
+
+def opened(arg: str, cwd: Path | None) -> Path:
+    """The file a program run in `cwd` opens for `arg`: on Windows relative to `cwd` (where it runs, with "\\"),
+    elsewhere the path as given (ftw's folder: the arguments are absolute)."""
+    return Path(arg) if cwd is None else (cwd / PureWindowsPath(arg).as_posix()).resolve()
+
+
+def check_start(call: tuple[list[str], Path | None], program: Path, run_dir: Path, folder: str) -> list[str]:
+    """The start ran `program` in the run's `folder` on Windows with ASCII arguments only (the program itself
+    starts by its wide-character path and opens no file through argv[0]), and in ftw's own folder elsewhere;
+    returns its argv."""
+    argv, cwd = call
+    assert argv[0] == str(program)
+    if sys.platform == "win32":
+        assert cwd == run_dir / folder and all(arg.isascii() for arg in argv[1:]), argv
+    else:
+        assert cwd is None
+    return argv
+
+
+def after(argv: list[str], *flags: str) -> list[str]:
+    return [argv[argv.index(flag) + 1] for flag in flags]
+
+
+BOTH = pytest.mark.parametrize("started_tools", ["linux", "win32"], indirect=True)
+
+
+@BOTH
+def test_llama_imatrix_opens_the_runs_files_from_the_gguf_folder(started_tools, monkeypatch):
+    run_dir, program, calls = started_tools
+    monkeypatch.setattr(imatrix, "tool", lambda name: program)
+    calib = SimpleNamespace(sample=SimpleNamespace(text="текст"), context=64, chunks=2)
+    source, partial = run_dir / "gguf" / "demo-f16.gguf", run_dir / "gguf" / "demo-imatrix.gguf.partial"
+    stage = imatrix.ImatrixStage(run_dir, SimpleNamespace(run="demo"), source, "", calib, run_dir / "logs" / "x.log")
+    stage.make(partial)
+    [call] = calls
+    argv = check_start(call, program, run_dir, "gguf")
+    files = [opened(arg, call[1]) for arg in after(argv, "-m", "-f", "-o")]
+    assert files == [source, partial.with_name(partial.name + ".txt"), partial]
+
+
+@BOTH
+def test_llama_quantize_opens_the_runs_files_from_the_gguf_folder(started_tools, monkeypatch):
+    run_dir, program, calls = started_tools
+    monkeypatch.setattr(gguf_stage, "tool", lambda name: program)
+    gguf = run_dir / "gguf"
+    source = SimpleNamespace(target=gguf / "demo-f16.gguf", log_path=run_dir / "logs" / "gguf.log")
+    matrix = SimpleNamespace(target=gguf / "demo-imatrix.gguf")
+    stage = gguf_stage.QuantizeStage(run_dir, SimpleNamespace(run="demo"), source, None, "Q4_K_M", matrix)
+    stage.make(gguf / "demo-Q4_K_M.gguf.partial")
+    [call] = calls
+    argv = check_start(call, program, run_dir, "gguf")
+    files = [opened(arg, call[1]) for arg in [*after(argv, "--imatrix"), argv[-4], argv[-3]]]
+    assert files == [matrix.target, source.target, gguf / "demo-Q4_K_M.gguf.partial"]
+
+
+@BOTH
+def test_llama_perplexity_opens_the_runs_files_from_the_eval_folder(started_tools):
+    run_dir, program, calls = started_tools
+    gguf, text, base = run_dir / "gguf", run_dir / "eval" / "quant_loss.txt", run_dir / "eval" / "quant_loss-base.kld"
+    log = run_dir / "logs" / "quant_loss.log"
+    with pytest.raises(FtwError):  # nothing ran: no base file was written
+        quant_loss.save_base(program, gguf / "demo-f16.gguf", text, base, 64, 2, 1, log)
+    with pytest.raises(FtwError):  # nothing ran: no output to read
+        quant_loss.compare(program, gguf / "demo-f16.gguf", gguf / "demo-Q4_K_M.gguf", base, 64, 2, 1, log)
+    saved, compared = calls
+    argv = check_start(saved, program, run_dir, "eval")
+    assert [opened(arg, saved[1]) for arg in after(argv, "-m", "-f", "--kl-divergence-base")] == [
+        gguf / "demo-f16.gguf",
+        text,
+        base,
+    ]
+    argv = check_start(compared, program, run_dir, "eval")
+    files = [opened(arg, compared[1]) for arg in after(argv, "-m", "--kl-divergence-base")]
+    assert files == [gguf / "demo-Q4_K_M.gguf", base]
+
+
+@BOTH
+def test_llama_server_opens_the_gguf_from_its_folder(started_tools, monkeypatch):
+    run_dir, program, calls = started_tools
+    monkeypatch.setattr(server, "check_port", lambda settings: None)  # the probe's socket option is Windows'
+    gguf = run_dir / "gguf" / "demo-Q4_K_M.gguf"
+    settings = server.ServerSettings(gguf=gguf, model_name="demo", log=run_dir / "logs" / "server.log", port=9)
+    with pytest.raises(StageError):  # nothing ran: it exited before answering
+        server.start(settings, binary=program)
+    [call] = calls
+    argv = check_start(call, program, run_dir, "gguf")
+    assert opened(after(argv, "--model")[0], call[1]) == gguf
+
+
+PATH_FLAGS = {"-m", "--model", "-f", "-o", "--imatrix", "--kl-divergence-base"}
+PROGRAMS = {"tool", "exe", "binary"}  # how wrapper/ holds one of llama.cpp's programs where it runs it
+
+
+def program_argv_lists(tree: ast.AST) -> list[ast.List]:
+    """The argv lists that start with one of llama.cpp's programs: `[str(tool(...)), ...]`, `[str(exe), ...]`."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List) and node.elts and isinstance(node.elts[0], ast.Call):
+            first = node.elts[0]
+            if isinstance(first.func, ast.Name) and first.func.id == "str" and first.args:
+                held = first.args[0]
+                name = held.func if isinstance(held, ast.Call) else held
+                if (name.attr if isinstance(name, ast.Attribute) else getattr(name, "id", None)) in PROGRAMS:
+                    found.append(node)
+    return found
+
+
+def unnamed_paths(tree: ast.AST) -> list[int]:
+    """Lines where a program's argv gives a path flag a value that did not go through ToolFolder.arg."""
+    lines = []
+    for argv in program_argv_lists(tree):
+        for flag, value in zip(argv.elts, argv.elts[1:]):
+            if isinstance(flag, ast.Constant) and flag.value in PATH_FLAGS:
+                through_arg = isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+                if not (through_arg and value.func.attr == "arg"):
+                    lines.append(value.lineno)
+    return lines
+
+
+def test_every_start_of_a_llama_cpp_program_names_its_files_through_tool_folder():
+    starts, unnamed = 0, []
+    for path in sorted(WRAPPER.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        starts += len(program_argv_lists(tree))
+        unnamed += [f"{path.relative_to(WRAPPER.parent)}:{line}" for line in unnamed_paths(tree)]
+    assert starts >= 5, "imatrix, quantize, perplexity (twice) and the server: the scan no longer finds them"
+    assert unnamed == [], "name files for llama.cpp's programs with platform.ToolFolder(...).arg"
+
+
+def test_the_scan_finds_a_path_given_as_it_is():
+    tree = ast.parse('argv = [str(tool("llama-imatrix")), "-m", str(source), "-o", at.arg(out)]')
+    assert len(program_argv_lists(tree)) == 1 and unnamed_paths(tree) == [1]

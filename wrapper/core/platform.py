@@ -16,7 +16,8 @@ stop began and whose parent has already exited is not found by the tree kill (th
 ends it when ftw exits), and if the Job Object cannot be made (ftw's console host forbids it),
 a child of an ftw that is killed outright keeps running.
 
-Also the names and places that differ (`.exe`, the venv's Scripts folder, MSVC). Everything reads
+Also the names and places that differ (`.exe`, the venv's Scripts folder, MSVC), and how llama.cpp's
+programs are given paths (Windows hands them argv in the ANSI code page). Everything reads
 `sys.platform` when called (not at import), so that tests can take the Windows branch on Linux with
 `monkeypatch.setattr(sys, "platform", "win32")`.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ntpath
 import os
 import shutil
 import signal
@@ -32,12 +34,14 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
 
 import psutil
 
 from wrapper.core.errors import FtwError
+from wrapper.core.ui import step
 
 # Win32 constants, spelled here because the Python modules define them only on Windows.
 CREATE_NEW_PROCESS_GROUP = 0x00000200  # winbase.h
@@ -283,6 +287,49 @@ def msvc_found() -> bool:
     """MSVC on Windows: `cl` on PATH (a Developer prompt), or an installed Visual Studio, which CMake's
     Visual Studio generator finds without PATH."""
     return is_windows() and (shutil.which("cl") is not None or vswhere().is_file())
+
+
+# ---- paths given to llama.cpp's programs ---------------------------------------------------------
+
+
+def tool_path_arg(path: PurePath | str, cwd: PurePath | str) -> str:
+    """A file as one of llama.cpp's C++ programs (llama-quantize, -imatrix, -perplexity, -server) is told
+    it, run in `cwd`. POSIX: the path unchanged. Windows: those programs get argv in the ANSI code page, so
+    a path with Cyrillic or Kazakh letters reaches fopen mangled (ggml-org/llama.cpp#18571). ftw's run
+    and file names are ASCII (paths.RUN_NAME), so only the folders above can hold such letters: the path
+    relative to `cwd` where that is ASCII, else the absolute path where that is, else the absolute path
+    with a note (no ASCII path to it exists from here)."""
+    if not is_windows():
+        return str(path)
+    absolute = ntpath.abspath(path)  # ntpath is os.path on Windows; named so that Linux tests take this branch
+    try:
+        relative = ntpath.relpath(absolute, cwd)
+    except ValueError:  # another drive: no relative path exists
+        relative = absolute
+    for candidate in (relative, absolute):
+        if candidate.isascii():
+            return candidate
+    step(
+        f"note: {absolute} has letters outside ASCII, which llama.cpp's programs on Windows can't open "
+        f"(ggml-org/llama.cpp#18571); if it fails to open, move it under a folder with a Latin-letter name"
+    )
+    return absolute
+
+
+@dataclass(frozen=True)
+class ToolFolder:
+    """The folder one of llama.cpp's programs runs in (the run's folder it writes into or reads from) and
+    the paths it is given from there (tool_path_arg). On POSIX it keeps ftw's folder and gets every path as it is."""
+
+    folder: Path
+
+    def arg(self, path: PurePath) -> str:
+        return tool_path_arg(path, self.folder)
+
+    @property
+    def cwd(self) -> Path | None:
+        """subprocess's cwd: the folder on Windows, where the paths are relative to it; None (ftw's) elsewhere."""
+        return self.folder if is_windows() else None
 
 
 # ---- what trains where ---------------------------------------------------------------------------

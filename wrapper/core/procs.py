@@ -129,6 +129,7 @@ def run_with_status(
     description: str,
     env: dict[str, str] | None = None,
     writes_to: Path | None = None,
+    cwd: Path | None = None,
 ) -> None:
     """run_logged under a spinner whose status is the child's latest log line."""
     with stage_progress() as progress:
@@ -138,4 +139,4 @@ def run_with_status(
             tail = last_lines(log_path, 1)
             progress.update(task, status=(tail[0][:70] if tail else ""))
 
-        run_logged(argv, log_path, what, env=env, poll=show_last_line, writes_to=writes_to)
+        run_logged(argv, log_path, what, env=env, cwd=cwd, poll=show_last_line, writes_to=writes_to)

@@ -115,9 +115,9 @@ class Service:
         self.stop()
 
 
-def spawn(name: str, argv: list[str], log: Path) -> Service:
+def spawn(name: str, argv: list[str], log: Path, cwd: Path | None = None) -> Service:
     """argv as a child in its own process group, its output appended to the log."""
-    process = popen_logged(argv, log)
+    process = popen_logged(argv, log, cwd=cwd)
     return Service(name, log, process)
 
 
@@ -135,10 +135,16 @@ def wait_until_ready(service: Service, ready_url: str, timeout_s: float | None =
 
 
 def start(
-    name: str, argv: list[str], log: Path, ready_url: str, status: str, timeout_s: float | None = None
+    name: str,
+    argv: list[str],
+    log: Path,
+    ready_url: str,
+    status: str,
+    timeout_s: float | None = None,
+    cwd: Path | None = None,
 ) -> Service:
     """Spawn and wait until ready under a spinner saying `status`; stopped again if that fails or is interrupted."""
-    service = spawn(name, argv, log)
+    service = spawn(name, argv, log, cwd)
     try:
         with spinner(status):
             wait_until_ready(service, ready_url, timeout_s)

@@ -41,6 +41,7 @@ from wrapper.core.fsutil import write_text_atomic
 from wrapper.core.journal import Journal
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
+from wrapper.core.platform import ToolFolder
 from wrapper.core.procs import run_with_status
 from wrapper.core.ui import step
 from wrapper.data.samples import SampleText, sample_text
@@ -224,10 +225,10 @@ def measurement_key(base: Path, quant: Path, sample: SampleText, ctx: int, chunk
     )
 
 
-def run_perplexity(argv: list[str], log: Path, what: str, writes_to: Path) -> str:
-    """Run llama-perplexity with its output appended to `log`; return this run's part of the log."""
+def run_perplexity(argv: list[str], log: Path, what: str, at: ToolFolder) -> str:
+    """Run llama-perplexity in `at` with its output appended to `log`; return this run's part of the log."""
     start = log.stat().st_size if log.is_file() else 0
-    run_with_status(argv, log, TOOL, what, writes_to=writes_to)
+    run_with_status(argv, log, TOOL, what, writes_to=at.folder, cwd=at.cwd)
     with log.open("rb") as handle:
         handle.seek(start)
         return handle.read().decode("utf-8", errors="replace")
@@ -236,9 +237,10 @@ def run_perplexity(argv: list[str], log: Path, what: str, writes_to: Path) -> st
 def compare(
     exe: Path, base: Path, quant: Path, base_file: Path, ctx: int, chunks: int, threads: int, log: Path
 ) -> KldStats:
-    argv = [str(exe), "-m", str(quant), "--kl-divergence-base", str(base_file), "--kl-divergence"]
+    at = ToolFolder(base_file.parent)
+    argv = [str(exe), "-m", at.arg(quant), "--kl-divergence-base", at.arg(base_file), "--kl-divergence"]
     argv += ["-c", str(ctx), "--chunks", str(chunks), "-t", str(threads), "-tb", str(threads)]
-    output = run_perplexity(argv, log, f"KL divergence of {quant.name} from {base.name}", base_file.parent)
+    output = run_perplexity(argv, log, f"KL divergence of {quant.name} from {base.name}", at)
     try:
         return parse_kld_output(output)
     except FtwError as error:
@@ -249,9 +251,10 @@ def save_base(
     exe: Path, base: Path, text_file: Path, base_file: Path, ctx: int, chunks: int, threads: int, log: Path
 ) -> float | None:
     """The f16 pass: its log-probabilities into `base_file`; returns its perplexity on the scored positions."""
-    argv = [str(exe), "-m", str(base), "-f", str(text_file), "--kl-divergence-base", str(base_file)]
+    at = ToolFolder(base_file.parent)
+    argv = [str(exe), "-m", at.arg(base), "-f", at.arg(text_file), "--kl-divergence-base", at.arg(base_file)]
     argv += ["-c", str(ctx), "--chunks", str(chunks), "-t", str(threads), "-tb", str(threads)]
-    output = run_perplexity(argv, log, f"{base.name}'s log-probabilities", base_file.parent)
+    output = run_perplexity(argv, log, f"{base.name}'s log-probabilities", at)
     if not base_file.is_file() or base_chunks(output) is None:
         why = base_failure(output) or "it wrote no log-probability file"
         raise FtwError(f"llama-perplexity's f16 pass failed: {why}; the output: {log}")

@@ -19,6 +19,7 @@ from wrapper.core.fsutil import write_text_exact
 from wrapper.core.gguf_io import field_value
 from wrapper.core.llama_tools import tool
 from wrapper.core.plan import RunPlan
+from wrapper.core.platform import ToolFolder
 from wrapper.core.procs import run_with_status
 from wrapper.data.samples import SampleText, sample_text
 from wrapper.prompts.training_format import TrainingFormat
@@ -83,11 +84,12 @@ class ImatrixStage:
     def make(self, partial: Path) -> None:
         text_file = partial.with_name(partial.name + ".txt")  # a helper of the partial: removed with it
         write_text_exact(text_file, self.calib.sample.text)
-        argv = [str(tool("llama-imatrix")), "-m", str(self.source), "-f", str(text_file), "-o", str(partial)]
+        at = ToolFolder(partial.parent)
+        argv = [str(tool("llama-imatrix")), "-m", at.arg(self.source), "-f", at.arg(text_file), "-o", at.arg(partial)]
         argv += ["--output-format", "gguf", "-c", str(self.calib.context), "--parse-special"]
         argv += ["-t", str(cpu_jobs()), "--no-ppl"]
         what = f"importance matrix ({self.calib.chunks} chunks)"
-        run_with_status(argv, self.log_path, "llama-imatrix", what, writes_to=partial.parent)
+        run_with_status(argv, self.log_path, "llama-imatrix", what, writes_to=partial.parent, cwd=at.cwd)
 
     def verify(self, partial: Path) -> str:
         entries, chunks = read_imatrix(partial)

@@ -25,6 +25,7 @@ from wrapper.core.gguf_io import NEEDS_IMATRIX, QUANT_BITS, QUANT_TYPES, ftype_o
 from wrapper.core.llama_tools import tool
 from wrapper.core.paths import llama_cpp_commit
 from wrapper.core.plan import RunPlan
+from wrapper.core.platform import ToolFolder
 from wrapper.core.procs import run_with_status
 from wrapper.core.safetensors_io import model_weights, read_header
 from wrapper.core.ui import done, step
@@ -120,6 +121,7 @@ class QuantizeStage:
             f"llama.cpp quantize {self.quant}",
             f"quantize {self.quant}",
             writes_to=partial.parent,
+            cwd=ToolFolder(partial.parent).cwd,  # where quantizer_argv names llama-quantize's files from
         )
 
     def verify(self, partial: Path) -> str:
@@ -128,11 +130,12 @@ class QuantizeStage:
 
 def quantizer_argv(source: Path, target: Path, quant: str, imatrix: Path | None = None) -> list[str]:
     """The quantizer child: llama.cpp's llama-quantize with an importance matrix, else the library inside
-    llama-cpp-python (nothing to build)."""
+    llama-cpp-python (nothing to build). llama-quantize runs in the target's folder (ToolFolder)."""
     if imatrix is None:
         return [sys.executable, "-m", "wrapper.gguf.quantize", str(source), str(target), str(ftype_of(quant))]
-    argv = [str(tool("llama-quantize")), "--imatrix", str(imatrix), "--max-buffer-size", str(MAX_BUF_BYTES // 2**20)]
-    return argv + [str(source), str(target), quant, str(cpu_jobs())]
+    at = ToolFolder(target.parent)
+    argv = [str(tool("llama-quantize")), "--imatrix", at.arg(imatrix), "--max-buffer-size", str(MAX_BUF_BYTES // 2**20)]
+    return argv + [at.arg(source), at.arg(target), quant, str(cpu_jobs())]
 
 
 def check_quant_names(quants: list[str], imatrix: bool = False) -> list[str]:

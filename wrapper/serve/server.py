@@ -24,6 +24,7 @@ from wrapper.core import artifacts, manifest, service
 from wrapper.core.errors import FtwError
 from wrapper.core.gguf_io import DEFAULT_QUANT, gguf_problem
 from wrapper.core.llama_tools import tool
+from wrapper.core.platform import ToolFolder
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080  # llama-server's own default (Ollama has 11434, LM Studio 1234)
@@ -92,8 +93,13 @@ class ServerSettings:
     def public(self) -> bool:
         return self.address.public
 
+    @property
+    def folder(self) -> ToolFolder:
+        """Where llama-server runs, and names the GGUF from: the GGUF's folder."""
+        return ToolFolder(self.gguf.parent)
+
     def argv(self, binary: Path) -> list[str]:
-        argv = [str(binary), "--model", str(self.gguf), "--alias", self.model_name, "--jinja"]
+        argv = [str(binary), "--model", self.folder.arg(self.gguf), "--alias", self.model_name, "--jinja"]
         argv += ["--host", self.host, "--port", str(self.port), "--ctx-size", str(self.context)]
         for flag, value in self.flags:
             argv += [flag, value]
@@ -197,7 +203,8 @@ def start(settings: ServerSettings, binary: Path | None = None, timeout_s: float
     check_port(settings)
     argv = settings.argv(binary or tool("llama-server"))
     status = f"llama-server is loading {settings.gguf.name} (log: {settings.log})"
-    child = service.start("llama-server", argv, settings.log, f"{settings.root}/health", status, timeout_s)
+    health = f"{settings.root}/health"
+    child = service.start("llama-server", argv, settings.log, health, status, timeout_s, settings.folder.cwd)
     return Server(settings, child)
 
 
