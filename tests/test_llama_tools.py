@@ -188,3 +188,31 @@ def test_a_new_llama_cpp_commit_or_other_flags_mean_a_rebuild(tmp_path):
     assert llama_tools.built_tool("llama-server", tree) is None
     other_flags = dataclasses.replace(spec, flags=(*spec.flags, "-DGGML_CUDA=ON"))
     assert not llama_tools.is_built(other_flags, tree)
+
+
+# ---- the build's progress, from each generator's output ------------------------------------------
+
+
+def test_progress_is_read_from_makefiles_and_ninjas_counts():
+    assert llama_tools.build_progress("[ 42%] Building CXX object src/CMakeFiles/llama.dir/llama.cpp.o") == (
+        42,
+        "Building CXX object src/CMakeFiles/llama.dir/llama.cpp.o",
+    )
+    assert llama_tools.build_progress("[12/345] Building C object ggml/src/ggml.c.o") == (
+        3,
+        "Building C object ggml/src/ggml.c.o",
+    )
+    assert llama_tools.build_progress("[345/345] Linking CXX executable bin/llama-server") == (
+        100,
+        "Linking CXX executable bin/llama-server",
+    )
+    for other in ("  ggml.c", "[0/0] nothing", "FAILED: src/llama.cpp.o", "[x/y] no count"):
+        assert llama_tools.build_progress(other) is None
+
+
+def test_status_is_the_newest_count_else_the_latest_line():
+    ninja = ["[7/20] Building C object ggml/src/ggml.c.o", "In file included from ggml.c:1:", "warning: unused"]
+    assert llama_tools.build_status(ninja) == (35, "Building C object ggml/src/ggml.c.o")
+    msbuild = ["  ggml.c", "  llama-quantize.vcxproj -> C:\\ftw\\vendor\\llama.cpp\\build\\bin\\Release\\q.exe"]
+    assert llama_tools.build_status(msbuild) == (None, msbuild[-1].strip()[-llama_tools.STATUS_CHARS :])
+    assert llama_tools.build_status([]) == (None, "")

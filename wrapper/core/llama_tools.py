@@ -57,7 +57,11 @@ WINDOWS_INSTALL_HINT = {
 # Where the programs land: bin/ with a single-configuration generator (Makefiles, Ninja), bin/Release/
 # with a multi-configuration one (Visual Studio's, the default on Windows; Ninja Multi-Config).
 BIN_DIRS = (Path("bin"), Path("bin") / "Release")
+# How far a build is: Makefiles print `[ 42%] Building ...`, Ninja `[12/345] Building ...`; MSBuild (Visual
+# Studio's generator) prints no count at all.
 PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+STEPS = re.compile(r"^\[(\d+)/(\d+)\]")
+STATUS_CHARS = 50
 
 
 class ToolsUnavailable(FtwError):
@@ -181,15 +185,33 @@ def compile_with_progress(spec: BuildSpec, out: Path, log: Path) -> None:
     with stage_progress() as progress:
         task = progress.add_task("build llama.cpp tools", total=100, status="")
 
-        def show_percent() -> None:
-            for line in reversed(last_lines(log, 5)):
-                match = PERCENT.match(line)
-                if match:
-                    progress.update(task, completed=int(match.group(1)), status=line[match.end() :].strip()[-50:])
-                    return
+        def show_progress() -> None:
+            percent, status = build_status(last_lines(log, 5))
+            progress.update(task, completed=percent, status=status)  # None: the bar stays where it is
 
-        run_logged(argv, log, "building llama.cpp's tools", poll=show_percent, writes_to=out)
+        run_logged(argv, log, "building llama.cpp's tools", poll=show_progress, writes_to=out)
         progress.update(task, completed=100)
+
+
+def build_progress(line: str) -> tuple[int, str] | None:
+    """(percent done, what is being built) from one line of the build's output, or None where it holds no count."""
+    percent = PERCENT.match(line)
+    if percent:
+        return int(percent.group(1)), line[percent.end() :].strip()
+    steps = STEPS.match(line)
+    if steps and int(steps.group(2)):
+        return 100 * int(steps.group(1)) // int(steps.group(2)), line[steps.end() :].strip()
+    return None
+
+
+def build_status(lines: list[str]) -> tuple[int | None, str]:
+    """The build's progress from its latest lines: the newest count and what it builds; without a count
+    (MSBuild) no percentage and the latest line, so that the status still moves."""
+    for line in reversed(lines):
+        found = build_progress(line)
+        if found:
+            return found[0], found[1][-STATUS_CHARS:]
+    return None, (lines[-1].strip()[-STATUS_CHARS:] if lines else "")
 
 
 def build_failed_message(log: Path) -> str:
