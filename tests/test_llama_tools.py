@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,3 +218,35 @@ def test_status_is_the_newest_count_else_the_latest_line():
     msbuild = ["  ggml.c", "  llama-quantize.vcxproj -> C:\\ftw\\vendor\\llama.cpp\\build\\bin\\Release\\q.exe"]
     assert llama_tools.build_status(msbuild) == (None, msbuild[-1].strip()[-llama_tools.STATUS_CHARS :])
     assert llama_tools.build_status([]) == (None, "")
+
+
+# ---- a GPU without CUDA's compiler: said, not a silent CPU build ---------------------------------
+
+
+@pytest.fixture
+def gpu_without_nvcc(monkeypatch) -> None:
+    """nvidia-smi lists a GPU; nvcc is nowhere."""
+    monkeypatch.setattr(llama_tools.shutil, "which", lambda name: name if name == "nvidia-smi" else None)
+    listed = subprocess.CompletedProcess(["nvidia-smi", "-L"], 0, stdout="GPU 0: NVIDIA H100 (UUID: GPU-0)\n")
+    monkeypatch.setattr(llama_tools.subprocess, "run", lambda *args, **kwargs: listed)
+
+
+def test_a_gpu_without_nvcc_is_said_with_how_to_get_it(gpu_without_nvcc):
+    assert llama_tools.accelerator_flags() == ()
+    note = llama_tools.cpu_only_note(llama_tools.BASE_FLAGS)
+    assert note is not None and "NVIDIA GPU is here but not nvcc" in note and "built for the CPU only" in note
+    assert llama_tools.CUDA_HINT in note and "Visual Studio" not in note and note.endswith("then: ftw tools")
+
+
+def test_windows_is_told_about_cudas_visual_studio_integration(gpu_without_nvcc, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "win32")
+    note = llama_tools.cpu_only_note(llama_tools.BASE_FLAGS)
+    assert note is not None and "with its Visual Studio integration" in note and note.endswith("then: ftw tools")
+
+
+def test_no_note_with_nvcc_or_without_a_gpu(gpu_without_nvcc, monkeypatch):
+    assert llama_tools.cpu_only_note(llama_tools.BASE_FLAGS + llama_tools.CUDA_FLAGS) is None
+    monkeypatch.setattr(llama_tools.shutil, "which", lambda name: name)
+    assert llama_tools.cpu_only_note(llama_tools.BASE_FLAGS) is None  # nvcc found: CUDA is built
+    monkeypatch.setattr(llama_tools.shutil, "which", lambda name: None)
+    assert llama_tools.cpu_only_note(llama_tools.BASE_FLAGS) is None  # no nvidia-smi: no NVIDIA GPU

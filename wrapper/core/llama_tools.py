@@ -54,6 +54,13 @@ WINDOWS_INSTALL_HINT = {
     '(winget install Microsoft.VisualStudio.2022.BuildTools --override "--passive --wait '
     '--add Microsoft.VisualStudio.Workload.VCTools --includeRecommended")',
 }
+CUDA_FLAGS = ("-DGGML_CUDA=ON",)
+CUDA_HINT = "install the CUDA toolkit (https://developer.nvidia.com/cuda-downloads) with its bin/ on PATH"
+CUDA_HINT_WINDOWS = (
+    "install the CUDA toolkit (https://developer.nvidia.com/cuda-downloads) after Visual Studio's Build Tools, "
+    "with its Visual Studio integration (the installer's default; CMake's Visual Studio generator builds CUDA "
+    "through it), and open a new terminal so that nvcc is on PATH"
+)
 # Where the programs land: bin/ with a single-configuration generator (Makefiles, Ninja), bin/Release/
 # with a multi-configuration one (Visual Studio's, the default on Windows; Ninja Multi-Config).
 BIN_DIRS = (Path("bin"), Path("bin") / "Release")
@@ -91,11 +98,24 @@ def binary(name: str, llama_cpp_dir: Path = LLAMA_CPP_DIR) -> Path:
 
 def accelerator_flags() -> tuple[str, ...]:
     """CUDA where its compiler and a GPU are both here; Metal is llama.cpp's own default on Apple silicon."""
-    if shutil.which("nvcc") and shutil.which("nvidia-smi"):
-        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False, encoding="utf-8")
-        if probe.returncode == 0 and probe.stdout.strip():
-            return ("-DGGML_CUDA=ON",)
-    return ()
+    return CUDA_FLAGS if shutil.which("nvcc") and nvidia_gpu_present() else ()
+
+
+def nvidia_gpu_present() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False, encoding="utf-8")
+    return probe.returncode == 0 and bool(probe.stdout.strip())
+
+
+def cpu_only_note(flags: tuple[str, ...]) -> str | None:
+    """One line where a build for the CPU leaves an NVIDIA GPU unused because CUDA's compiler is missing."""
+    if set(CUDA_FLAGS) <= set(flags) or shutil.which("nvcc") or not nvidia_gpu_present():
+        return None
+    return (
+        "note: an NVIDIA GPU is here but not nvcc, CUDA's compiler, so llama.cpp's tools are built for the CPU "
+        f"only; for the GPU, {CUDA_HINT_WINDOWS if is_windows() else CUDA_HINT}, then: ftw tools"
+    )
 
 
 def wanted_spec(llama_cpp_dir: Path = LLAMA_CPP_DIR) -> BuildSpec:
@@ -159,6 +179,9 @@ def build(llama_cpp_dir: Path = LLAMA_CPP_DIR, force: bool = False) -> BuildSpec
         raise ToolsUnavailable(
             f"llama.cpp's programs need {' and '.join(missing)} to build: {install_hints(missing)}. Then: ftw tools"
         )
+    note = cpu_only_note(spec.flags)
+    if note:
+        step(note)
     out = build_dir(llama_cpp_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = build_log(llama_cpp_dir)
