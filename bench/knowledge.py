@@ -383,9 +383,7 @@ def main() -> None:
             print(f"{config.name}: {config.phrasings} phrasing(s) x {config.epochs} epoch(s)", flush=True)
             rows = training_rows(pool, documents, config)
             cells.append(run_config(config, args.work, rows, probes, unseen, args.quick))
-        cells.sort(
-            key=lambda cell: (not cell["docs"], cell["phrasings"])
-        )  # documents first, then by phrasings
+        cells.sort(key=lambda cell: (not cell["docs"], cell["phrasings"]))  # documents first, then by phrasings
         report = {
             "command": [Path(sys.executable).name, *sys.argv],
             "machine": platform.platform(),
