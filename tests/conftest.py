@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from wrapper.commands.setup import demo_steps
 from wrapper.core.cpu import FAST_BF16_ENV
 
 from tests.support.runner import FAKE_HF_TOKEN, run_ftw
@@ -95,9 +96,13 @@ def demo_run(tmp_path_factory) -> Path:
     return runs_dir / "e2e"
 
 
+# The demo's own steps (`ftw demo`) up to the Modelfile: the knowledge split, training, merged weights, f16 and
+# Q4_K_M GGUFs kept (the tests compare them). Smoke, answers and eval are tested on copies of this run.
+DEMO_RUN_COMMANDS = {"data", "render", "train", "export", "gguf", "modelfile"}
+
+
 def _build_demo_run(runs_dir: Path) -> None:
     secret = {"HF_TOKEN": FAKE_HF_TOKEN, "HUGGING_FACE_HUB_TOKEN": FAKE_HF_TOKEN}
-    run_ftw(runs_dir, "render", "--recipe", "demo", "--profile", "cpu", "--run", "e2e", env=secret)
-    for stage in ("train", "export", "gguf", "modelfile"):
-        extra = ("--keep-intermediates",) if stage == "gguf" else ()  # the tests compare merged, f16 and Q4_K_M
-        run_ftw(runs_dir, stage, "--run", "e2e", *extra, env=secret)
+    for argv in demo_steps("e2e"):
+        if argv[0] in DEMO_RUN_COMMANDS:
+            run_ftw(runs_dir, *argv, env=secret)

@@ -64,6 +64,26 @@ def test_eval_json_has_the_promised_numbers(evaluated):
     assert "## Per language" in (evaluated["run"] / "report.md").read_text(encoding="utf-8")
 
 
+def test_the_knowledge_section_scores_base_and_tuned_on_held_out_phrasings(evaluated):
+    """The demo's lore carries `fact`: prepare held two phrasings of each fact out (probes) and one fact whole
+    (unseen); eval asks them of the base, the merged model and the GGUF, and the fine-tune knows more."""
+    knowledge = evaluated["eval"]["knowledge"]
+    models = {"base", "merged", "gguf:Q4_K_M"}
+    probes = knowledge["key_match"]["probes"]
+    assert set(probes) == models
+    # three or fewer facts in each of its languages: too few for four options, and eval says so
+    assert knowledge["multiple_choice"] == {} and any(
+        "Multiple choice asked 0 of the 10" in n for n in knowledge["notes"]
+    )
+    assert {block["n"] for block in probes.values()} == {knowledge["sets"]["probes"]["rows"]} == {10}
+    assert probes["merged"]["accuracy"] > probes["base"]["accuracy"]
+    assert probes["gguf:Q4_K_M"]["accuracy"] > probes["base"]["accuracy"]
+    for block in knowledge["key_match"]["unseen"].values():  # graded three ways: right, wrong, abstained
+        assert block["correct"] + block["incorrect"] + block["not_attempted"] == block["n"] == 5
+    assert "Held-out phrasings: base" in evaluated["stdout"]
+    assert "Does it know the documents" in (evaluated["run"] / "report.md").read_text(encoding="utf-8")
+
+
 def test_forgetting_check_catches_what_the_demo_forgot(evaluated):
     forgetting = evaluated["eval"]["forgetting"]
     assert forgetting["known_by_base"] >= 3

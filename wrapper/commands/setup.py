@@ -13,23 +13,30 @@ from wrapper.core.llama_tools import build, build_dir
 from wrapper.core.ui import console, done, error_console
 from wrapper.setup import demo_model, llama_cpp, llama_cpp_python
 
-# The demo, step by step (`make demo` runs `ftw demo`): prepare, render on the CPU profile and train, export,
-# GGUF (keeping the merged weights and the f16 GGUF: eval compares them), Modelfile, smoke, answers, eval.
-# The lore's rows carry `fact`, so prepare holds 2 of each fact's 5 phrasings (and one fact whole) out for
-# eval to ask; 8 epochs over the 3 phrasings left show each fact as often as the recipe's 4 over all 30
-# rows (the tests train those, unsplit).
+# The demo, step by step (`make demo` runs `ftw demo`; the tests' shared demo run is its steps up to the
+# Modelfile): prepare, render on the CPU profile and train, export, GGUF (keeping the merged weights and the
+# f16 GGUF: eval compares them), Modelfile, smoke, answers, eval. The lore's rows carry `fact`, so prepare
+# holds 2 of each fact's 5 phrasings (and one fact whole) out for eval to ask; 8 epochs over the 3
+# phrasings left show each fact as often as the recipe's 4 over all 30 rows.
 DEMO_QUANT = "Q4_K_M"
-DEMO_STEPS: tuple[tuple[str, ...], ...] = (
-    ("data", "prepare", "--recipe", "demo", "--run", "demo"),
-    ("render", "--recipe", "demo", "--profile", "cpu", "--run", "demo", "--set", "train.num_train_epochs=8"),
-    ("train", "--run", "demo"),
-    ("export", "--run", "demo"),
-    ("gguf", "--run", "demo", "--quant", DEMO_QUANT, "--keep-intermediates"),
-    ("modelfile", "--run", "demo", "--quant", DEMO_QUANT),
-    ("smoke", "--run", "demo", "--quant", DEMO_QUANT),
-    ("answers", "--run", "demo"),
-    ("eval", "--run", "demo", "--no-build-tools"),
-)
+
+
+def demo_steps(run: str = "demo") -> tuple[tuple[str, ...], ...]:
+    """The `ftw` commands of the demo, for a run named `run`."""
+    return (
+        ("data", "prepare", "--recipe", "demo", "--run", run),
+        ("render", "--recipe", "demo", "--profile", "cpu", "--run", run, "--set", "train.num_train_epochs=8"),
+        ("train", "--run", run),
+        ("export", "--run", run),
+        ("gguf", "--run", run, "--quant", DEMO_QUANT, "--keep-intermediates"),
+        ("modelfile", "--run", run, "--quant", DEMO_QUANT),
+        ("smoke", "--run", run, "--quant", DEMO_QUANT),
+        ("answers", "--run", run),
+        ("eval", "--run", run, "--no-build-tools"),
+    )
+
+
+DEMO_STEPS = demo_steps()
 # After a Ctrl-C, which reached the step's process too: time for it to stop its children and remove partial files.
 STOP_GRACE_S = 60
 
