@@ -211,6 +211,31 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     assert all(e["requests"] >= 1 + count for e, count in zip(entries, judged, strict=True))
 
 
+def test_the_facts_kind_runs_end_to_end_with_the_demo_gguf_teaching(tmp_path, docs):
+    """--kind facts with a real teacher (the demo's GGUF, in process). What the tiny model writes differs
+    between CPUs, so this holds the bookkeeping, not the text: the facts request and one rewrites request
+    per chunk, one phrasings request per fact found, every row kept names its fact within its chunk, and the
+    counts add up (tests/test_synth.py holds the facts kind's content with a stub teacher)."""
+    runs = tmp_path / "runs"
+    result = run_ftw(
+        runs,
+        "data", "synth", "--recipe", "demo-docs", "--docs", str(docs / "gate.pdf"), "--teacher", str(demo_gguf()),
+        "--run", "facts", "--limit", "1", "--kind", "facts",
+        "--set", "synth.chunk_tokens=64", "--set", "synth.chunk_overlap=0", "--set", "synth.max_tokens=160",
+        "--set", "synth.phrasings=2", "--set", "synth.rewrites=1",
+    )  # fmt: skip
+    folder = runs / "facts" / "synth"
+    summary = json.loads((folder / "synth.json").read_text(encoding="utf-8"))
+    assert summary["teacher"].startswith("gguf "), result.stdout
+    counts = summary["counts"]
+    assert counts["chunks_done"] == 1 and counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"]
+    (entry,) = [json.loads(line) for line in (folder / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert entry["requests"] >= 2 + len(entry["facts"])  # facts, rewrites, and the phrasings of each grounded fact
+    rows = [json.loads(line) for line in (folder / "synth.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == counts["rows_kept"]
+    assert all(row["fact"].startswith(row["chunk"] + ":f") for row in rows if "fact" in row)
+
+
 def test_an_earlier_runs_quantized_gguf_teaches(tmp_path, demo_run, docs):
     runs = tmp_path / "runs"
     copy_run(demo_run, runs)
