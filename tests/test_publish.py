@@ -109,7 +109,8 @@ def test_the_card_metadata_reads_back_with_huggingface_hub(staged):
     assert {"gguf", "ollama", "llama.cpp", "lora"} <= set(data.tags)
     text = card.text
     assert "ollama run hf.co/alice/e2e-lore:Q4_K_M" in text and "llama-server -hf alice/e2e-lore:Q4_K_M" in text
-    assert "| LoRA | rank 16, alpha 32, target all |" in text and "| rows | 30 in 1 file(s) |" in text
+    assert "| LoRA | rank 16, alpha 32, target all |" in text and "| rows | 15 in 1 file(s) |" in text
+    assert "| validation rows | 10, held out (never trained) |" in text  # the demo's probes
     # The evaluation's aggregates, never its rows; no local path; the data stays home.
     assert "| control (4) | token_f1 | 0.612 | 0.612 | 0.612 |" in text
     assert "forgot 1 (HF) and 2 (GGUF)" in text
@@ -180,7 +181,8 @@ def test_more_quants_the_adapter_and_include_data(demo_run, tmp_path):
         "e2e-Q4_K_M.gguf",
         "e2e-Q8_0.gguf",
         "adapter/lora-adapter.gguf",
-        "data/demo_lore.json",
+        "data/train.jsonl",  # the prepared data the run used: what trained, and the held-out probes
+        "data/probes.jsonl",
         "template",
         "system",
         "params",

@@ -149,6 +149,15 @@ def row_text(turns: list[dict]) -> str:
     return "\n".join(turn["content"] for turn in turns[:2])
 
 
+def rows_facts(plan: RunPlan) -> list[tuple[str, str]]:
+    """The rows trained, and apart from them the validation rows (`ftw data prepare`'s probes): never trained."""
+    held_out = plan.train_args.get("eval_dataset")
+    trained = [d for d in plan.datasets if d["name"] != held_out]
+    facts = [("rows", f"{sum(d['rows'] for d in trained)} in {len(trained)} file(s)")]
+    facts += [("validation rows", f"{d['rows']}, held out (never trained)") for d in plan.datasets if d not in trained]
+    return facts
+
+
 def training_facts(run_dir: Path, plan: RunPlan, languages: list[str]) -> list[tuple[str, str]]:
     """(what, value) lines of the card's training table."""
     args = plan.train_args
@@ -167,7 +176,7 @@ def training_facts(run_dir: Path, plan: RunPlan, languages: list[str]) -> list[t
         ("learning rate", f"{args.get('learning_rate')} ({args.get('lr_scheduler_type', 'linear')})"),
         ("batch", f"{batch} rows per step"),
         ("cutoff", f"{args.get('cutoff_len')} tokens"),
-        ("rows", f"{sum(d['rows'] for d in plan.datasets)} in {len(plan.datasets)} file(s)"),
+        *rows_facts(plan),
         ("languages", ", ".join(languages) or "not known"),
         ("chat format", f"LLaMA-Factory's `{plan.template}` template"),
     ]
