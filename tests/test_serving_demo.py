@@ -75,7 +75,8 @@ def test_ftw_chat_answers_in_the_training_format(demo):
         demo.name,
         "--temperature",
         "0",
-        stdin="\n".join(q for q, _ in QUESTIONS) + "\n/reset\nWhat is the capital of Veloria?\n/exit\n",
+        # each question on its own: the demo trains single-turn rows, and its history is the next test's
+        stdin="".join(f"{q}\n/reset\n" for q, _ in QUESTIONS) + "What is the capital of Veloria?\n/exit\n",
     )
     for _, expected in QUESTIONS:
         assert expected in done.stdout, done.stdout
