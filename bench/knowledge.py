@@ -362,6 +362,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke: 1 phrasing, no docs, 2 steps, 8 prompts a set")
     parser.add_argument("--fresh", action="store_true", help="measure again what --out already holds")
     args = parser.parse_args()
+    args.work = args.work.resolve()  # the recipes written there name their data by path from their own folder
 
     trained, unseen = read_rows(CORPUS / "trained.jsonl"), read_rows(CORPUS / "unseen.jsonl")
     probes, pool = split_probes(phrasings_by_fact(trained), args.probes, args.seed)
