@@ -66,8 +66,9 @@ def test_replay_rows_make_the_share_and_only_ever_train(runs_dir, tmp_path):
     assert general["share"] == 0.2 and general["path"] == str(replay) and len(general["sha256"]) == 64
     assert info["counts"]["train"] == len(train) and info["counts"]["read"] == len(synth_rows())
     # the path before it may be folded at the console's width (a long tmp path under xdist): not asserted
-    assert ".jsonl: read 203, kept 200, rejected 3 (exact duplicate 1, missing field 1, invalid json 1)" in out
-    assert re.search(rf"drew {len(places)} into train\.jsonl at random places \(share 0\.2\)", out), out
+    said = " ".join(out.split())  # lines folded anywhere at the console's width, words kept whole
+    assert "read 203, kept 200, rejected 3 (exact duplicate 1, missing field 1, invalid json 1)" in said
+    assert re.search(rf"drew {len(places)} into train\.jsonl at random places \(share 0\.2\)", said), out
     rejected = [r for r in files["rejects"] if r["source"].startswith(str(replay))]
     assert len(rejected) == 3 and {r["kind"] for r in rejected} == set(general["rejected_by_kind"])
 
