@@ -6,7 +6,8 @@ run. Units: GiB for memory (an "8 GB" card has 8 GiB), tokens for data, seconds 
 Memory of a LoRA/QLoRA step, as PyTorch's allocator sees it:
 - weights: bf16 (2 bytes/param), or for QLoRA the decoder's linear layers in NF4 with
   double quantization (~0.52 bytes/param) while embeddings and lm_head stay bf16
-  (bitsandbytes does not quantize them);
+  (bitsandbytes does not quantize them); PEFT's prepare_model_for_kbit_training (not
+  LLaMA-Factory's path) would put those in fp32, and the hidden states with them;
 - trainable parameters, their gradients and optimizer states: LLaMA-Factory keeps
   trainable params in fp32 (4 + 4 bytes), AdamW adds 8 bytes, an 8-bit AdamW 2 bytes;
 - activations: with gradient checkpointing each layer keeps its input (hidden x 2 bytes
@@ -113,6 +114,11 @@ class Settings:
     zero_stage: int = 0
     offload: bool = False  # DeepSpeed's optimizer/parameter offload (several GPUs)
     offload_checkpoints: bool = False  # use_unsloth_gc: checkpointed layer inputs in host RAM
+    # PEFT's prepare_model_for_kbit_training, which TRL's SFTTrainer runs on a 4-bit model: every frozen weight
+    # that isn't 4-bit (embeddings, lm_head, norms) goes to fp32, and with fp32 embeddings so do the hidden
+    # states between layers. LLaMA-Factory never does this (it upcasts the trainable parameters only); the
+    # published Hugging Face baselines did (bench/planner_published.py).
+    frozen_fp32: bool = False
 
     @property
     def checkpoints_offloaded(self) -> bool:
@@ -151,7 +157,11 @@ def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
     gradients: float
     optimizer: float
     if s.method == "qlora":
-        weights = shape.decoder_linear_params * NF4_BYTES_PER_PARAM + (shape.params - shape.decoder_linear_params) * 2
+        unquantized_bytes = 4 if s.frozen_fp32 else 2
+        weights = (
+            shape.decoder_linear_params * NF4_BYTES_PER_PARAM
+            + (shape.params - shape.decoder_linear_params) * unquantized_bytes
+        )
     else:
         weights = shape.params * 2
     if s.method == "full":
@@ -187,8 +197,9 @@ def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
 
 
 def checkpointed_inputs_bytes(shape: ModelShape, s: Settings) -> float:
-    """Each layer's input (bf16) that gradient checkpointing keeps for the backward pass, per GPU."""
-    return shape.layers * shape.hidden * 2 * s.tokens_per_micro_batch
+    """Each layer's input (bf16, or fp32 after PEFT's upcast) that gradient checkpointing keeps for the
+    backward pass, per GPU."""
+    return shape.layers * shape.hidden * (4 if s.frozen_fp32 else 2) * s.tokens_per_micro_batch
 
 
 def host_ram_gb(shape: ModelShape, s: Settings) -> float:
