@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_synth import PAGES
 
+from wrapper.synth import job as synth_job
 from wrapper.synth import teachers
 
 from tests.support.documents import make_binary, make_docx, make_encrypted_pdf, make_text, make_text_pdf, make_vtt
@@ -200,13 +201,18 @@ def test_the_gguf_in_process_found_through_an_ollama_store(tmp_path, docs):
     summary = json.loads((runs / "local" / "synth" / "synth.json").read_text(encoding="utf-8"))
     assert summary["teacher"].startswith("gguf ollama smollm2:135m"), result.stdout
     counts = summary["counts"]
-    assert counts["chunks_done"] == 3 and counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"]
     # The tiny teacher's greedy output differs between CPUs (SIMD rounding): on CI's CPU no chunk gave a
-    # well-formed pair, so how many pairs reach the judge is not asserted here, only that each was scored.
+    # well-formed pair, and with PyTorch held to AVX2 one chunk never gave the JSON asked for (failed after
+    # its retries). So neither how many chunks succeed nor how many pairs reach the judge is asserted here,
+    # only that every chunk is accounted for and each pair was scored.
+    assert counts["chunks_read"] == 3 == counts["chunks_done"] + counts["chunks_failed"], counts
+    assert counts["rows_generated"] == counts["rows_kept"] + counts["rows_rejected"], counts
     entries = [
         json.loads(line)
         for line in (runs / "local" / "synth" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
     ]
+    assert all(e["requests"] == synth_job.PARSE_ATTEMPTS for e in entries if e["status"] == "failed")
+    entries = [e for e in entries if e["status"] == "done"]
     judged = [len(e["pairs"]) + sum(r["kind"] == "low_score" for r in e["rejects"]) for e in entries]
     assert all(e["requests"] >= 1 + count for e, count in zip(entries, judged, strict=True))
 
