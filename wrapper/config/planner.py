@@ -121,6 +121,11 @@ class Settings:
     frozen_fp32: bool = False
 
     @property
+    def frozen_bytes(self) -> int:
+        """Bytes of an unquantized frozen weight, and so of a hidden state between layers."""
+        return 4 if self.frozen_fp32 else 2
+
+    @property
     def checkpoints_offloaded(self) -> bool:
         """Offloading moves what checkpointing keeps: without checkpointing there is nothing to move."""
         return self.checkpointing and self.offload_checkpoints
@@ -157,10 +162,9 @@ def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
     gradients: float
     optimizer: float
     if s.method == "qlora":
-        unquantized_bytes = 4 if s.frozen_fp32 else 2
         weights = (
             shape.decoder_linear_params * NF4_BYTES_PER_PARAM
-            + (shape.params - shape.decoder_linear_params) * unquantized_bytes
+            + (shape.params - shape.decoder_linear_params) * s.frozen_bytes
         )
     else:
         weights = shape.params * 2
@@ -199,7 +203,7 @@ def estimate_memory(shape: ModelShape, s: Settings) -> Memory:
 def checkpointed_inputs_bytes(shape: ModelShape, s: Settings) -> float:
     """Each layer's input (bf16, or fp32 after PEFT's upcast) that gradient checkpointing keeps for the
     backward pass, per GPU."""
-    return shape.layers * shape.hidden * (4 if s.frozen_fp32 else 2) * s.tokens_per_micro_batch
+    return shape.layers * shape.hidden * s.frozen_bytes * s.tokens_per_micro_batch
 
 
 def host_ram_gb(shape: ModelShape, s: Settings) -> float:
@@ -214,7 +218,7 @@ def offload_seconds_per_token(shape: ModelShape, s: Settings) -> float:
     copy from pageable memory is synchronous, so it adds to the step rather than overlapping it."""
     if not s.checkpoints_offloaded:
         return 0.0
-    return 2 * shape.layers * shape.hidden * 2 / HOST_COPY_BYTES_PER_S
+    return 2 * shape.layers * shape.hidden * s.frozen_bytes / HOST_COPY_BYTES_PER_S
 
 
 def train_flops_per_token(shape: ModelShape, s: Settings) -> float:
